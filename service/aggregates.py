@@ -1,0 +1,269 @@
+"""Aggregates over the events of one window.
+
+Every aggregate can merge two of its states, because an out-of-order event
+that bridges two sessions merges them (seed 004's "super aggregation"). States
+are JSON-friendly so they go to RocksDB and the changelog as they are;
+``dump``/``load`` convert the few that are not (sets).
+
+Aggregates never see Kafka: they get a decoded event and its time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+import orjson
+
+from service.config import AggregateConfig
+from service.extract import BadRecord, Getter, field_getter
+
+
+class Aggregate(Protocol):
+    name: str
+
+    def init(self) -> Any: ...
+
+    def add(self, state: Any, event: dict[str, Any], time_ms: int) -> Any: ...
+
+    def merge(self, left: Any, right: Any) -> Any: ...
+
+    def result(self, state: Any) -> Any: ...
+
+    def dump(self, state: Any) -> Any: ...
+
+    def load(self, data: Any) -> Any: ...
+
+    check: Callable[[dict[str, Any]], None] | None
+
+
+@dataclass
+class _FieldAggregate:
+    """Shared parts: a name, a field getter, identity dump/load, no type check."""
+
+    name: str
+    field: str
+
+    def __post_init__(self) -> None:
+        self.get: Getter = field_getter(self.field)
+
+    def dump(self, state: Any) -> Any:
+        return state
+
+    def load(self, data: Any) -> Any:
+        return data
+
+    def result(self, state: Any) -> Any:
+        return state
+
+    #: Validation run in the source stage, so a bad record is dead-lettered with
+    #: its source coordinates; None when any value is acceptable.
+    check: ClassVar[Callable[[dict[str, Any]], None] | None] = None
+
+
+class _NumericCheck:
+    """Mixin: the field, when present, must be a number (else the record is dead-lettered)."""
+
+    name: str
+    field: str
+    get: Getter
+
+    def check(self, event: dict[str, Any]) -> None:
+        value = self.get(event)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise BadRecord(
+                f"wrong type: aggregate {self.name!r} needs a number in {self.field!r}, got {type(value).__name__}"
+            )
+
+
+class Count(_FieldAggregate):
+    """Events in which ``field`` is present and not null (all events when no field)."""
+
+    def __post_init__(self) -> None:
+        self.get = field_getter(self.field) if self.field else (lambda event: True)
+
+    def init(self) -> int:
+        return 0
+
+    def add(self, state: int, event: dict[str, Any], time_ms: int) -> int:
+        return state + 1 if self.get(event) is not None else state
+
+    def merge(self, left: int, right: int) -> int:
+        return left + right
+
+
+class Sum(_NumericCheck, _FieldAggregate):
+    def init(self) -> int | float:
+        return 0
+
+    def add(self, state: float, event: dict[str, Any], time_ms: int) -> float:
+        value = self.get(event)
+        return state + value if value is not None else state
+
+    def merge(self, left: float, right: float) -> float:
+        return left + right
+
+
+class Min(_NumericCheck, _FieldAggregate):
+    def init(self) -> None:
+        return None
+
+    def add(self, state: float | None, event: dict[str, Any], time_ms: int) -> float | None:
+        value = self.get(event)
+        if value is None:
+            return state
+        return value if state is None or value < state else state
+
+    def merge(self, left: float | None, right: float | None) -> float | None:
+        if left is None:
+            return right
+        if right is None:
+            return left
+        return min(left, right)
+
+
+class Max(Min):
+    def add(self, state: float | None, event: dict[str, Any], time_ms: int) -> float | None:
+        value = self.get(event)
+        if value is None:
+            return state
+        return value if state is None or value > state else state
+
+    def merge(self, left: float | None, right: float | None) -> float | None:
+        if left is None:
+            return right
+        if right is None:
+            return left
+        return max(left, right)
+
+
+class Avg(_NumericCheck, _FieldAggregate):
+    """State ``[sum, n]``; the result is None for a window without the field."""
+
+    def init(self) -> list[float]:
+        return [0, 0]
+
+    def add(self, state: list[float], event: dict[str, Any], time_ms: int) -> list[float]:
+        value = self.get(event)
+        if value is not None:
+            state[0] += value
+            state[1] += 1
+        return state
+
+    def merge(self, left: list[float], right: list[float]) -> list[float]:
+        return [left[0] + right[0], left[1] + right[1]]
+
+    def result(self, state: list[float]) -> float | None:
+        return state[0] / state[1] if state[1] else None
+
+
+class First(_FieldAggregate):
+    """The value with the smallest event time; state ``[time_ms, value]``.
+
+    Ties in time are broken by the value's JSON text, so the result does not
+    depend on arrival order.
+    """
+
+    keep_later = False
+
+    def init(self) -> None:
+        return None
+
+    def add(self, state: list[Any] | None, event: dict[str, Any], time_ms: int) -> list[Any] | None:
+        value = self.get(event)
+        if value is None:
+            return state
+        return self.merge(state, [time_ms, value])
+
+    def merge(self, left: list[Any] | None, right: list[Any] | None) -> list[Any] | None:
+        if left is None:
+            return right
+        if right is None:
+            return left
+        if left[0] != right[0]:
+            left_first = left[0] < right[0]
+        else:
+            left_first = _json(left[1]) <= _json(right[1])
+        return right if left_first == self.keep_later else left
+
+    def result(self, state: list[Any] | None) -> Any:
+        return state[1] if state is not None else None
+
+
+class Last(First):
+    """The value with the largest event time (ties: the larger JSON text)."""
+
+    keep_later = True
+
+
+class CountDistinct(_FieldAggregate):
+    """Exact distinct count. The state is the set of values seen (objects and lists by their JSON text)."""
+
+    def init(self) -> set[Any]:
+        return set()
+
+    def add(self, state: set[Any], event: dict[str, Any], time_ms: int) -> set[Any]:
+        value = self.get(event)
+        if value is not None:
+            state.add(_hashable(value))
+        return state
+
+    def merge(self, left: set[Any], right: set[Any]) -> set[Any]:
+        return left | right
+
+    def result(self, state: set[Any]) -> int:
+        return len(state)
+
+    def dump(self, state: set[Any]) -> list[Any]:
+        return list(state)
+
+    def load(self, data: list[Any]) -> set[Any]:
+        return set(data)
+
+
+class CountBy(_FieldAggregate):
+    """Events per value of ``field``, e.g. per event type: ``{"page_viewed": 3, "checkout": 1}``."""
+
+    def init(self) -> dict[str, int]:
+        return {}
+
+    def add(self, state: dict[str, int], event: dict[str, Any], time_ms: int) -> dict[str, int]:
+        value = self.get(event)
+        if value is not None:
+            label = value if isinstance(value, str) else orjson.dumps(value).decode()
+            state[label] = state.get(label, 0) + 1
+        return state
+
+    def merge(self, left: dict[str, int], right: dict[str, int]) -> dict[str, int]:
+        merged = dict(left)
+        for label, count in right.items():
+            merged[label] = merged.get(label, 0) + count
+        return merged
+
+
+def _json(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return _json(value).decode()
+    return value
+
+
+_TYPES: dict[str, type] = {
+    "count": Count,
+    "sum": Sum,
+    "min": Min,
+    "max": Max,
+    "avg": Avg,
+    "first": First,
+    "last": Last,
+    "count_distinct": CountDistinct,
+    "count_by": CountBy,
+}
+
+
+def build_aggregates(configs: tuple[AggregateConfig, ...]) -> tuple[Aggregate, ...]:
+    return tuple(_TYPES[c.type](c.name, c.field or "") for c in configs)

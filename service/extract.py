@@ -1,0 +1,162 @@
+"""Getting the grouping key and the event time out of a decoded JSON event.
+
+The same code runs in the Kafka source stage and in ``sessionizer process``,
+so a record that is dead-lettered online is dead-lettered offline too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+Getter = Callable[[dict[str, Any]], Any]
+
+# Epoch numbers at or above this are milliseconds: 1e11 seconds is the year 5138,
+# 1e11 milliseconds is 1973.
+_MS_THRESHOLD = 100_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+class BadRecord(Exception):
+    """A record that cannot be used; the message says why and goes to the dead-letter topic."""
+
+
+def field_getter(path: str) -> Getter:
+    """A function returning the value at dotted ``path``, or None when absent.
+
+    A top-level key that itself contains dots wins over the nested walk.
+    """
+    parts = path.split(".")
+    if len(parts) == 1:
+        return lambda event: event.get(path)
+
+    def get(event: dict[str, Any]) -> Any:
+        value = event.get(path)
+        if value is not None:
+            return value
+        for part in parts:
+            if not isinstance(event, dict):
+                return None
+            event = event.get(part)
+        return event
+
+    return get
+
+
+def parse_event(raw: bytes | memoryview | None) -> dict[str, Any]:
+    """Decode one record value, which must be a JSON object."""
+    if raw is None:
+        raise BadRecord("empty value (tombstone)")
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRecord(f"invalid JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise BadRecord(f"expected a JSON object, got {type(event).__name__}")
+    return event
+
+
+@dataclass(frozen=True)
+class KeyExtractor:
+    """The grouping key: one field, or several making a composite key.
+
+    A single field gives its value as text (``"user_123"``, ``"42"``). Several
+    fields give a JSON array of their texts (``["u1","u2"]``), which cannot be
+    confused whatever characters the values hold.
+    """
+
+    paths: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_getters", tuple(field_getter(p) for p in self.paths))
+
+    def __call__(self, event: dict[str, Any]) -> bytes:
+        getters: tuple[Getter, ...] = self._getters  # type: ignore[attr-defined]
+        if len(getters) == 1:
+            return _key_text(self.paths[0], getters[0](event)).encode()
+        return orjson.dumps([_key_text(p, g(event)) for p, g in zip(self.paths, getters)])
+
+    def fields(self, key: bytes) -> dict[str, str]:
+        """The key's field values by path, for the output envelope."""
+        if len(self.paths) == 1:
+            return {self.paths[0]: key.decode()}
+        return dict(zip(self.paths, orjson.loads(key)))
+
+
+def _key_text(path: str, value: Any) -> str:
+    if isinstance(value, str):
+        if not value:
+            raise BadRecord(f"key field {path!r} is empty")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is None:
+        raise BadRecord(f"no key: field {path!r} is missing or null")
+    raise BadRecord(f"key field {path!r} has type {type(value).__name__}; expected a string or an integer")
+
+
+@dataclass(frozen=True)
+class TimeExtractor:
+    """Event time in epoch milliseconds, from a field or the Kafka record timestamp.
+
+    ``auto`` reads numbers below 1e11 as epoch seconds and larger ones as epoch
+    milliseconds, and strings as ISO-8601 (a time without zone is UTC). When the
+    field is absent the record timestamp is used, so events from producers that
+    set no time field still work.
+    """
+
+    path: str | None
+    format: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_get", field_getter(self.path) if self.path else None)
+
+    def __call__(self, event: dict[str, Any], record_ms: int | None) -> int:
+        get: Getter | None = self._get  # type: ignore[attr-defined]
+        value = get(event) if get is not None else None
+        if value is None:
+            if record_ms is None or record_ms < 0:
+                where = f"field {self.path!r} is missing" if self.path else "no time field is configured"
+                raise BadRecord(f"no timestamp: {where} and the record has no timestamp")
+            return record_ms
+        return parse_time_ms(value, self.format, self.path or "timestamp")
+
+
+def parse_time_ms(value: Any, fmt: str, path: str) -> int:
+    if isinstance(value, bool):
+        raise BadRecord(f"bad timestamp in {path!r}: {value!r} is a boolean")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text) if fmt != "iso8601" else None
+        except ValueError:
+            number = None
+        if number is None:
+            if fmt in ("epoch_s", "epoch_ms"):
+                raise BadRecord(f"bad timestamp in {path!r}: {value!r} is not a number ({fmt})")
+            return _parse_iso(text, path)
+        value = number
+    if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise BadRecord(f"bad timestamp in {path!r}: {value!r}")
+        if fmt == "iso8601":
+            raise BadRecord(f"bad timestamp in {path!r}: {value!r} is a number, expected ISO-8601 text")
+        if fmt == "epoch_ms" or (fmt == "auto" and abs(value) >= _MS_THRESHOLD):
+            return int(value)
+        return int(round(value * 1000))
+    raise BadRecord(f"bad timestamp in {path!r}: {type(value).__name__} {value!r}")
+
+
+def _parse_iso(text: str, path: str) -> int:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRecord(f"bad timestamp in {path!r}: {text!r} is not ISO-8601") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // _ONE_MS

@@ -1,0 +1,115 @@
+"""Windowing one partition of one pipeline: stream time, window state, final records.
+
+The processor knows nothing of Kafka. It is fed decoded events, keeps stream
+time, asks the window kind where each event goes, and appends final and late
+records to a list. The runtime task feeds it from a partition and produces
+that list inside a transaction; ``sessionizer process`` feeds it from a file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from service.pipeline import OutputRecord, Pipeline
+from service.store import WindowStore
+
+
+@dataclass
+class Counters:
+    """Running totals the runtime turns into metrics."""
+
+    processed: int = 0
+    late: int = 0
+    emitted: int = 0
+    merges: int = 0
+
+
+class WindowProcessor:
+    def __init__(self, pipeline: Pipeline, store: WindowStore, out: list[OutputRecord]) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.out = out
+        self.counters = Counters()
+        self._kind = pipeline.window
+        self._late_topic = pipeline.config.late_topic
+        self._output_topic = pipeline.config.output.topic
+
+    @property
+    def stream_time(self) -> int | None:
+        """The largest event time seen (or reached by idle advance); part of the state."""
+        return self.store.stream_time
+
+    def process(self, key: bytes, time_ms: int, event: dict[str, Any], raw: bytes) -> None:
+        """Add one accepted-or-late event; nothing is emitted until ``close_due``."""
+        store = self.store
+        kind = self._kind
+        stream_time = store.stream_time
+        if stream_time is None or time_ms > stream_time:
+            stream_time = store.stream_time = time_ms
+        else:
+            reason = kind.late_reason(time_ms, stream_time)
+            if reason is not None:
+                self._late(key, time_ms, stream_time, reason, raw)
+                if not kind.partial_late:
+                    return
+        entry = store.entry(key)
+        self.counters.merges += kind.add(entry.windows, time_ms, event, stream_time)
+        store.touch(key, entry)
+        self.counters.processed += 1
+
+    def advance(self, stream_time: int) -> None:
+        """Move stream time forward without an event (the wall-clock punctuator)."""
+        current = self.store.stream_time
+        if current is not None and stream_time > current:
+            self.store.stream_time = stream_time
+
+    def close_due(self) -> int:
+        """Emit every window closed at the current stream time; returns how many."""
+        stream_time = self.store.stream_time
+        if stream_time is None:
+            return 0
+        emitted = 0
+        for key in self.store.due(stream_time):
+            entry = self.store.entry(key)
+            done = self._kind.pop_closed(entry.windows, stream_time)
+            if done:
+                self._emit(key, done)
+                emitted += len(done)
+                self.store.touch(key, entry)
+        return emitted
+
+    def close_all(self) -> int:
+        """Emit every open window (offline mode's end of input)."""
+        emitted = 0
+        for key in list(self.store.keys()):
+            entry = self.store.entry(key)
+            done = self._kind.pop_all(entry.windows)
+            if done:
+                self._emit(key, done)
+                emitted += len(done)
+                self.store.touch(key, entry)
+        return emitted
+
+    def open_windows(self, key: bytes) -> list[dict[str, Any]]:
+        """The key's open windows as they would be emitted now (for queries)."""
+        kind = self._kind
+        return [kind.values(w) for w in self.store.peek(key)]
+
+    def _emit(self, key: bytes, windows: list[Any]) -> None:
+        kind = self._kind
+        render = self.pipeline.envelope.render
+        for window in windows:
+            value = render(key, kind.bounds(window), kind.values(window))
+            self.out.append(OutputRecord(self._output_topic, key, value))
+        self.counters.emitted += len(windows)
+
+    def _late(self, key: bytes, time_ms: int, stream_time: int, reason: str, raw: bytes) -> None:
+        headers = (
+            ("sessionizer.reason", reason.encode()),
+            ("sessionizer.pipeline", self.pipeline.name.encode()),
+            ("sessionizer.event_time_ms", str(time_ms).encode()),
+            ("sessionizer.stream_time_ms", str(stream_time).encode()),
+        )
+        self.out.append(OutputRecord(self._late_topic, key, bytes(raw), headers))
+        self.counters.late += 1

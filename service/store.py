@@ -1,0 +1,265 @@
+"""Window state of one partition of one pipeline: RocksDB behind a write-back cache.
+
+Layout (three column families):
+
+- ``default``: grouping key -> 8-byte close time + JSON list of the key's open windows
+- ``index``: 8-byte close time + grouping key -> empty. Windows due to close are a
+  range scan up to stream time, so closing never walks the whole store.
+- ``meta``: stream time, and the changelog offset the local state reflects (the checkpoint)
+
+Writes go to the cache and become a batch at commit time: one RocksDB write
+batch and one changelog record per changed key, however many events touched it.
+The batch is written to RocksDB only after the Kafka transaction that carries
+its changelog records has committed, and in the same write as the new
+checkpoint. Local state therefore always equals some committed changelog
+prefix: after a crash only the changelog tail beyond the checkpoint is replayed,
+and an aborted transaction is undone by dropping the cache.
+
+This module knows RocksDB, not Kafka: changelog records leave as plain
+``(key, value)`` pairs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rocksdict import Options, ReadOptions, Rdict, WriteBatch
+
+from service.windows import WindowKind, closed
+
+_OFFSET = 2**63
+# Changelog keys carry a one-byte kind so meta entries cannot collide with user keys.
+WINDOW_PREFIX = b"w"
+META_PREFIX = b"m"
+_STREAM_TIME = b"stream_time"
+_CHECKPOINT = b"checkpoint"
+
+
+def encode_time(ms: int) -> bytes:
+    """Signed milliseconds as 8 bytes that sort like the numbers."""
+    return (ms + _OFFSET).to_bytes(8, "big")
+
+
+def decode_time(data: bytes) -> int:
+    return int.from_bytes(data[:8], "big") - _OFFSET
+
+
+@dataclass(slots=True)
+class Entry:
+    """A key's open windows, decoded, and the close time the index holds for it."""
+
+    windows: list[Any]
+    stored_close: int | None = None
+    close: int | None = None
+
+
+@dataclass
+class PendingCommit:
+    """What one commit changes: changelog records to send, a batch to write once committed."""
+
+    changelog: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    batch: WriteBatch = field(default_factory=lambda: WriteBatch(raw_mode=True))
+    entries: list[tuple[Entry, int | None]] = field(default_factory=list)
+
+
+class WindowStore:
+    def __init__(self, path: Path, kind: WindowKind, cache_max_keys: int = 100_000) -> None:
+        self.path = path
+        self.kind = kind
+        self.cache_max_keys = cache_max_keys
+        path.mkdir(parents=True, exist_ok=True)
+        self._db = _open(path)
+        self._index = self._db.get_column_family("index")
+        self._meta = self._db.get_column_family("meta")
+        self._index_cf = self._db.get_column_family_handle("index")
+        self._meta_cf = self._db.get_column_family_handle("meta")
+        self._cache: dict[bytes, Entry] = {}
+        self._dirty: dict[bytes, Entry] = {}
+        self.stream_time: int | None = self._read_stream_time()
+        self._committed_stream_time = self.stream_time
+
+    # -- reads and writes through the cache -------------------------------------
+
+    def entry(self, key: bytes) -> Entry:
+        """The key's windows, loaded once and then served from memory."""
+        entry = self._cache.get(key)
+        if entry is None:
+            raw = self._db.get(key)
+            if raw is None:
+                entry = Entry([])
+            else:
+                entry = Entry(self.kind.load(orjson.loads(memoryview(raw)[8:])), decode_time(raw))
+            self._cache[key] = entry
+        return entry
+
+    def touch(self, key: bytes, entry: Entry) -> None:
+        """Mark a changed entry; it is written at the next commit."""
+        self._dirty[key] = entry
+
+    def peek(self, key: bytes) -> list[Any]:
+        """The key's windows without caching them (for queries)."""
+        entry = self._cache.get(key)
+        if entry is not None:
+            return entry.windows
+        raw = self._db.get(key)
+        return [] if raw is None else self.kind.load(orjson.loads(memoryview(raw)[8:]))
+
+    def due(self, stream_time: int) -> list[bytes]:
+        """Keys holding at least one window that is closed at ``stream_time``."""
+        keys = []
+        for key, entry in self._dirty.items():
+            entry.close = self.kind.next_close(entry.windows) if entry.windows else None
+            if entry.close is not None and closed(entry.close, stream_time):
+                keys.append(key)
+        options = ReadOptions()
+        options.set_iterate_upper_bound(encode_time(stream_time))
+        for index_key in self._index.keys(read_opt=options):
+            key = index_key[8:]
+            if key not in self._dirty:
+                keys.append(key)
+        return keys
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key with open windows (committed state plus this commit's changes)."""
+        for key in self._db.keys():
+            if key not in self._dirty:
+                yield key
+        for key, entry in self._dirty.items():
+            if entry.windows:
+                yield key
+
+    # -- commits --------------------------------------------------------------
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._dirty) or self.stream_time != self._committed_stream_time
+
+    def prepare(self) -> PendingCommit:
+        """Turn this commit's changes into changelog records and a write batch."""
+        pending = PendingCommit()
+        batch = pending.batch
+        index_cf = self._index_cf
+        for key, entry in self._dirty.items():
+            windows = entry.windows
+            close = self.kind.next_close(windows) if windows else None
+            if close is None:
+                value = None
+                batch.delete(key)
+            else:
+                value = encode_time(close) + orjson.dumps(self.kind.dump(windows))
+                batch.put(key, value)
+            if entry.stored_close != close:
+                if entry.stored_close is not None:
+                    batch.delete(encode_time(entry.stored_close) + key, index_cf)
+                if close is not None:
+                    batch.put(encode_time(close) + key, b"", index_cf)
+            pending.changelog.append((WINDOW_PREFIX + key, value))
+            pending.entries.append((entry, close))
+        if self.stream_time is not None and self.stream_time != self._committed_stream_time:
+            encoded = encode_time(self.stream_time)
+            batch.put(_STREAM_TIME, encoded, self._meta_cf)
+            pending.changelog.append((META_PREFIX + _STREAM_TIME, encoded))
+        return pending
+
+    def apply(self, pending: PendingCommit, checkpoint: int | None) -> None:
+        """Write a committed batch, with the changelog offset it brings local state to."""
+        if checkpoint is not None:
+            pending.batch.put(_CHECKPOINT, checkpoint.to_bytes(8, "big"), self._meta_cf)
+        if not pending.batch.is_empty():
+            self._db.write(pending.batch)
+        for entry, close in pending.entries:
+            entry.stored_close = close
+        for key, entry in list(self._dirty.items()):
+            if not entry.windows:
+                self._cache.pop(key, None)
+        self._dirty.clear()
+        self._committed_stream_time = self.stream_time
+        self._evict()
+
+    def rollback(self) -> None:
+        """Forget every change since the last commit (the transaction aborted)."""
+        for key in self._dirty:
+            self._cache.pop(key, None)
+        self._dirty.clear()
+        self.stream_time = self._committed_stream_time
+
+    def _evict(self) -> None:
+        excess = len(self._cache) - self.cache_max_keys
+        if excess <= 0:
+            return
+        for key in list(self._cache)[:excess]:
+            del self._cache[key]
+
+    # -- changelog restore ----------------------------------------------------
+
+    @property
+    def checkpoint(self) -> int | None:
+        raw = self._meta.get(_CHECKPOINT)
+        return None if raw is None else int.from_bytes(raw, "big")
+
+    def restore(self, records: Iterable[tuple[bytes, bytes | None]], checkpoint: int) -> int:
+        """Apply changelog records read from Kafka; returns how many were applied."""
+        latest: dict[bytes, bytes | None] = {}
+        count = 0
+        for key, value in records:
+            latest[key] = value
+            count += 1
+        batch = WriteBatch(raw_mode=True)
+        for changelog_key, value in latest.items():
+            kind, key = changelog_key[:1], changelog_key[1:]
+            if kind == META_PREFIX:
+                if value is None:
+                    batch.delete(key, self._meta_cf)
+                else:
+                    batch.put(key, value, self._meta_cf)
+                continue
+            old = self._db.get(key)
+            if old is not None:
+                batch.delete(old[:8] + key, self._index_cf)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+                batch.put(value[:8] + key, b"", self._index_cf)
+            self._cache.pop(key, None)
+        batch.put(_CHECKPOINT, checkpoint.to_bytes(8, "big"), self._meta_cf)
+        self._db.write(batch)
+        self.stream_time = self._committed_stream_time = self._read_stream_time()
+        return count
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def approximate_keys(self) -> int:
+        return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+
+    def approximate_bytes(self) -> int:
+        return int(self._db.property_int_value("rocksdb.total-sst-files-size") or 0) + int(
+            self._db.property_int_value("rocksdb.size-all-mem-tables") or 0
+        )
+
+    def close(self) -> None:
+        """Close RocksDB; the column-family views hold the database open, so drop them too."""
+        self._db.close()
+        del self._index, self._meta, self._index_cf, self._meta_cf, self._db
+
+    def _read_stream_time(self) -> int | None:
+        raw = self._meta.get(_STREAM_TIME)
+        return None if raw is None else decode_time(raw)
+
+
+def _open(path: Path) -> Rdict:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    families = {"index": Options(raw_mode=True), "meta": Options(raw_mode=True)}
+    return Rdict(str(path), options, column_families=families)
+
+
+def wipe(path: Path) -> None:
+    """Delete a store's files (before a full restore from the changelog)."""
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,102 @@
+"""An invalid config fails at start with one message per problem: key, value, what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import ConfigError, load_config
+
+VALID = """
+[app]
+id = "app"
+[pipelines.s]
+sources = ["a", "b"]
+key = ["user1", "user2"]
+output = "out"
+[pipelines.s.window]
+type = "session"
+gap = "30m"
+grace = "1m"
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path, text, environ=None):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ or {})
+    return info.value.problems
+
+
+def test_valid_config_and_defaults(tmp_path):
+    config = load_config(write(tmp_path, VALID), {})
+    (pipeline,) = config.pipelines
+    assert pipeline.key == ("user1", "user2")
+    assert pipeline.window.gap_ms == 1_800_000
+    assert pipeline.repartition_topic == "app-s-repartition"
+    assert pipeline.changelog_topic == "app-s-changelog"
+    assert pipeline.late_topic == "app-late"
+    assert config.commit_interval_ms == 100
+    assert config.exactly_once
+    assert config.source_topics() == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (("gap = \"30m\"", "gap = \"30x\""), "pipelines.s.window.gap = '30x': expected a duration"),
+        (("type = \"session\"", "type = \"sliding\""), "pipelines.s.window.type = 'sliding': expected one of 'session', 'tumbling', 'hopping'"),
+        (("id = \"app\"", "id = \"app\"\nprocessing_guarantee = \"maybe\""), "app.processing_guarantee = 'maybe': expected one of 'exactly_once', 'at_least_once'"),
+        (("output = \"out\"", "output = \"bad topic!\""), "pipelines.s.output.topic = 'bad topic!': expected a topic name"),
+        (("key = [\"user1\", \"user2\"]", "key = []"), "pipelines.s.key = []: expected a non-empty string or a list"),
+        (("grace = \"1m\"", "grace = \"1m\"\ncolour = 3"), "pipelines.s.window.colour: unknown key"),
+        (("gap = \"30m\"", "gap = \"0s\""), "pipelines.s.window.gap = '0s': expected a duration greater than zero"),
+    ],
+)
+def test_each_problem_names_key_value_and_allowed(tmp_path, change, expected):
+    text = VALID.replace(*change)
+    assert any(p.startswith(expected) for p in problems(tmp_path, text)), problems(tmp_path, text)
+
+
+def test_all_problems_are_reported_together(tmp_path):
+    text = VALID.replace('gap = "30m"', 'gap = "soon"').replace('output = "out"', "")
+    found = problems(tmp_path, text)
+    assert len(found) == 2
+    assert any("gap" in p for p in found) and any("output is missing" in p for p in found)
+
+
+def test_missing_pipelines(tmp_path):
+    assert problems(tmp_path, '[app]\nid = "x"\n') == [
+        "pipelines is missing: expected at least one [pipelines.<name>] table"
+    ]
+
+
+def test_hopping_advance_must_divide_size(tmp_path):
+    text = VALID.replace('type = "session"\ngap = "30m"', 'type = "hopping"\nsize = "5m"\nadvance = "2m"')
+    assert any("advance = '2m': expected a duration that divides" in p for p in problems(tmp_path, text))
+
+
+def test_environment_overrides(tmp_path):
+    env = {
+        "SESSIONIZER__APP__INSTANCE_ID": "replica-2",
+        "SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS": "broker:29092",
+        "SESSIONIZER__KAFKA__SASL.PASSWORD": "secret",
+        "SESSIONIZER__APP__COMMIT_INTERVAL": "250ms",
+        "SESSIONIZER__PIPELINES__S__WINDOW__GAP": "5m",
+        "OTHER": "ignored",
+    }
+    config = load_config(write(tmp_path, VALID), env)
+    assert config.instance_id == "replica-2"
+    assert config.bootstrap_servers == "broker:29092"
+    assert config.kafka["sasl.password"] == "secret"
+    assert config.commit_interval_ms == 250
+    assert config.pipelines[0].window.gap_ms == 300_000
+
+
+def test_bad_environment_override_is_reported_like_a_file_value(tmp_path):
+    found = problems(tmp_path, VALID, {"SESSIONIZER__APP__POLL_BATCH": "lots"})
+    assert found == ["app.poll_batch = 'lots': expected a whole number >= 1"]
