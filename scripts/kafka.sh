@@ -1,0 +1,390 @@
+#!/usr/bin/env bash
+# Start, stop and report a single-node Apache Kafka 4.x broker (KRaft mode:
+# broker and controller in one JVM), run from the official jars on Maven
+# Central. No Docker and no Kafka tarball needed: Java 17+ and Maven.
+#
+# Usage: scripts/kafka.sh start|stop|kill|status|restart|wipe|jars|logs [-f]
+#
+#   start    fetch jars if needed, format storage once, launch, wait until the
+#            broker answers (no-op if a broker already answers on the port)
+#   stop     SIGTERM, wait up to 60 s, then SIGKILL
+#   kill     SIGKILL at once (crash tests)
+#   status   running or not, pid, bootstrap address; exit 0 only if answering
+#   restart  stop, then start on the same data
+#   wipe     stop and delete the data dir (the jar cache stays)
+#   jars     only fetch the jars (for an install step)
+#   logs     last 100 lines of the broker log; `logs -f` follows it
+#
+# Environment (defaults in brackets):
+#   KAFKA_PORT [9092]                 client (PLAINTEXT) port
+#   KAFKA_CONTROLLER_PORT [PORT+1]    KRaft controller port
+#   KAFKA_HOST [127.0.0.1]            listen and advertised host
+#   KAFKA_CACHE_DIR [<repo>/.cache/kafka]   jars, shared by every port
+#   KAFKA_DATA_DIR [$KAFKA_CACHE_DIR/data-$KAFKA_PORT]   one per broker
+#   KAFKA_HEAP [1g]                   JVM -Xmx
+#   KAFKA_START_TIMEOUT [90]          seconds to wait for the broker to answer
+#   KAFKA_PYTHON [python3]            interpreter used for the readiness check
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+POM=$SCRIPT_DIR/kafka/pom.xml
+LOG4J_CONFIG=$SCRIPT_DIR/kafka/log4j2.properties
+
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
+KAFKA_HOST=${KAFKA_HOST:-127.0.0.1}
+KAFKA_CACHE_DIR=${KAFKA_CACHE_DIR:-$REPO_ROOT/.cache/kafka}
+KAFKA_DATA_DIR=${KAFKA_DATA_DIR:-$KAFKA_CACHE_DIR/data-$KAFKA_PORT}
+KAFKA_HEAP=${KAFKA_HEAP:-1g}
+KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
+KAFKA_PYTHON=${KAFKA_PYTHON:-python3}
+STOP_TIMEOUT=60
+
+JARS_DIR=$KAFKA_CACHE_DIR/jars
+JARS_MARKER=$JARS_DIR/.complete
+PROPS=$KAFKA_DATA_DIR/server.properties
+LOG_DIRS=$KAFKA_DATA_DIR/logs
+BROKER_LOG=$KAFKA_DATA_DIR/broker.log
+PID_FILE=$KAFKA_DATA_DIR/broker.pid
+BOOTSTRAP=$KAFKA_HOST:$KAFKA_PORT
+
+say() { echo "kafka.sh[$KAFKA_PORT]: $*"; }
+die() { echo "kafka.sh[$KAFKA_PORT]: error: $*" >&2; exit 1; }
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH ($2)"
+}
+
+# ---------------------------------------------------------------- jars
+
+pom_hash() {
+  sha256sum "$POM" | cut -d' ' -f1
+}
+
+jars_ready() {
+  [[ -f $JARS_MARKER ]] && grep -qx "pom-sha256=$(pom_hash)" "$JARS_MARKER"
+}
+
+# Copy the broker's jars from Maven Central into $JARS_DIR, unless the marker
+# says they were already copied from this very pom.
+ensure_jars() {
+  jars_ready && return 0
+  need mvn "Maven is needed once, to fetch the Kafka jars"
+  mkdir -p "$KAFKA_CACHE_DIR"
+  # Brokers on other ports share the jar cache: take a lock so two first
+  # starts at once do not both write it.
+  exec 8>"$KAFKA_CACHE_DIR/jars.lock"
+  flock 8
+  if ! jars_ready; then
+    say "fetching Kafka jars with Maven into $JARS_DIR"
+    # Copy into a fresh folder and swap it in only when mvn succeeded, so a
+    # failed or interrupted fetch never leaves a half-filled jar dir behind.
+    local tmp=$JARS_DIR.tmp.$$
+    rm -rf -- "$tmp"
+    local mvn_log=$KAFKA_CACHE_DIR/mvn.log
+    if ! mvn -B -q -f "$POM" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$tmp" </dev/null >"$mvn_log" 2>&1; then
+      rm -rf -- "$tmp"
+      tail -n 50 "$mvn_log" >&2
+      die "mvn could not fetch the Kafka jars (full output in $mvn_log)"
+    fi
+    echo "pom-sha256=$(pom_hash)" >"$tmp/.complete"
+    rm -rf -- "$JARS_DIR"
+    mv -- "$tmp" "$JARS_DIR"
+    say "jars ready ($(find "$JARS_DIR" -name '*.jar' | wc -l) files)"
+  fi
+  flock -u 8
+  exec 8>&-
+}
+
+kafka_java() {
+  java -cp "$JARS_DIR/*" -Dlog4j2.configurationFile="file:$LOG4J_CONFIG" "$@"
+}
+
+# ---------------------------------------------------------------- config
+
+write_server_properties() {
+  mkdir -p "$KAFKA_DATA_DIR"
+  cat >"$PROPS" <<EOF
+# Written by scripts/kafka.sh on every start; edits here are overwritten.
+process.roles=broker,controller
+node.id=1
+# Dynamic quorum of one (storage is formatted with --standalone).
+controller.quorum.bootstrap.servers=$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$LOG_DIRS
+
+num.partitions=1
+auto.create.topics.enable=false
+delete.topic.enable=true
+
+# One broker: internal topics must not ask for more replicas than that, or
+# consumer groups and transactions hang. Fewer partitions start faster.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+
+# Tests: no wait before the first rebalance, and short session timeouts allowed.
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+
+# After a crash (kill), the restarted broker cannot register until the
+# controller fences its previous incarnation, which takes a full broker session
+# (default 9 s). A shorter session makes crash tests recover sooner.
+broker.session.timeout.ms=4000
+broker.heartbeat.interval.ms=1000
+
+# Retention goes by record timestamp, and test events may carry old dates:
+# keep everything, or replays of old data would find it deleted.
+log.retention.ms=-1
+EOF
+}
+
+is_formatted() {
+  [[ -f $LOG_DIRS/meta.properties ]]
+}
+
+# KRaft storage must be formatted with a cluster id once before the first start.
+format_storage_once() {
+  is_formatted && return 0
+  local cluster_id
+  cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid 2>>"$KAFKA_DATA_DIR/format.log")
+  # A cluster id is 22 base64url characters; anything else means the tool
+  # printed something more (a log line) and the format would store it.
+  [[ $cluster_id =~ ^[A-Za-z0-9_-]{22}$ ]] || die "unexpected cluster id: $cluster_id"
+  say "formatting $LOG_DIRS (cluster id $cluster_id)"
+  kafka_java kafka.tools.StorageTool format --standalone \
+    -t "$cluster_id" -c "$PROPS" >>"$KAFKA_DATA_DIR/format.log" 2>&1 \
+    || { cat "$KAFKA_DATA_DIR/format.log" >&2; die "storage format failed"; }
+}
+
+# ---------------------------------------------------------------- process
+
+# Pid of our broker, if it is alive. The cmdline check guards against a stale
+# pid file whose pid was reused, and treats a zombie (empty cmdline) as dead.
+broker_pid() {
+  [[ -f $PID_FILE ]] || return 1
+  local pid
+  pid=$(<"$PID_FILE")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  # 2>/dev/null before the < so a process that vanished in between is quiet.
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "kafka.Kafka $PROPS" \
+    || return 1
+  echo "$pid"
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/$KAFKA_HOST/$KAFKA_PORT") 2>/dev/null
+}
+
+have_python_client() {
+  "$KAFKA_PYTHON" -c 'import confluent_kafka' 2>/dev/null
+}
+
+# A metadata request that succeeds means the broker really serves clients,
+# not just that something listens on the port.
+metadata_answers() {
+  "$KAFKA_PYTHON" - "$BOOTSTRAP" 2>/dev/null <<'EOF'
+import sys
+from confluent_kafka.admin import AdminClient
+admin = AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0})
+sys.exit(0 if admin.list_topics(timeout=3).brokers else 1)
+EOF
+}
+
+broker_answers() {
+  # The port check comes first because it fails at once when nothing
+  # listens, where the metadata request would wait for its timeout.
+  port_open || return 1
+  if [[ $HAVE_PYTHON_CLIENT == yes ]]; then
+    metadata_answers
+  else
+    # Fallback without the client: the broker logged that it finished
+    # starting (KafkaRaftServer logs "Kafka Server started").
+    grep -q 'started (kafka.server' "$BROKER_LOG" 2>/dev/null
+  fi
+}
+
+launch() {
+  need java "Java 17 or newer is needed to run Kafka"
+  # Keep the previous run's log for post-mortems of crash tests.
+  [[ -f $BROKER_LOG ]] && mv -f -- "$BROKER_LOG" "$BROKER_LOG.1"
+  # setsid + nohup: the broker gets its own session, so it outlives this
+  # shell and any terminal or CI step that started it.
+  setsid nohup java "-Xmx$KAFKA_HEAP" -cp "$JARS_DIR/*" \
+    -Dlog4j2.configurationFile="file:$LOG4J_CONFIG" \
+    kafka.Kafka "$PROPS" >"$BROKER_LOG" 2>&1 </dev/null &
+  echo $! >"$PID_FILE"
+}
+
+show_log_tail() {
+  echo "---- last 50 lines of $BROKER_LOG ----" >&2
+  tail -n 50 "$BROKER_LOG" >&2 2>/dev/null || true
+  # The cause is often further up, before a stack trace and the shutdown.
+  echo "---- first ERROR lines ----" >&2
+  grep -E '^\[[^]]*\] (ERROR|FATAL) ' "$BROKER_LOG" 2>/dev/null | head -n 5 >&2 || true
+}
+
+wait_until_answering() {
+  local pid=$1
+  local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    if broker_answers; then
+      return 0
+    fi
+    # By pid, not broker_pid: right after launch the child may not have
+    # exec'd java yet, so its command line does not show kafka.Kafka.
+    if ! pid_running "$pid"; then
+      show_log_tail
+      die "broker process exited during startup"
+    fi
+    sleep 0.5
+  done
+  show_log_tail
+  stop_broker
+  die "broker did not answer on $BOOTSTRAP within ${KAFKA_START_TIMEOUT}s (stopped it)"
+}
+
+# A dead broker not yet reaped by its parent stays a zombie: it holds no
+# sockets or files any more, so it counts as gone.
+pid_running() {
+  local state
+  state=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+wait_for_exit() {
+  local pid=$1 seconds=$2
+  local deadline=$((SECONDS + seconds))
+  while ((SECONDS < deadline)); do
+    pid_running "$pid" || return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- commands
+
+start_broker() {
+  local t0=$SECONDS pid
+  if broker_answers; then
+    say "already running at $BOOTSTRAP; nothing to do"
+    return 0
+  fi
+  if pid=$(broker_pid); then
+    # Launched earlier (perhaps by a start that is still waiting): wait for it.
+    say "broker process $pid exists but does not answer yet; waiting"
+  else
+    ensure_jars
+    write_server_properties
+    format_storage_once
+    launch
+    pid=$(<"$PID_FILE")
+    say "launched pid $pid, log $BROKER_LOG"
+  fi
+  wait_until_answering "$pid"
+  say "ready at $BOOTSTRAP after $((SECONDS - t0))s"
+}
+
+stop_broker() {
+  local pid
+  if ! pid=$(broker_pid); then
+    rm -f -- "$PID_FILE"
+    say "not running"
+    return 0
+  fi
+  say "stopping pid $pid (SIGTERM, up to ${STOP_TIMEOUT}s)"
+  kill -TERM "$pid" 2>/dev/null || true
+  if ! wait_for_exit "$pid" "$STOP_TIMEOUT"; then
+    say "still running after ${STOP_TIMEOUT}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_for_exit "$pid" 10 || die "pid $pid survived SIGKILL"
+  fi
+  rm -f -- "$PID_FILE"
+  say "stopped"
+}
+
+kill_broker() {
+  local pid
+  if ! pid=$(broker_pid); then
+    rm -f -- "$PID_FILE"
+    say "not running"
+    return 0
+  fi
+  kill -KILL "$pid" 2>/dev/null || true
+  wait_for_exit "$pid" 10 || die "pid $pid survived SIGKILL"
+  rm -f -- "$PID_FILE"
+  say "killed pid $pid"
+}
+
+status_broker() {
+  local pid=none
+  pid=$(broker_pid) || pid=none
+  if broker_answers; then
+    say "running, pid $pid, bootstrap $BOOTSTRAP, data $KAFKA_DATA_DIR"
+    return 0
+  fi
+  if [[ $pid != none ]]; then
+    say "not answering (pid $pid alive: starting or hung), bootstrap $BOOTSTRAP"
+  else
+    say "not running, bootstrap $BOOTSTRAP"
+  fi
+  return 1
+}
+
+wipe_broker() {
+  # Guard the rm against a bad KAFKA_DATA_DIR: empty, /, the repo, or the
+  # cache dir itself (which holds the jars that wipe must keep).
+  local dir
+  dir=$(realpath -m -- "$KAFKA_DATA_DIR")
+  case $dir in
+    / | "$(realpath -m -- "$REPO_ROOT")" | "$(realpath -m -- "$KAFKA_CACHE_DIR")")
+      die "refusing to delete '$KAFKA_DATA_DIR'" ;;
+  esac
+  stop_broker
+  rm -rf -- "$KAFKA_DATA_DIR"
+  say "deleted $KAFKA_DATA_DIR"
+}
+
+show_logs() {
+  [[ -f $BROKER_LOG ]] || die "no broker log at $BROKER_LOG"
+  if [[ ${1:-} == -f ]]; then
+    tail -n 100 -F "$BROKER_LOG"
+  else
+    tail -n 100 "$BROKER_LOG"
+  fi
+}
+
+usage() {
+  echo "usage: $0 start|stop|kill|status|restart|wipe|jars|logs [-f]" >&2
+  exit 2
+}
+
+main() {
+  [[ $# -ge 1 ]] || usage
+  HAVE_PYTHON_CLIENT=no
+  have_python_client && HAVE_PYTHON_CLIENT=yes
+  case $1 in
+    start) start_broker ;;
+    stop) stop_broker ;;
+    kill) kill_broker ;;
+    status) status_broker ;;
+    restart) stop_broker && start_broker ;;
+    wipe) wipe_broker ;;
+    jars) ensure_jars ;;
+    logs) show_logs "${2:-}" ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,101 @@
+"""``sessionizer``: run the service, process a file offline, or check a config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from service import __version__
+from service.config import Config, ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sessionizer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sessionizer {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the service (a consumer-group member)")
+    run.add_argument("--config", required=True, type=Path)
+    run.add_argument("--instance-id", help="overrides [app] instance_id")
+
+    process = commands.add_parser("process", help="run the pipelines over a JSONL file, no broker")
+    process.add_argument("--config", required=True, type=Path)
+    process.add_argument("--input", required=True, type=Path, help="one JSON event per line")
+    process.add_argument("--output", type=Path, help="where to write records (default: stdout)")
+    process.add_argument("--topic", help="the source topic the file stands for (default: every pipeline reads it)")
+
+    check = commands.add_parser("check-config", help="validate a config file without connecting")
+    check.add_argument("config", type=Path)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _check_config(args.config)
+        config = _load(args.config, getattr(args, "instance_id", None))
+        if args.command == "process":
+            return _process(config, args)
+        return _run(config)
+    except ConfigError as exc:
+        print(f"sessionizer: {exc}", file=sys.stderr)
+        return 2
+
+
+def _load(path: Path, instance_id: str | None) -> Config:
+    environ = dict(os.environ)
+    if instance_id:
+        environ["SESSIONIZER__APP__INSTANCE_ID"] = instance_id
+    return load_config(path, environ)
+
+
+def _check_config(path: Path) -> int:
+    config = load_config(path)
+    names = ", ".join(p.name for p in config.pipelines)
+    print(f"{path}: OK ({len(config.pipelines)} pipelines: {names})")
+    return 0
+
+
+def _process(config: Config, args: argparse.Namespace) -> int:
+    from service.offline import process_file
+
+    if args.output:
+        with open(args.output, "w") as out:
+            summary = process_file(config, args.input, out, args.topic)
+    else:
+        summary = process_file(config, args.input, sys.stdout, args.topic)
+    counts = ", ".join(f"{topic}: {n}" for topic, n in sorted(summary.records.items()))
+    print(f"{summary.lines} events read; records written: {counts or 'none'}", file=sys.stderr)
+    return 0
+
+
+def _run(config: Config) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    from service.logs import configure_logging
+    from service.runtime.clients import admin_config
+    from service.runtime.loop import StreamLoop
+    from service.runtime.topics import ensure_topics
+
+    configure_logging(config.log_level, config.log_format, app_id=config.app_id, instance_id=config.instance_id)
+    ensure_topics(AdminClient(admin_config(config)), config)
+    loop = StreamLoop(config)
+    _handle_signals(loop.stop)
+    loop.run()
+    return 0
+
+
+def _handle_signals(stop: object) -> None:
+    """First SIGTERM/SIGINT: finish the batch, commit, leave the group. Second: exit at once."""
+    received = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+        stop()  # type: ignore[operator]
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,1 @@
+"""The Kafka side: a loop owning consumer and producer, tasks per partition, state restore."""

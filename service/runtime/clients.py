@@ -1,0 +1,102 @@
+"""librdkafka configurations for the service's clients.
+
+The user's ``[kafka]`` properties (security, SASL, SSL, tuning) reach every
+client; ``[kafka.consumer]`` and ``[kafka.producer]`` reach one kind. The few
+settings correctness depends on are set last and cannot be overridden.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.config import Config
+
+# Tuning defaults a user may override.
+_CONSUMER_DEFAULTS = {
+    "auto.offset.reset": "earliest",
+    "session.timeout.ms": "45000",
+    "max.poll.interval.ms": "300000",
+    "fetch.wait.max.ms": "100",
+}
+_PRODUCER_DEFAULTS = {
+    "linger.ms": "5",
+    "compression.type": "none",
+    # Kafka Streams' exactly-once default: a crashed instance's open
+    # transaction is aborted within 10 s, so whoever takes over its partitions
+    # can read past it.
+    "transaction.timeout.ms": "10000",
+}
+
+
+def _common(config: Config) -> dict[str, Any]:
+    return dict(config.kafka)
+
+
+def consumer_config(config: Config) -> dict[str, Any]:
+    """The group member that reads source and repartition topics."""
+    props = _common(config)
+    props.update(_CONSUMER_DEFAULTS)
+    props.update(config.consumer)
+    props.update(
+        {
+            "group.id": config.app_id,
+            "client.id": f"{config.app_id}-{config.instance_id}-consumer",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": "false",
+            "enable.auto.offset.store": "false",
+            "enable.partition.eof": "true",
+            "isolation.level": "read_committed" if config.exactly_once else "read_uncommitted",
+        }
+    )
+    return props
+
+
+def restore_consumer_config(config: Config) -> dict[str, Any]:
+    """A consumer with no group, assigned changelog partitions while they restore."""
+    props = _common(config)
+    props.update(config.consumer)
+    for group_only in ("group.instance.id", "session.timeout.ms", "max.poll.interval.ms", "partition.assignment.strategy"):
+        props.pop(group_only, None)
+    props.update(
+        {
+            "group.id": f"{config.app_id}-restore-unused",
+            "client.id": f"{config.app_id}-{config.instance_id}-restore",
+            "enable.auto.commit": "false",
+            "enable.auto.offset.store": "false",
+            "enable.partition.eof": "true",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    return props
+
+
+def producer_config(config: Config) -> dict[str, Any]:
+    """One producer per process, transactional under exactly-once.
+
+    ``murmur2_random`` puts a key in the partition a Java producer would.
+    """
+    props = _common(config)
+    props.update(_PRODUCER_DEFAULTS)
+    props.update(config.producer)
+    props.update(
+        {
+            "client.id": f"{config.app_id}-{config.instance_id}-producer",
+            "partitioner": "murmur2_random",
+            "enable.idempotence": "true",
+        }
+    )
+    if config.exactly_once:
+        props["transactional.id"] = transactional_id(config)
+    return props
+
+
+def admin_config(config: Config) -> dict[str, Any]:
+    props = _common(config)
+    props["client.id"] = f"{config.app_id}-{config.instance_id}-admin"
+    return props
+
+
+def transactional_id(config: Config) -> str:
+    """Stable per instance, so a restarted instance fences its previous incarnation."""
+    return f"{config.app_id}-{config.instance_id}"
