@@ -1,0 +1,220 @@
+"""Driving the real service against the real broker started by scripts/test.sh."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bootstrap() -> str:
+    return os.environ.get("SESSIONIZER_TEST_BOOTSTRAP", "127.0.0.1:19092")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def create_topics(names: Iterable[str], partitions: int = 3) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap()})
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+    for future in futures.values():
+        future.result(30)
+
+
+def produce(topic: str, values: Iterable[Any], key: Callable[[Any], bytes | None] | None = None) -> int:
+    """Produce JSON values (bytes are sent as they are), keyed with murmur2 like Java."""
+    producer = Producer({"bootstrap.servers": bootstrap(), "partitioner": "murmur2_random", "linger.ms": 20})
+    count = 0
+    for value in values:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        while True:
+            try:
+                producer.produce(topic, raw, key(value) if key else None)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        count += 1
+    assert producer.flush(60) == 0
+    return count
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+    def json(self) -> Any:
+        return orjson.loads(self.value)
+
+
+class Reader:
+    """A read_committed consumer over whole topics, from the beginning."""
+
+    def __init__(self, topics: list[str]) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap(),
+                "group.id": unique("reader"),
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        self.consumer.subscribe(topics)
+        self.records: list[Record] = []
+
+    def poll(self, seconds: float = 0.5) -> list[Record]:
+        new = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for m in self.consumer.consume(1000, 0.1):
+                if m.error() is not None:
+                    if m.error().code() != KafkaError._PARTITION_EOF:
+                        raise AssertionError(str(m.error()))
+                    continue
+                new.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), dict(m.headers() or [])))
+        self.records.extend(new)
+        return new
+
+    def wait_for(self, count: int, timeout: float, topic: str | None = None) -> list[Record]:
+        def enough() -> bool:
+            self.poll(0.3)
+            return len(self.of(topic)) >= count
+
+        wait_until(enough, timeout, f"{count} records on {topic or 'the topics'} (have {len(self.of(topic))})", 0)
+        return self.of(topic)
+
+    def of(self, topic: str | None) -> list[Record]:
+        return [r for r in self.records if topic is None or r.topic == topic]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def end_offsets(topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap(), "group.id": unique("probe")})
+    try:
+        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+    finally:
+        consumer.close()
+
+
+class Service:
+    """``python -m service run`` in a subprocess, with its log in a file."""
+
+    def __init__(self, config_path: Path, workdir: Path, instance_id: str = "i1", env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.instance_id = instance_id
+        self.log_path = workdir / f"service-{instance_id}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> Service:
+        self.starts += 1
+        log = open(self.log_path, "ab")
+        log.write(f"--- start {self.starts} ---\n".encode())
+        log.flush()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "run", "--config", str(self.config_path), "--instance-id", self.instance_id],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_started(self, timeout: float = 60) -> None:
+        """Until this run has logged a restored task, i.e. it is in the group and processing."""
+        marker = f"--- start {self.starts} ---"
+
+        def started() -> bool:
+            self.assert_alive()
+            text = self.log().split(marker)[-1]
+            return '"state up to date"' in text or '"state restored"' in text
+
+        wait_until(started, timeout, f"service {self.instance_id} to start")
+
+    def assert_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None and self.process.returncode != 0:
+            raise AssertionError(f"service {self.instance_id} exited {self.process.returncode}:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait for the clean exit."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(30)
+        self.process = None
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """Java's default partitioner: murmur2 of the key bytes, positive, modulo partitions."""
+    length = len(key)
+    seed = 0x9747B28C
+    m = 0x5BD1E995
+    h = (seed ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(key[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    tail = length % 4
+    if tail:
+        rest = key[length - tail :]
+        if tail == 3:
+            h ^= rest[2] << 16
+        if tail >= 2:
+            h ^= rest[1] << 8
+        h ^= rest[0]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions
