@@ -17,6 +17,10 @@ _CONSUMER_DEFAULTS = {
     "session.timeout.ms": "45000",
     "max.poll.interval.ms": "300000",
     "fetch.wait.max.ms": "100",
+    # librdkafka pauses a partition's fetching for this long once its prefetch
+    # queue is full (default 1 s). With batches consumed every few milliseconds
+    # that pause starved the loop: 10 ms gave 1.3-1.4x throughput in bench/bench.py.
+    "fetch.queue.backoff.ms": "10",
 }
 _PRODUCER_DEFAULTS = {
     "linger.ms": "5",
