@@ -8,21 +8,79 @@ which becomes the store's checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from service.pipeline import OutputRecord
+
+log = structlog.get_logger("sessionizer.collector")
 
 
 class DeliveryFailed(Exception):
     """A record could not be written (at-least-once mode): do not commit offsets."""
 
 
+class CommitFailed(Exception):
+    """The transaction did not commit; nothing of it is visible."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class StuckCall(Exception):
+    """A librdkafka call did not return within its deadline."""
+
+
+def _within(call: Callable[[], None], deadline: float) -> None:
+    """Run a blocking librdkafka call in a worker thread, giving up after ``deadline`` seconds.
+
+    librdkafka's send_offsets_to_transaction can ignore its timeout and block
+    for good when the group coordinator drops out of the metadata, as during a
+    broker restart (librdkafka issues #5456 and #5511). The poll loop must not
+    hang with it: on ``StuckCall`` the producer is abandoned and replaced.
+    """
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, name="sessionizer-commit", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if not outcome:
+        raise StuckCall()
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def _retrying(call: Callable[[], object], attempts: int = 6) -> None:
+    """Run a transactional call, again after a pause while it fails with a retriable error."""
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except KafkaException as exc:
+            error = exc.args[0]
+            if attempt == attempts - 1 or not error.retriable() or error.fatal() or error.txn_requires_abort():
+                raise
+            log.warning("transactional call failed, retrying", error=str(error))
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+
+
 class RecordCollector:
-    def __init__(self, producer: Producer, exactly_once: bool) -> None:
-        self.producer = producer
+    def __init__(self, make_producer: Callable[[], Producer], exactly_once: bool) -> None:
+        self._make_producer = make_producer
+        self.producer = make_producer()
         self.exactly_once = exactly_once
         self.sent = 0
         self._changelog_ends: dict[tuple[str, int], int] = {}
@@ -30,6 +88,7 @@ class RecordCollector:
         # Under exactly-once a failed record fails the commit itself, so only
         # at-least-once pays for a delivery callback per record.
         self._report = None if exactly_once else self._checked
+        self._stuck = False
 
     # -- writing ------------------------------------------------------------
 
@@ -76,34 +135,85 @@ class RecordCollector:
     # -- transactions ---------------------------------------------------------
 
     def init(self, timeout: float = 60.0) -> None:
+        """Under exactly-once: fence any previous incarnation of this instance, open a transaction."""
         if self.exactly_once:
-            self.producer.init_transactions(timeout)
+            _retrying(lambda: self.producer.init_transactions(timeout))
             self.producer.begin_transaction()
 
-    def commit(self, offsets: list[TopicPartition], group_metadata: Any, timeout: float = 60.0) -> None:
+    def commit(self, offsets: list[TopicPartition], group_metadata: Any, timeout: float = 10.0) -> None:
         """Make everything sent since the last commit visible, with the consumed offsets.
 
-        Raises ``KafkaException`` from the transaction (the caller aborts and
-        rewinds) or ``DeliveryFailed`` in at-least-once mode.
-        """
-        if self.exactly_once:
-            if offsets:
-                self.producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
-            self.producer.commit_transaction(timeout)
-            self._raise_delivery_errors()
-            self.producer.begin_transaction()
-            return
-        remaining = self.producer.flush(timeout)
-        if remaining:
-            raise DeliveryFailed(f"{remaining} records still undelivered after {timeout} s")
-        self._raise_delivery_errors()
+        Raises ``CommitFailed`` when the transaction did not commit (the caller
+        then calls ``abort`` and rewinds) and ``DeliveryFailed`` when an
+        at-least-once record was lost.
 
-    def abort(self, timeout: float = 60.0) -> None:
-        """Drop everything sent since the last commit."""
+        Offsets are sent once, with a short timeout, and a failure gives up the
+        transaction: the group coordinator refuses offsets while the group
+        rebalances, and the rebalance cannot finish while this thread waits
+        instead of polling. ``commit_transaction`` is retried on retriable
+        errors, as librdkafka requires.
+        """
+        if not self.exactly_once:
+            # librdkafka retries until message.timeout.ms, then reports the
+            # record as failed: either way flush returns in the end.
+            while self.producer.flush(5.0):
+                log.warning("waiting for records to be delivered", queued=len(self.producer))
+            self._raise_delivery_errors()
+            return
+        producer = self.producer
+
+        def commit_transaction() -> None:
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
+            _retrying(lambda: producer.commit_transaction(timeout))
+
+        try:
+            _within(commit_transaction, deadline=3 * timeout)
+        except KafkaException as exc:
+            raise CommitFailed(exc.args[0]) from None
+        except StuckCall:
+            self._stuck = True
+            raise CommitFailed(KafkaError(KafkaError._TIMED_OUT, "transactional call overran its timeout")) from None
+        self.producer.begin_transaction()
+
+    def abort(self, timeout: float = 30.0) -> None:
+        """Drop everything sent since the last commit and open a new transaction.
+
+        A producer in a fatal state (fenced by a newer incarnation of this
+        instance id, or any other fatal error) cannot abort: it is replaced.
+        """
         self._errors.clear()
-        if self.exactly_once:
-            self.producer.abort_transaction(timeout)
-            self.producer.begin_transaction()
+        if not self.exactly_once:
+            return
+        if self._stuck:
+            self._replace_producer(KafkaError(KafkaError._TIMED_OUT, "a transactional call hung"))
+            return
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                producer = self.producer
+                _within(lambda: producer.abort_transaction(timeout), deadline=timeout + 5)
+                break
+            except StuckCall:
+                self._replace_producer(KafkaError(KafkaError._TIMED_OUT, "abort_transaction hung"))
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.fatal():
+                    self._replace_producer(error)
+                    return
+                if not error.retriable() or time.monotonic() > deadline:
+                    raise
+                log.warning("abort failed, retrying", error=str(error))
+                time.sleep(1.0)
+        self.producer.begin_transaction()
+
+    def _replace_producer(self, error: KafkaError) -> None:
+        """A new producer with the same transactional id fences the old one and aborts its transaction."""
+        log.warning("producer failed, replacing it", error=str(error))
+        self.producer = self._make_producer()
+        self._stuck = False
+        self.init()
 
     def close(self, timeout: float = 30.0) -> None:
         if self.exactly_once:

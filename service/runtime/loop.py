@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from service.config import Config
 from service.pipeline import Pipeline, compile_pipelines
 from service.runtime.clients import consumer_config, producer_config, restore_consumer_config
-from service.runtime.collector import RecordCollector
+from service.runtime.collector import CommitFailed, RecordCollector
 from service.runtime.punctuator import Punctuator
 from service.runtime.state import StateManager
 from service.runtime.tasks import SourceTask, TaskState, WindowTask
@@ -30,12 +30,16 @@ log = structlog.get_logger("sessionizer.loop")
 Where = tuple[str, int]
 
 
+class ConsumerFailed(RuntimeError):
+    """The consumer reported a fatal error: this process cannot go on; a restart can."""
+
+
 class StreamLoop:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.pipelines: tuple[Pipeline, ...] = compile_pipelines(config.pipelines)
         self._by_repartition = {p.config.repartition_topic: p for p in self.pipelines}
-        self.collector = RecordCollector(Producer(producer_config(config)), config.exactly_once)
+        self.collector = RecordCollector(lambda: Producer(producer_config(config)), config.exactly_once)
         self.consumer = Consumer(consumer_config(config))
         self.state = StateManager(config, Consumer(restore_consumer_config(config)))
         self.state.on_restored = self._restored
@@ -66,23 +70,36 @@ class StreamLoop:
         clean = False
         try:
             while self._running:
-                restoring = self.state.busy
-                wait = 0.0 if restoring else max(0.0, next_commit - time.monotonic())
-                messages = self.consumer.consume(self.config.poll_batch, wait)
-                if messages:
-                    self._route(messages)
-                if restoring:
-                    self.state.restore_step(timeout=0.0 if messages else 0.05)
-                self.collector.poll()
-                now = time.monotonic()
-                if self.punctuator.due(now):
-                    self._punctuate(now)
-                if now >= next_commit:
-                    self.commit()
-                    next_commit = time.monotonic() + interval
+                try:
+                    next_commit = self._iterate(next_commit, interval)
+                except KafkaException as exc:
+                    if exc.args[0].fatal() and not self.config.exactly_once:
+                        raise
+                    # A failed produce or group call leaves this batch half
+                    # done: drop it, as a failed commit would.
+                    log.warning("processing failed, aborting and rewinding", error=str(exc.args[0]))
+                    self._abort_and_rewind()
             clean = True
         finally:
             self._close(clean)
+
+    def _iterate(self, next_commit: float, interval: float) -> float:
+        """One poll-process-punctuate(-commit) round; returns the next commit deadline."""
+        restoring = self.state.busy
+        wait = 0.0 if restoring else max(0.0, next_commit - time.monotonic())
+        messages = self.consumer.consume(self.config.poll_batch, wait)
+        if messages:
+            self._route(messages)
+        if restoring:
+            self.state.restore_step(timeout=0.0 if messages else 0.05)
+        self.collector.poll()
+        now = time.monotonic()
+        if self.punctuator.due(now):
+            self._punctuate(now)
+        if now >= next_commit:
+            self.commit()
+            return time.monotonic() + interval
+        return next_commit
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and shut down cleanly."""
@@ -136,7 +153,7 @@ class StreamLoop:
                 if error.code() == KafkaError._PARTITION_EOF:
                     ends.append((message.topic(), message.partition()))
                 elif error.fatal():
-                    raise KafkaException(error)
+                    raise ConsumerFailed(str(error))
                 else:
                     log.warning("consume error", error=str(error))
                 continue
@@ -202,11 +219,8 @@ class StreamLoop:
         offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._offsets.items()]
         try:
             self.collector.commit(offsets, self.consumer.consumer_group_metadata())
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.fatal():
-                raise
-            log.warning("commit failed, aborting and rewinding", error=str(error))
+        except CommitFailed as exc:
+            log.warning("commit failed, aborting and rewinding", error=str(exc))
             self._abort_and_rewind()
             return
         self._apply(pending)
@@ -228,27 +242,40 @@ class StreamLoop:
 
     def _abort_and_rewind(self, lost: bool = False) -> None:
         """Undo everything since the last commit: transaction, stores, positions."""
-        try:
-            self.collector.abort()
-        except KafkaException as exc:
-            if exc.args[0].fatal():
-                raise
-            log.warning("abort failed", error=str(exc.args[0]))
+        self.collector.abort()
         for task in self.running_tasks:
             task.rollback()
         self._offsets.clear()
         self._sent_at_commit = self.collector.sent
+        # Whatever happened (a broker outage, a lost generation) may have hidden
+        # records: no partition counts as caught up, and no idle time counts,
+        # until a fresh end-of-partition event says so again.
+        for task in self.tasks.values():
+            task.caught_up = False
+        for where in self._source_caught_up:
+            self._source_caught_up[where] = False
         if not lost:
             self._seek_to_committed()
 
-    def _seek_to_committed(self) -> None:
+    def _seek_to_committed(self, patience: float = 120.0) -> None:
+        """Put every active partition back at its committed offset (retrying while the broker is away)."""
         active = [
             TopicPartition(topic, partition)
             for (topic, partition) in list(self._source_caught_up) + [(t.topic, t.partition) for t in self.running_tasks]
         ]
         if not active:
             return
-        for tp in self.consumer.committed(active, timeout=30):
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                committed = self.consumer.committed(active, timeout=10)
+                break
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("reading committed offsets failed, retrying", error=str(exc.args[0]))
+                time.sleep(1.0)
+        for tp in committed:
             if tp.offset < 0:
                 tp.offset = OFFSET_BEGINNING
             try:

@@ -147,6 +147,7 @@ class WindowTask:
         self.processor.advance(base_time + int((now - base_wall) * 1000))
 
     def rollback(self) -> None:
+        """Back to the last commit; the idle clock restarts, so time spent failing is not idle time."""
         self.store.rollback()
         self.out.clear()
         self._idle_base = (self.store.stream_time, time.monotonic())

@@ -111,8 +111,20 @@ class Reader:
             self.poll(0.3)
             return len(self.of(topic)) >= count
 
-        wait_until(enough, timeout, f"{count} records on {topic or 'the topics'} (have {len(self.of(topic))})", 0)
+        try:
+            wait_until(enough, timeout, f"{count} records on {topic or 'the topics'}", 0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; have {len(self.of(topic))}; {self.describe()}") from None
         return self.of(topic)
+
+    def describe(self) -> str:
+        """Where this reader stands, for failure messages."""
+        assignment = self.consumer.assignment()
+        positions = self.consumer.position(assignment) if assignment else []
+        ends = [self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1] for tp in assignment]
+        return "assignment/position/high: " + ", ".join(
+            f"{tp.topic}[{tp.partition}] {pos.offset}/{end}" for tp, pos, end in zip(assignment, positions, ends)
+        )
 
     def of(self, topic: str | None) -> list[Record]:
         return [r for r in self.records if topic is None or r.topic == topic]
