@@ -80,15 +80,25 @@ def _process(config: Config, args: argparse.Namespace) -> int:
 
 
 def _run(config: Config) -> int:
+    import structlog
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    from service.config_dump import effective_config
     from service.logs import configure_logging
     from service.runtime.clients import admin_config
     from service.runtime.loop import StreamLoop
     from service.runtime.topics import ensure_topics
+    from service.secrets import secret_values
 
-    configure_logging(config.log_level, config.log_format, app_id=config.app_id, instance_id=config.instance_id)
+    configure_logging(
+        config.log_level,
+        config.log_format,
+        secrets=secret_values(config),
+        app_id=config.app_id,
+        instance_id=config.instance_id,
+    )
+    structlog.get_logger("sessionizer").info("configuration", version=__version__, config=effective_config(config))
     try:
         admin = AdminClient(admin_config(config))
         loop = StreamLoop(config)

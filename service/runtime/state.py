@@ -70,7 +70,8 @@ class StateManager:
             if checkpoint is not None:
                 log.warning(
                     "checkpoint does not fit the changelog, restoring fully",
-                    task=task.name,
+                    pipeline=task.pipeline.name,
+                    partition=task.partition,
                     checkpoint=checkpoint,
                     low=low,
                     high=high,
@@ -83,10 +84,18 @@ class StateManager:
             checkpoint = low
         mode = "tail" if task.store.checkpoint is not None else "full"
         if checkpoint >= high:
-            log.info("state up to date", task=task.name, checkpoint=checkpoint)
+            log.info("state up to date", pipeline=task.pipeline.name, partition=task.partition, checkpoint=checkpoint)
             self.on_restored(task)
             return
-        log.info("restoring state", task=task.name, mode=mode, changelog=changelog, start=checkpoint, end=high)
+        log.info(
+            "restoring state",
+            pipeline=task.pipeline.name,
+            partition=task.partition,
+            mode=mode,
+            changelog=changelog,
+            start=checkpoint,
+            end=high,
+        )
         self.restoring[(changelog, task.partition)] = Restoration(task, changelog, high, checkpoint, time.monotonic())
         self._assign()
 
@@ -139,7 +148,8 @@ class StateManager:
             task.store.restore((), restoration.position)
         log.info(
             "state restored",
-            task=task.name,
+            pipeline=task.pipeline.name,
+            partition=task.partition,
             records=task.restored_records,
             seconds=round(time.monotonic() - restoration.started, 3),
             stream_time=task.store.stream_time,
