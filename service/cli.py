@@ -86,10 +86,13 @@ def _run(config: Config) -> int:
 
     from service.config_dump import effective_config
     from service.logs import configure_logging
+    from service.metrics import build_registry
+    from service.queries import OwnerDirectory, SessionQueries
     from service.runtime.clients import admin_config
     from service.runtime.loop import StreamLoop
     from service.runtime.topics import ensure_topics
     from service.secrets import secret_values
+    from service.web import OpsServer
 
     configure_logging(
         config.log_level,
@@ -104,9 +107,16 @@ def _run(config: Config) -> int:
         loop = StreamLoop(config)
     except KafkaException as exc:  # librdkafka refused a property: a configuration problem
         raise ConfigError([f"kafka: {exc.args[0].str()}"]) from None
-    ensure_topics(admin, config)
-    _handle_signals(loop.stop)
-    loop.run()
+    # Serving before the topics are checked: /healthz answers during a slow start.
+    server = OpsServer(config, loop, build_registry(loop, config))
+    server.start()
+    try:
+        partitions = ensure_topics(admin, config)
+        server.sessions = SessionQueries(config, loop.pipelines, partitions, loop.queries, OwnerDirectory(admin, config))
+        _handle_signals(loop.stop)
+        loop.run()
+    finally:
+        server.close()
     return 0
 
 

@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from service.config import Config
 from service.metrics import LoopMetrics
 from service.pipeline import Pipeline, compile_pipelines
+from service.queries import QueryInbox
 from service.runtime.clients import consumer_config, producer_config, restore_consumer_config
 from service.runtime.collector import RecordCollector
 from service.runtime.punctuator import Punctuator
@@ -46,6 +47,7 @@ class StreamLoop:
         self.commits = 0
         self.rebalances = 0
         self.metrics = LoopMetrics()
+        self.queries = QueryInbox()
         self._offsets: dict[Where, int] = {}
         self._source_caught_up: dict[Where, bool] = {}
         self._sent_at_commit = 0
@@ -78,6 +80,7 @@ class StreamLoop:
                 self.collector.poll()
                 now = time.monotonic()
                 self.metrics.tick(self, now)
+                self.queries.serve(self.tasks)
                 if self.punctuator.due(now):
                     self._punctuate(now)
                 if now >= next_commit:
@@ -110,6 +113,7 @@ class StreamLoop:
         """
         self._running = False
         self.metrics.running = False
+        self.queries.close()
         if clean:
             try:
                 self.commit()
