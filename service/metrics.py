@@ -110,6 +110,7 @@ class LoopMetrics:
         self.emit_delay: dict[str, Buckets] = {}
         self.sample = Sample()
         self._next_sample = 0.0
+        self._sampled_rebalances = 0
 
     # -- hooks the loop calls -----------------------------------------------------
 
@@ -137,12 +138,13 @@ class LoopMetrics:
         return on_emit
 
     def tick(self, loop: StreamLoop, now: float) -> None:
-        """Every loop iteration: note that the loop is alive; once a second, sample."""
+        """Every loop iteration: note that the loop is alive; once a second or after a rebalance, sample."""
         self.last_iteration = now
         self.running = True
-        if now < self._next_sample:
+        if now < self._next_sample and loop.rebalances == self._sampled_rebalances:
             return
         self._next_sample = now + SAMPLE_INTERVAL
+        self._sampled_rebalances = loop.rebalances
         try:
             self.sample = take_sample(loop, now)
         except Exception as exc:  # a metric must never stop the loop

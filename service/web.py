@@ -50,10 +50,10 @@ def readiness(loop: StreamLoop) -> tuple[bool, dict[str, Any]]:
     body: dict[str, Any] = {"assigned_partitions": metrics.sample.assigned, "restoring_partitions": restoring}
     if not metrics.running:
         reason = "stopped" if metrics.sample.at else "starting"
+    elif restoring:  # read live: restoring can start and end between two samples
+        reason = "restoring state"
     elif metrics.sample.assigned == 0:
         reason = "no partitions assigned"
-    elif restoring:
-        reason = "restoring state"
     else:
         reason = None
     body["status"] = "ready" if reason is None else reason

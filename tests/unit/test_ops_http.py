@@ -307,8 +307,9 @@ def test_readyz_needs_running_assigned_and_restored(server):
     metrics.running = True
     metrics.sample.at = 1.0
     assert _ready(ops) == (503, "no partitions assigned")
-    metrics.sample.assigned = 6
     loop.state.restoring[("changelog", 0)] = object()
+    assert _ready(ops) == (503, "restoring state")  # even before the assignment is sampled
+    metrics.sample.assigned = 6
     assert _ready(ops) == (503, "restoring state")
     loop.state.restoring.clear()
     assert _ready(ops) == (200, "ready")

@@ -199,3 +199,6 @@ def test_tick_marks_the_loop_alive_and_samples_once_a_second(loop):
     metrics.tick(loop, 101.1)
     assert metrics.running and metrics.last_iteration == 101.1
     assert len(sampled) == 2
+    loop.rebalances += 1  # a new assignment is sampled at once
+    metrics.tick(loop, 101.2)
+    assert len(sampled) == 3
