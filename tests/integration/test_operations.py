@@ -230,13 +230,18 @@ def test_a_key_owned_by_another_instance_names_it(app):
     users = [f"user-{n}" for n in range(40)]
     produce(app.topic("web"), [{"user_id": u, "ts": now} for u in users], key=by_user)
 
+    last: list = []  # what the last attempt saw, for a failure message
+
     def settled():
         """Both instances ready, and every key answered by its owner and pointed to by the other."""
-        if any(get(port, "/readyz")[0] != 200 for port in ports.values()):
+        readiness = {name: get(port, "/readyz") for name, port in ports.items()}
+        if any(status != 200 for status, _ in readiness.values()):
+            last[:] = [readiness]
             return False
         answers = {}
         for user in users:
             statuses = {name: get(port, f"/sessions/{user}") for name, port in ports.items()}
+            last[:] = [user, statuses]
             owners = [name for name, (status, _) in statuses.items() if status == 200]
             if len(owners) != 1:
                 return False
@@ -251,7 +256,10 @@ def test_a_key_owned_by_another_instance_names_it(app):
             answers[user] = owner
         return answers
 
-    answers = wait_until(settled, 60, "both instances to answer for their own keys")
+    try:
+        answers = wait_until(settled, 60, "both instances to answer for their own keys")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen: {last}") from None
     # (cooperative-sticky balances partition counts, not topics: one instance may
     # hold every repartition partition and so own every key.)
     user, owner = next(iter(answers.items()))
