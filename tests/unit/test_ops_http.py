@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.config import load_config
 from service.metrics import LoopMetrics, build_registry
 from service.partitioner import murmur2, partition_for
 from service.pipeline import Pipeline
