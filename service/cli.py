@@ -104,15 +104,20 @@ def _run(config: Config) -> int:
     structlog.get_logger("sessionizer").info("configuration", version=__version__, config=effective_config(config))
     try:
         admin = AdminClient(admin_config(config))
-        loop = StreamLoop(config)
     except KafkaException as exc:  # librdkafka refused a property: a configuration problem
         raise ConfigError([f"kafka: {exc.args[0].str()}"]) from None
-    # Serving before the topics are checked: /healthz answers during a slow start.
+    partitions = ensure_topics(admin, config)
+    # The loop's clients are created once the topics exist: a client that
+    # looked the topics up before they were created can be told "not leader"
+    # when a store starts restoring.
+    try:
+        loop = StreamLoop(config)
+    except KafkaException as exc:
+        raise ConfigError([f"kafka: {exc.args[0].str()}"]) from None
     server = OpsServer(config, loop, build_registry(loop, config))
+    server.sessions = SessionQueries(config, loop.pipelines, partitions, loop.queries, OwnerDirectory(admin, config))
     server.start()
     try:
-        partitions = ensure_topics(admin, config)
-        server.sessions = SessionQueries(config, loop.pipelines, partitions, loop.queries, OwnerDirectory(admin, config))
         _handle_signals(loop.stop)
         loop.run()
     finally:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from service.config import Config
 from service.pipeline import Pipeline
@@ -31,6 +31,14 @@ from service.store import WindowStore, wipe
 log = structlog.get_logger("sessionizer.state")
 
 RESTORE_BATCH = 10_000
+#: Answers a partition's leader gives while it is not serving yet (a topic just
+#: created, a broker just restarted): asking again shortly succeeds.
+_NOT_SERVING_YET = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+}
 
 
 @dataclass
@@ -64,7 +72,7 @@ class StateManager:
     def begin(self, task: WindowTask) -> None:
         """Start restoring ``task``; it is handed to ``on_restored`` when up to date."""
         changelog = task.pipeline.config.changelog_topic
-        low, high = self.consumer.get_watermark_offsets(TopicPartition(changelog, task.partition), timeout=30)
+        low, high = self._watermarks(TopicPartition(changelog, task.partition))
         checkpoint = task.store.checkpoint
         if checkpoint is None or checkpoint < low or checkpoint > high:
             if checkpoint is not None:
@@ -98,6 +106,16 @@ class StateManager:
         )
         self.restoring[(changelog, task.partition)] = Restoration(task, changelog, high, checkpoint, time.monotonic())
         self._assign()
+
+    def _watermarks(self, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.consumer.get_watermark_offsets(tp, timeout=timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() not in _NOT_SERVING_YET or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def cancel(self, task: WindowTask) -> None:
         """Stop restoring a revoked task; what was restored so far stays, checkpointed."""
