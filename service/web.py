@@ -36,7 +36,7 @@ ENDPOINTS = {
 
 
 def liveness(loop: StreamLoop, timeout_s: float, now: float | None = None) -> tuple[bool, dict[str, Any]]:
-    """Alive while the loop has gone round within ``timeout_s`` (start-up counts from process start)."""
+    """Alive while the loop has gone round within ``timeout_s`` (start-up counts from the loop's creation)."""
     now = time.monotonic() if now is None else now
     age = now - loop.metrics.last_iteration
     alive = age <= timeout_s
