@@ -30,11 +30,14 @@ def main(argv: list[str] | None = None) -> int:
 
     check = commands.add_parser("check-config", help="validate a config file without connecting")
     check.add_argument("config", type=Path)
+    check.add_argument(
+        "--print", action="store_true", help="print the effective configuration (file, environment, defaults; secrets redacted)"
+    )
 
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
-            return _check_config(args.config)
+            return _check_config(args.config, args.print)
         config = _load(args.config, getattr(args, "instance_id", None))
         if args.command == "process":
             return _process(config, args)
@@ -51,8 +54,13 @@ def _load(path: Path, instance_id: str | None) -> Config:
     return load_config(path, environ)
 
 
-def _check_config(path: Path) -> int:
+def _check_config(path: Path, show: bool = False) -> int:
     config = load_config(path)
+    if show:
+        from service.config_dump import effective_config, to_toml
+
+        print(to_toml(effective_config(config)), end="")
+        return 0
     names = ", ".join(p.name for p in config.pipelines)
     print(f"{path}: OK ({len(config.pipelines)} pipelines: {names})")
     return 0
@@ -72,18 +80,48 @@ def _process(config: Config, args: argparse.Namespace) -> int:
 
 
 def _run(config: Config) -> int:
+    import structlog
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    from service.config_dump import effective_config
     from service.logs import configure_logging
+    from service.metrics import build_registry
+    from service.queries import OwnerDirectory, SessionQueries
     from service.runtime.clients import admin_config
     from service.runtime.loop import StreamLoop
     from service.runtime.topics import ensure_topics
+    from service.secrets import secret_values
+    from service.web import OpsServer
 
-    configure_logging(config.log_level, config.log_format, app_id=config.app_id, instance_id=config.instance_id)
-    ensure_topics(AdminClient(admin_config(config)), config)
-    loop = StreamLoop(config)
-    _handle_signals(loop.stop)
-    loop.run()
+    configure_logging(
+        config.log_level,
+        config.log_format,
+        secrets=secret_values(config),
+        app_id=config.app_id,
+        instance_id=config.instance_id,
+    )
+    structlog.get_logger("sessionizer").info("configuration", version=__version__, config=effective_config(config))
+    try:
+        admin = AdminClient(admin_config(config))
+    except KafkaException as exc:  # librdkafka refused a property: a configuration problem
+        raise ConfigError([f"kafka: {exc.args[0].str()}"]) from None
+    partitions = ensure_topics(admin, config)
+    # The loop's clients are created once the topics exist: a client that
+    # looked the topics up before they were created can be told "not leader"
+    # when a store starts restoring.
+    try:
+        loop = StreamLoop(config)
+    except KafkaException as exc:
+        raise ConfigError([f"kafka: {exc.args[0].str()}"]) from None
+    server = OpsServer(config, loop, build_registry(loop, config))
+    server.sessions = SessionQueries(config, loop.pipelines, partitions, loop.queries, OwnerDirectory(admin, config))
+    server.start()
+    try:
+        _handle_signals(loop.stop)
+        loop.run()
+    finally:
+        server.close()
     return 0
 
 

@@ -27,6 +27,56 @@ LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
+#: Every key a config file accepts, as docs/configuration.md lists them. ``<name>``
+#: stands for a pipeline or aggregate name, ``<property>`` for any librdkafka
+#: property. A unit test checks this list against what ``parse_config`` reads
+#: and against the document, so neither can drift.
+KEYS = (
+    "app.id",
+    "app.instance_id",
+    "app.state_dir",
+    "app.processing_guarantee",
+    "app.commit_interval",
+    "app.punctuate_interval",
+    "app.poll_batch",
+    "app.cache_max_keys",
+    "kafka.bootstrap_servers",
+    "kafka.<property>",
+    "kafka.consumer.<property>",
+    "kafka.producer.<property>",
+    "topics.partitions",
+    "topics.replication_factor",
+    "topics.internal_prefix",
+    "topics.create",
+    "topics.dead_letter",
+    "topics.late",
+    "http.host",
+    "http.port",
+    "http.liveness_timeout",
+    "log.level",
+    "log.format",
+    "pipelines.<name>.sources",
+    "pipelines.<name>.key",
+    "pipelines.<name>.time",
+    "pipelines.<name>.time_format",
+    "pipelines.<name>.late_topic",
+    "pipelines.<name>.dead_letter_topic",
+    "pipelines.<name>.window.type",
+    "pipelines.<name>.window.grace",
+    "pipelines.<name>.window.gap",
+    "pipelines.<name>.window.max_duration",
+    "pipelines.<name>.window.max_events",
+    "pipelines.<name>.window.size",
+    "pipelines.<name>.window.advance",
+    "pipelines.<name>.aggregates.<name>.type",
+    "pipelines.<name>.aggregates.<name>.field",
+    "pipelines.<name>.output",
+    "pipelines.<name>.output.topic",
+    "pipelines.<name>.output.event",
+    "pipelines.<name>.output.format",
+    "pipelines.<name>.output.timestamp",
+)
+
 
 class ConfigError(Exception):
     """Raised with every problem found, one per line."""
@@ -84,6 +134,9 @@ class TopicsConfig:
     replication_factor: int = 1
     internal_prefix: str = ""
     create: bool = True
+    #: Defaults for the pipelines' ``dead_letter_topic`` and ``late_topic``.
+    dead_letter: str = ""
+    late: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +155,7 @@ class Config:
     topics: TopicsConfig
     http_host: str
     http_port: int
+    http_liveness_timeout_ms: int
     log_level: str
     log_format: str
     pipelines: tuple[PipelineConfig, ...]
@@ -145,8 +199,9 @@ def apply_env_overrides(raw: dict[str, Any], environ: dict[str, str], problems: 
     """``SESSIONIZER__APP__ID=x`` sets ``[app] id = "x"``; ``__`` separates levels.
 
     Values are read as TOML values when they parse (``100``, ``true``, ``["a", "b"]``)
-    and as plain strings otherwise. Librdkafka property names contain dots, so
-    ``SESSIONIZER__KAFKA__SASL.PASSWORD`` reaches ``[kafka] "sasl.password"``.
+    and as plain strings otherwise. Librdkafka property names contain dots:
+    ``SESSIONIZER__KAFKA__SASL_PASSWORD`` (or ``…SASL.PASSWORD`` where the
+    environment allows dots in names) reaches ``[kafka] "sasl.password"``.
     """
     for name, text in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
@@ -201,20 +256,23 @@ class _Table:
     def has(self, name: str) -> bool:
         return name in self.data
 
-    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+    def str(
+        self, name: str, default: str | None = None, *, required: bool = False, empty: bool = False
+    ) -> str | None:
         value = self.get(name)
         if value is None:
             if required:
                 self.problems.append(f"{self.key(name)} is missing: expected a non-empty string")
             return default
-        if not isinstance(value, str) or not value:
-            self.fail(name, value, "a non-empty string")
+        if not isinstance(value, str) or not (value or empty):
+            self.fail(name, value, "a string" if empty else "a non-empty string")
             return default
         return value
 
     def topic(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
         value = self.str(name, default, required=required)
-        if value is not None and not _NAME.match(value):
+        # A default is checked where it was written (an invalid [topics] late is reported once).
+        if value is not None and self.has(name) and not _NAME.match(value):
             self.fail(name, value, "a topic name of letters, digits, '.', '_' and '-'")
         return value
 
@@ -278,7 +336,7 @@ class _Table:
         return _Table(self.get(name), self.key(name), self.problems)
 
     def properties(self, name: str) -> dict[str, str]:
-        """A table of librdkafka properties, passed through as strings."""
+        """A table of librdkafka properties, passed through as strings (see ``kafka_property``)."""
         value = self.get(name)
         if value is None:
             return {}
@@ -294,7 +352,7 @@ class _Table:
             if not isinstance(item, (str, int, float)):
                 self.problems.append(f"{self.key(name)}.{key} = {item!r}: expected a string, number or boolean")
                 continue
-            out[key] = str(item)
+            out[kafka_property(key)] = str(item)
         return out
 
     def finish(self, *, allow_extra: bool = False) -> None:
@@ -326,19 +384,22 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
     kafka_table.finish()
 
     topics_table = root.table("topics")
+    default_dlq = topics_table.topic("dead_letter", f"{app_id}-dead-letter")
+    default_late = topics_table.topic("late", f"{app_id}-late")
     topics = TopicsConfig(
         partitions=topics_table.int("partitions", 6, minimum=1) or 6,
         replication_factor=topics_table.int("replication_factor", 1, minimum=1) or 1,
-        internal_prefix=topics_table.str("internal_prefix", "") or "",
+        internal_prefix=topics_table.str("internal_prefix", "", empty=True) or "",
         create=topics_table.bool("create", True),
+        dead_letter=default_dlq or f"{app_id}-dead-letter",
+        late=default_late or f"{app_id}-late",
     )
-    default_dlq = topics_table.topic("dead_letter", f"{app_id}-dead-letter")
-    default_late = topics_table.topic("late", f"{app_id}-late")
     topics_table.finish()
 
     http = root.table("http")
     http_host = http.str("host", "0.0.0.0") or "0.0.0.0"
     http_port = http.int("port", 9108, minimum=0)
+    liveness_ms = http.duration("liveness_timeout", 60_000, positive=True) or 60_000
     http.finish()
 
     log = root.table("log")
@@ -371,6 +432,7 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
         topics=topics,
         http_host=http_host,
         http_port=http_port if http_port is not None else 9108,
+        http_liveness_timeout_ms=liveness_ms,
         log_level=log_level,
         log_format=log_format,
         pipelines=tuple(p for p in pipelines if p is not None),
@@ -378,14 +440,24 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
     )
 
 
+def kafka_property(key: str) -> str:
+    """The librdkafka property a ``[kafka]`` key names.
+
+    librdkafka's names use dots and never underscores, so an underscore stands
+    for a dot: ``bootstrap_servers``, and ``SESSIONIZER__KAFKA__SASL_PASSWORD``,
+    which a shell can export where ``…SASL.PASSWORD`` is not a valid name.
+    """
+    return key.replace("_", ".")
+
+
 def _kafka_properties(table: _Table) -> dict[str, str]:
-    """``[kafka]``: ``bootstrap_servers`` plus any librdkafka property, quoted."""
+    """``[kafka]``: ``bootstrap_servers`` plus any librdkafka property."""
     props: dict[str, str] = {}
     for key, value in table.data.items():
         if isinstance(value, dict):
             continue
         table.read.add(key)
-        name = "bootstrap.servers" if key == "bootstrap_servers" else key
+        name = kafka_property(key)
         if isinstance(value, bool):
             value = "true" if value else "false"
         if not isinstance(value, (str, int, float)):

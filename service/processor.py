@@ -8,6 +8,7 @@ that list inside a transaction; ``sessionizer process`` feeds it from a file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ class WindowProcessor:
         self.store = store
         self.out = out
         self.counters = Counters()
+        #: Called with each emitted window's close time (the runtime's emit-delay metric).
+        self.on_emit: Callable[[int], None] | None = None
         self._kind = pipeline.window
         self._late_topic = pipeline.config.late_topic
         self._output_topic = pipeline.config.output.topic
@@ -99,9 +102,14 @@ class WindowProcessor:
     def _emit(self, key: bytes, windows: list[Any]) -> None:
         kind = self._kind
         render = self.pipeline.envelope.render
+        on_emit = self.on_emit
         for window in windows:
-            value = render(key, kind.bounds(window), kind.values(window))
+            bounds = kind.bounds(window)
+            value = render(key, bounds, kind.values(window))
             self.out.append(OutputRecord(self._output_topic, key, value))
+            if on_emit is not None:
+                # A session closed by max_events has no close time of its own: use its end.
+                on_emit(max(kind.next_close([window]), bounds[1]))
         self.counters.emitted += len(windows)
 
     def _late(self, key: bytes, time_ms: int, stream_time: int, reason: str, raw: bytes) -> None:

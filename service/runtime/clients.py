@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.config import Config
+from service.logs import kafka_logger
 
 # Tuning defaults a user may override.
 _CONSUMER_DEFAULTS = {
@@ -33,7 +34,10 @@ _PRODUCER_DEFAULTS = {
 
 
 def _common(config: Config) -> dict[str, Any]:
-    return dict(config.kafka)
+    props: dict[str, Any] = dict(config.kafka)
+    # librdkafka's own log lines go through structlog (JSON, app id, secrets scrubbed).
+    props["logger"] = kafka_logger()
+    return props
 
 
 def consumer_config(config: Config) -> dict[str, Any]:

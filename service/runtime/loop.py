@@ -17,7 +17,9 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from service.config import Config
+from service.metrics import LoopMetrics
 from service.pipeline import Pipeline, compile_pipelines
+from service.queries import QueryInbox
 from service.runtime.clients import consumer_config, producer_config, restore_consumer_config
 from service.runtime.collector import CommitFailed, RecordCollector
 from service.runtime.punctuator import Punctuator
@@ -48,6 +50,8 @@ class StreamLoop:
         self.tasks: dict[Where, WindowTask] = {}
         self.commits = 0
         self.rebalances = 0
+        self.metrics = LoopMetrics()
+        self.queries = QueryInbox()
         self._offsets: dict[Where, int] = {}
         self._source_caught_up: dict[Where, bool] = {}
         self._sent_at_commit = 0
@@ -94,6 +98,8 @@ class StreamLoop:
             self.state.restore_step(timeout=0.0 if messages else 0.05)
         self.collector.poll()
         now = time.monotonic()
+        self.metrics.tick(self, now)
+        self.queries.serve(self.tasks)
         if self.punctuator.due(now):
             self._punctuate(now)
         if now >= next_commit:
@@ -123,6 +129,8 @@ class StreamLoop:
         as the truth.
         """
         self._running = False
+        self.metrics.running = False
+        self.queries.close()
         if clean:
             try:
                 self.commit()
@@ -176,6 +184,7 @@ class StreamLoop:
             else:
                 continue
             self._offsets[where] = group[-1].offset() + 1
+            self.metrics.count_consumed(where, len(group))
         # A partition's end-of-partition event follows its records in the batch,
         # so it is applied after them.
         for where in ends:
@@ -204,6 +213,7 @@ class StreamLoop:
 
     def commit(self) -> None:
         """Close due windows and commit state, output and offsets together."""
+        started = time.perf_counter()
         tasks = self.running_tasks
         for task in tasks:
             task.processor.close_due()
@@ -217,12 +227,14 @@ class StreamLoop:
         if not self._offsets and not pending and self.collector.sent == self._sent_at_commit:
             return
         offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._offsets.items()]
+        transaction_started = time.perf_counter()
         try:
             self.collector.commit(offsets, self.consumer.consumer_group_metadata())
         except CommitFailed as exc:
             log.warning("commit failed, aborting and rewinding", error=str(exc))
             self._abort_and_rewind()
             return
+        transaction_seconds = time.perf_counter() - transaction_started
         self._apply(pending)
         if not self.config.exactly_once and offsets:
             # At-least-once: records are delivered and state is written before
@@ -234,6 +246,7 @@ class StreamLoop:
         self._offsets.clear()
         self._sent_at_commit = self.collector.sent
         self.commits += 1
+        self.metrics.committed(time.perf_counter() - started, transaction_seconds)
 
     def _apply(self, pending: list[tuple[WindowTask, PendingCommit]]) -> None:
         for task, changes in pending:
@@ -242,6 +255,7 @@ class StreamLoop:
 
     def _abort_and_rewind(self, lost: bool = False) -> None:
         """Undo everything since the last commit: transaction, stores, positions."""
+        self.metrics.aborts += 1
         self.collector.abort()
         for task in self.running_tasks:
             task.rollback()
@@ -297,6 +311,7 @@ class StreamLoop:
                 self._source_caught_up[where] = False
                 continue
             task = WindowTask(pipeline, tp.topic, tp.partition, self.state.open_store(pipeline, tp.partition))
+            task.processor.on_emit = self.metrics.emit_observer(pipeline.name)
             self.tasks[where] = task
             new_tasks.append(task)
         if new_tasks:

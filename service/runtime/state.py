@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from service.config import Config
 from service.pipeline import Pipeline
@@ -31,6 +31,14 @@ from service.store import WindowStore, wipe
 log = structlog.get_logger("sessionizer.state")
 
 RESTORE_BATCH = 10_000
+#: Answers a partition's leader gives while it is not serving yet (a topic just
+#: created, a broker just restarted): asking again shortly succeeds.
+_NOT_SERVING_YET = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+}
 
 
 @dataclass
@@ -64,13 +72,14 @@ class StateManager:
     def begin(self, task: WindowTask) -> None:
         """Start restoring ``task``; it is handed to ``on_restored`` when up to date."""
         changelog = task.pipeline.config.changelog_topic
-        low, high = self.consumer.get_watermark_offsets(TopicPartition(changelog, task.partition), timeout=30)
+        low, high = self._watermarks(TopicPartition(changelog, task.partition))
         checkpoint = task.store.checkpoint
         if checkpoint is None or checkpoint < low or checkpoint > high:
             if checkpoint is not None:
                 log.warning(
                     "checkpoint does not fit the changelog, restoring fully",
-                    task=task.name,
+                    pipeline=task.pipeline.name,
+                    partition=task.partition,
                     checkpoint=checkpoint,
                     low=low,
                     high=high,
@@ -83,12 +92,30 @@ class StateManager:
             checkpoint = low
         mode = "tail" if task.store.checkpoint is not None else "full"
         if checkpoint >= high:
-            log.info("state up to date", task=task.name, checkpoint=checkpoint)
+            log.info("state up to date", pipeline=task.pipeline.name, partition=task.partition, checkpoint=checkpoint)
             self.on_restored(task)
             return
-        log.info("restoring state", task=task.name, mode=mode, changelog=changelog, start=checkpoint, end=high)
+        log.info(
+            "restoring state",
+            pipeline=task.pipeline.name,
+            partition=task.partition,
+            mode=mode,
+            changelog=changelog,
+            start=checkpoint,
+            end=high,
+        )
         self.restoring[(changelog, task.partition)] = Restoration(task, changelog, high, checkpoint, time.monotonic())
         self._assign()
+
+    def _watermarks(self, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.consumer.get_watermark_offsets(tp, timeout=timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() not in _NOT_SERVING_YET or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def cancel(self, task: WindowTask) -> None:
         """Stop restoring a revoked task; what was restored so far stays, checkpointed."""
@@ -139,7 +166,8 @@ class StateManager:
             task.store.restore((), restoration.position)
         log.info(
             "state restored",
-            task=task.name,
+            pipeline=task.pipeline.name,
+            partition=task.partition,
             records=task.restored_records,
             seconds=round(time.monotonic() - restoration.started, 3),
             stream_time=task.store.stream_time,

@@ -46,6 +46,8 @@ class SourceTask:
                 self._routes.setdefault(topic, []).append((pipeline, index))
         self.consumed = 0
         self.dead_lettered = 0
+        #: Dead-letter topic -> records written to it (for metrics).
+        self.dead_letters: dict[str, int] = {}
 
     @property
     def topics(self) -> list[str]:
@@ -79,6 +81,7 @@ class SourceTask:
         )
         self.collector.send_all((record,))
         self.dead_lettered += 1
+        self.dead_letters[topic] = self.dead_letters.get(topic, 0) + 1
 
 
 class TaskState(Enum):

@@ -1,0 +1,133 @@
+"""The effective configuration, written back in the file's own layout.
+
+``sessionizer check-config FILE --print`` shows what the service would run
+with: the file, the environment overrides and every default, with secrets
+redacted. The output is TOML that loads to the same configuration, so an
+operator can diff it against the file or keep it as a record.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from service.config import Config, PipelineConfig
+from service.durations import format_duration_ms
+from service.secrets import redact_properties
+
+
+def effective_config(config: Config) -> dict[str, Any]:
+    """``config`` as nested tables keyed like the TOML file; secrets redacted."""
+    kafka: dict[str, Any] = {"bootstrap_servers": config.bootstrap_servers}
+    kafka.update(redact_properties({k: v for k, v in config.kafka.items() if k != "bootstrap.servers"}))
+    if config.consumer:
+        kafka["consumer"] = redact_properties(config.consumer)
+    if config.producer:
+        kafka["producer"] = redact_properties(config.producer)
+    return {
+        "app": {
+            "id": config.app_id,
+            "instance_id": config.instance_id,
+            "state_dir": str(config.state_dir),
+            "processing_guarantee": config.processing_guarantee,
+            "commit_interval": format_duration_ms(config.commit_interval_ms),
+            "punctuate_interval": format_duration_ms(config.punctuate_interval_ms),
+            "poll_batch": config.poll_batch,
+            "cache_max_keys": config.cache_max_keys,
+        },
+        "kafka": kafka,
+        "topics": {
+            "partitions": config.topics.partitions,
+            "replication_factor": config.topics.replication_factor,
+            "internal_prefix": config.topics.internal_prefix,
+            "create": config.topics.create,
+            "dead_letter": config.topics.dead_letter,
+            "late": config.topics.late,
+        },
+        "http": {
+            "host": config.http_host,
+            "port": config.http_port,
+            "liveness_timeout": format_duration_ms(config.http_liveness_timeout_ms),
+        },
+        "log": {"level": config.log_level, "format": config.log_format},
+        "pipelines": {p.name: _pipeline(p) for p in config.pipelines},
+    }
+
+
+def _pipeline(pipeline: PipelineConfig) -> dict[str, Any]:
+    window = pipeline.window
+    table: dict[str, Any] = {"type": window.type, "grace": format_duration_ms(window.grace_ms)}
+    if window.type == "session":
+        table["gap"] = format_duration_ms(window.gap_ms)
+        if window.max_duration_ms is not None:
+            table["max_duration"] = format_duration_ms(window.max_duration_ms)
+        if window.max_events is not None:
+            table["max_events"] = window.max_events
+    else:
+        table["size"] = format_duration_ms(window.size_ms)
+        if window.type == "hopping":
+            table["advance"] = format_duration_ms(window.advance_ms)
+    out: dict[str, Any] = {
+        "sources": list(pipeline.sources),
+        "key": list(pipeline.key),
+    }
+    if pipeline.time is not None:
+        out["time"] = pipeline.time
+    out["time_format"] = pipeline.time_format
+    out["late_topic"] = pipeline.late_topic
+    out["dead_letter_topic"] = pipeline.dead_letter_topic
+    out["window"] = table
+    out["aggregates"] = {
+        a.name: {"type": a.type, **({"field": a.field} if a.field is not None else {})} for a in pipeline.aggregates
+    }
+    out["output"] = {
+        "topic": pipeline.output.topic,
+        "event": pipeline.output.event,
+        "format": pipeline.output.format,
+        "timestamp": pipeline.output.timestamp,
+    }
+    return out
+
+
+def to_toml(document: dict[str, Any]) -> str:
+    """Nested tables of strings, numbers, booleans and lists as TOML text.
+
+    Enough for ``effective_config``: plain values first, then sub-tables, and
+    each aggregate as an inline table, the way people write them.
+    """
+    lines: list[str] = []
+    _write_table(document, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _write_table(table: dict[str, Any], path: list[str], lines: list[str]) -> None:
+    inline = path[-1:] == ["aggregates"]
+    plain = {k: v for k, v in table.items() if inline or not isinstance(v, dict)}
+    nested = {k: v for k, v in table.items() if k not in plain}
+    if path and (plain or not nested):
+        lines.append("")
+        lines.append("[" + ".".join(_key(p) for p in path) + "]")
+    for key, value in plain.items():
+        lines.append(f"{_key(key)} = {_value(value)}")
+    for key, value in nested.items():
+        _write_table(value, path + [key], lines)
+
+
+def _key(name: str) -> str:
+    bare = name.replace("_", "").replace("-", "").isalnum() and name.isascii()
+    return name if bare else json.dumps(name)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        # JSON string escapes are all valid TOML basic-string escapes.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")

@@ -1,0 +1,143 @@
+"""The HTTP port: ``/metrics``, ``/healthz``, ``/readyz`` and ``/sessions/{key}``.
+
+A small threaded server from the standard library, in daemon threads beside
+the stream loop. Nothing here touches a Kafka client or a store: health reads
+what the loop records each iteration, metrics are collected from plain
+counters, and session queries are handed to the loop (``service.queries``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from service.config import Config
+from service.queries import SessionQueries
+
+if TYPE_CHECKING:
+    from service.runtime.loop import StreamLoop
+
+log = structlog.get_logger("sessionizer.http")
+
+ENDPOINTS = {
+    "/metrics": "Prometheus metrics",
+    "/healthz": "liveness: the stream loop is going round",
+    "/readyz": "readiness: partitions assigned, restored and processing",
+    "/sessions/{key}": "a key's open windows from local state, or the instance that owns it (?pipeline=name)",
+}
+
+
+def liveness(loop: StreamLoop, timeout_s: float, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+    """Alive while the loop has gone round within ``timeout_s`` (start-up counts from the loop's creation)."""
+    now = time.monotonic() if now is None else now
+    age = now - loop.metrics.last_iteration
+    alive = age <= timeout_s
+    return alive, {"status": "ok" if alive else "stalled", "last_iteration_seconds_ago": round(age, 3)}
+
+
+def readiness(loop: StreamLoop) -> tuple[bool, dict[str, Any]]:
+    """Ready when the loop runs, holds partitions, and none of them is restoring."""
+    metrics = loop.metrics
+    restoring = len(loop.state.restoring)
+    body: dict[str, Any] = {"assigned_partitions": metrics.sample.assigned, "restoring_partitions": restoring}
+    if not metrics.running:
+        reason = "stopped" if metrics.sample.at else "starting"
+    elif restoring:  # read live: restoring can start and end between two samples
+        reason = "restoring state"
+    elif metrics.sample.assigned == 0:
+        reason = "no partitions assigned"
+    else:
+        reason = None
+    body["status"] = "ready" if reason is None else reason
+    return reason is None, body
+
+
+class OpsServer:
+    """Serves the operations endpoints on ``[http] host:port`` (port 0: any free port)."""
+
+    def __init__(self, config: Config, loop: StreamLoop, registry: CollectorRegistry) -> None:
+        self.config = config
+        self.loop = loop
+        self.registry = registry
+        #: Set once the topics are known (after start-up); until then queries get 503.
+        self.sessions: SessionQueries | None = None
+        self.httpd = ThreadingHTTPServer((config.http_host, config.http_port), _handler(self))
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("http listening", host=self.config.http_host, port=self.port)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- routes -------------------------------------------------------------------
+
+    def get(self, path: str, query: dict[str, list[str]], accept: str | None) -> tuple[int, str, bytes, dict[str, str]]:
+        """Status, content type, body and extra headers for a GET."""
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(accept)
+            return 200, content_type, encoder(self.registry), {}
+        if path == "/healthz":
+            ok, body = liveness(self.loop, self.config.http_liveness_timeout_ms / 1000)
+            return _json(200 if ok else 503, body)
+        if path == "/readyz":
+            ok, body = readiness(self.loop)
+            return _json(200 if ok else 503, body)
+        if path.startswith("/sessions/") and len(path) > len("/sessions/"):
+            if self.sessions is None:
+                return _json(503, {"error": "starting"}, {"Retry-After": "1"})
+            key = unquote(path[len("/sessions/") :])
+            pipeline = query.get("pipeline", [None])[0]
+            status, body = self.sessions.lookup(key, pipeline)
+            return _json(status, body, {"Retry-After": "1"} if status == 503 else {})
+        if path == "/":
+            return _json(200, {"endpoints": ENDPOINTS})
+        return _json(404, {"error": f"no such endpoint: {path}", "endpoints": ENDPOINTS})
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> tuple[int, str, bytes, dict[str, str]]:
+    return status, "application/json", orjson.dumps(body), headers or {}
+
+
+def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "sessionizer"
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (the standard library's naming)
+            started = time.perf_counter()
+            url = urlsplit(self.path)
+            # The raw path: a key may contain an encoded '/', decoded once by the route.
+            try:
+                status, content_type, body, headers = server.get(url.path, parse_qs(url.query), self.headers.get("Accept"))
+            except Exception:
+                log.exception("http request failed", path=url.path)
+                status, content_type, body, headers = _json(500, {"error": "internal error"})
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+            log.debug("http request", path=url.path, status=status, seconds=round(time.perf_counter() - started, 4))
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass  # requests are logged above, as structured lines
+
+    return Handler

@@ -1,0 +1,297 @@
+"""Operating the service against the real broker: scrape it, probe it, query it, stop it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+
+import orjson
+from confluent_kafka.admin import AdminClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.config import load_config
+from service.offline import process_lines
+from service.partitioner import partition_for
+from tests.integration.harness import Reader, Service, bootstrap, create_topics, produce, wait_until
+from tests.integration.test_core import by_user, generate, session_body, sessions_of
+
+SECRET = "Pa55-w0rd-never-logged"
+
+
+def http_port(service: Service, timeout: float = 30) -> int:
+    """The port this run of the service bound (``[http] port = 0``), from its ``http listening`` line."""
+    marker = f"--- start {service.starts} ---"
+
+    def port() -> int | None:
+        service.assert_alive()
+        for line in service.log().split(marker)[-1].splitlines():
+            if '"http listening"' in line:
+                return json.loads(line)["port"]
+        return None
+
+    return wait_until(port, timeout, f"service {service.instance_id} to serve HTTP")
+
+
+def get(port: int, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, orjson.loads(error.read())
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Each sample's name and labels (``name{a="1",b="2"}``, labels sorted) -> value; also totals per name."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+            samples[sample.name] += sample.value
+    return samples
+
+
+def test_metrics_move_as_events_flow_and_probes_answer(app):
+    app.configure(session_body(app, ["web"], gap="500ms", grace="500ms"))
+    create_topics([app.topic("web")])
+    service = app.service().start()
+    service.wait_started()
+    port = http_port(service)
+    wait_until(lambda: get(port, "/readyz")[0] == 200, 30, "readiness")
+    assert get(port, "/healthz")[0] == 200
+    before = scrape(port)
+    assert before["sessionizer_events_consumed_total"] == 0
+    assert before[f'sessionizer_info{{app_id="{app.id}",instance_id="i1",version="0.1.0"}}'] == 1
+
+    now = int(time.time() * 1000)
+    events = [{"user_id": f"u{u}", "ts": now + i * 100} for u in range(50) for i in range(4)]
+    produce(app.topic("web"), events, key=by_user)
+    produce(app.topic("web"), [b"{broken", b"[]"])
+
+    def settled():
+        m = scrape(port)
+        return m["sessionizer_windows_emitted_total"] == 50 and m["sessionizer_dead_letter_records_total"] == 2 and m
+
+    metrics = wait_until(settled, 30, "50 sessions emitted and 2 dead letters counted")
+    source_consumed = sum(v for k, v in metrics.items() if k.startswith("sessionizer_events_consumed_total{") and '-web"' in k)
+    assert source_consumed == 202
+    assert metrics["sessionizer_events_processed_total"] == 200
+    assert metrics["sessionizer_late_events_total"] == 0
+    assert metrics["sessionizer_emit_delay_seconds_count"] == 50
+    # emitted on the wall clock soon after the close time (gap + grace after the last event)
+    assert metrics["sessionizer_emit_delay_seconds_sum"] / 50 < 5
+    assert metrics["sessionizer_commit_duration_seconds_count"] >= 1
+    assert metrics["sessionizer_transaction_duration_seconds_count"] >= 1
+    assert metrics["sessionizer_commits_total"] >= 1
+    assert metrics["sessionizer_punctuations_total"] >= 1
+    assert metrics["sessionizer_rebalances_total"] >= 1
+    assert metrics["sessionizer_records_sent_total"] >= 200 + 50 + 2
+    assert metrics['sessionizer_tasks{state="running"}'] == 3
+    assert metrics["sessionizer_assigned_partitions"] == 6
+    lag = [k for k in metrics if k.startswith("sessionizer_consumer_lag_records{")]
+    assert len(lag) == 6  # three source and three repartition partitions
+    assert any(k.startswith("sessionizer_state_bytes{") for k in metrics)
+    assert metrics["process_cpu_seconds_total"] > 0
+    wait_until(lambda: scrape(port)["sessionizer_consumer_lag_records"] == 0, 10, "no lag")
+    status, health = get(port, "/healthz")
+    assert status == 200 and health["status"] == "ok"
+    assert get(port, "/readyz")[1]["status"] == "ready"
+
+
+def test_readyz_is_false_while_restoring_and_true_after(app):
+    app.configure(session_body(app, ["web"], gap="1h", grace="1h"))
+    create_topics([app.topic("web")])
+    service = app.service().start()
+    service.wait_started()
+    port = http_port(service)
+    users = 150_000  # one open session each: a changelog long enough to watch it restore
+    now = int(time.time() * 1000)
+    produce(app.topic("web"), ({"user_id": f"u{u}", "ts": now} for u in range(users)), key=by_user)
+    wait_until(lambda: scrape(port)["sessionizer_events_processed_total"] == users, 120, "every event processed")
+    wait_until(lambda: scrape(port)["sessionizer_state_keys"] > users / 2, 10, "state keys sampled")
+    assert service.stop() == 0
+
+    shutil.rmtree(app.state_dir)  # local state lost: everything comes back from the changelog
+    service.start()
+    port = http_port(service)
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status, body = get(port, "/readyz")
+        seen.append((status, body["status"]))
+        if status == 200:
+            break
+        time.sleep(0.005)
+    assert seen[-1] == (200, "ready"), seen[-5:]
+    assert (503, "restoring state") in seen, sorted(set(seen))
+    assert all(status == 503 for status, _ in seen[:-1])
+    metrics = scrape(port)
+    assert metrics["sessionizer_restored_records_total"] >= users
+    assert metrics["sessionizer_restore_remaining_records"] == 0
+    # the restored state answers queries
+    status, body = get(port, "/sessions/u12345")
+    assert status == 200 and body["pipelines"][0]["windows"][0]["value"]["event_count"] == 1
+
+
+def test_sigterm_mid_stream_then_restart_loses_and_repeats_nothing(app):
+    config_path = app.configure(session_body(app, ["web"], gap="400ms", grace="5s"))
+    create_topics([app.topic("web")])
+    events = generate(users=3000, sessions=3, per_session=5)  # 45 000 events, 9 000 sessions
+    produce(app.topic("web"), events, key=by_user)  # the whole stream waits before the service starts
+    service = app.service().start()
+    port = http_port(service)
+
+    def processing():
+        processed = scrape(port)["sessionizer_events_processed_total"]
+        return 0 < processed < len(events)
+
+    wait_until(processing, 60, "the service to be part-way through the stream", interval=0.02)
+    assert service.stop() == 0  # SIGTERM
+    first_run = service.log().split("--- start 1 ---")[-1]
+    assert '"stopped"' in first_run and '"clean": true' in first_run
+    # it left the group on the way out, rather than timing out of it
+    admin = AdminClient({"bootstrap.servers": bootstrap()})
+    group = admin.describe_consumer_groups([app.id])[app.id].result(10)
+    assert group.members == []
+
+    service.start()
+    reader = Reader([app.topic("sessions")])
+    expected = []
+    process_lines(load_config(config_path), [orjson.dumps(e) for e in events], lambda line: expected.append(orjson.loads(line)))
+    expected = sessions_of(r["value"] for r in expected if r["topic"] == app.topic("sessions"))
+    assert len(expected) == 9000
+    reader.wait_for(len(expected), timeout=120)
+    reader.poll(2)  # and nothing more
+    assert sessions_of(reader.records) == expected  # no loss, no duplicate
+    reader.close()
+
+
+def test_open_session_query_seed_004(app):
+    # AllOfR's store visit (seed 004), 10-minute gap; a grace long enough for her late 3:25 event.
+    app.configure(session_body(app, ["web"], gap="10m", grace="15m", aggregates='types = { type = "count_by", field = "type" }'))
+    create_topics([app.topic("web")])
+    service = app.service().start()
+    service.wait_started()
+    port = http_port(service)
+
+    def at(hhmm: str) -> int:
+        hours, minutes = hhmm.split(":")
+        return 1_499_212_800_000 + ((int(hours) + 12) * 60 + int(minutes)) * 60_000  # 2017-07-05, PM, UTC
+
+    story = [
+        ("put-item-in-cart", "2:30"),
+        ("checkout", "2:34"),
+        ("put-item-in-cart", "3:03"),
+        ("remove-item-from-cart", "3:07"),
+        ("preview-item", "3:16"),
+        ("put-item-in-cart", "3:29"),
+        ("checkout", "3:37"),
+        ("put-item-in-cart", "3:25"),  # late, and it merges the last two sessions
+    ]
+    produce(app.topic("web"), [{"user_id": "AllOfR", "ts": at(t), "type": k} for k, t in story], key=by_user)
+    reader = Reader([app.topic("sessions")])
+    (first,) = reader.wait_for(1, timeout=30)
+    assert first.json()["value"]["session_start_ms"] == at("2:30")
+
+    def merged():
+        status, body = get(port, "/sessions/AllOfR")
+        windows = body["pipelines"][0]["windows"] if status == 200 else []
+        return windows and windows[0]["value"]["event_count"] == 6 and body
+
+    body = wait_until(merged, 30, "the merged open session")
+    (part,) = body["pipelines"]
+    assert part["pipeline"] == "sessions" and part["status"] == "local"
+    assert part["partition"] == partition_for(b"AllOfR", 3)
+    (window,) = part["windows"]
+    assert (window["start_ms"], window["end_ms"]) == (at("3:03"), at("3:37"))
+    assert window["closes_at_ms"] == at("3:37") + 25 * 60_000
+    assert window["value"]["types"] == {"put-item-in-cart": 3, "remove-item-from-cart": 1, "preview-item": 1, "checkout": 1}
+    assert scrape(port)["sessionizer_session_merges_total"] == 1
+
+    status, body = get(port, "/sessions/nobody")
+    assert status == 200 and body["pipelines"][0]["windows"] == []
+    assert get(port, "/sessions/AllOfR?pipeline=nope")[0] == 404
+    reader.close()
+
+
+def test_a_key_owned_by_another_instance_names_it(app):
+    app.configure(session_body(app, ["web"], gap="1h", grace="1h"), partitions=4)
+    create_topics([app.topic("web")], partitions=4)
+    one = app.service("i1").start()
+    two = app.service("i2").start()
+    ports = {"i1": http_port(one), "i2": http_port(two)}
+    now = int(time.time() * 1000)
+    users = [f"user-{n}" for n in range(40)]
+    produce(app.topic("web"), [{"user_id": u, "ts": now} for u in users], key=by_user)
+
+    last: list = []  # what the last attempt saw, for a failure message
+
+    def settled():
+        """Both instances ready, and every key answered by its owner and pointed to by the other."""
+        readiness = {name: get(port, "/readyz") for name, port in ports.items()}
+        if any(status != 200 for status, _ in readiness.values()):
+            last[:] = [readiness]
+            return False
+        answers = {}
+        for user in users:
+            statuses = {name: get(port, f"/sessions/{user}") for name, port in ports.items()}
+            last[:] = [user, statuses]
+            owners = [name for name, (status, _) in statuses.items() if status == 200]
+            if len(owners) != 1:
+                return False
+            (owner,) = owners
+            other = "i2" if owner == "i1" else "i1"
+            status, body = statuses[other]
+            if status != 421 or body["pipelines"][0]["owner"]["instance_id"] != owner:
+                return False
+            local = statuses[owner][1]["pipelines"][0]
+            if len(local["windows"]) != 1:
+                return False
+            answers[user] = owner
+        return answers
+
+    try:
+        answers = wait_until(settled, 60, "both instances to answer for their own keys")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen: {last}") from None
+    # (cooperative-sticky balances partition counts, not topics: one instance may
+    # hold every repartition partition and so own every key.)
+    user, owner = next(iter(answers.items()))
+    other = "i2" if owner == "i1" else "i1"
+    status, body = get(ports[other], f"/sessions/{user}")
+    assert status == 421
+    named = body["pipelines"][0]["owner"]
+    assert named["client_id"] == f"{app.id}-{owner}-consumer" and named["host"]
+    assert "url" not in named  # port 0: instances do not share a port to point at
+
+
+def test_no_secret_reaches_the_logs(app):
+    body = session_body(app, ["web"], gap="300ms", grace="300ms")
+    app.configure(body, app_extra="")
+    text = app.config_path.read_text().replace(
+        f'bootstrap_servers = "{bootstrap()}"', f'bootstrap_servers = "{bootstrap()}"\n"sasl.password" = "{SECRET}"'
+    )
+    text = text.replace("[http]", '[log]\nlevel = "debug"\n\n[http]')
+    app.config_path.write_text(text)
+    create_topics([app.topic("web")])
+    service = app.service(env={"SESSIONIZER__KAFKA__SSL_KEY_PASSWORD": SECRET + "-env"}).start()
+    service.wait_started()
+    produce(app.topic("web"), [{"user_id": "u", "ts": int(time.time() * 1000)}], key=by_user)
+    reader = Reader([app.topic("sessions")])
+    reader.wait_for(1, timeout=30)
+    reader.close()
+    assert service.stop() == 0
+    log = service.log()
+    assert SECRET not in log
+    configuration = next(json.loads(line) for line in log.splitlines() if '"event": "configuration"' in line)
+    assert configuration["config"]["kafka"]["sasl.password"] == "<redacted>"
+    assert configuration["config"]["kafka"]["ssl.key.password"] == "<redacted>"
+    assert configuration["level"] == "info" and configuration["app_id"] == app.id
+    debug_lines = [line for line in log.splitlines() if '"level": "debug"' in line]
+    assert debug_lines  # debug logging was on, and still nothing leaked

@@ -1,0 +1,225 @@
+"""Containers, Prometheus, Grafana and the operations guide, checked against the code.
+
+No Docker engine is needed: the files are parsed and compared with what the
+service accepts, exports and runs (``docker compose config`` needs the compose
+plugin, which CI machines may lack).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import sys
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.config import apply_env_overrides, parse_config
+from service.metrics import LoopMetrics, build_registry
+from service.pipeline import Pipeline
+from service.runtime.punctuator import Punctuator
+
+yaml = pytest.importorskip("yaml")
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def dockerfile(instruction: str) -> list[str]:
+    """Arguments of every ``instruction`` line (continuations joined)."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    return [line.split(None, 1)[1] for line in text.splitlines() if line.split(None, 1)[:1] == [instruction]]
+
+
+def exec_form(argument: str) -> list[str]:
+    return json.loads(argument)
+
+
+def exported_names() -> set[str]:
+    """Every sample name the service's registry can expose (``_total``, ``_bucket``… included)."""
+    config = parse_config(tomllib.loads((REPO / "config" / "sessionizer.toml").read_text()), [])
+    loop = SimpleNamespace(
+        config=config,
+        pipelines=tuple(Pipeline(p) for p in config.pipelines),
+        tasks={},
+        state=SimpleNamespace(restoring={}),
+        sources=SimpleNamespace(dead_letters={}),
+        punctuator=Punctuator(1.0),
+        rebalances=0,
+        commits=0,
+        collector=SimpleNamespace(sent=0),
+        metrics=LoopMetrics(),
+    )
+    names = set()
+    for family in text_string_to_metric_families(generate_latest(build_registry(loop, config)).decode()):
+        names.add(family.name)
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "info": ["_info"]}
+        names.update(family.name + s for s in suffixes.get(family.type, []))
+    return names
+
+
+# -- the image -----------------------------------------------------------------------
+
+
+def test_image_is_slim_non_root_with_a_state_volume_and_a_healthcheck():
+    assert dockerfile("FROM") == ["python:3.11-slim"]
+    (user,) = dockerfile("USER")
+    assert user not in ("root", "0")
+    (volume,) = dockerfile("VOLUME")
+    state_dir = next(e.split("=", 1)[1] for e in dockerfile("ENV") if e.startswith("SESSIONIZER__APP__STATE_DIR="))
+    assert exec_form(volume) == [state_dir]
+    (healthcheck,) = dockerfile("HEALTHCHECK")
+    assert "/healthz" in healthcheck and "9108" in healthcheck
+    assert dockerfile("EXPOSE") == ["9108"]
+    assert dockerfile("STOPSIGNAL") == ["SIGTERM"]
+
+
+def test_image_runs_the_same_command_as_the_scripts():
+    (entrypoint,) = dockerfile("ENTRYPOINT")
+    (cmd,) = dockerfile("CMD")
+    command = exec_form(entrypoint) + exec_form(cmd)
+    assert command[0] in PYPROJECT["project"]["scripts"]
+    assert command[1:3] == ["run", "--config"]
+    assert (REPO / command[3].removeprefix("/app/")).is_file()
+    run_sh = (REPO / "scripts" / "run.sh").read_text()
+    assert re.search(r'bin/sessionizer" run --config "\$CONFIG"', run_sh)
+    # and it is the command the integration tests start
+    harness = (REPO / "tests" / "integration" / "harness.py").read_text()
+    assert '"-m", "service", "run", "--config"' in harness
+
+
+def test_image_copies_what_exists_and_what_pip_needs():
+    sources = [part for copy in dockerfile("COPY") for part in shlex.split(copy)[:-1]]
+    readme = PYPROJECT["project"]["readme"]
+    assert readme in sources  # pip builds the package with its readme
+    for source in sources:
+        if source != readme:  # README.md is the lead's, present once the branches merge
+            assert (REPO / source).exists(), source
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert not any(s in ignored for s in sources)
+
+
+# -- docker-compose.yml -----------------------------------------------------------------
+
+
+def test_compose_has_kafka_in_kraft_mode_the_service_a_producer_prometheus_and_grafana():
+    services = COMPOSE["services"]
+    assert set(services) == {"kafka", "sessionizer", "demo", "prometheus", "grafana"}
+    kafka = services["kafka"]
+    pom = (REPO / "scripts" / "kafka" / "pom.xml").read_text()
+    version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom).group(1)
+    assert kafka["image"] == f"apache/kafka:{version}"
+    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
+    assert "kafka:9092" in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    for name, service in services.items():
+        for value in service.get("depends_on", {}):
+            assert value in services, (name, value)
+
+
+def test_compose_service_runs_the_image_command_with_valid_overrides():
+    service = COMPOSE["services"]["sessionizer"]
+    (cmd,) = dockerfile("CMD")
+    assert service["command"] == exec_form(cmd)
+    config_path = REPO / service["command"][2].removeprefix("/app/")
+    raw = tomllib.loads(config_path.read_text())
+    problems: list[str] = []
+    environment = {k: str(v) for k, v in service["environment"].items()}
+    assert all(k.startswith("SESSIONIZER__") for k in environment)
+    apply_env_overrides(raw, environment, problems)
+    config = parse_config(raw, problems)
+    assert problems == []
+    assert config.bootstrap_servers == "kafka:9092"
+    assert config.instance_id == service["hostname"]
+    assert config.pipelines[0].window.grace_ms >= 12 * 60_000  # AllOfR's late event can merge
+    assert f"{config.http_port}:{config.http_port}" in service["ports"]
+    (volume,) = service["volumes"]
+    state_dir = next(e.split("=", 1)[1] for e in dockerfile("ENV") if e.startswith("SESSIONIZER__APP__STATE_DIR="))
+    assert volume.split(":")[1] == state_dir
+    assert any("/readyz" in part for part in service["healthcheck"]["test"])
+    assert service["stop_grace_period"]
+
+
+def test_compose_demo_producer_arguments_are_accepted():
+    demo = COMPOSE["services"]["demo"]
+    assert demo["image"] == COMPOSE["services"]["sessionizer"]["image"]
+    assert demo["entrypoint"] == ["python", "/app/scripts/demo_events.py"]
+    spec = importlib.util.spec_from_file_location("demo_events", REPO / "scripts" / "demo_events.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["demo_events"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    args = module.parse_args(demo["command"])
+    assert args.bootstrap == "kafka:9092" and args.scenario == "all"
+    assert demo["depends_on"]["sessionizer"]["condition"] == "service_healthy"
+
+
+def test_prometheus_scrapes_the_service_and_mounted_files_exist():
+    prometheus = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    (job,) = prometheus["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["sessionizer:9108"]
+    for name in ("prometheus", "grafana"):
+        for volume in COMPOSE["services"][name]["volumes"]:
+            assert (REPO / volume.split(":")[0]).exists(), volume
+
+
+def _referenced_metrics(text: str) -> set[str]:
+    return set(re.findall(r"\b(sessionizer_[a-z_]+)", text))
+
+
+def test_alerts_and_dashboard_use_metrics_that_exist():
+    exported = exported_names()
+    alerts = yaml.safe_load((REPO / "deploy" / "alerts.yml").read_text())
+    expressions = [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "sessionizer.json").read_text())
+    expressions += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = set().union(*(_referenced_metrics(e) for e in expressions))
+    assert len(used) >= 15
+    assert used <= exported, used - exported
+
+
+# -- the operations guide ---------------------------------------------------------------
+
+
+def test_operations_guide_lists_every_metric_and_nothing_else():
+    text = (REPO / "docs" / "operations.md").read_text()
+    documented = {}
+    for match in re.finditer(r"^\| `(sessionizer_[a-z_]+)` \| (\w+) \|", text, re.MULTILINE):
+        documented[match.group(1)] = match.group(2)
+    config = parse_config(tomllib.loads((REPO / "config" / "sessionizer.toml").read_text()), [])
+    exported = {}
+    for family in text_string_to_metric_families(generate_latest(build_registry(_loop(config), config)).decode()):
+        if family.name.startswith("sessionizer"):
+            name = family.name + ("_total" if family.type == "counter" else "_info" if family.type == "info" else "")
+            exported[name] = "gauge" if family.type == "info" else family.type
+    assert documented == exported
+
+
+def _loop(config):
+    return SimpleNamespace(
+        config=config,
+        pipelines=tuple(Pipeline(p) for p in config.pipelines),
+        tasks={},
+        state=SimpleNamespace(restoring={}),
+        sources=SimpleNamespace(dead_letters={}),
+        punctuator=Punctuator(1.0),
+        rebalances=0,
+        commits=0,
+        collector=SimpleNamespace(sent=0),
+        metrics=LoopMetrics(),
+    )
+
+
+def test_operations_guide_links_exist():
+    text = (REPO / "docs" / "operations.md").read_text()
+    for target in re.findall(r"\]\(([^)#:]+)\)", text):
+        if target != "semantics.md":  # the lead's document, present once the branches merge
+            assert (REPO / "docs" / target).exists(), target
+    for path in re.findall(r"`((?:deploy|scripts|config)/[\w./-]+)`", text):
+        assert (REPO / path).exists(), path
