@@ -100,3 +100,61 @@ def test_environment_overrides(tmp_path):
 def test_bad_environment_override_is_reported_like_a_file_value(tmp_path):
     found = problems(tmp_path, VALID, {"SESSIONIZER__APP__POLL_BATCH": "lots"})
     assert found == ["app.poll_batch = 'lots': expected a whole number >= 1"]
+
+
+AGGREGATES = VALID + "[pipelines.s.aggregates]\n"
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [
+        ('f = { type = "any" }', "pipelines.s.aggregates.f.field is missing: expected a non-empty string"),
+        (
+            'f = { type = "all", field = "t", equals = "a", in = ["b"] }',
+            "pipelines.s.aggregates.f.in = ['b']: expected either equals or in, not both",
+        ),
+        ('f = { type = "any", field = "t", equals = [1] }', "pipelines.s.aggregates.f.equals = [1]: expected a string, number or boolean"),
+        ('f = { type = "any", field = "t", in = [] }', "pipelines.s.aggregates.f.in = []: expected a non-empty list"),
+        ('c = { type = "custom" }', "pipelines.s.aggregates.c.class is missing: expected a non-empty string"),
+        (
+            'c = { type = "custom", class = "examples.nowhere:Top" }',
+            "pipelines.s.aggregates.c.class = 'examples.nowhere:Top': expected an importable 'package.module:ClassName'",
+        ),
+        (
+            'c = { type = "custom", class = "examples.aggregates" }',
+            "pipelines.s.aggregates.c.class = 'examples.aggregates': expected an importable",
+        ),
+        (
+            'c = { type = "custom", class = "pathlib:PurePath" }',
+            "pipelines.s.aggregates.c.class = 'pathlib:PurePath': expected an importable 'package.module:ClassName' "
+            "with methods init, add, merge, result (missing: init, add, merge, result)",
+        ),
+        (
+            'c = { type = "custom", class = "examples.aggregates:TopValues", params = { n = 2 } }',
+            "pipelines.s.aggregates.c.params = {'n': 2}: expected keyword arguments examples.aggregates:TopValues accepts (TypeError",
+        ),
+        (
+            'c = { type = "custom", class = "examples.aggregates:TopValues", params = { field = "p", n = 0 } }',
+            "pipelines.s.aggregates.c.params = {'field': 'p', 'n': 0}: expected keyword arguments",
+        ),
+        ('c = { type = "custom", class = "examples.aggregates:TopValues", field = "p" }', "pipelines.s.aggregates.c.field: unknown key"),
+    ],
+)
+def test_flag_and_custom_aggregate_problems(tmp_path, line, expected):
+    found = problems(tmp_path, AGGREGATES + line + "\n")
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_flags_and_custom_aggregates_parse(tmp_path):
+    text = AGGREGATES + (
+        'has_checkout = { type = "any", field = "type", equals = "checkout" }\n'
+        'mobile_only = { type = "all", field = "platform", in = ["ios", "android"] }\n'
+        'saw_coupon = { type = "any", field = "details.coupon" }\n'
+        'top = { type = "custom", class = "examples.aggregates:TopValues", params = { field = "page", n = 2 } }\n'
+    )
+    aggregates = {a.name: a for a in load_config(write(tmp_path, text), {}).pipelines[0].aggregates}
+    assert aggregates["has_checkout"].condition.equals == ("checkout",)
+    assert aggregates["mobile_only"].condition.equals == ("ios", "android")
+    assert aggregates["saw_coupon"].condition.equals is None
+    assert aggregates["top"].class_path == "examples.aggregates:TopValues"
+    assert aggregates["top"].params == {"field": "page", "n": 2}
