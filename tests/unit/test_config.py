@@ -158,3 +158,92 @@ def test_flags_and_custom_aggregates_parse(tmp_path):
     assert aggregates["saw_coupon"].condition.equals is None
     assert aggregates["top"].class_path == "examples.aggregates:TopValues"
     assert aggregates["top"].params == {"field": "page", "n": 2}
+
+
+RULE = VALID + """
+[pipelines.s.rules.purchase]
+type = "sequence"
+first = { field = "type", equals = "cart" }
+then = { field = "type", equals = "pay" }
+within = "5m"
+topic = "purchases"
+"""
+
+
+def test_rules_and_pairing_parse(tmp_path):
+    text = RULE + """
+[pipelines.s.rules.abandoned]
+type = "absence"
+first = { field = "type", in = ["cart", "wishlist"] }
+then = { field = "type" }
+topic = "coupons"
+event = "cart_abandoned"
+keep = ["event_id", "details.item_id"]
+
+[pipelines.s.pairing]
+lone_topic = "lonely"
+"""
+    (pipeline,) = load_config(write(tmp_path, text), {}).pipelines
+    purchase, abandoned = pipeline.rules
+    assert (purchase.type, purchase.within_ms, purchase.event, purchase.keep) == ("sequence", 300_000, "purchase", None)
+    assert purchase.first.equals == ("cart",)
+    assert (abandoned.type, abandoned.within_ms, abandoned.event) == ("absence", None, "cart_abandoned")
+    assert abandoned.first.equals == ("cart", "wishlist") and abandoned.then.equals is None
+    assert abandoned.keep == ("event_id", "details.item_id")
+    assert pipeline.pairing.time_field == "ts" and pipeline.pairing.lone_topic == "lonely"
+    assert pipeline.derived_topics() == ["purchases", "coupons", "lonely"]
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (('type = "sequence"', 'type = "pattern"'), "pipelines.s.rules.purchase.type = 'pattern': expected one of 'sequence', 'absence'"),
+        (('within = "5m"\n', ""), "pipelines.s.rules.purchase.within is missing: expected a duration"),
+        (('within = "5m"', 'within = "soon"'), "pipelines.s.rules.purchase.within = 'soon': expected a duration"),
+        (('first = { field = "type", equals = "cart" }\n', ""), "pipelines.s.rules.purchase.first is missing: expected a table such as"),
+        (('first = { field = "type", equals = "cart" }', 'first = "cart"'), "pipelines.s.rules.purchase.first = 'cart': expected a table such as"),
+        (('then = { field = "type", equals = "pay" }', 'then = { equals = "pay" }'), "pipelines.s.rules.purchase.then.field is missing"),
+        (('then = { field = "type", equals = "pay" }', 'then = { field = "type", is = "pay" }'), "pipelines.s.rules.purchase.then.is: unknown key"),
+        (('topic = "purchases"', 'topic = "no such topic"'), "pipelines.s.rules.purchase.topic = 'no such topic': expected a topic name"),
+        (('topic = "purchases"', ""), "pipelines.s.rules.purchase.topic is missing"),
+        (('topic = "purchases"', 'topic = "p"\nkeep = []'), "pipelines.s.rules.purchase.keep = []: expected a non-empty string or a list"),
+        (('topic = "purchases"', 'topic = "p"\ncolour = 1'), "pipelines.s.rules.purchase.colour: unknown key"),
+        (('type = "session"\ngap = "30m"', 'type = "tumbling"\nsize = "1m"'), "pipelines.s.rules = ['purchase']: expected rules only in a pipeline whose window.type = \"session\""),
+    ],
+)
+def test_each_rule_problem_names_key_value_and_allowed(tmp_path, change, expected):
+    assert change[0] in RULE
+    text = RULE.replace(*change)
+    found = problems(tmp_path, text)
+    assert any(p.startswith(expected) for p in found), found
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (VALID + "[pipelines.s.pairing]\ncolour = 1\n", "pipelines.s.pairing.colour: unknown key"),
+        (VALID + '[pipelines.s.pairing]\nlone_topic = "a b"\n', "pipelines.s.pairing.lone_topic = 'a b': expected a topic name"),
+        (
+            VALID.replace('sources = ["a", "b"]', 'sources = ["a"]') + "[pipelines.s.pairing]\n",
+            "pipelines.s.sources = ['a']: expected at least two source topics with [pairing]",
+        ),
+        (
+            VALID + '[pipelines.s.aggregates]\nn = { type = "count" }\n[pipelines.s.pairing]\n',
+            "pipelines.s.aggregates = ['n']: expected no aggregates with [pairing]",
+        ),
+        (
+            VALID.replace('type = "session"\ngap = "30m"', 'type = "tumbling"\nsize = "1m"') + "[pipelines.s.pairing]\n",
+            "pipelines.s.pairing = {}: expected pairing only in a pipeline whose window.type = \"session\"",
+        ),
+    ],
+)
+def test_each_pairing_problem_names_key_value_and_allowed(tmp_path, text, expected):
+    found = problems(tmp_path, text)
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_rule_topics_are_created_with_the_others(tmp_path):
+    from service.runtime.topics import planned_topics
+
+    config = load_config(write(tmp_path, RULE), {})
+    assert "purchases" in [spec.name for spec in planned_topics(config)]

@@ -1,0 +1,117 @@
+"""Session windows whose sessions also carry the state of the pipeline's rules.
+
+Kept apart from ``SessionWindows`` so a pipeline without rules runs the plain
+class and pays nothing for them. Each session holds one state per rule beside
+its aggregates; the hooks below call the rules at the moments a session
+changes (``service.rules``) and collect what they derive into the caller's
+``derived`` list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.aggregates import Aggregate
+from service.rules import Derived, Rule
+from service.windows.session import Session, SessionWindows
+
+
+class SessionWindowsWithRules(SessionWindows):
+    def __init__(
+        self,
+        gap_ms: int,
+        grace_ms: int,
+        aggregates: tuple[Aggregate, ...],
+        rules: tuple[Rule, ...],
+        max_duration_ms: int | None = None,
+        max_events: int | None = None,
+    ) -> None:
+        super().__init__(gap_ms, grace_ms, aggregates, max_duration_ms, max_events)
+        self.rules = rules
+        # The event being added, for the hooks ``SessionWindows.add`` calls;
+        # set at the start of every ``add``.
+        self._source = 0
+        self._stream_time = 0
+        self._out: list[Derived] = []
+
+    def add(
+        self,
+        sessions: list[Session],
+        time_ms: int,
+        event: dict[str, Any],
+        stream_time: int,
+        source: int = 0,
+        derived: list[Derived] | None = None,
+    ) -> int:
+        self._source = source
+        self._stream_time = stream_time
+        self._out = derived if derived is not None else []
+        return super().add(sessions, time_ms, event, stream_time)
+
+    def next_close(self, sessions: list[Session]) -> int:
+        """The earliest session close or rule deadline: the store's index wakes the key then."""
+        close = super().next_close(sessions)
+        for session in sessions:
+            for rule, state in zip(self.rules, session.rules):
+                deadline = rule.deadline(state)
+                if deadline is not None and deadline < close:
+                    close = deadline
+        return close
+
+    def pop_closed(self, sessions: list[Session], stream_time: int, derived: list[Derived] | None = None) -> list[Session]:
+        out = derived if derived is not None else []
+        for session in sessions:
+            session.rules = [rule.expire(state, stream_time, out) for rule, state in zip(self.rules, session.rules)]
+        done = super().pop_closed(sessions, stream_time)
+        for session in done:
+            self._close(session, out)
+        return done
+
+    def pop_all(self, sessions: list[Session], derived: list[Derived] | None = None) -> list[Session]:
+        out = derived if derived is not None else []
+        done = super().pop_all(sessions)
+        for session in done:
+            self._close(session, out)
+        return done
+
+    def dump(self, sessions: list[Session]) -> list[Any]:
+        aggs = self.aggregates
+        rules = self.rules
+        return [
+            [s.start, s.end, s.count, [a.dump(x) for a, x in zip(aggs, s.aggs)], [r.dump(x) for r, x in zip(rules, s.rules)]]
+            for s in sessions
+        ]
+
+    def load(self, data: list[Any]) -> list[Session]:
+        aggs = self.aggregates
+        rules = self.rules
+        return [
+            Session(start, end, count, [a.load(x) for a, x in zip(aggs, states)], [r.load(x) for r, x in zip(rules, kept)])
+            for start, end, count, states, kept in data
+        ]
+
+    # -- hooks called by SessionWindows.add -----------------------------------
+
+    def _new(self, time_ms: int, event: dict[str, Any]) -> Session:
+        session = super()._new(time_ms, event)
+        session.rules = [self._add_to(rule, rule.init(), time_ms, event) for rule in self.rules]
+        return session
+
+    def _add_event(self, session: Session, time_ms: int, event: dict[str, Any]) -> None:
+        super()._add_event(session, time_ms, event)
+        session.rules = [self._add_to(rule, state, time_ms, event) for rule, state in zip(self.rules, session.rules)]
+
+    def _absorb(self, target: Session, other: Session) -> None:
+        super()._absorb(target, other)
+        out = self._out
+        target.rules = [rule.merge(a, b, out) for rule, a, b in zip(self.rules, target.rules, other.rules)]
+
+    def _add_to(self, rule: Rule, state: Any, time_ms: int, event: dict[str, Any]) -> Any:
+        return rule.add(state, time_ms, event, self._source, self._stream_time, self._out)
+
+    def _close(self, session: Session, out: list[Derived]) -> None:
+        bounds = self.bounds(session)
+        values = self.values(session)
+        for rule, state in zip(self.rules, session.rules):
+            rule.close(state, bounds, values, out)
+
