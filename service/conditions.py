@@ -28,8 +28,15 @@ def compile_condition(config: ConditionConfig) -> Condition:
     if config.equals is None:
         return lambda event: get(event) is not None
     options = config.equals
+    if len(options) == 1 and isinstance(options[0], str):
+        # The most common case (one event type): text equals only text, so == suffices.
+        text = options[0]
+        if "." not in config.field:
+            name = config.field  # a top-level field: one dict lookup, no getter call
+            return lambda event: event.get(name) == text
+        return lambda event: get(event) == text
     if all(isinstance(o, str) for o in options):
-        # The common case (event types): a set lookup, and only text matches text.
+        # Several event types: a set lookup, for text values only (a dict is not hashable).
         texts = frozenset(options)
 
         def is_one_of(event: dict[str, Any]) -> bool:

@@ -94,20 +94,23 @@ class SessionWindowsWithRules(SessionWindows):
 
     def _new(self, time_ms: int, event: dict[str, Any]) -> Session:
         session = super()._new(time_ms, event)
-        session.rules = [self._add_to(rule, rule.init(), time_ms, event) for rule in self.rules]
+        session.rules = [rule.init() for rule in self.rules]
+        self._add_to_rules(session.rules, time_ms, event)
         return session
 
     def _add_event(self, session: Session, time_ms: int, event: dict[str, Any]) -> None:
         super()._add_event(session, time_ms, event)
-        session.rules = [self._add_to(rule, state, time_ms, event) for rule, state in zip(self.rules, session.rules)]
+        self._add_to_rules(session.rules, time_ms, event)
 
     def _absorb(self, target: Session, other: Session) -> None:
         super()._absorb(target, other)
         out = self._out
         target.rules = [rule.merge(a, b, out) for rule, a, b in zip(self.rules, target.rules, other.rules)]
 
-    def _add_to(self, rule: Rule, state: Any, time_ms: int, event: dict[str, Any]) -> Any:
-        return rule.add(state, time_ms, event, self._source, self._stream_time, self._out)
+    def _add_to_rules(self, states: list[Any], time_ms: int, event: dict[str, Any]) -> None:
+        source, stream_time, out = self._source, self._stream_time, self._out
+        for i, rule in enumerate(self.rules):
+            states[i] = rule.add(states[i], time_ms, event, source, stream_time, out)
 
     def _close(self, session: Session, out: list[Derived]) -> None:
         bounds = self.bounds(session)
