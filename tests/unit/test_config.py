@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.config import ConfigError, load_config
@@ -247,3 +249,8 @@ def test_rule_topics_are_created_with_the_others(tmp_path):
 
     config = load_config(write(tmp_path, RULE), {})
     assert "purchases" in [spec.name for spec in planned_topics(config)]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "config").glob("*.toml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    assert load_config(path, {}).pipelines
