@@ -6,7 +6,7 @@ merges when sessions merge, and disappears when the session closes. So a rule
 survives crashes and rebalances exactly as the session does, and the records
 it derives ride the same transaction as everything else.
 
-Rules see events only through five moments, each called by
+Rules see events only at four moments, each called by
 ``SessionWindowsWithRules``:
 
 - ``add``: an accepted event joined the session;
@@ -49,6 +49,13 @@ class Rule:
     """Base class: a rule does nothing at the moments it does not override."""
 
     name: str = ""
+    #: What the state looks like; with the name it keys the state in the store.
+    kind: str = ""
+
+    @property
+    def state_key(self) -> str:
+        """``kind:name``: a rule whose kind changed in the config starts afresh rather than misreading its state."""
+        return f"{self.kind}:{self.name}"
 
     def init(self) -> Any:
         return None

@@ -58,6 +58,8 @@ class _Absence(Rule):
 class AbsenceUntilClose(_Absence):
     """State ``[latest first as [time, kept] or None, latest then time or None]``."""
 
+    kind = "absence"
+
     def init(self) -> list[Any]:
         return [None, None]
 
@@ -86,6 +88,8 @@ class AbsenceWithin(_Absence):
     Pending firsts have no then within T so far. Then times are kept while a
     first at or before them can still arrive (stream time <= then + grace).
     """
+
+    kind = "absence_within"
 
     def __init__(self, config: RuleConfig, grace_ms: int) -> None:
         super().__init__(config)

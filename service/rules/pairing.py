@@ -35,6 +35,8 @@ State = list[list[Any] | None]
 
 
 class Pairing(Rule):
+    kind = "pairing"
+
     def __init__(self, config: PipelineConfig) -> None:
         assert config.pairing is not None
         self.name = "pairing"

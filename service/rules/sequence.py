@@ -37,6 +37,8 @@ State = list[list[list[Any]]]
 
 
 class Sequence(Rule):
+    kind = "sequence"
+
     def __init__(self, config: RuleConfig, grace_ms: int) -> None:
         assert config.within_ms is not None
         self.name = config.name

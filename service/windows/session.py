@@ -142,7 +142,10 @@ class SessionWindows:
 
     def load(self, data: list[Any]) -> list[Session]:
         aggs = self.aggregates
-        return [Session(start, end, count, [a.load(x) for a, x in zip(aggs, states)]) for start, end, count, states in data]
+        # ``*_``: state written while the pipeline had rules (a fifth element) loads without them.
+        return [
+            Session(start, end, count, [a.load(x) for a, x in zip(aggs, states)]) for start, end, count, states, *_ in data
+        ]
 
     def _new(self, time_ms: int, event: dict[str, Any]) -> Session:
         return Session(time_ms, time_ms, 1, [a.add(a.init(), event, time_ms) for a in self.aggregates])

@@ -75,20 +75,27 @@ class SessionWindowsWithRules(SessionWindows):
         return done
 
     def dump(self, sessions: list[Session]) -> list[Any]:
+        """``[start, end, count, aggregates, {rule key: rule state}]`` per session."""
         aggs = self.aggregates
-        rules = self.rules
         return [
-            [s.start, s.end, s.count, [a.dump(x) for a, x in zip(aggs, s.aggs)], [r.dump(x) for r, x in zip(rules, s.rules)]]
+            [s.start, s.end, s.count, [a.dump(x) for a, x in zip(aggs, s.aggs)], self._dump_rules(s.rules)]
             for s in sessions
         ]
 
     def load(self, data: list[Any]) -> list[Session]:
         aggs = self.aggregates
-        rules = self.rules
         return [
-            Session(start, end, count, [a.load(x) for a, x in zip(aggs, states)], [r.load(x) for r, x in zip(rules, kept)])
-            for start, end, count, states, kept in data
+            Session(item[0], item[1], item[2], [a.load(x) for a, x in zip(aggs, item[3])], self._load_rules(item[4] if len(item) > 4 else {}))
+            for item in data
         ]
+
+    def _dump_rules(self, states: list[Any]) -> dict[str, Any]:
+        return {rule.state_key: rule.dump(state) for rule, state in zip(self.rules, states)}
+
+    def _load_rules(self, stored: dict[str, Any]) -> list[Any]:
+        """Rule states by key, so a rule added to a running pipeline starts empty in its open
+        sessions and a removed one is dropped, instead of states landing on the wrong rule."""
+        return [rule.load(stored[rule.state_key]) if rule.state_key in stored else rule.init() for rule in self.rules]
 
     # -- hooks called by SessionWindows.add -----------------------------------
 

@@ -367,3 +367,25 @@ def test_pipeline_without_rules_runs_the_plain_session_class(make):
     assert type(h.pipeline.window) is SessionWindows
     h2 = make(config(PURCHASE))
     assert type(h2.pipeline.window) is not SessionWindows
+
+
+def test_adding_changing_and_removing_rules_keeps_the_open_sessions(tmp_path):
+    """State written under one config loads under another: added rules start empty, removed ones are dropped."""
+    path = tmp_path / "store"
+
+    def run(text, events, finish=False):
+        h = Harness(config_from_toml(text), path)
+        for event in events:
+            h.send(event)
+        h.finish() if finish else h.commit()
+        h.close()
+        return h
+
+    run(config(""), [ev(0, "item_added_to_cart", "before_rules")])
+    run(config(PURCHASE + SLOW), [ev(10, "item_added_to_cart", "c")])
+    changed = PURCHASE + SLOW.replace('within = "5m"\n', "")  # slow_checkout becomes an until-close absence
+    h = run(config(changed), [ev(20, "payment_processed", "p")])
+    assert sorted(v["first"]["event_id"] for v in values(h, "purchases")) == ["c"]
+    h = run(config(""), [ev(30, "page_viewed")], finish=True)
+    (session,) = h.emitted("sessions")
+    assert session["value"]["event_count"] == 4
