@@ -26,7 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     process.add_argument("--config", required=True, type=Path)
     process.add_argument("--input", required=True, type=Path, help="one JSON event per line")
     process.add_argument("--output", type=Path, help="where to write records (default: stdout)")
-    process.add_argument("--topic", help="the source topic the file stands for (default: every pipeline reads it)")
+    where = process.add_mutually_exclusive_group()
+    where.add_argument("--topic", help="the source topic the file stands for (default: every pipeline reads it)")
+    where.add_argument(
+        "--wrapped",
+        action="store_true",
+        help='each line is {"topic": <source topic>, "value": <event>} (for pairing: events of several topics in one file)',
+    )
 
     check = commands.add_parser("check-config", help="validate a config file without connecting")
     check.add_argument("config", type=Path)
@@ -71,9 +77,9 @@ def _process(config: Config, args: argparse.Namespace) -> int:
 
     if args.output:
         with open(args.output, "w") as out:
-            summary = process_file(config, args.input, out, args.topic)
+            summary = process_file(config, args.input, out, args.topic, args.wrapped)
     else:
-        summary = process_file(config, args.input, sys.stdout, args.topic)
+        summary = process_file(config, args.input, sys.stdout, args.topic, args.wrapped)
     counts = ", ".join(f"{topic}: {n}" for topic, n in sorted(summary.records.items()))
     print(f"{summary.lines} events read; records written: {counts or 'none'}", file=sys.stderr)
     return 0

@@ -7,10 +7,12 @@ the operator everything to fix.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import socket
 import tomllib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ OUTPUT_FORMATS = ("envelope", "flat")
 TIMESTAMP_FROM = ("start", "end")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+RULE_TYPES = ("sequence", "absence")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 #: Every key a config file accepts, as docs/configuration.md lists them. ``<name>``
@@ -70,6 +73,23 @@ KEYS = (
     "pipelines.<name>.window.advance",
     "pipelines.<name>.aggregates.<name>.type",
     "pipelines.<name>.aggregates.<name>.field",
+    "pipelines.<name>.aggregates.<name>.equals",
+    "pipelines.<name>.aggregates.<name>.in",
+    "pipelines.<name>.aggregates.<name>.class",
+    "pipelines.<name>.aggregates.<name>.params",
+    "pipelines.<name>.rules.<name>.type",
+    "pipelines.<name>.rules.<name>.first.field",
+    "pipelines.<name>.rules.<name>.first.equals",
+    "pipelines.<name>.rules.<name>.first.in",
+    "pipelines.<name>.rules.<name>.then.field",
+    "pipelines.<name>.rules.<name>.then.equals",
+    "pipelines.<name>.rules.<name>.then.in",
+    "pipelines.<name>.rules.<name>.within",
+    "pipelines.<name>.rules.<name>.topic",
+    "pipelines.<name>.rules.<name>.event",
+    "pipelines.<name>.rules.<name>.keep",
+    "pipelines.<name>.pairing.time_field",
+    "pipelines.<name>.pairing.lone_topic",
     "pipelines.<name>.output",
     "pipelines.<name>.output.topic",
     "pipelines.<name>.output.event",
@@ -97,11 +117,60 @@ class WindowConfig:
     max_events: int | None = None
 
 
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class ConditionConfig:
+    """Which events a flag or a rule looks at (see ``service.conditions``)."""
+
+    field: str
+    #: The allowed values; None when the field only has to be present and not null.
+    equals: tuple[Scalar, ...] | None = None
+
+    def describe(self) -> str:
+        if self.equals is None:
+            return f"{self.field} is present"
+        if len(self.equals) == 1:
+            return f"{self.field} == {self.equals[0]!r}"
+        return f"{self.field} in {list(self.equals)!r}"
+
+
 @dataclass(frozen=True)
 class AggregateConfig:
     name: str
     type: str
     field: str | None = None
+    #: ``any`` and ``all``: the condition each event is tested against.
+    condition: ConditionConfig | None = None
+    #: ``custom``: ``"package.module:ClassName"`` and the keyword arguments it is built with.
+    class_path: str | None = None
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """A ``[pipelines.<p>.rules.<name>]`` table: a derived event from a pattern in a session."""
+
+    name: str
+    type: str
+    first: ConditionConfig
+    then: ConditionConfig
+    #: ``sequence``: how long after ``first`` a ``then`` may come. ``absence``:
+    #: how long to wait for ``then``; None waits until the session closes.
+    within_ms: int | None
+    topic: str
+    event: str
+    #: Fields carried from each matching event; None carries the whole event.
+    keep: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PairingConfig:
+    """``[pipelines.<p>.pairing]``: each session becomes one record merging one event per source."""
+
+    time_field: str = "ts"
+    lone_topic: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +195,15 @@ class PipelineConfig:
     dead_letter_topic: str
     repartition_topic: str
     changelog_topic: str
+    rules: tuple[RuleConfig, ...] = ()
+    pairing: PairingConfig | None = None
+
+    def derived_topics(self) -> list[str]:
+        """Topics this pipeline's rules and pairing write, besides output, late and dead letters."""
+        topics = [rule.topic for rule in self.rules]
+        if self.pairing is not None and self.pairing.lone_topic is not None:
+            topics.append(self.pairing.lone_topic)
+        return list(dict.fromkeys(topics))
 
 
 @dataclass(frozen=True)
@@ -491,6 +569,9 @@ def _parse_pipeline(
     output = _parse_output(table.get("output"), table, window)
     late = table.topic("late_topic", default_late) or f"{app_id}-late"
     dlq = table.topic("dead_letter_topic", default_dlq) or f"{app_id}-dead-letter"
+    rules = _parse_rules(table.table("rules"))
+    pairing = _parse_pairing(table.table("pairing")) if table.has("pairing") else None
+    _check_session_features(table, window, sources, aggregates, rules, pairing)
     table.finish()
     if window is None or output is None:
         return None
@@ -507,6 +588,8 @@ def _parse_pipeline(
         dead_letter_topic=dlq,
         repartition_topic=f"{prefix}{app_id}-{name}-repartition",
         changelog_topic=f"{prefix}{app_id}-{name}-changelog",
+        rules=rules,
+        pairing=pairing,
     )
 
 
@@ -548,7 +631,12 @@ AGGREGATE_TYPES = {
     "last": True,
     "count_distinct": True,
     "count_by": True,
+    "any": True,
+    "all": True,
+    "custom": False,
 }
+FLAG_TYPES = ("any", "all")
+CUSTOM_METHODS = ("init", "add", "merge", "result")
 
 
 def _parse_aggregates(table: _Table) -> tuple[AggregateConfig, ...]:
@@ -563,11 +651,168 @@ def _parse_aggregates(table: _Table) -> tuple[AggregateConfig, ...]:
             spec.fail("type", kind, "one of " + ", ".join(repr(t) for t in AGGREGATE_TYPES))
             spec.finish(allow_extra=True)
             continue
+        if kind == "custom":
+            custom = _parse_custom(name, spec)
+            if custom is not None:
+                out.append(custom)
+            continue
         field_path = spec.str("field", required=AGGREGATE_TYPES[kind])
+        condition = None
+        if kind in FLAG_TYPES and field_path is not None:
+            condition = ConditionConfig(field_path, _condition_values(spec))
         spec.finish()
-        out.append(AggregateConfig(name=name, type=kind, field=field_path))
+        out.append(AggregateConfig(name=name, type=kind, field=field_path, condition=condition))
     table.finish(allow_extra=True)
     return tuple(out)
+
+
+def _parse_custom(name: str, spec: _Table) -> AggregateConfig | None:
+    """``{ type = "custom", class = "package.module:ClassName", params = { … } }``.
+
+    The class is imported and built here, so a typo or a wrong parameter is
+    reported with the other problems at start-up rather than on the first event.
+    """
+    class_path = spec.str("class", required=True)
+    params = spec.get("params")
+    if params is None:
+        params = {}
+    elif not isinstance(params, dict):
+        spec.fail("params", params, "a table of keyword arguments for the class")
+        params = {}
+    spec.finish()
+    if class_path is None:
+        return None
+    if not _check_custom_class(class_path, params, spec):
+        return None
+    return AggregateConfig(name=name, type="custom", class_path=class_path, params=params)
+
+
+def import_class(class_path: str) -> Any:
+    """``"package.module:ClassName"`` -> the class; raises ``ImportError`` or ``AttributeError``."""
+    module_name, _, class_name = class_path.partition(":")
+    if not module_name or not class_name:
+        raise ImportError("expected 'module:ClassName'")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def _check_custom_class(class_path: str, params: dict[str, Any], spec: _Table) -> bool:
+    allowed = "an importable 'package.module:ClassName' with methods " + ", ".join(CUSTOM_METHODS)
+    try:
+        cls = import_class(class_path)
+    except Exception as exc:  # user code: any error while importing is a config problem
+        spec.fail("class", class_path, f"{allowed} ({type(exc).__name__}: {exc})")
+        return False
+    missing = [m for m in CUSTOM_METHODS if not callable(getattr(cls, m, None))]
+    if missing:
+        spec.fail("class", class_path, f"{allowed} (missing: {', '.join(missing)})")
+        return False
+    try:
+        cls(**params)
+    except Exception as exc:
+        spec.fail("params", params, f"keyword arguments {class_path} accepts ({type(exc).__name__}: {exc})")
+        return False
+    return True
+
+
+def _condition_values(spec: _Table) -> tuple[Scalar, ...] | None:
+    """``equals = v`` or ``in = [v, …]`` next to ``field``; neither means "present"."""
+    equals = spec.get("equals")
+    options = spec.get("in")
+    if equals is not None and options is not None:
+        spec.fail("in", options, "either equals or in, not both")
+        return None
+    if equals is not None:
+        if not _is_scalar(equals):
+            spec.fail("equals", equals, "a string, number or boolean")
+            return None
+        return (equals,)
+    if options is not None:
+        if not isinstance(options, list) or not options or not all(_is_scalar(o) for o in options):
+            spec.fail("in", options, "a non-empty list of strings, numbers or booleans")
+            return None
+        return tuple(options)
+    return None
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool))
+
+
+def _parse_condition(parent: _Table, name: str) -> ConditionConfig | None:
+    """A rule's ``first`` or ``then``: ``{ field = "type", equals = "checkout" }``."""
+    allowed = "a table such as { field = 'type', equals = 'checkout' }"
+    value = parent.get(name)
+    if value is None:
+        parent.problems.append(f"{parent.key(name)} is missing: expected {allowed}")
+        return None
+    if not isinstance(value, dict):
+        parent.fail(name, value, allowed)
+        return None
+    spec = parent.table(name)
+    field_path = spec.str("field", required=True)
+    values = _condition_values(spec)
+    spec.finish()
+    if field_path is None:
+        return None
+    return ConditionConfig(field_path, values)
+
+
+def _parse_rules(table: _Table) -> tuple[RuleConfig, ...]:
+    """``[pipelines.x.rules.<name>]`` tables (see docs/rules.md)."""
+    out = []
+    for name in table.data:
+        spec = table.table(name)
+        if not _NAME.match(name):
+            table.problems.append(f"{spec.path}: rule name {name!r} must use letters, digits, '.', '_' and '-'")
+        kind = spec.get("type")
+        if kind not in RULE_TYPES:
+            spec.fail("type", kind, "one of " + ", ".join(repr(t) for t in RULE_TYPES))
+            spec.finish(allow_extra=True)
+            continue
+        first = _parse_condition(spec, "first")
+        then = _parse_condition(spec, "then")
+        within = spec.duration("within", None, required=kind == "sequence")
+        topic = spec.topic("topic", required=True)
+        event = spec.str("event", name) or name
+        keep = spec.str_list("keep") if spec.has("keep") else None
+        spec.finish()
+        if first is None or then is None or topic is None or (kind == "sequence" and within is None):
+            continue
+        out.append(RuleConfig(name, kind, first, then, within, topic, event, keep or None))
+    table.finish(allow_extra=True)
+    return tuple(out)
+
+
+def _parse_pairing(table: _Table) -> PairingConfig:
+    time_field = table.str("time_field", "ts") or "ts"
+    lone_topic = table.topic("lone_topic")
+    table.finish()
+    return PairingConfig(time_field=time_field, lone_topic=lone_topic)
+
+
+def _check_session_features(
+    table: _Table,
+    window: WindowConfig | None,
+    sources: tuple[str, ...],
+    aggregates: tuple[AggregateConfig, ...],
+    rules: tuple[RuleConfig, ...],
+    pairing: PairingConfig | None,
+) -> None:
+    """Rules and pairing work on sessions; pairing needs two sources and renders no summary."""
+    if window is not None and window.type != "session":
+        if rules:
+            table.fail("rules", [r.name for r in rules], 'rules only in a pipeline whose window.type = "session"')
+        if pairing is not None:
+            table.fail("pairing", {}, 'pairing only in a pipeline whose window.type = "session"')
+    if pairing is not None:
+        if len(sources) < 2:
+            table.fail("sources", list(sources), "at least two source topics with [pairing]")
+        if aggregates:
+            table.fail(
+                "aggregates",
+                [a.name for a in aggregates],
+                "no aggregates with [pairing]: a pairing pipeline emits the paired events, not a summary",
+            )
 
 
 def _parse_output(value: Any, pipeline: _Table, window: WindowConfig | None) -> OutputConfig | None:

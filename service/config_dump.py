@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from service.config import Config, PipelineConfig
+from service.config import AggregateConfig, ConditionConfig, Config, PipelineConfig, RuleConfig
 from service.durations import format_duration_ms
 from service.secrets import redact_properties
 
@@ -77,9 +77,13 @@ def _pipeline(pipeline: PipelineConfig) -> dict[str, Any]:
     out["late_topic"] = pipeline.late_topic
     out["dead_letter_topic"] = pipeline.dead_letter_topic
     out["window"] = table
-    out["aggregates"] = {
-        a.name: {"type": a.type, **({"field": a.field} if a.field is not None else {})} for a in pipeline.aggregates
-    }
+    out["aggregates"] = {a.name: _aggregate(a) for a in pipeline.aggregates}
+    if pipeline.rules:
+        out["rules"] = {r.name: _rule(r) for r in pipeline.rules}
+    if pipeline.pairing is not None:
+        out["pairing"] = {"time_field": pipeline.pairing.time_field}
+        if pipeline.pairing.lone_topic is not None:
+            out["pairing"]["lone_topic"] = pipeline.pairing.lone_topic
     out["output"] = {
         "topic": pipeline.output.topic,
         "event": pipeline.output.event,
@@ -87,6 +91,41 @@ def _pipeline(pipeline: PipelineConfig) -> dict[str, Any]:
         "timestamp": pipeline.output.timestamp,
     }
     return out
+
+
+def _aggregate(aggregate: AggregateConfig) -> dict[str, Any]:
+    table: dict[str, Any] = {"type": aggregate.type}
+    if aggregate.field is not None:
+        table["field"] = aggregate.field
+    if aggregate.condition is not None:
+        table.update(_condition_values(aggregate.condition))
+    if aggregate.class_path is not None:
+        table["class"] = aggregate.class_path
+        table["params"] = dict(aggregate.params)
+    return table
+
+
+def _rule(rule: RuleConfig) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "type": rule.type,
+        "first": {"field": rule.first.field, **_condition_values(rule.first)},
+        "then": {"field": rule.then.field, **_condition_values(rule.then)},
+    }
+    if rule.within_ms is not None:
+        table["within"] = format_duration_ms(rule.within_ms)
+    table["topic"] = rule.topic
+    table["event"] = rule.event
+    if rule.keep is not None:
+        table["keep"] = list(rule.keep)
+    return table
+
+
+def _condition_values(condition: ConditionConfig) -> dict[str, Any]:
+    if condition.equals is None:
+        return {}
+    if len(condition.equals) == 1:
+        return {"equals": condition.equals[0]}
+    return {"in": list(condition.equals)}
 
 
 def to_toml(document: dict[str, Any]) -> str:
@@ -101,7 +140,7 @@ def to_toml(document: dict[str, Any]) -> str:
 
 
 def _write_table(table: dict[str, Any], path: list[str], lines: list[str]) -> None:
-    inline = path[-1:] == ["aggregates"]
+    inline = path[-1:] == ["aggregates"] or path[-2:-1] == ["rules"]
     plain = {k: v for k, v in table.items() if inline or not isinstance(v, dict)}
     nested = {k: v for k, v in table.items() if k not in plain}
     if path and (plain or not nested):

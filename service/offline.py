@@ -5,6 +5,11 @@ arrive on a source topic. Stream time advances with the events exactly as in
 the service; the end of the input closes every window that is still open.
 Each output line is a record the service would produce:
 ``{"topic": …, "key": …, "value": …, "headers": {…}}``.
+
+Which topic a line came from matters to pairing. ``--topic T`` says every line
+came from T. With ``--wrapped`` each line says it itself, in the shape of the
+output lines: ``{"topic": "analytics", "value": {…the event…}}``; each
+pipeline then sees the lines of its own source topics only, as in the service.
 """
 
 from __future__ import annotations
@@ -39,8 +44,15 @@ def process_lines(
     write: Any,
     topic: str | None = None,
     state_dir: Path | None = None,
+    wrapped: bool = False,
 ) -> OfflineSummary:
-    """Run every pipeline reading ``topic`` (all pipelines when None) over ``lines``."""
+    """Run every pipeline reading ``topic`` (all pipelines when None) over ``lines``.
+
+    With ``wrapped``, every line is ``{"topic": …, "value": …}`` and goes to the
+    pipelines reading its topic.
+    """
+    if wrapped and topic is not None:
+        raise ValueError("a topic and wrapped lines exclude each other: wrapped lines name their own topic")
     pipelines = [p for p in compile_pipelines(config.pipelines) if topic is None or topic in p.config.sources]
     if not pipelines:
         raise ValueError(f"no pipeline reads topic {topic!r}")
@@ -54,7 +66,11 @@ def process_lines(
             if not line.strip():
                 continue
             summary.lines += 1
-            _process_line(runs, line.rstrip(b"\r\n"), source, number, out)
+            line = line.rstrip(b"\r\n")
+            if wrapped:
+                _process_wrapped(runs, line, number, out)
+            else:
+                _process_line(runs, line, source, number, out)
             if summary.lines % COMMIT_EVERY == 0:
                 _commit(runs)
                 _drain(out, write, summary)
@@ -68,9 +84,11 @@ def process_lines(
     return summary
 
 
-def process_file(config: Config, input_path: Path, output: IO[str], topic: str | None = None) -> OfflineSummary:
+def process_file(
+    config: Config, input_path: Path, output: IO[str], topic: str | None = None, wrapped: bool = False
+) -> OfflineSummary:
     with open(input_path, "rb") as lines:
-        return process_lines(config, lines, output.write, topic)
+        return process_lines(config, lines, output.write, topic, wrapped=wrapped)
 
 
 @dataclass
@@ -82,6 +100,11 @@ class _Run:
     def __post_init__(self) -> None:
         self.processor = WindowProcessor(self.pipeline, self.store, self.out)
 
+    def source_index(self, topic: str) -> int:
+        """The topic's index in the pipeline's sources, as the repartition frame carries it."""
+        sources = self.pipeline.config.sources
+        return sources.index(topic) if topic in sources else 0
+
 
 def _process_line(runs: list[_Run], line: bytes, source: str, number: int, out: list[OutputRecord]) -> None:
     try:
@@ -90,13 +113,35 @@ def _process_line(runs: list[_Run], line: bytes, source: str, number: int, out: 
         for dlq in dict.fromkeys(r.pipeline.config.dead_letter_topic for r in runs):
             out.append(dead_letter(dlq, str(exc), None, line, source, 0, number))
         return
+    _process_event(runs, event, line, source, number, out)
+
+
+def _process_event(runs: list[_Run], event: dict[str, Any], raw: bytes, source: str, number: int, out: list[OutputRecord]) -> None:
     for run in runs:
         try:
             key, time_ms = run.pipeline.extract(event, None)
         except BadRecord as exc:
-            out.append(dead_letter(run.pipeline.config.dead_letter_topic, str(exc), None, line, source, 0, number, run.pipeline.name))
+            out.append(dead_letter(run.pipeline.config.dead_letter_topic, str(exc), None, raw, source, 0, number, run.pipeline.name))
             continue
-        run.processor.process(key, time_ms, event, line)
+        run.processor.process(key, time_ms, event, raw, run.source_index(source))
+
+
+def _process_wrapped(runs: list[_Run], line: bytes, number: int, out: list[OutputRecord]) -> None:
+    """A ``{"topic": …, "value": …}`` line: the event goes to the pipelines reading that topic."""
+    try:
+        wrapper = parse_event(line)
+        topic = wrapper.get("topic")
+        if not isinstance(topic, str) or not topic:
+            raise BadRecord('wrapped line without a "topic" string')
+        event = wrapper.get("value")
+        if not isinstance(event, dict):
+            raise BadRecord('wrapped line whose "value" is not a JSON object')
+    except BadRecord as exc:
+        for dlq in dict.fromkeys(r.pipeline.config.dead_letter_topic for r in runs):
+            out.append(dead_letter(dlq, str(exc), None, line, "-", 0, number))
+        return
+    readers = [run for run in runs if topic in run.pipeline.config.sources]
+    _process_event(readers, event, orjson.dumps(event), topic, number, out)
 
 
 def _commit(runs: list[_Run]) -> None:

@@ -11,6 +11,7 @@ import orjson
 from service.aggregates import Aggregate, build_aggregates
 from service.config import OutputConfig, PipelineConfig
 from service.extract import BadRecord, KeyExtractor, TimeExtractor
+from service.rules import Rule, build_rules
 from service.windows import WindowKind, build_window_kind
 
 
@@ -42,9 +43,13 @@ class Envelope:
 
     def render(self, key: bytes, bounds: tuple[int, int], values: dict[str, Any]) -> bytes:
         moment = bounds[0] if self.output.timestamp == "start" else bounds[1]
-        record: dict[str, Any] = {"event": self.output.event}
+        return self.render_event(key, self.output.event, moment, values)
+
+    def render_event(self, key: bytes, event: str, moment_ms: int, values: dict[str, Any]) -> bytes:
+        """The same shape for any event name and moment: rules' derived records use it too."""
+        record: dict[str, Any] = {"event": event}
         record.update(self.keys.fields(key))
-        record["timestamp"] = format_utc(moment)
+        record["timestamp"] = format_utc(moment_ms)
         if self.output.format == "flat":
             record.update(values)
         else:
@@ -93,8 +98,11 @@ class Pipeline:
         self.key = KeyExtractor(config.key)
         self.time = TimeExtractor(config.time, config.time_format)
         self.aggregates: tuple[Aggregate, ...] = build_aggregates(config.aggregates)
-        self.window: WindowKind = build_window_kind(config.window, self.aggregates)
+        self.rules: tuple[Rule, ...] = build_rules(config)
+        self.window: WindowKind = build_window_kind(config.window, self.aggregates, self.rules)
         self.envelope = Envelope(config.output, self.key)
+        #: A pairing pipeline's closed session becomes the paired record, not a summary.
+        self.emits_summary = config.pairing is None
         self._checks = tuple(a.check for a in self.aggregates if a.check is not None)
 
     def extract(self, event: dict[str, Any], record_ms: int | None) -> tuple[bytes, int]:

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from service.pipeline import OutputRecord, Pipeline
+from service.rules import Derived
 from service.store import WindowStore
 
 
@@ -24,6 +27,7 @@ class Counters:
     late: int = 0
     emitted: int = 0
     merges: int = 0
+    derived: int = 0
 
 
 class WindowProcessor:
@@ -37,14 +41,21 @@ class WindowProcessor:
         self._kind = pipeline.window
         self._late_topic = pipeline.config.late_topic
         self._output_topic = pipeline.config.output.topic
+        #: Records the pipeline's rules derived during the current call; empty without rules.
+        self._derived: list[Derived] = []
 
     @property
     def stream_time(self) -> int | None:
         """The largest event time seen (or reached by idle advance); part of the state."""
         return self.store.stream_time
 
-    def process(self, key: bytes, time_ms: int, event: dict[str, Any], raw: bytes) -> None:
-        """Add one accepted-or-late event; nothing is emitted until ``close_due``."""
+    def process(self, key: bytes, time_ms: int, event: dict[str, Any], raw: bytes, source: int = 0) -> None:
+        """Add one accepted-or-late event.
+
+        Windows are emitted by ``close_due``; a sequence rule's match is
+        derived here, the moment its second event arrives. ``source`` is the
+        index of the event's topic in the pipeline's sources.
+        """
         store = self.store
         kind = self._kind
         stream_time = store.stream_time
@@ -57,9 +68,12 @@ class WindowProcessor:
                 if not kind.partial_late:
                     return
         entry = store.entry(key)
-        self.counters.merges += kind.add(entry.windows, time_ms, event, stream_time)
+        derived = self._derived
+        self.counters.merges += kind.add(entry.windows, time_ms, event, stream_time, source, derived)
         store.touch(key, entry)
         self.counters.processed += 1
+        if derived:
+            self._emit_derived(key)
 
     def advance(self, stream_time: int) -> None:
         """Move stream time forward without an event (the wall-clock punctuator)."""
@@ -68,30 +82,37 @@ class WindowProcessor:
             self.store.stream_time = stream_time
 
     def close_due(self) -> int:
-        """Emit every window closed at the current stream time; returns how many."""
+        """Emit every window closed at the current stream time, and what rules derive by then; returns how many windows."""
         stream_time = self.store.stream_time
         if stream_time is None:
             return 0
         emitted = 0
+        derived = self._derived
         for key in self.store.due(stream_time):
             entry = self.store.entry(key)
-            done = self._kind.pop_closed(entry.windows, stream_time)
+            done = self._kind.pop_closed(entry.windows, stream_time, derived)
             if done:
                 self._emit(key, done)
                 emitted += len(done)
-                self.store.touch(key, entry)
+            if derived:
+                self._emit_derived(key)
+            # Due by a window or by a rule's deadline: either way its close time changed.
+            self.store.touch(key, entry)
         return emitted
 
     def close_all(self) -> int:
         """Emit every open window (offline mode's end of input)."""
         emitted = 0
+        derived = self._derived
         for key in list(self.store.keys()):
             entry = self.store.entry(key)
-            done = self._kind.pop_all(entry.windows)
+            done = self._kind.pop_all(entry.windows, derived)
             if done:
                 self._emit(key, done)
                 emitted += len(done)
                 self.store.touch(key, entry)
+            if derived:
+                self._emit_derived(key)
         return emitted
 
     def open_windows(self, key: bytes) -> list[dict[str, Any]]:
@@ -100,6 +121,9 @@ class WindowProcessor:
         return [kind.values(w) for w in self.store.peek(key)]
 
     def _emit(self, key: bytes, windows: list[Any]) -> None:
+        self.counters.emitted += len(windows)
+        if not self.pipeline.emits_summary:
+            return
         kind = self._kind
         render = self.pipeline.envelope.render
         on_emit = self.on_emit
@@ -110,7 +134,17 @@ class WindowProcessor:
             if on_emit is not None:
                 # A session closed by max_events has no close time of its own: use its end.
                 on_emit(max(kind.next_close([window]), bounds[1]))
-        self.counters.emitted += len(windows)
+
+    def _emit_derived(self, key: bytes) -> None:
+        render = self.pipeline.envelope.render_event
+        for record in self._derived:
+            if record.event is None:
+                value = orjson.dumps(record.values)
+            else:
+                value = render(key, record.event, record.moment_ms, record.values)
+            self.out.append(OutputRecord(record.topic, key, value, record.headers))
+        self.counters.derived += len(self._derived)
+        self._derived.clear()
 
     def _late(self, key: bytes, time_ms: int, stream_time: int, reason: str, raw: bytes) -> None:
         headers = (

@@ -54,10 +54,10 @@ class Harness:
         self.out: list[OutputRecord] = []
         self.processor = WindowProcessor(self.pipeline, self.store, self.out)
 
-    def send(self, event: dict[str, Any]) -> None:
+    def send(self, event: dict[str, Any], source: int = 0) -> None:
         raw = orjson.dumps(event)
         key, time_ms = self.pipeline.extract(event, None)
-        self.processor.process(key, time_ms, event, raw)
+        self.processor.process(key, time_ms, event, raw, source)
 
     def commit(self) -> None:
         self.processor.close_due()
@@ -72,7 +72,7 @@ class Harness:
         return [orjson.loads(r.value) for r in self.out if r.topic == topic]
 
     def late(self) -> list[OutputRecord]:
-        return [r for r in self.out if r.topic != "out"]
+        return [r for r in self.out if r.topic == self.pipeline.config.late_topic]
 
     def close(self) -> None:
         self.store.close()

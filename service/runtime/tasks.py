@@ -10,7 +10,8 @@
 
 Repartition records carry the event time and the source's index in front of
 the untouched original bytes (``RepartitionFrame``): the window stage needs no
-second parse of the time, and a late event reaches the late topic as it was sent.
+second parse of the time, a late event reaches the late topic as it was sent,
+and pairing knows which topic each event came from.
 """
 
 from __future__ import annotations
@@ -119,13 +120,13 @@ class WindowTask:
         for message in messages:
             raw = message.value()
             try:
-                time_ms, _source = unpack(raw)
+                time_ms, source = unpack(raw)
                 body = memoryview(raw)[_FRAME:]
                 event = loads(body)
             except (struct.error, TypeError, orjson.JSONDecodeError) as exc:
                 self._dead_letter(f"unreadable repartition record: {exc}", message)
                 continue
-            process(message.key(), time_ms, event, body)
+            process(message.key(), time_ms, event, body, source)
         self.caught_up = False
         self._idle_base = (self.store.stream_time, time.monotonic())
 

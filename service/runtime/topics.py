@@ -36,6 +36,8 @@ def planned_topics(config: Config) -> list[TopicSpec]:
         add(pipeline.repartition_topic, {"cleanup.policy": "delete", "retention.ms": "-1"})
         add(pipeline.changelog_topic, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"})
         add(pipeline.output.topic)
+        for topic in pipeline.derived_topics():
+            add(topic)
         add(pipeline.late_topic)
         add(pipeline.dead_letter_topic)
     return list(specs.values())

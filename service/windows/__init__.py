@@ -21,20 +21,32 @@ def closed(close_time: int, stream_time: int) -> bool:
 
 
 class WindowKind(Protocol):
-    """What the processor needs from a kind of window."""
+    """What the processor needs from a kind of window.
+
+    ``source`` is the index of the event's topic in the pipeline's sources.
+    Kinds that run rules append the records those derive to ``derived``.
+    """
 
     #: True when a late event may still count in some of its windows (hopping).
     partial_late: bool
 
     def late_reason(self, time_ms: int, stream_time: int) -> str | None: ...
 
-    def add(self, windows: list[Any], time_ms: int, event: dict[str, Any], stream_time: int) -> int: ...
+    def add(
+        self,
+        windows: list[Any],
+        time_ms: int,
+        event: dict[str, Any],
+        stream_time: int,
+        source: int = 0,
+        derived: list[Any] | None = None,
+    ) -> int: ...
 
     def next_close(self, windows: list[Any]) -> int: ...
 
-    def pop_closed(self, windows: list[Any], stream_time: int) -> list[Any]: ...
+    def pop_closed(self, windows: list[Any], stream_time: int, derived: list[Any] | None = None) -> list[Any]: ...
 
-    def pop_all(self, windows: list[Any]) -> list[Any]: ...
+    def pop_all(self, windows: list[Any], derived: list[Any] | None = None) -> list[Any]: ...
 
     def values(self, window: Any) -> dict[str, Any]: ...
 
@@ -45,10 +57,20 @@ class WindowKind(Protocol):
     def load(self, data: list[Any]) -> list[Any]: ...
 
 
-def build_window_kind(config: WindowConfig, aggregates: tuple[Aggregate, ...]) -> WindowKind:
+def build_window_kind(config: WindowConfig, aggregates: tuple[Aggregate, ...], rules: tuple[Any, ...] = ()) -> WindowKind:
     from service.windows.fixed import FixedWindows
     from service.windows.session import SessionWindows
+    from service.windows.with_rules import SessionWindowsWithRules
 
+    if config.type == "session" and rules:
+        return SessionWindowsWithRules(
+            gap_ms=config.gap_ms,
+            grace_ms=config.grace_ms,
+            aggregates=aggregates,
+            rules=rules,
+            max_duration_ms=config.max_duration_ms,
+            max_events=config.max_events,
+        )
     if config.type == "session":
         return SessionWindows(
             gap_ms=config.gap_ms,

@@ -47,7 +47,15 @@ class FixedWindows:
         windows = ", ".join(f"[{s}, {s + self.size})" for s in missed)
         return f"window {windows} already closed at stream time {stream_time} (grace {self.grace} ms)"
 
-    def add(self, windows: list[Window], time_ms: int, event: dict[str, Any], stream_time: int) -> int:
+    def add(
+        self,
+        windows: list[Window],
+        time_ms: int,
+        event: dict[str, Any],
+        stream_time: int,
+        source: int = 0,
+        derived: list[Any] | None = None,
+    ) -> int:
         by_start = {w.start: w for w in windows}
         for start in self.starts(time_ms):
             if closed(self.close_time(start), stream_time):
@@ -65,14 +73,14 @@ class FixedWindows:
     def next_close(self, windows: list[Window]) -> int:
         return self.close_time(min(w.start for w in windows))
 
-    def pop_closed(self, windows: list[Window], stream_time: int) -> list[Window]:
+    def pop_closed(self, windows: list[Window], stream_time: int, derived: list[Any] | None = None) -> list[Window]:
         done = [w for w in windows if closed(self.close_time(w.start), stream_time)]
         for window in done:
             windows.remove(window)
         done.sort(key=lambda w: w.start)
         return done
 
-    def pop_all(self, windows: list[Window]) -> list[Window]:
+    def pop_all(self, windows: list[Window], derived: list[Any] | None = None) -> list[Window]:
         done = sorted(windows, key=lambda w: w.start)
         windows.clear()
         return done

@@ -28,6 +28,8 @@ class Session:
     end: int
     count: int
     aggs: list[Any]
+    #: One state per rule (``service.windows.with_rules``); None in a pipeline without rules.
+    rules: list[Any] | None = None
 
 
 class SessionWindows:
@@ -70,8 +72,19 @@ class SessionWindows:
             return f"event time {time_ms} is more than grace ({self.grace} ms) behind stream time {stream_time}"
         return None
 
-    def add(self, sessions: list[Session], time_ms: int, event: dict[str, Any], stream_time: int) -> int:
-        """Put the event into ``sessions``; return how many sessions were merged away."""
+    def add(
+        self,
+        sessions: list[Session],
+        time_ms: int,
+        event: dict[str, Any],
+        stream_time: int,
+        source: int = 0,
+        derived: list[Any] | None = None,
+    ) -> int:
+        """Put the event into ``sessions``; return how many sessions were merged away.
+
+        ``source`` and ``derived`` are for rules (``SessionWindowsWithRules``).
+        """
         low = time_ms - self.gap
         high = time_ms + self.gap
         touching = [s for s in sessions if s.start <= high and s.end >= low]
@@ -97,14 +110,14 @@ class SessionWindows:
     def next_close(self, sessions: list[Session]) -> int:
         return min(self.close_time(s) for s in sessions)
 
-    def pop_closed(self, sessions: list[Session], stream_time: int) -> list[Session]:
+    def pop_closed(self, sessions: list[Session], stream_time: int, derived: list[Any] | None = None) -> list[Session]:
         done = [s for s in sessions if closed(self.close_time(s), stream_time)]
         for session in done:
             sessions.remove(session)
         done.sort(key=lambda s: s.start)
         return done
 
-    def pop_all(self, sessions: list[Session]) -> list[Session]:
+    def pop_all(self, sessions: list[Session], derived: list[Any] | None = None) -> list[Session]:
         done = sorted(sessions, key=lambda s: s.start)
         sessions.clear()
         return done
@@ -129,7 +142,10 @@ class SessionWindows:
 
     def load(self, data: list[Any]) -> list[Session]:
         aggs = self.aggregates
-        return [Session(start, end, count, [a.load(x) for a, x in zip(aggs, states)]) for start, end, count, states in data]
+        # ``*_``: state written while the pipeline had rules (a fifth element) loads without them.
+        return [
+            Session(start, end, count, [a.load(x) for a, x in zip(aggs, states)]) for start, end, count, states, *_ in data
+        ]
 
     def _new(self, time_ms: int, event: dict[str, Any]) -> Session:
         return Session(time_ms, time_ms, 1, [a.add(a.init(), event, time_ms) for a in self.aggregates])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.config import ConfigError, load_config
@@ -100,3 +102,155 @@ def test_environment_overrides(tmp_path):
 def test_bad_environment_override_is_reported_like_a_file_value(tmp_path):
     found = problems(tmp_path, VALID, {"SESSIONIZER__APP__POLL_BATCH": "lots"})
     assert found == ["app.poll_batch = 'lots': expected a whole number >= 1"]
+
+
+AGGREGATES = VALID + "[pipelines.s.aggregates]\n"
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [
+        ('f = { type = "any" }', "pipelines.s.aggregates.f.field is missing: expected a non-empty string"),
+        (
+            'f = { type = "all", field = "t", equals = "a", in = ["b"] }',
+            "pipelines.s.aggregates.f.in = ['b']: expected either equals or in, not both",
+        ),
+        ('f = { type = "any", field = "t", equals = [1] }', "pipelines.s.aggregates.f.equals = [1]: expected a string, number or boolean"),
+        ('f = { type = "any", field = "t", in = [] }', "pipelines.s.aggregates.f.in = []: expected a non-empty list"),
+        ('c = { type = "custom" }', "pipelines.s.aggregates.c.class is missing: expected a non-empty string"),
+        (
+            'c = { type = "custom", class = "examples.nowhere:Top" }',
+            "pipelines.s.aggregates.c.class = 'examples.nowhere:Top': expected an importable 'package.module:ClassName'",
+        ),
+        (
+            'c = { type = "custom", class = "examples.aggregates" }',
+            "pipelines.s.aggregates.c.class = 'examples.aggregates': expected an importable",
+        ),
+        (
+            'c = { type = "custom", class = "pathlib:PurePath" }',
+            "pipelines.s.aggregates.c.class = 'pathlib:PurePath': expected an importable 'package.module:ClassName' "
+            "with methods init, add, merge, result (missing: init, add, merge, result)",
+        ),
+        (
+            'c = { type = "custom", class = "examples.aggregates:TopValues", params = { n = 2 } }',
+            "pipelines.s.aggregates.c.params = {'n': 2}: expected keyword arguments examples.aggregates:TopValues accepts (TypeError",
+        ),
+        (
+            'c = { type = "custom", class = "examples.aggregates:TopValues", params = { field = "p", n = 0 } }',
+            "pipelines.s.aggregates.c.params = {'field': 'p', 'n': 0}: expected keyword arguments",
+        ),
+        ('c = { type = "custom", class = "examples.aggregates:TopValues", field = "p" }', "pipelines.s.aggregates.c.field: unknown key"),
+    ],
+)
+def test_flag_and_custom_aggregate_problems(tmp_path, line, expected):
+    found = problems(tmp_path, AGGREGATES + line + "\n")
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_flags_and_custom_aggregates_parse(tmp_path):
+    text = AGGREGATES + (
+        'has_checkout = { type = "any", field = "type", equals = "checkout" }\n'
+        'mobile_only = { type = "all", field = "platform", in = ["ios", "android"] }\n'
+        'saw_coupon = { type = "any", field = "details.coupon" }\n'
+        'top = { type = "custom", class = "examples.aggregates:TopValues", params = { field = "page", n = 2 } }\n'
+    )
+    aggregates = {a.name: a for a in load_config(write(tmp_path, text), {}).pipelines[0].aggregates}
+    assert aggregates["has_checkout"].condition.equals == ("checkout",)
+    assert aggregates["mobile_only"].condition.equals == ("ios", "android")
+    assert aggregates["saw_coupon"].condition.equals is None
+    assert aggregates["top"].class_path == "examples.aggregates:TopValues"
+    assert aggregates["top"].params == {"field": "page", "n": 2}
+
+
+RULE = VALID + """
+[pipelines.s.rules.purchase]
+type = "sequence"
+first = { field = "type", equals = "cart" }
+then = { field = "type", equals = "pay" }
+within = "5m"
+topic = "purchases"
+"""
+
+
+def test_rules_and_pairing_parse(tmp_path):
+    text = RULE + """
+[pipelines.s.rules.abandoned]
+type = "absence"
+first = { field = "type", in = ["cart", "wishlist"] }
+then = { field = "type" }
+topic = "coupons"
+event = "cart_abandoned"
+keep = ["event_id", "details.item_id"]
+
+[pipelines.s.pairing]
+lone_topic = "lonely"
+"""
+    (pipeline,) = load_config(write(tmp_path, text), {}).pipelines
+    purchase, abandoned = pipeline.rules
+    assert (purchase.type, purchase.within_ms, purchase.event, purchase.keep) == ("sequence", 300_000, "purchase", None)
+    assert purchase.first.equals == ("cart",)
+    assert (abandoned.type, abandoned.within_ms, abandoned.event) == ("absence", None, "cart_abandoned")
+    assert abandoned.first.equals == ("cart", "wishlist") and abandoned.then.equals is None
+    assert abandoned.keep == ("event_id", "details.item_id")
+    assert pipeline.pairing.time_field == "ts" and pipeline.pairing.lone_topic == "lonely"
+    assert pipeline.derived_topics() == ["purchases", "coupons", "lonely"]
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (('type = "sequence"', 'type = "pattern"'), "pipelines.s.rules.purchase.type = 'pattern': expected one of 'sequence', 'absence'"),
+        (('within = "5m"\n', ""), "pipelines.s.rules.purchase.within is missing: expected a duration"),
+        (('within = "5m"', 'within = "soon"'), "pipelines.s.rules.purchase.within = 'soon': expected a duration"),
+        (('first = { field = "type", equals = "cart" }\n', ""), "pipelines.s.rules.purchase.first is missing: expected a table such as"),
+        (('first = { field = "type", equals = "cart" }', 'first = "cart"'), "pipelines.s.rules.purchase.first = 'cart': expected a table such as"),
+        (('then = { field = "type", equals = "pay" }', 'then = { equals = "pay" }'), "pipelines.s.rules.purchase.then.field is missing"),
+        (('then = { field = "type", equals = "pay" }', 'then = { field = "type", is = "pay" }'), "pipelines.s.rules.purchase.then.is: unknown key"),
+        (('topic = "purchases"', 'topic = "no such topic"'), "pipelines.s.rules.purchase.topic = 'no such topic': expected a topic name"),
+        (('topic = "purchases"', ""), "pipelines.s.rules.purchase.topic is missing"),
+        (('topic = "purchases"', 'topic = "p"\nkeep = []'), "pipelines.s.rules.purchase.keep = []: expected a non-empty string or a list"),
+        (('topic = "purchases"', 'topic = "p"\ncolour = 1'), "pipelines.s.rules.purchase.colour: unknown key"),
+        (('type = "session"\ngap = "30m"', 'type = "tumbling"\nsize = "1m"'), "pipelines.s.rules = ['purchase']: expected rules only in a pipeline whose window.type = \"session\""),
+    ],
+)
+def test_each_rule_problem_names_key_value_and_allowed(tmp_path, change, expected):
+    assert change[0] in RULE
+    text = RULE.replace(*change)
+    found = problems(tmp_path, text)
+    assert any(p.startswith(expected) for p in found), found
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (VALID + "[pipelines.s.pairing]\ncolour = 1\n", "pipelines.s.pairing.colour: unknown key"),
+        (VALID + '[pipelines.s.pairing]\nlone_topic = "a b"\n', "pipelines.s.pairing.lone_topic = 'a b': expected a topic name"),
+        (
+            VALID.replace('sources = ["a", "b"]', 'sources = ["a"]') + "[pipelines.s.pairing]\n",
+            "pipelines.s.sources = ['a']: expected at least two source topics with [pairing]",
+        ),
+        (
+            VALID + '[pipelines.s.aggregates]\nn = { type = "count" }\n[pipelines.s.pairing]\n',
+            "pipelines.s.aggregates = ['n']: expected no aggregates with [pairing]",
+        ),
+        (
+            VALID.replace('type = "session"\ngap = "30m"', 'type = "tumbling"\nsize = "1m"') + "[pipelines.s.pairing]\n",
+            "pipelines.s.pairing = {}: expected pairing only in a pipeline whose window.type = \"session\"",
+        ),
+    ],
+)
+def test_each_pairing_problem_names_key_value_and_allowed(tmp_path, text, expected):
+    found = problems(tmp_path, text)
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_rule_topics_are_created_with_the_others(tmp_path):
+    from service.runtime.topics import planned_topics
+
+    config = load_config(write(tmp_path, RULE), {})
+    assert "purchases" in [spec.name for spec in planned_topics(config)]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "config").glob("*.toml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    assert load_config(path, {}).pipelines

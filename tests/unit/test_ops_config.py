@@ -36,6 +36,22 @@ SHAPES = [
     MINIMAL.replace('type = "session"\ngap = "1m"', 'type = "tumbling"\nsize = "1m"'),
     MINIMAL.replace('type = "session"\ngap = "1m"', 'type = "hopping"\nsize = "1m"\nadvance = "30s"'),
     MINIMAL.replace('output = "out"', "") + '[pipelines.p.output]\ntopic = "out"\n[pipelines.p.aggregates]\nn = { type = "sum", field = "v" }\n',
+    MINIMAL
+    + """[pipelines.p.aggregates]
+paid = { type = "any", field = "type", equals = "pay" }
+shop = { type = "all", field = "type", in = ["cart", "pay"] }
+top = { type = "custom", class = "examples.aggregates:TopValues", params = { field = "page" } }
+[pipelines.p.rules.purchase]
+type = "sequence"
+first = { field = "type", equals = "cart" }
+then = { field = "type", in = ["pay"] }
+within = "5m"
+topic = "purchases"
+event = "purchase_completed"
+keep = ["type"]
+""",
+    MINIMAL.replace('sources = ["in"]', 'sources = ["a", "b"]').replace('key = "user_id"', 'key = ["user1", "user2"]')
+    + '[pipelines.p.pairing]\ntime_field = "ts"\nlone_topic = "lone"\n',
 ]
 
 FULL = """
@@ -129,7 +145,7 @@ def _normalise(path: str) -> str:
     parts = path.split(".")
     if parts[0] == "pipelines" and len(parts) > 1:
         parts[1] = "<name>"
-        if len(parts) > 3 and parts[2] == "aggregates":
+        if len(parts) > 3 and parts[2] in ("aggregates", "rules"):
             parts[3] = "<name>"
     return ".".join(parts)
 
@@ -182,8 +198,12 @@ def _lookup(document: dict, key: str):
     return node
 
 
+# MINIMAL plus the optional tables whose keys have defaults (an empty pairing table).
+WITH_OPTIONAL_TABLES = MINIMAL.replace('sources = ["in"]', 'sources = ["a", "b"]') + "[pipelines.p.pairing]\n"
+
+
 def test_documented_defaults_are_the_defaults():
-    effective = effective_config(load_config_text(MINIMAL))
+    effective = effective_config(load_config_text(WITH_OPTIONAL_TABLES))
     checked = 0
     for key, default in _documented_rows().items():
         literal = re.fullmatch(r"`([^`]+)`", default)

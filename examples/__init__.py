@@ -1,0 +1,1 @@
+"""Examples of user code the config can name (see docs/rules.md, custom aggregates)."""
