@@ -40,6 +40,20 @@ def main(argv: list[str] | None = None) -> int:
         "--print", action="store_true", help="print the effective configuration (file, environment, defaults; secrets redacted)"
     )
 
+    reset = commands.add_parser(
+        "reset", help="replay: restart the sources from a point and delete derived state, so the next run rebuilds it"
+    )
+    reset.add_argument("--config", required=True, type=Path)
+    start = reset.add_mutually_exclusive_group()
+    start.add_argument("--to-earliest", action="store_true", help="restart every source topic at its start (default)")
+    start.add_argument("--to-datetime", metavar="ISO", help="restart at the first record at or after this time")
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    restore = commands.add_parser("restore-state", help="rebuild this instance's local stores from the changelogs")
+    restore.add_argument("--config", required=True, type=Path)
+    restore.add_argument("--instance-id", help="overrides [app] instance_id")
+    restore.add_argument("--partitions", help="comma-separated partitions (default: all)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
@@ -47,10 +61,46 @@ def main(argv: list[str] | None = None) -> int:
         config = _load(args.config, getattr(args, "instance_id", None))
         if args.command == "process":
             return _process(config, args)
+        if args.command == "reset":
+            return _reset(config, args)
+        if args.command == "restore-state":
+            return _restore_state(config, args)
         return _run(config)
     except ConfigError as exc:
         print(f"sessionizer: {exc}", file=sys.stderr)
         return 2
+
+
+def _reset(config: Config, args: argparse.Namespace) -> int:
+    from service.maintenance import MaintenanceError, apply_reset, plan_reset
+
+    try:
+        plan = plan_reset(config, args.to_datetime)
+        print(plan.describe())
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print("sessionizer: not confirmed (no terminal); pass --yes", file=sys.stderr)
+                return 1
+            if input("Proceed? [y/N] ").strip().lower() not in ("y", "yes"):
+                print("cancelled")
+                return 1
+        apply_reset(config, plan)
+    except MaintenanceError as exc:
+        print(f"sessionizer: {exc}", file=sys.stderr)
+        return 1
+    print("done: the next 'sessionizer run' rebuilds everything from the source topics")
+    return 0
+
+
+def _restore_state(config: Config, args: argparse.Namespace) -> int:
+    from service.logs import configure_logging
+    from service.maintenance import restore_state
+
+    configure_logging(config.log_level, config.log_format, app_id=config.app_id, instance_id=config.instance_id)
+    partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
+    total = restore_state(config, partitions)
+    print(f"restored {total} changelog records")
+    return 0
 
 
 def _load(path: Path, instance_id: str | None) -> Config:

@@ -53,6 +53,7 @@ KEYS = (
     "topics.create",
     "topics.dead_letter",
     "topics.late",
+    "topics.purge_interval",
     "http.host",
     "http.port",
     "http.liveness_timeout",
@@ -215,6 +216,8 @@ class TopicsConfig:
     #: Defaults for the pipelines' ``dead_letter_topic`` and ``late_topic``.
     dead_letter: str = ""
     late: str = ""
+    #: How often consumed repartition records are deleted.
+    purge_interval_ms: int = 30_000
 
 
 @dataclass(frozen=True)
@@ -469,6 +472,7 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
         replication_factor=topics_table.int("replication_factor", 1, minimum=1) or 1,
         internal_prefix=topics_table.str("internal_prefix", "", empty=True) or "",
         create=topics_table.bool("create", True),
+        purge_interval_ms=topics_table.duration("purge_interval", 30_000, positive=True) or 30_000,
         dead_letter=default_dlq or f"{app_id}-dead-letter",
         late=default_late or f"{app_id}-late",
     )

@@ -43,6 +43,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "create": config.topics.create,
             "dead_letter": config.topics.dead_letter,
             "late": config.topics.late,
+            "purge_interval": format_duration_ms(config.topics.purge_interval_ms),
         },
         "http": {
             "host": config.http_host,

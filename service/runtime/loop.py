@@ -15,12 +15,13 @@ import time
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from service.config import Config
 from service.metrics import LoopMetrics
 from service.pipeline import Pipeline, compile_pipelines
 from service.queries import QueryInbox
-from service.runtime.clients import consumer_config, producer_config, restore_consumer_config
+from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
 from service.runtime.collector import CommitFailed, RecordCollector
 from service.runtime.punctuator import Punctuator
 from service.runtime.state import StateManager
@@ -30,6 +31,12 @@ from service.store import PendingCommit
 log = structlog.get_logger("sessionizer.loop")
 
 Where = tuple[str, int]
+
+
+def _log_purge_failure(future: object) -> None:
+    error = future.exception()  # type: ignore[attr-defined]
+    if error is not None:
+        log.warning("purging repartition records failed", error=str(error))
 
 
 class ConsumerFailed(RuntimeError):
@@ -55,7 +62,12 @@ class StreamLoop:
         self._offsets: dict[Where, int] = {}
         self._source_caught_up: dict[Where, bool] = {}
         self._sent_at_commit = 0
+        self._purgeable: dict[Where, int] = {}
+        self._admin = AdminClient(admin_config(config))
+        self._purge_interval = config.topics.purge_interval_ms / 1000
+        self._next_purge = time.monotonic() + self._purge_interval
         self._running = False
+        self._stop_requested = False
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -73,7 +85,7 @@ class StreamLoop:
         self._running = True
         clean = False
         try:
-            while self._running:
+            while not self._stop_requested:
                 try:
                     next_commit = self._iterate(next_commit, interval)
                 except KafkaException as exc:
@@ -108,8 +120,8 @@ class StreamLoop:
         return next_commit
 
     def stop(self) -> None:
-        """Ask the loop to finish its current batch and shut down cleanly."""
-        self._running = False
+        """Ask the loop to finish its current batch and shut down cleanly (also before ``run``)."""
+        self._stop_requested = True
 
     @property
     def running_tasks(self) -> list[WindowTask]:
@@ -175,7 +187,10 @@ class StreamLoop:
             task = self.tasks.get(where)
             if task is not None:
                 if task.state is not TaskState.RUNNING:
-                    continue  # paused while restoring; records fetched before the pause are read again later
+                    # Fetched before the partition was paused for its restore:
+                    # read them again once the task runs.
+                    self.consumer.seek(TopicPartition(where[0], where[1], group[0].offset()))
+                    continue
                 task.process(group)
                 self._drain(task)
             elif where in self._source_caught_up:
@@ -243,10 +258,29 @@ class StreamLoop:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
                 log.warning("offset commit failed; records will be processed again", error=str(exc.args[0]))
+        for where, offset in self._offsets.items():
+            if where[0] in self._by_repartition:
+                self._purgeable[where] = offset
         self._offsets.clear()
         self._sent_at_commit = self.collector.sent
         self.commits += 1
+        self._purge_repartition()
         self.metrics.committed(time.perf_counter() - started, transaction_seconds)
+
+    def _purge_repartition(self) -> None:
+        """Delete repartition records every commit has moved past, as Kafka Streams does.
+
+        Repartition topics keep records forever (a retention would lose events
+        that wait unconsumed); the service deletes what it has committed.
+        """
+        now = time.monotonic()
+        if now < self._next_purge or not self._purgeable:
+            return
+        self._next_purge = now + self._purge_interval
+        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._purgeable.items()]
+        self._purgeable.clear()
+        for future in self._admin.delete_records(offsets).values():
+            future.add_done_callback(_log_purge_failure)
 
     def _apply(self, pending: list[tuple[WindowTask, PendingCommit]]) -> None:
         for task, changes in pending:

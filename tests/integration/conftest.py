@@ -40,7 +40,9 @@ def broker() -> str:
     return bootstrap()
 
 
-def config_text(app_id: str, state_dir: Path, body: str, *, partitions: int = 3, app_extra: str = "") -> str:
+def config_text(
+    app_id: str, state_dir: Path, body: str, *, partitions: int = 3, app_extra: str = "", topics_extra: str = ""
+) -> str:
     return f"""
 [app]
 id = "{app_id}"
@@ -60,6 +62,7 @@ bootstrap_servers = "{bootstrap()}"
 partitions = {partitions}
 dead_letter = "{app_id}-dlq"
 late = "{app_id}-late"
+{topics_extra}
 
 [http]
 port = 0

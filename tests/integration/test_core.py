@@ -9,7 +9,7 @@ import orjson
 
 from service.config import load_config
 from service.offline import process_lines
-from tests.integration.harness import Reader, create_topics, murmur2_partition, produce
+from tests.integration.harness import Reader, create_topics, murmur2_partition, produce, wait_until
 
 
 def session_body(app, sources, *, gap="400ms", grace="3s", extra="", aggregates="") -> str:
@@ -206,3 +206,27 @@ def test_repartitioning_puts_each_key_where_a_java_producer_would(app):
         partitions.setdefault(record.key, set()).add(record.partition)
     assert all(len(p) == 1 for p in partitions.values())
     reader.close()
+
+
+def test_consumed_repartition_records_are_purged(app):
+    app.configure(session_body(app, ["web"]), topics_extra='purge_interval = "1s"')
+    create_topics([app.topic("web")])
+    service = app.service().start()
+    service.wait_started()
+    now = int(time.time() * 1000)
+    produce(app.topic("web"), [{"user_id": f"u{i}", "ts": now} for i in range(60)], key=by_user)
+    repartition = f"{app.id}-sessions-repartition"
+
+    def purged() -> bool:
+        from confluent_kafka import Consumer, TopicPartition
+
+        from tests.integration.harness import bootstrap
+
+        consumer = Consumer({"bootstrap.servers": bootstrap(), "group.id": "probe"})
+        try:
+            marks = [consumer.get_watermark_offsets(TopicPartition(repartition, p), timeout=10) for p in range(3)]
+        finally:
+            consumer.close()
+        return sum(high for _, high in marks) >= 60 and all(low > 0 for low, high in marks if high > 1)
+
+    wait_until(purged, 60, "the repartition topic's low watermarks to move past consumed records")
