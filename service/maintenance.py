@@ -16,12 +16,12 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from service.config import Config
+from service.extract import BadRecord, parse_time_ms
 from service.pipeline import compile_pipelines
 from service.runtime.clients import admin_config, restore_consumer_config
 from service.runtime.state import StateManager
@@ -76,12 +76,9 @@ def _offsets_at(consumer: Consumer, partitions: list[TopicPartition], to_datetim
     if to_datetime is None:
         return [TopicPartition(tp.topic, tp.partition, consumer.get_watermark_offsets(tp, timeout=30)[0]) for tp in partitions]
     try:
-        moment = datetime.fromisoformat(to_datetime)
-    except ValueError:
-        raise MaintenanceError(f"--to-datetime {to_datetime!r}: expected ISO-8601, e.g. 2026-11-01T00:00:00Z") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    ms = int(moment.timestamp() * 1000)
+        ms = parse_time_ms(to_datetime, "iso8601", "--to-datetime")
+    except BadRecord as exc:
+        raise MaintenanceError(f"{exc} (e.g. 2026-11-01T00:00:00Z)") from None
     found = consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, ms) for tp in partitions], timeout=30)
     out = []
     for tp in found:
