@@ -146,7 +146,10 @@ class Sender:
     """Produces JSON events keyed by user id, partitioned as a Java producer would."""
 
     def __init__(self, bootstrap: str, partitions: int) -> None:
-        self.producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 20})
+        # Idempotent: a retried batch cannot land after a later one and make its events late.
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 20, "enable.idempotence": True}
+        )
         self.admin = AdminClient({"bootstrap.servers": bootstrap})
         self.partitions = partitions
         self.sent = 0

@@ -49,7 +49,8 @@ def create_topics(names: Iterable[str], partitions: int = 3) -> None:
 
 def produce(topic: str, values: Iterable[Any], key: Callable[[Any], bytes | None] | None = None) -> int:
     """Produce JSON values (bytes are sent as they are), keyed with murmur2 like Java."""
-    producer = Producer({"bootstrap.servers": bootstrap(), "partitioner": "murmur2_random", "linger.ms": 20})
+    # Idempotent: a retried batch cannot land after a later one and make its events late.
+    producer = Producer({"bootstrap.servers": bootstrap(), "partitioner": "murmur2_random", "linger.ms": 20, "enable.idempotence": True})
     count = 0
     for value in values:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)
