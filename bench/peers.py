@@ -1,0 +1,411 @@
+"""Throughput of sessionizer against its peers on the same broker, machine and data.
+
+    python3 bench/peers.py --bootstrap 127.0.0.1:9092 --events 200000 --runs 3
+
+The data and the ceiling are bench/bench.py's. Then, --runs times each and
+interleaved (so a noisy neighbour hurts every system alike):
+
+- sessionizer, measured exactly as bench/bench.py measures it;
+- Kafka Streams (bench/peers/kafka-streams, built with Maven on first use);
+- Quix Streams (bench/peers/quix_job.py, run by --quix-python).
+
+Each does the same job: re-key by user_id through a repartition topic, session
+windows (gap 60 s, grace 5 s) on event time, count + count per type + sum of
+details.amount, one record per closed session. Events/s run from the app's
+first offset commit until its consumer group has committed every source and
+repartition offset. Prints the median per system, its ratio to the ceiling and
+sessionizer's ratio to it.
+
+Kafka Streams and Quix emit a session only once stream time (per repartition
+partition) has passed it, and stream time stops with the input, so some
+sessions never come out. Each peer's output is therefore checked against the
+sessions that offline mode computes and that the peer's own close rule says
+are closed at the final stream time of their partition.
+
+A peer whose runtime is missing (no java, no quixstreams) is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+import bench  # also puts the repository on sys.path, for service.*
+from service.partitioner import partition_for  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+KS_DIR = HERE / "peers" / "kafka-streams"
+KS_JAR = KS_DIR / "target" / "session-job.jar"
+QUIX_JOB = HERE / "peers" / "quix_job.py"
+QUIX_VENV_PYTHON = HERE / "peers" / ".venv" / "bin" / "python"
+GAP_MS = 60_000
+GRACE_MS = 5_000
+#: How long an app may take to start processing, and then to process everything.
+START_TIMEOUT = 180.0
+RUN_TIMEOUT = 900.0
+
+SYSTEMS = ["sessionizer", "kafka-streams", "quix"]
+
+#: One session as every system reports it: user, first and last event time, event count.
+Session = tuple[str, int, int, int]
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    #: The command that runs the job until SIGTERM: (bootstrap, app id, source, output, guarantee, work dir) -> argv.
+    command: Callable[[str, str, str, str, str, Path], list[str]]
+    #: What has one stream time, for a user and a number of partitions: its repartition partition, or the user itself.
+    scope: Callable[[str, int], object]
+    #: Whether a session ending at ``end`` has been emitted once its scope's stream time is ``stream_time``.
+    emitted: Callable[[int, int], bool]
+    #: Why the peer cannot run on this machine, or None.
+    missing: Callable[[], str | None]
+
+
+@dataclass
+class Figures:
+    rates: list[float] = field(default_factory=list)
+    walls: list[float] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+
+def sessionizer(partitions: int) -> Peer:
+    def command(bootstrap: str, app: str, source: str, output: str, guarantee: str, workdir: Path) -> list[str]:
+        # bench.py's pipeline, whose output topic is <app>-sessions, as peer_run expects.
+        config = workdir / "bench.toml"
+        config.write_text(
+            bench.CONFIG.format(app=app, state=workdir / "state", guarantee=guarantee, bootstrap=bootstrap, partitions=partitions, topic=source)
+        )
+        return [sys.executable, "-m", "service", "run", "--config", str(config)]
+
+    def emitted(end: int, stream_time: int) -> bool:
+        # Once the sources are read to their end, the idle clock closes every session.
+        return True
+
+    return Peer("sessionizer", command, _partition_of(str.encode), emitted, lambda: None)
+
+
+def kafka_streams(threads: int, retention_ms: int) -> Peer:
+    def command(bootstrap: str, app: str, source: str, output: str, guarantee: str, workdir: Path) -> list[str]:
+        ks_guarantee = "exactly_once_v2" if guarantee == "exactly_once" else "at_least_once"
+        return ["java", "-jar", str(KS_JAR), "--bootstrap", bootstrap, "--app-id", app, "--source", source, "--output", output,
+                "--guarantee", ks_guarantee, "--threads", str(threads), "--retention-ms", str(retention_ms)]  # fmt: skip
+
+    def emitted(end: int, stream_time: int) -> bool:
+        # suppress(untilWindowCloses) emits once window end <= stream time - gap - grace.
+        return end + GAP_MS + GRACE_MS <= stream_time
+
+    name = f"kafka-streams/{threads}t" + (f"/ret{retention_ms // 1000}s" if retention_ms else "")
+    return Peer(name, command, _partition_of(str.encode), emitted, _missing_java)
+
+
+def quix(python: str, commit_interval: float, keys: str, closing: str) -> Peer:
+    def command(bootstrap: str, app: str, source: str, output: str, guarantee: str, workdir: Path) -> list[str]:
+        argv = [python, str(QUIX_JOB), "--bootstrap", bootstrap, "--app-id", app, "--source", source, "--output", output,
+                "--guarantee", guarantee.replace("_", "-"), "--commit-interval", str(commit_interval), "--keys", keys, "--closing", closing]  # fmt: skip
+        return argv
+
+    def emitted(end: int, stream_time: int) -> bool:
+        # final() closes a session once the watermark (largest event time of the
+        # partition, or of the key) reaches its exclusive end (last event + 1) + 2 x gap + grace.
+        return end + 1 <= stream_time - 2 * GAP_MS - GRACE_MS
+
+    def missing() -> str | None:
+        found = subprocess.run([python, "-c", "import quixstreams"], capture_output=True)
+        return None if found.returncode == 0 else f"`{python}` cannot import quixstreams (pip install quixstreams: see bench/README.md)"
+
+    # With JSON keys (Quix's default) the repartition key of user_1 is "user_1", quotes included.
+    scope = _partition_of(orjson.dumps if keys == "json" else str.encode) if closing == "partition" else _user
+    name = (
+        "quix"
+        + ("/json-keys" if keys == "json" else "")
+        + ("/key-closing" if closing == "key" else "")
+        + (f"/commit{commit_interval:g}s" if commit_interval != 0.1 else "")
+    )
+    return Peer(name, command, scope, emitted, missing)
+
+
+@dataclass(frozen=True)
+class QuixVariant:
+    """One Quix row: ``CLOSING[:COMMIT_S][:json]``, e.g. ``partition``, ``key:5``, ``key:0.1:json``."""
+
+    closing: str
+    commit_interval: float = 0.1
+    keys: str = "str"
+
+    @classmethod
+    def parse(cls, text: str) -> QuixVariant:
+        closing, *rest = text.split(":")
+        keys = "json" if rest and rest[-1] == "json" else "str"
+        if keys == "json":
+            rest.pop()
+        if closing not in ("partition", "key") or len(rest) > 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected CLOSING[:COMMIT_S][:json], CLOSING partition or key")
+        try:
+            interval = float(rest[0]) if rest else 0.1
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: the commit interval {rest[0]!r} is not a number of seconds") from None
+        return cls(closing, interval, keys)
+
+
+def _partition_of(key_bytes: Callable[[str], bytes]) -> Callable[[str, int], object]:
+    """The scope of a stream time kept per repartition partition, whose record keys are ``key_bytes(user)``."""
+    return lambda user, partitions: partition_for(key_bytes(user), partitions)
+
+
+def _user(user: str, partitions: int) -> object:
+    return user
+
+
+def _missing_java() -> str | None:
+    """Why the Kafka Streams job cannot run, or None; builds its jar when Maven is there."""
+    if shutil.which("java") is None:
+        return "no `java` on PATH (Java 17+ runs the Kafka Streams job)"
+    if not KS_JAR.exists():
+        if shutil.which("mvn") is None:
+            return f"{KS_JAR} is not built and there is no `mvn` to build it"
+        print(f"building {KS_JAR} (mvn -q -B package)", flush=True)
+        built = subprocess.run(["mvn", "-q", "-B", "package"], cwd=KS_DIR, capture_output=True, text=True)
+        if built.returncode != 0:
+            return f"mvn package failed:\n{built.stdout[-2000:]}{built.stderr[-2000:]}"
+    return None
+
+
+def offline_sessions(events: list[bytes], topic: str) -> list[Session]:
+    """Every session of the data, as offline mode computes it."""
+    return [_session(orjson.loads(line)["value"]) for line in bench.offline(events, topic)[0]]
+
+
+def _session(record: dict) -> Session:
+    v = record["value"]
+    return record["user_id"], v["session_start_ms"], v["session_end_ms"], v["event_count"]
+
+
+def expected_for(peer: Peer, events: list[bytes], sessions: list[Session], partitions: int) -> set[Session]:
+    """The sessions ``peer`` has emitted once it has processed every event."""
+    stream_time: dict[object, int] = {}
+    for raw in events:
+        event = orjson.loads(raw)
+        scope = peer.scope(event["user_id"], partitions)
+        stream_time[scope] = max(stream_time.get(scope, 0), event["timestamp"])
+    return {s for s in sessions if peer.emitted(s[2], stream_time[peer.scope(s[0], partitions)])}
+
+
+@dataclass
+class Run:
+    #: Events/s from the first offset commit until every source and repartition offset is committed (bench.py's measure).
+    rate: float
+    #: Seconds from launching the process until every offset is committed: start-up included.
+    launch_to_done: float
+    sessions: list[Session]
+
+
+def peer_run(
+    peer: Peer, bootstrap: str, topic: str, n: int, guarantee: str, partitions: int, expected: int, log_dir: Path | None = None
+) -> Run:
+    """One run of ``peer`` on a fresh app id; waits for ``expected`` sessions on its output topic.
+
+    The job's output goes to <log_dir>/<app id>.log, or to a temporary file.
+    """
+    app = f"bench-{peer.name.replace('/', '-')}-{uuid.uuid4().hex[:6]}"
+    output = f"{app}-sessions"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(output, num_partitions=partitions, replication_factor=1)]).values():
+        f.result(30)
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = (log_dir or Path(tmp)) / f"{app}.log"
+        launched = time.perf_counter()
+        with open(log_path, "wb") as log:
+            argv = peer.command(bootstrap, app, topic, output, guarantee, Path(tmp))
+            proc = subprocess.Popen(argv, cwd=bench.REPO, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while not bench._any_committed(bootstrap, app, topic, partitions):
+                _check_alive(proc, log_path, deadline)
+                time.sleep(0.05)
+            started = time.perf_counter()
+            deadline = time.monotonic() + RUN_TIMEOUT
+            repartition = _repartition_topic(admin, app)
+            topics = {topic: partitions, repartition: len(admin.list_topics(repartition, timeout=10).topics[repartition].partitions)}
+            while not bench.committed_everything(bootstrap, app, topics):
+                _check_alive(proc, log_path, deadline)
+                time.sleep(0.2)
+            done = time.perf_counter()
+            sessions = read_sessions(bootstrap, output, partitions, expected)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return Run(n / (done - started), done - launched, sessions)
+
+
+def _check_alive(proc: subprocess.Popen, log_path: Path, deadline: float) -> None:
+    if proc.poll() is not None:
+        raise RuntimeError(f"exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
+    if time.monotonic() > deadline:
+        raise RuntimeError(f"timed out:\n{log_path.read_text(errors='replace')[-3000:]}")
+
+
+def _repartition_topic(admin: AdminClient, app: str) -> str:
+    """sessionizer and Kafka Streams name it <app>-…-repartition, Quix repartition__<app>--<source>--user_id."""
+    for _ in range(100):
+        names = [t for t in admin.list_topics(timeout=10).topics if app in t and (t.endswith("-repartition") or t.startswith("repartition__"))]
+        if len(names) == 1:
+            return names[0]
+        if len(names) > 1:
+            raise RuntimeError(f"more than one repartition topic for {app}: {names}")
+        time.sleep(0.1)
+    raise RuntimeError(f"no repartition topic for {app}")
+
+
+def read_sessions(bootstrap: str, topic: str, partitions: int, expected: int, patience: float = 120.0) -> list[Session]:
+    """Committed records on ``topic``: until ``expected`` are read and every partition is at its end, or ``patience`` runs out."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-read-{uuid.uuid4().hex[:6]}",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    sessions: list[Session] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + patience
+    while not (len(at_end) == partitions and len(sessions) >= expected) and time.monotonic() < deadline:
+        for m in consumer.consume(5000, 0.2):
+            if m.error() is None:
+                sessions.append(_session(orjson.loads(m.value())))
+                at_end.discard(m.partition())
+            elif m.error().code() == KafkaError._PARTITION_EOF:
+                at_end.add(m.partition())
+            else:
+                raise RuntimeError(m.error())
+    consumer.close()
+    return sessions
+
+
+def check(out: list[Session], expected: set[Session], total: int) -> str:
+    """One line: how the peer's output compares with what offline mode says it should be."""
+    got = set(out)
+    line = f"{len(out):,} sessions out, {len(expected):,} expected (of {total:,} in the data)"
+    if len(got) == len(out) and got == expected:
+        return line + ": identical (user, start, end, count)"
+    return (
+        line + f": MISMATCH, {len(got & expected):,} identical, {len(got - expected):,} unexpected, "
+        f"{len(expected - got):,} missing, {len(out) - len(got):,} duplicates; "
+        f"{sum(s[3] for s in out):,} events in them, {sum(s[3] for s in expected):,} expected"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_data_arguments(parser, guarantee="exactly_once")
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--ks-threads", type=int, nargs="+", default=[1], help="num.stream.threads (one row each)")
+    parser.add_argument("--ks-retention-ms", type=int, nargs="+", default=[0],
+                        help="session store retention, 0 for gap + grace, the default (one row each)")  # fmt: skip
+    parser.add_argument("--quix-python", default=os.environ.get("SESSIONIZER_BENCH_QUIX_PYTHON") or _default_quix_python(),
+                        help="an interpreter that has quixstreams (default: bench/peers/.venv if present)")  # fmt: skip
+    parser.add_argument("--quix", nargs="+", type=QuixVariant.parse, default=[QuixVariant.parse("partition")], metavar="VARIANT",
+                        help="Quix rows, each CLOSING[:COMMIT_S][:json]: closing strategy partition (like the others) or key "
+                             "(Quix's default); commit interval in seconds, 0.1 like the others (Quix's default is 5); json for "
+                             "Quix's default JSON repartition keys instead of the user id's bytes. Default: partition")  # fmt: skip
+    parser.add_argument("--logs", type=Path, help="keep each run's log in this directory")
+    args = parser.parse_args()
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
+
+    peers: list[Peer] = []
+    if "sessionizer" in args.systems:
+        peers.append(sessionizer(args.partitions))
+    if "kafka-streams" in args.systems:
+        peers += [kafka_streams(t, r) for t in args.ks_threads for r in args.ks_retention_ms]
+    if "quix" in args.systems:
+        peers += [quix(args.quix_python, v.commit_interval, v.keys, v.closing) for v in args.quix]
+    runnable = []
+    for peer in peers:
+        reason = peer.missing()
+        if reason:
+            print(f"skipping {peer.name}: {reason}")
+        else:
+            runnable.append(peer)
+
+    topic = f"bench-events-{uuid.uuid4().hex[:6]}"
+    events = bench.generate(args.events, args.users)
+    sessions = offline_sessions(events, topic)
+    expected = {peer.name: expected_for(peer, events, sessions, args.partitions) for peer in runnable}
+    bench.produce(args.bootstrap, topic, events, args.partitions)
+    print(f"{args.events} events, {args.users} users, {len(sessions)} sessions, {args.partitions} partitions, {os.cpu_count()} cores")
+
+    ceilings = [bench.ceiling(args.bootstrap, topic, args.events) for _ in range(args.runs)]
+    ceiling = statistics.median(ceilings)
+    print(f"ceiling: runs {[round(c) for c in ceilings]}", flush=True)
+
+    guarantees = ["exactly_once", "at_least_once"] if args.guarantee == "both" else [args.guarantee]
+    results: dict[tuple[str, str], Figures] = {}
+    # Interleaved: run 1 of every system, then run 2, so a noisy neighbour hurts them alike.
+    for guarantee in guarantees:
+        for run in range(args.runs):
+            for peer in runnable:
+                figures = results.setdefault((peer.name, guarantee), Figures())
+                want = expected[peer.name]
+                try:
+                    result = peer_run(peer, args.bootstrap, topic, args.events, guarantee, args.partitions, len(want), args.logs)
+                except RuntimeError as exc:
+                    print(f"  {guarantee} run {run + 1}: {peer.name} failed: {exc}", flush=True)
+                    continue
+                figures.rates.append(result.rate)
+                figures.walls.append(result.launch_to_done)
+                figures.checks.append(check(result.sessions, want, len(sessions)))
+                print(
+                    f"  {guarantee} run {run + 1}: {peer.name} {result.rate:,.0f} events/s, "
+                    f"{result.launch_to_done:.1f} s from launch; {figures.checks[-1]}",
+                    flush=True,
+                )
+
+    print()
+    print(f"{'system':<26} {'guarantee':<14} {'events/s':>10} {'/ceiling':>9} {'sessionizer/it':>15} {'launch->done':>13}  runs")
+    print(f"{'ceiling (bare loop)':<26} {'-':<14} {ceiling:>10,.0f} {1:>9.3f} {'':>15} {'':>13}  {[round(c) for c in ceilings]}")
+    for guarantee in guarantees:
+        ours = results.get(("sessionizer", guarantee))
+        ours_median = statistics.median(ours.rates) if ours and ours.rates else None
+        for (name, g), figures in results.items():
+            if g != guarantee or not figures.rates:
+                continue
+            median = statistics.median(figures.rates)
+            versus = f"{ours_median / median:.2f}x" if ours_median and name != "sessionizer" else ""
+            wall = f"{statistics.median(figures.walls):.1f} s"
+            print(f"{name:<26} {g:<14} {median:>10,.0f} {median / ceiling:>9.3f} {versus:>15} {wall:>13}  {[round(r) for r in figures.rates]}")
+    print()
+    for (name, g), figures in results.items():
+        for line in dict.fromkeys(figures.checks):
+            print(f"check {name} {g}: {line}")
+
+
+def _default_quix_python() -> str:
+    return str(QUIX_VENV_PYTHON) if QUIX_VENV_PYTHON.exists() else sys.executable
+
+
+if __name__ == "__main__":
+    main()
