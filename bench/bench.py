@@ -304,5 +304,6 @@ def main() -> None:
         eos, alo = (statistics.median(rates[g]) for g in guarantees)
         print(f"exactly_once / at_least_once: {eos / alo:.2f}")
 
+
 if __name__ == "__main__":
     main()
