@@ -10,7 +10,8 @@ from pathlib import Path
 from types import FrameType
 
 from service import __version__
-from service.config import Config, ConfigError, load_config
+from service.config import Config, load_config
+from service.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _reset(config: Config, args: argparse.Namespace) -> int:
-    from service.maintenance import MaintenanceError, apply_reset, plan_reset
+    from service.commands.maintenance import apply_reset, plan_reset
+    from service.errors import OperationRefused
 
     try:
         plan = plan_reset(config, args.to_datetime)
@@ -85,7 +87,7 @@ def _reset(config: Config, args: argparse.Namespace) -> int:
                 print("cancelled")
                 return 1
         apply_reset(config, plan)
-    except MaintenanceError as exc:
+    except OperationRefused as exc:
         print(f"sessionizer: {exc}", file=sys.stderr)
         return 1
     print("done: the next 'sessionizer run' rebuilds everything from the source topics")
@@ -93,8 +95,8 @@ def _reset(config: Config, args: argparse.Namespace) -> int:
 
 
 def _restore_state(config: Config, args: argparse.Namespace) -> int:
-    from service.logs import configure_logging
-    from service.maintenance import restore_state
+    from service.ops.logs import configure_logging
+    from service.commands.maintenance import restore_state
 
     configure_logging(config.log_level, config.log_format, app_id=config.app_id, instance_id=config.instance_id)
     partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
@@ -113,7 +115,7 @@ def _load(path: Path, instance_id: str | None) -> Config:
 def _check_config(path: Path, show: bool = False) -> int:
     config = load_config(path)
     if show:
-        from service.config_dump import effective_config, to_toml
+        from service.config.dump import effective_config, to_toml
 
         print(to_toml(effective_config(config)), end="")
         return 0
@@ -123,7 +125,7 @@ def _check_config(path: Path, show: bool = False) -> int:
 
 
 def _process(config: Config, args: argparse.Namespace) -> int:
-    from service.offline import process_file
+    from service.commands.process import process_file
 
     if args.output:
         with open(args.output, "w") as out:
@@ -140,15 +142,15 @@ def _run(config: Config) -> int:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    from service.config_dump import effective_config
-    from service.logs import configure_logging
-    from service.metrics import build_registry
-    from service.queries import OwnerDirectory, SessionQueries
+    from service.config.dump import effective_config
+    from service.ops.logs import configure_logging
+    from service.ops.metrics import build_registry
+    from service.ops.queries import OwnerDirectory, SessionQueries
     from service.runtime.clients import admin_config
     from service.runtime.loop import StreamLoop
     from service.runtime.topics import ensure_topics
-    from service.secrets import secret_values
-    from service.web import OpsServer
+    from service.config.secrets import secret_values
+    from service.ops.web import OpsServer
 
     configure_logging(
         config.log_level,

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 
 from service.config import Config, ConfigError, parse_config
-from service.pipeline import OutputRecord, Pipeline
-from service.processor import WindowProcessor
-from service.store import WindowStore
+from service.core.pipeline import OutputRecord, Pipeline
+from service.core.processor import WindowProcessor
+from service.state.store import WindowStore
 
 
 def config_from_toml(text: str) -> Config:

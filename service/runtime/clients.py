@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.config import Config
-from service.logs import kafka_logger
+from service.ops.logs import kafka_logger
 
 # Tuning defaults a user may override.
 _CONSUMER_DEFAULTS = {

@@ -16,25 +16,10 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from service.pipeline import OutputRecord
+from service.core.pipeline import OutputRecord
+from service.errors import CallTimedOut, CommitFailed, DeliveryFailed
 
 log = structlog.get_logger("sessionizer.collector")
-
-
-class DeliveryFailed(Exception):
-    """A record could not be written (at-least-once mode): do not commit offsets."""
-
-
-class CommitFailed(Exception):
-    """The transaction did not commit; nothing of it is visible."""
-
-    def __init__(self, error: KafkaError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class StuckCall(Exception):
-    """A librdkafka call did not return within its deadline."""
 
 
 def _within(call: Callable[[], None], deadline: float) -> None:
@@ -43,7 +28,7 @@ def _within(call: Callable[[], None], deadline: float) -> None:
     librdkafka's send_offsets_to_transaction can ignore its timeout and block
     for good when the group coordinator drops out of the metadata, as during a
     broker restart (librdkafka issues #5456 and #5511). The poll loop must not
-    hang with it: on ``StuckCall`` the producer is abandoned and replaced.
+    hang with it: on ``CallTimedOut`` the producer is abandoned and replaced.
     """
     outcome: list[BaseException | None] = []
 
@@ -58,7 +43,7 @@ def _within(call: Callable[[], None], deadline: float) -> None:
     worker.start()
     worker.join(deadline)
     if not outcome:
-        raise StuckCall()
+        raise CallTimedOut()
     if outcome[0] is not None:
         raise outcome[0]
 
@@ -170,10 +155,10 @@ class RecordCollector:
         try:
             _within(commit_transaction, deadline=3 * timeout)
         except KafkaException as exc:
-            raise CommitFailed(exc.args[0]) from None
-        except StuckCall:
+            raise CommitFailed(str(exc.args[0])) from None
+        except CallTimedOut:
             self._stuck = True
-            raise CommitFailed(KafkaError(KafkaError._TIMED_OUT, "transactional call overran its timeout")) from None
+            raise CommitFailed("transactional call overran its timeout") from None
         self.producer.begin_transaction()
 
     def abort(self, timeout: float = 30.0) -> None:
@@ -194,7 +179,7 @@ class RecordCollector:
                 producer = self.producer
                 _within(lambda: producer.abort_transaction(timeout), deadline=timeout + 5)
                 break
-            except StuckCall:
+            except CallTimedOut:
                 self._replace_producer(KafkaError(KafkaError._TIMED_OUT, "abort_transaction hung"))
                 return
             except KafkaException as exc:

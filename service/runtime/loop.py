@@ -18,15 +18,16 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from service.config import Config
-from service.metrics import LoopMetrics
-from service.pipeline import Pipeline, compile_pipelines
-from service.queries import QueryInbox
+from service.ops.metrics import LoopMetrics
+from service.core.pipeline import Pipeline, compile_pipelines
+from service.ops.queries import QueryInbox
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
-from service.runtime.collector import CommitFailed, RecordCollector
+from service.errors import BrokerError, CommitFailed
+from service.runtime.collector import RecordCollector
 from service.runtime.punctuator import Punctuator
-from service.runtime.state import StateManager
+from service.runtime.restore import StateManager
 from service.runtime.tasks import SourceTask, TaskState, WindowTask
-from service.store import PendingCommit
+from service.state.store import PendingCommit
 
 log = structlog.get_logger("sessionizer.loop")
 
@@ -37,10 +38,6 @@ def _log_purge_failure(future: object) -> None:
     error = future.exception()  # type: ignore[attr-defined]
     if error is not None:
         log.warning("purging repartition records failed", error=str(error))
-
-
-class ConsumerFailed(RuntimeError):
-    """The consumer reported a fatal error: this process cannot go on; a restart can."""
 
 
 class StreamLoop:
@@ -173,7 +170,7 @@ class StreamLoop:
                 if error.code() == KafkaError._PARTITION_EOF:
                     ends.append((message.topic(), message.partition()))
                 elif error.fatal():
-                    raise ConsumerFailed(str(error))
+                    raise BrokerError(str(error))
                 else:
                     log.warning("consume error", error=str(error))
                 continue

@@ -24,11 +24,11 @@ from enum import Enum
 import orjson
 from confluent_kafka import Message
 
-from service.extract import BadRecord, parse_event
-from service.pipeline import OutputRecord, Pipeline, dead_letter
-from service.processor import WindowProcessor
+from service.core.extract import BadRecord, parse_event
+from service.core.pipeline import OutputRecord, Pipeline, dead_letter
+from service.core.processor import WindowProcessor
 from service.runtime.collector import RecordCollector
-from service.store import WindowStore
+from service.state.store import WindowStore
 
 #: Event time in epoch ms (signed 64-bit) and the source topic's index in the pipeline.
 RepartitionFrame = struct.Struct(">qB")

@@ -8,7 +8,7 @@ import time
 import orjson
 
 from service.config import load_config
-from service.offline import process_lines
+from service.commands.process import process_lines
 from tests.integration.harness import Reader, create_topics, produce, wait_until
 
 SEED_000 = [

@@ -20,7 +20,7 @@ import orjson
 from confluent_kafka import Producer
 
 from service.config import load_config
-from service.offline import process_lines
+from service.commands.process import process_lines
 from tests.integration.harness import Reader, bootstrap, create_topics
 
 SOURCES = ("web", "mobile", "backend")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.aggregates import build_aggregates
+from service.core.aggregates import build_aggregates
 from service.config import AggregateConfig
 
 EVENTS = [
@@ -64,7 +64,7 @@ def test_first_and_last_break_time_ties_by_value_not_arrival():
 
 
 def test_numeric_aggregates_reject_non_numbers():
-    from service.extract import BadRecord
+    from service.core.extract import BadRecord
 
     (agg,) = build_aggregates((AggregateConfig("total", "sum", "v"),))
     agg.check({"v": 3})

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.durations import parse_duration_ms
-from service.extract import BadRecord, KeyExtractor, TimeExtractor, parse_event
+from service.config.durations import parse_duration_ms
+from service.core.extract import BadRecord, KeyExtractor, TimeExtractor, parse_event
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from service.aggregates import build_aggregates
-from service.conditions import compile_condition
+from service.core.aggregates import build_aggregates
+from service.core.conditions import compile_condition
 from service.config import AggregateConfig, ConditionConfig
 from tests.helpers import Harness, session_config
 
@@ -177,14 +177,14 @@ class WithDumpAndCheck:
         return set(data)
 
     def check(self, event):
-        from service.extract import BadRecord
+        from service.core.extract import BadRecord
 
         if "tag" in event and not isinstance(event["tag"], str):
             raise BadRecord("wrong type: tag must be text")
 
 
 def test_custom_aggregate_optional_dump_load_and_check(tmp_path):
-    from service.extract import BadRecord
+    from service.core.extract import BadRecord
 
     aggregates = f'tags = {{ type = "custom", class = "{__name__}:WithDumpAndCheck" }}'
     h = Harness(session_config(gap="10m", aggregates=aggregates), tmp_path / "store")

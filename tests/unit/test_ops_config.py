@@ -13,9 +13,9 @@ import pytest
 
 from service import config as config_module
 from service.config import KEYS, ConfigError, parse_config
-from service.config_dump import effective_config, to_toml
-from service.durations import parse_duration_ms
-from service.secrets import is_secret, secret_values
+from service.config.dump import effective_config, to_toml
+from service.config.durations import parse_duration_ms
+from service.config.secrets import is_secret, secret_values
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "configuration.md"

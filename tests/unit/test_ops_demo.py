@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from service.config import apply_env_overrides, parse_config
-from service.offline import process_lines
+from service.commands.process import process_lines
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("demo_events", REPO / "scripts" / "demo_events.py")

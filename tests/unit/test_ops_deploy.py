@@ -21,8 +21,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import apply_env_overrides, parse_config
-from service.metrics import LoopMetrics, build_registry
-from service.pipeline import Pipeline
+from service.ops.metrics import LoopMetrics, build_registry
+from service.core.pipeline import Pipeline
 from service.runtime.punctuator import Punctuator
 
 yaml = pytest.importorskip("yaml")

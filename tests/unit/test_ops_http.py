@@ -10,13 +10,15 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
+
+from service.errors import ServiceStopping
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.metrics import LoopMetrics, build_registry
-from service.partitioner import murmur2, partition_for
-from service.pipeline import Pipeline
-from service.queries import (
+from service.ops.metrics import LoopMetrics, build_registry
+from service.core.partitioner import murmur2, partition_for
+from service.core.pipeline import Pipeline
+from service.ops.queries import (
     LOCAL,
     REMOTE,
     RESTORING,
@@ -24,7 +26,6 @@ from service.queries import (
     Query,
     QueryInbox,
     SessionQueries,
-    Stopped,
     answer,
     encode_key,
     instance_from_client_id,
@@ -32,8 +33,8 @@ from service.queries import (
 from service.runtime.clients import consumer_config
 from service.runtime.punctuator import Punctuator
 from service.runtime.tasks import TaskState, WindowTask
-from service.store import WindowStore
-from service.web import OpsServer
+from service.state.store import WindowStore
+from service.ops.web import OpsServer
 from tests.helpers import config_from_toml
 from tests.integration.harness import murmur2_partition
 
@@ -167,9 +168,9 @@ def test_the_inbox_is_answered_by_the_loop_and_closes(tasks):
     assert future.result(0)[0].status == LOCAL
     pending = inbox.submit(Query(b"k", [(pipeline, 0)]))
     inbox.close()
-    with pytest.raises(Stopped):
+    with pytest.raises(ServiceStopping):
         pending.result(0)
-    with pytest.raises(Stopped):
+    with pytest.raises(ServiceStopping):
         inbox.submit(Query(b"k", [(pipeline, 0)])).result(0)
 
 

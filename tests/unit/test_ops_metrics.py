@@ -10,11 +10,11 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import Buckets, LoopMetrics, build_registry
-from service.pipeline import Pipeline
+from service.ops.metrics import Buckets, LoopMetrics, build_registry
+from service.core.pipeline import Pipeline
 from service.runtime.punctuator import Punctuator
 from service.runtime.tasks import TaskState, WindowTask
-from service.store import WindowStore
+from service.state.store import WindowStore
 from tests.helpers import config_from_toml
 
 CONFIG = """

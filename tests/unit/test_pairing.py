@@ -7,7 +7,7 @@ import io
 import orjson
 import pytest
 
-from service.offline import process_lines
+from service.commands.process import process_lines
 from tests.helpers import Harness, config_from_toml
 
 T0 = 1_700_000_000  # epoch seconds, as the services write them

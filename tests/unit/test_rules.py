@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from service.pipeline import Pipeline
-from service.processor import WindowProcessor
-from service.store import WindowStore
+from service.core.pipeline import Pipeline
+from service.core.processor import WindowProcessor
+from service.state.store import WindowStore
 from tests.helpers import Harness, config_from_toml
 
 CART = {"field": "type", "equals": "item_added_to_cart"}
@@ -361,7 +361,7 @@ def test_absence_within_t_longer_than_the_session_is_decided_at_close(make):
 
 
 def test_pipeline_without_rules_runs_the_plain_session_class(make):
-    from service.windows.session import SessionWindows
+    from service.core.windows.session import SessionWindows
 
     h = make(config(""))
     assert type(h.pipeline.window) is SessionWindows

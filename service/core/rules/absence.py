@@ -24,10 +24,10 @@ from typing import Any
 
 import orjson
 
-from service.conditions import compile_condition
+from service.core.conditions import compile_condition
 from service.config import RuleConfig
-from service.rules import Derived, Keeper, Rule
-from service.windows import closed
+from service.core.rules.base import Derived, Keeper, Rule
+from service.core.closing import closed
 
 
 def _later(left: list[Any] | None, right: list[Any] | None) -> list[Any] | None:

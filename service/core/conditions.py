@@ -1,6 +1,6 @@
 """Conditions on one event: "field ``type`` equals ``checkout``".
 
-Session flags (``any``/``all``) and the rules in ``service.rules`` pick events
+Session flags (``any``/``all``) and the rules in ``service.core.rules`` pick events
 with the same small vocabulary, written in the config as a table::
 
     { field = "type", equals = "checkout" }          # the value equals this one
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.config import ConditionConfig, Scalar
-from service.extract import field_getter
+from service.core.extract import field_getter
 
 Condition = Callable[[dict[str, Any]], bool]
 

@@ -3,7 +3,7 @@
 A small threaded server from the standard library, in daemon threads beside
 the stream loop. Nothing here touches a Kafka client or a store: health reads
 what the loop records each iteration, metrics are collected from plain
-counters, and session queries are handed to the loop (``service.queries``).
+counters, and session queries are handed to the loop (``service.ops.queries``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from service.config import Config
-from service.queries import SessionQueries
+from service.ops.queries import SessionQueries
 
 if TYPE_CHECKING:
     from service.runtime.loop import StreamLoop

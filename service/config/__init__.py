@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.durations import DURATION_HELP, parse_duration_ms
+from service.config.durations import DURATION_HELP, parse_duration_ms
+from service.errors import ConfigError
 
 ENV_PREFIX = "SESSIONIZER__"
 GUARANTEES = ("exactly_once", "at_least_once")
@@ -99,14 +100,6 @@ KEYS = (
 )
 
 
-class ConfigError(Exception):
-    """Raised with every problem found, one per line."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
 @dataclass(frozen=True)
 class WindowConfig:
     type: str
@@ -123,7 +116,7 @@ Scalar = str | int | float | bool
 
 @dataclass(frozen=True)
 class ConditionConfig:
-    """Which events a flag or a rule looks at (see ``service.conditions``)."""
+    """Which events a flag or a rule looks at (see ``service.core.conditions``)."""
 
     field: str
     #: The allowed values; None when the field only has to be present and not null.

@@ -28,8 +28,9 @@ import structlog
 from confluent_kafka.admin import AdminClient
 
 from service.config import Config
-from service.partitioner import partition_for
-from service.pipeline import Pipeline
+from service.core.partitioner import partition_for
+from service.core.pipeline import Pipeline
+from service.errors import ServiceStopping
 
 if TYPE_CHECKING:
     from service.runtime.tasks import WindowTask
@@ -40,10 +41,6 @@ LOCAL = "local"
 REMOTE = "remote"
 RESTORING = "restoring"
 UNASSIGNED = "unassigned"
-
-
-class Stopped(Exception):
-    """The stream loop has stopped and answers no more queries."""
 
 
 @dataclass
@@ -84,7 +81,7 @@ class QueryInbox:
 
     def submit(self, query: Query) -> Future:
         if self._closed:
-            query.answer.set_exception(Stopped())
+            query.answer.set_exception(ServiceStopping())
         else:
             self._pending.append(query)
         return query.answer
@@ -103,7 +100,7 @@ class QueryInbox:
         """The loop is stopping: fail what is pending and refuse what comes."""
         self._closed = True
         while self._pending:
-            self._pending.popleft().answer.set_exception(Stopped())
+            self._pending.popleft().answer.set_exception(ServiceStopping())
 
 
 def answer(tasks: Mapping[tuple[str, int], WindowTask], query: Query) -> list[Part]:
@@ -229,7 +226,7 @@ class SessionQueries:
             targets.append((p, partition_for(key, count)))
         try:
             parts = self.inbox.submit(Query(key, targets)).result(self.timeout)
-        except Stopped:
+        except ServiceStopping:
             return 503, {"error": "the service is stopping"}
         except FutureTimeout:
             return 503, {"error": f"the stream loop did not answer within {self.timeout} s"}

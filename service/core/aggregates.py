@@ -16,9 +16,9 @@ from typing import Any, ClassVar, Protocol
 
 import orjson
 
-from service.conditions import compile_condition
+from service.core.conditions import compile_condition
 from service.config import AggregateConfig, import_class
-from service.extract import BadRecord, Getter, field_getter
+from service.core.extract import BadRecord, Getter, field_getter
 
 
 class Aggregate(Protocol):

@@ -4,7 +4,7 @@ A task's store is brought up to date before the task processes anything.
 When local state is present, only the changelog beyond its checkpoint is read;
 when it is missing, unreadable, or its checkpoint does not fit the changelog
 (the topic was recreated), the store is wiped and rebuilt from the start.
-Because a store only ever holds committed state (see ``service.store``), a
+Because a store only ever holds committed state (see ``service.state.store``), a
 crash leaves it consistent and the tail suffices.
 
 Restoring never blocks the poll loop: the loop calls ``restore_step`` between
@@ -24,9 +24,9 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from service.config import Config
-from service.pipeline import Pipeline
+from service.core.pipeline import Pipeline
 from service.runtime.tasks import WindowTask
-from service.store import WindowStore, wipe
+from service.state.store import WindowStore, wipe
 
 log = structlog.get_logger("sessionizer.state")
 

@@ -12,8 +12,8 @@ import json
 from typing import Any
 
 from service.config import AggregateConfig, ConditionConfig, Config, PipelineConfig, RuleConfig
-from service.durations import format_duration_ms
-from service.secrets import redact_properties
+from service.config.durations import format_duration_ms
+from service.config.secrets import redact_properties
 
 
 def effective_config(config: Config) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from typing import Any
 import orjson
 from rocksdict import Options, ReadOptions, Rdict, WriteBatch
 
-from service.windows import WindowKind, closed
+from service.core.closing import closed
+from service.core.windows import WindowKind
 
 _OFFSET = 2**63
 # Changelog keys carry a one-byte kind so meta entries cannot collide with user keys.

@@ -27,8 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.config import PipelineConfig
-from service.extract import field_getter
+from service.core.extract import field_getter
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +66,7 @@ class Rule:
         return left
 
     def deadline(self, state: Any) -> int | None:
-        """A close time (in the sense of ``service.windows.closed``) at which ``expire`` has work, or None."""
+        """A close time (in the sense of ``service.core.windows.closed``) at which ``expire`` has work, or None."""
         return None
 
     def expire(self, state: Any, stream_time: int, out: list[Derived]) -> Any:
@@ -99,23 +98,3 @@ class Keeper:
             if value is not None:
                 kept[path] = value
         return kept
-
-
-def build_rules(config: PipelineConfig) -> tuple[Rule, ...]:
-    """The pipeline's rules, in config order, then its pairing."""
-    from service.rules.absence import AbsenceUntilClose, AbsenceWithin
-    from service.rules.pairing import Pairing
-    from service.rules.sequence import Sequence
-
-    grace = config.window.grace_ms
-    rules: list[Rule] = []
-    for rule in config.rules:
-        if rule.type == "sequence":
-            rules.append(Sequence(rule, grace))
-        elif rule.within_ms is None:
-            rules.append(AbsenceUntilClose(rule))
-        else:
-            rules.append(AbsenceWithin(rule, grace))
-    if config.pairing is not None:
-        rules.append(Pairing(config))
-    return tuple(rules)

@@ -23,10 +23,10 @@ from typing import IO, Any
 import orjson
 
 from service.config import Config
-from service.extract import BadRecord, parse_event
-from service.pipeline import OutputRecord, Pipeline, compile_pipelines, dead_letter
-from service.processor import WindowProcessor
-from service.store import WindowStore
+from service.core.extract import BadRecord, parse_event
+from service.core.pipeline import OutputRecord, Pipeline, compile_pipelines, dead_letter
+from service.core.processor import WindowProcessor
+from service.state.store import WindowStore
 
 #: Events between two simulated commits, which bound the write-back cache.
 COMMIT_EVERY = 5_000

@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 
-from service.aggregates import Aggregate, build_aggregates
+from service.core.aggregates import Aggregate, build_aggregates
 from service.config import OutputConfig, PipelineConfig
-from service.extract import BadRecord, KeyExtractor, TimeExtractor
-from service.rules import Rule, build_rules
-from service.windows import WindowKind, build_window_kind
+from service.core.extract import BadRecord, KeyExtractor, TimeExtractor
+from service.core.rules import Rule, build_rules
+from service.core.windows import WindowKind, build_window_kind
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.aggregates import Aggregate
-from service.windows import closed
+from service.core.aggregates import Aggregate
+from service.core.closing import closed
 
 #: Close time of a session that reached ``max_events``: closed at any stream time.
 CLOSE_NOW = -(2**62)
@@ -28,7 +28,7 @@ class Session:
     end: int
     count: int
     aggs: list[Any]
-    #: One state per rule (``service.windows.with_rules``); None in a pipeline without rules.
+    #: One state per rule (``service.core.windows.with_rules``); None in a pipeline without rules.
     rules: list[Any] | None = None
 
 

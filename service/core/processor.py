@@ -8,15 +8,40 @@ that list inside a transaction; ``sessionizer process`` feeds it from a file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from service.pipeline import OutputRecord, Pipeline
-from service.rules import Derived
-from service.store import WindowStore
+from service.core.pipeline import OutputRecord, Pipeline
+from service.core.rules import Derived
+
+
+class KeyWindows(Protocol):
+    """One key's open windows, as a store hands them out."""
+
+    windows: list[Any]
+
+
+class WindowState(Protocol):
+    """What the processor needs from a store: windows per key, stream time, due keys.
+
+    ``service.state.store.WindowStore`` is the RocksDB implementation; the
+    processor never sees how state is kept.
+    """
+
+    stream_time: int | None
+
+    def entry(self, key: bytes) -> KeyWindows: ...
+
+    def touch(self, key: bytes, entry: Any) -> None: ...
+
+    def peek(self, key: bytes) -> list[Any]: ...
+
+    def due(self, stream_time: int) -> list[bytes]: ...
+
+    def keys(self) -> Iterable[bytes]: ...
 
 
 @dataclass
@@ -31,7 +56,7 @@ class Counters:
 
 
 class WindowProcessor:
-    def __init__(self, pipeline: Pipeline, store: WindowStore, out: list[OutputRecord]) -> None:
+    def __init__(self, pipeline: Pipeline, store: WindowState, out: list[OutputRecord]) -> None:
         self.pipeline = pipeline
         self.store = store
         self.out = out

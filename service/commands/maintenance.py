@@ -21,16 +21,13 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, 
 from confluent_kafka.admin import AdminClient
 
 from service.config import Config
-from service.extract import BadRecord, parse_time_ms
-from service.pipeline import compile_pipelines
+from service.core.extract import parse_time_ms
+from service.errors import BadRecord, OperationRefused
+from service.core.pipeline import compile_pipelines
 from service.runtime.clients import admin_config, restore_consumer_config
-from service.runtime.state import StateManager
+from service.runtime.restore import StateManager
 from service.runtime.tasks import WindowTask
 from service.runtime.topics import delete_topics, internal_topics
-
-
-class MaintenanceError(Exception):
-    """The operation was refused; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +75,7 @@ def _offsets_at(consumer: Consumer, partitions: list[TopicPartition], to_datetim
     try:
         ms = parse_time_ms(to_datetime, "iso8601", "--to-datetime")
     except BadRecord as exc:
-        raise MaintenanceError(f"{exc} (e.g. 2026-11-01T00:00:00Z)") from None
+        raise OperationRefused(f"{exc} (e.g. 2026-11-01T00:00:00Z)") from None
     found = consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, ms) for tp in partitions], timeout=30)
     out = []
     for tp in found:
@@ -98,7 +95,7 @@ def _require_empty_group(admin: AdminClient, group: str) -> None:
         raise
     if description.members:
         clients = ", ".join(sorted(m.client_id for m in description.members))
-        raise MaintenanceError(
+        raise OperationRefused(
             f"consumer group {group!r} has {len(description.members)} running members ({clients}); stop every instance first"
         )
 
@@ -128,7 +125,7 @@ def _wait_until_gone(admin: AdminClient, topics: list[str], timeout: float = 60.
         if not remaining:
             return
         if time.monotonic() > deadline:
-            raise MaintenanceError(f"topics still being deleted after {timeout} s: {', '.join(sorted(remaining))}")
+            raise OperationRefused(f"topics still being deleted after {timeout} s: {', '.join(sorted(remaining))}")
         time.sleep(0.5)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from service.secrets import REDACTED, is_secret, scrub
+from service.config.secrets import REDACTED, is_secret, scrub
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 KAFKA_LOGGER = "sessionizer.librdkafka"

@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from service.errors import BadRecord
+
 Getter = Callable[[dict[str, Any]], Any]
 
 # Epoch numbers at or above this are milliseconds: 1e11 seconds is the year 5138,
@@ -20,10 +22,6 @@ Getter = Callable[[dict[str, Any]], Any]
 _MS_THRESHOLD = 100_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
-
-
-class BadRecord(Exception):
-    """A record that cannot be used; the message says why and goes to the dead-letter topic."""
 
 
 def field_getter(path: str) -> Getter:

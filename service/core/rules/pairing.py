@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 
 from service.config import PipelineConfig
-from service.extract import field_getter
-from service.rules import Derived, Rule
+from service.core.extract import field_getter
+from service.core.rules.base import Derived, Rule
 
 #: Per source index: the earliest event as [time, event], or None.
 State = list[list[Any] | None]

@@ -3,7 +3,7 @@
 Kept apart from ``SessionWindows`` so a pipeline without rules runs the plain
 class and pays nothing for them. Each session holds one state per rule beside
 its aggregates; the hooks below call the rules at the moments a session
-changes (``service.rules``) and collect what they derive into the caller's
+changes (``service.core.rules``) and collect what they derive into the caller's
 ``derived`` list.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.aggregates import Aggregate
-from service.rules import Derived, Rule
-from service.windows.session import Session, SessionWindows
+from service.core.aggregates import Aggregate
+from service.core.rules.base import Derived, Rule
+from service.core.windows.session import Session, SessionWindows
 
 
 class SessionWindowsWithRules(SessionWindows):

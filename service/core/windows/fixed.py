@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.aggregates import Aggregate
-from service.windows import closed
+from service.core.aggregates import Aggregate
+from service.core.closing import closed
 
 
 @dataclass(slots=True)
