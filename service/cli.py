@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 
 from service import __version__
 from service.config import Config, load_config
-from service.errors import ConfigError
+from service.errors import SessionizerError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,51 +56,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
-            return _check_config(args.config, args.print)
+            from service.commands.check_config import check_config
+
+            return check_config(args.config, args.print)
         config = _load(args.config, getattr(args, "instance_id", None))
         if args.command == "process":
             return _process(config, args)
         if args.command == "reset":
-            return _reset(config, args)
+            from service.commands.maintenance import reset
+
+            return reset(config, args.to_datetime, args.yes)
         if args.command == "restore-state":
-            return _restore_state(config, args)
-        return _run(config)
-    except ConfigError as exc:
+            from service.commands.maintenance import restore
+
+            partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
+            return restore(config, partitions)
+        from service.commands.run import run
+
+        return run(config)
+    except SessionizerError as exc:
         print(f"sessionizer: {exc}", file=sys.stderr)
-        return 2
-
-
-def _reset(config: Config, args: argparse.Namespace) -> int:
-    from service.commands.maintenance import apply_reset, plan_reset
-    from service.errors import OperationRefused
-
-    try:
-        plan = plan_reset(config, args.to_datetime)
-        print(plan.describe())
-        if not args.yes:
-            if not sys.stdin.isatty():
-                print("sessionizer: not confirmed (no terminal); pass --yes", file=sys.stderr)
-                return 1
-            if input("Proceed? [y/N] ").strip().lower() not in ("y", "yes"):
-                print("cancelled")
-                return 1
-        apply_reset(config, plan)
-    except OperationRefused as exc:
-        print(f"sessionizer: {exc}", file=sys.stderr)
-        return 1
-    print("done: the next 'sessionizer run' rebuilds everything from the source topics")
-    return 0
-
-
-def _restore_state(config: Config, args: argparse.Namespace) -> int:
-    from service.ops.logs import configure_logging
-    from service.commands.maintenance import restore_state
-
-    configure_logging(config.log_level, config.log_format, app_id=config.app_id, instance_id=config.instance_id)
-    partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
-    total = restore_state(config, partitions)
-    print(f"restored {total} changelog records")
-    return 0
+        return exc.exit_code
 
 
 def _load(path: Path, instance_id: str | None) -> Config:
@@ -110,18 +84,6 @@ def _load(path: Path, instance_id: str | None) -> Config:
     if instance_id:
         environ["SESSIONIZER__APP__INSTANCE_ID"] = instance_id
     return load_config(path, environ)
-
-
-def _check_config(path: Path, show: bool = False) -> int:
-    config = load_config(path)
-    if show:
-        from service.config.dump import effective_config, to_toml
-
-        print(to_toml(effective_config(config)), end="")
-        return 0
-    names = ", ".join(p.name for p in config.pipelines)
-    print(f"{path}: OK ({len(config.pipelines)} pipelines: {names})")
-    return 0
 
 
 def _process(config: Config, args: argparse.Namespace) -> int:
@@ -135,63 +97,3 @@ def _process(config: Config, args: argparse.Namespace) -> int:
     counts = ", ".join(f"{topic}: {n}" for topic, n in sorted(summary.records.items()))
     print(f"{summary.lines} events read; records written: {counts or 'none'}", file=sys.stderr)
     return 0
-
-
-def _run(config: Config) -> int:
-    import structlog
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    from service.config.dump import effective_config
-    from service.ops.logs import configure_logging
-    from service.ops.metrics import build_registry
-    from service.ops.queries import OwnerDirectory, SessionQueries
-    from service.runtime.clients import admin_config
-    from service.runtime.loop import StreamLoop
-    from service.runtime.topics import ensure_topics
-    from service.config.secrets import secret_values
-    from service.ops.web import OpsServer
-
-    configure_logging(
-        config.log_level,
-        config.log_format,
-        secrets=secret_values(config),
-        app_id=config.app_id,
-        instance_id=config.instance_id,
-    )
-    structlog.get_logger("sessionizer").info("configuration", version=__version__, config=effective_config(config))
-    try:
-        admin = AdminClient(admin_config(config))
-    except KafkaException as exc:  # librdkafka refused a property: a configuration problem
-        raise ConfigError([f"kafka: {exc.args[0].str()}"]) from None
-    partitions = ensure_topics(admin, config)
-    # The loop's clients are created once the topics exist: a client that
-    # looked the topics up before they were created can be told "not leader"
-    # when a store starts restoring.
-    try:
-        loop = StreamLoop(config)
-    except KafkaException as exc:
-        raise ConfigError([f"kafka: {exc.args[0].str()}"]) from None
-    server = OpsServer(config, loop, build_registry(loop, config))
-    server.sessions = SessionQueries(config, loop.pipelines, partitions, loop.queries, OwnerDirectory(admin, config))
-    server.start()
-    try:
-        _handle_signals(loop.stop)
-        loop.run()
-    finally:
-        server.close()
-    return 0
-
-
-def _handle_signals(stop: object) -> None:
-    """First SIGTERM/SIGINT: finish the batch, commit, leave the group. Second: exit at once."""
-    received = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if received:
-            os._exit(128 + signum)
-        received.append(signum)
-        stop()  # type: ignore[operator]
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)

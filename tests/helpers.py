@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import orjson
 from service.config import Config, ConfigError, parse_config
 from service.core.pipeline import OutputRecord, Pipeline
 from service.core.processor import WindowProcessor
+from service.runtime.state_manager import StateManager
+from service.runtime.tasks import WindowTask
 from service.state.store import WindowStore
 
 
@@ -76,3 +79,31 @@ class Harness:
 
     def close(self) -> None:
         self.store.close()
+
+
+class ListCollector:
+    """A record collector that keeps what tasks emit, for unit tests of tasks without a broker."""
+
+    def __init__(self) -> None:
+        self.records: list[OutputRecord] = []
+        self.sent = 0
+
+    def emit(self, record: OutputRecord) -> None:
+        self.records.append(record)
+        self.sent += 1
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None, partition: int = -1) -> None:
+        self.emit(OutputRecord(topic, key, value, tuple(headers or ())))
+
+    def send_changelog(self, topic: str, partition: int, records: list[tuple[bytes, bytes | None]]) -> None:
+        for key, value in records:
+            self.send(topic, key, value, partition=partition)
+
+    def changelog_end(self, topic: str, partition: int) -> int | None:
+        return None
+
+
+def window_task(config: Config, pipeline: Pipeline, partition: int, state_dir: Path, collector: Any = None) -> WindowTask:
+    """A window task with its store under ``state_dir``, writing to a ``ListCollector`` by default."""
+    config = dataclasses.replace(config, state_dir=state_dir)
+    return WindowTask(StateManager(config, pipeline, partition), pipeline.config.repartition_topic, collector or ListCollector())

@@ -1,163 +1,41 @@
-"""Replay and rebuild: ``sessionizer reset`` and ``sessionizer restore-state``.
+"""``sessionizer reset`` and ``sessionizer restore-state``: replay and rebuild.
 
 ``reset`` makes the next ``run`` rebuild everything from the source topics: the
 consumer group starts again at the chosen point of every source topic, and the
 derived state (repartition and changelog topics, local stores) is deleted. It
 refuses while any member of the group is running, because a running instance
-would commit its old positions over the reset ones.
-
-``restore-state`` fills this machine's local stores from the changelogs
-without processing, e.g. to warm a new node before it joins.
+would commit its old positions over the reset ones. ``restore-state`` fills
+this machine's local stores from the changelogs without processing, e.g. to
+warm a new node before it joins. The Kafka side of both is in
+``service.runtime.admin``.
 """
 
 from __future__ import annotations
 
-import shutil
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+import sys
 
 from service.config import Config
-from service.core.extract import parse_time_ms
-from service.errors import BadRecord, OperationRefused
-from service.core.pipeline import compile_pipelines
-from service.runtime.clients import admin_config, restore_consumer_config
-from service.runtime.restore import StateManager
-from service.runtime.tasks import WindowTask
-from service.runtime.topics import delete_topics, internal_topics
+from service.ops.logs import configure_logging
+from service.runtime.admin import apply_reset, plan_reset, restore_state
 
 
-@dataclass(frozen=True)
-class ResetPlan:
-    group: str
-    offsets: list[TopicPartition]
-    topics: list[str]
-    state_dir: str
-
-    def describe(self) -> str:
-        lines = [f"Reset of application {self.group!r}:"]
-        by_topic: dict[str, list[str]] = {}
-        for tp in self.offsets:
-            by_topic.setdefault(tp.topic, []).append(f"{tp.partition}@{tp.offset}")
-        for topic, parts in by_topic.items():
-            lines.append(f"  source {topic}: restart at partition@offset {', '.join(parts)}")
-        lines.append("  delete topics: " + (", ".join(self.topics) or "(none exist)"))
-        lines.append(f"  delete local state: {self.state_dir}")
-        return "\n".join(lines)
+def reset(config: Config, to_datetime: str | None, yes: bool) -> int:
+    plan = plan_reset(config, to_datetime)
+    print(plan.describe())
+    if not yes:
+        if not sys.stdin.isatty():
+            print("sessionizer: not confirmed (no terminal); pass --yes", file=sys.stderr)
+            return 1
+        if input("Proceed? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("cancelled")
+            return 1
+    apply_reset(config, plan)
+    print("done: the next 'sessionizer run' rebuilds everything from the source topics")
+    return 0
 
 
-def plan_reset(config: Config, to_datetime: str | None = None) -> ResetPlan:
-    """Where every source partition restarts: its earliest offset, or the first at or after a time."""
-    admin = AdminClient(admin_config(config))
-    _require_empty_group(admin, config.app_id)
-    consumer = Consumer(restore_consumer_config(config))
-    try:
-        partitions = []
-        metadata = consumer.list_topics(timeout=30)
-        for topic in config.source_topics():
-            if topic not in metadata.topics:
-                continue
-            partitions += [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
-        offsets = _offsets_at(consumer, partitions, to_datetime)
-        existing = set(metadata.topics)
-    finally:
-        consumer.close()
-    topics = [t for t in internal_topics(config) if t in existing]
-    return ResetPlan(config.app_id, offsets, topics, str(config.state_dir / config.app_id))
-
-
-def _offsets_at(consumer: Consumer, partitions: list[TopicPartition], to_datetime: str | None) -> list[TopicPartition]:
-    if to_datetime is None:
-        return [TopicPartition(tp.topic, tp.partition, consumer.get_watermark_offsets(tp, timeout=30)[0]) for tp in partitions]
-    try:
-        ms = parse_time_ms(to_datetime, "iso8601", "--to-datetime")
-    except BadRecord as exc:
-        raise OperationRefused(f"{exc} (e.g. 2026-11-01T00:00:00Z)") from None
-    found = consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, ms) for tp in partitions], timeout=30)
-    out = []
-    for tp in found:
-        offset = tp.offset
-        if offset < 0:  # no record at or after the time: start at the end
-            offset = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30)[1]
-        out.append(TopicPartition(tp.topic, tp.partition, offset))
-    return out
-
-
-def _require_empty_group(admin: AdminClient, group: str) -> None:
-    try:
-        description = admin.describe_consumer_groups([group])[group].result(30)
-    except KafkaException as exc:
-        if exc.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
-            return
-        raise
-    if description.members:
-        clients = ", ".join(sorted(m.client_id for m in description.members))
-        raise OperationRefused(
-            f"consumer group {group!r} has {len(description.members)} running members ({clients}); stop every instance first"
-        )
-
-
-def apply_reset(config: Config, plan: ResetPlan) -> None:
-    """Delete the group (its repartition offsets go with it), set the source offsets, drop derived state."""
-    admin = AdminClient(admin_config(config))
-    _require_empty_group(admin, plan.group)
-    try:
-        admin.delete_consumer_groups([plan.group])[plan.group].result(30)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
-            raise
-    if plan.offsets:
-        request = ConsumerGroupTopicPartitions(plan.group, plan.offsets)
-        admin.alter_consumer_group_offsets([request])[plan.group].result(30)
-    delete_topics(admin, plan.topics)
-    _wait_until_gone(admin, plan.topics)
-    shutil.rmtree(plan.state_dir, ignore_errors=True)
-
-
-def _wait_until_gone(admin: AdminClient, topics: list[str], timeout: float = 60.0) -> None:
-    """Topic deletion is asynchronous; the next run must not find the old topics."""
-    deadline = time.monotonic() + timeout
-    while topics:
-        remaining = set(topics) & set(admin.list_topics(timeout=10).topics)
-        if not remaining:
-            return
-        if time.monotonic() > deadline:
-            raise OperationRefused(f"topics still being deleted after {timeout} s: {', '.join(sorted(remaining))}")
-        time.sleep(0.5)
-
-
-def restore_state(config: Config, partitions: list[int] | None = None, report: Callable[[str], None] = print) -> int:
-    """Bring this instance's local stores up to date from the changelogs; returns records applied."""
-    consumer = Consumer(restore_consumer_config(config))
-    state = StateManager(config, consumer)
-    done: list[WindowTask] = []
-    state.on_restored = done.append
-    tasks = []
-    try:
-        metadata = consumer.list_topics(timeout=30)
-        for pipeline in compile_pipelines(config.pipelines):
-            changelog = pipeline.config.changelog_topic
-            if changelog not in metadata.topics:
-                report(f"{pipeline.name}: no changelog topic {changelog}, nothing to restore")
-                continue
-            for partition in sorted(metadata.topics[changelog].partitions):
-                if partitions is not None and partition not in partitions:
-                    continue
-                store = state.open_store(pipeline, partition)
-                task = WindowTask(pipeline, pipeline.config.repartition_topic, partition, store)
-                tasks.append(task)
-                state.begin(task)
-        while state.busy:
-            state.restore_step(timeout=0.5)
-        total = 0
-        for task in tasks:
-            report(f"{task.name}: {task.restored_records} records, stream time {task.store.stream_time}")
-            total += task.restored_records
-        return total
-    finally:
-        for task in tasks:
-            task.store.close()
-        state.close()
+def restore(config: Config, partitions: list[int] | None) -> int:
+    configure_logging(config.log_level, config.log_format, app_id=config.app_id, instance_id=config.instance_id)
+    total = restore_state(config, partitions)
+    print(f"restored {total} changelog records")
+    return 0

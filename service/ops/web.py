@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
@@ -21,9 +21,7 @@ from prometheus_client.exposition import choose_encoder
 
 from service.config import Config
 from service.ops.queries import SessionQueries
-
-if TYPE_CHECKING:
-    from service.runtime.loop import StreamLoop
+from service.runtime.stats import LoopStats
 
 log = structlog.get_logger("sessionizer.http")
 
@@ -35,18 +33,18 @@ ENDPOINTS = {
 }
 
 
-def liveness(loop: StreamLoop, timeout_s: float, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+def liveness(stats: LoopStats, timeout_s: float, now: float | None = None) -> tuple[bool, dict[str, Any]]:
     """Alive while the loop has gone round within ``timeout_s`` (start-up counts from the loop's creation)."""
     now = time.monotonic() if now is None else now
-    age = now - loop.metrics.last_iteration
+    age = now - stats.last_iteration
     alive = age <= timeout_s
     return alive, {"status": "ok" if alive else "stalled", "last_iteration_seconds_ago": round(age, 3)}
 
 
-def readiness(loop: StreamLoop) -> tuple[bool, dict[str, Any]]:
+def readiness(stats: LoopStats) -> tuple[bool, dict[str, Any]]:
     """Ready when the loop runs, holds partitions, and none of them is restoring."""
-    metrics = loop.metrics
-    restoring = len(loop.state.restoring)
+    metrics = stats
+    restoring = stats.restoring
     body: dict[str, Any] = {"assigned_partitions": metrics.sample.assigned, "restoring_partitions": restoring}
     if not metrics.running:
         reason = "stopped" if metrics.sample.at else "starting"
@@ -63,9 +61,9 @@ def readiness(loop: StreamLoop) -> tuple[bool, dict[str, Any]]:
 class OpsServer:
     """Serves the operations endpoints on ``[http] host:port`` (port 0: any free port)."""
 
-    def __init__(self, config: Config, loop: StreamLoop, registry: CollectorRegistry) -> None:
+    def __init__(self, config: Config, stats: LoopStats, registry: CollectorRegistry) -> None:
         self.config = config
-        self.loop = loop
+        self.stats = stats
         self.registry = registry
         #: Set once the topics are known (after start-up); until then queries get 503.
         self.sessions: SessionQueries | None = None
@@ -93,10 +91,10 @@ class OpsServer:
             encoder, content_type = choose_encoder(accept)
             return 200, content_type, encoder(self.registry), {}
         if path == "/healthz":
-            ok, body = liveness(self.loop, self.config.http_liveness_timeout_ms / 1000)
+            ok, body = liveness(self.stats, self.config.http_liveness_timeout_ms / 1000)
             return _json(200 if ok else 503, body)
         if path == "/readyz":
-            ok, body = readiness(self.loop)
+            ok, body = readiness(self.stats)
             return _json(200 if ok else 503, body)
         if path.startswith("/sessions/") and len(path) > len("/sessions/"):
             if self.sessions is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -90,9 +90,9 @@ class RecordCollector:
                 self.producer.poll(0.05)
         self.sent += 1
 
-    def send_all(self, records: Iterable[OutputRecord]) -> None:
-        for record in records:
-            self.send(record.topic, record.key, record.value, record.headers or None)
+    def emit(self, record: OutputRecord) -> None:
+        """Produce a record a task made (output, late, dead-letter, derived)."""
+        self.send(record.topic, record.key, record.value, record.headers or None)
 
     def send_changelog(self, topic: str, partition: int, records: list[tuple[bytes, bytes | None]]) -> None:
         """Changelog records of one commit; only the last one reports its offset."""

@@ -264,3 +264,16 @@ def _open(path: Path) -> Rdict:
 def wipe(path: Path) -> None:
     """Delete a store's files (before a full restore from the changelog)."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+def open_store(path: Path, kind: WindowKind, cache_max_keys: int) -> tuple[WindowStore, str | None]:
+    """Open the store at ``path``; a corrupt or foreign directory is wiped and opened empty.
+
+    Returns the store and, when it had to be wiped, why (the caller logs it and
+    restores the store from its changelog).
+    """
+    try:
+        return WindowStore(path, kind, cache_max_keys), None
+    except Exception as exc:  # rocksdict raises plain exceptions for unreadable directories
+        wipe(path)
+        return WindowStore(path, kind, cache_max_keys), str(exc)

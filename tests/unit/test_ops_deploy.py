@@ -14,16 +14,14 @@ import shlex
 import sys
 import tomllib
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import apply_env_overrides, parse_config
-from service.ops.metrics import LoopMetrics, build_registry
-from service.core.pipeline import Pipeline
-from service.runtime.punctuator import Punctuator
+from service.ops.metrics import build_registry
+from service.runtime.stats import LoopStats
 
 yaml = pytest.importorskip("yaml")
 
@@ -46,20 +44,8 @@ def exec_form(argument: str) -> list[str]:
 def exported_names() -> set[str]:
     """Every sample name the service's registry can expose (``_total``, ``_bucket``… included)."""
     config = parse_config(tomllib.loads((REPO / "config" / "sessionizer.toml").read_text()), [])
-    loop = SimpleNamespace(
-        config=config,
-        pipelines=tuple(Pipeline(p) for p in config.pipelines),
-        tasks={},
-        state=SimpleNamespace(restoring={}),
-        sources=SimpleNamespace(dead_letters={}),
-        punctuator=Punctuator(1.0),
-        rebalances=0,
-        commits=0,
-        collector=SimpleNamespace(sent=0),
-        metrics=LoopMetrics(),
-    )
     names = set()
-    for family in text_string_to_metric_families(generate_latest(build_registry(loop, config)).decode()):
+    for family in text_string_to_metric_families(generate_latest(build_registry(LoopStats(), config)).decode()):
         names.add(family.name)
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "info": ["_info"]}
         names.update(family.name + s for s in suffixes.get(family.type, []))
@@ -194,26 +180,11 @@ def test_operations_guide_lists_every_metric_and_nothing_else():
         documented[match.group(1)] = match.group(2)
     config = parse_config(tomllib.loads((REPO / "config" / "sessionizer.toml").read_text()), [])
     exported = {}
-    for family in text_string_to_metric_families(generate_latest(build_registry(_loop(config), config)).decode()):
+    for family in text_string_to_metric_families(generate_latest(build_registry(LoopStats(), config)).decode()):
         if family.name.startswith("sessionizer"):
             name = family.name + ("_total" if family.type == "counter" else "_info" if family.type == "info" else "")
             exported[name] = "gauge" if family.type == "info" else family.type
     assert documented == exported
-
-
-def _loop(config):
-    return SimpleNamespace(
-        config=config,
-        pipelines=tuple(Pipeline(p) for p in config.pipelines),
-        tasks={},
-        state=SimpleNamespace(restoring={}),
-        sources=SimpleNamespace(dead_letters={}),
-        punctuator=Punctuator(1.0),
-        rebalances=0,
-        commits=0,
-        collector=SimpleNamespace(sent=0),
-        metrics=LoopMetrics(),
-    )
 
 
 def test_operations_guide_links_exist():

@@ -6,7 +6,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -15,27 +14,17 @@ from service.errors import ServiceStopping
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.ops.metrics import LoopMetrics, build_registry
+from service.ops.metrics import build_registry
 from service.core.partitioner import murmur2, partition_for
 from service.core.pipeline import Pipeline
-from service.ops.queries import (
-    LOCAL,
-    REMOTE,
-    RESTORING,
-    Owner,
-    Query,
-    QueryInbox,
-    SessionQueries,
-    answer,
-    encode_key,
-    instance_from_client_id,
-)
+from service.ops.queries import SessionQueries, encode_key
+from service.runtime.owners import Owner, instance_from_client_id
+from service.runtime.queries import LOCAL, REMOTE, RESTORING, Query, QueryInbox, answer
 from service.runtime.clients import consumer_config
-from service.runtime.punctuator import Punctuator
-from service.runtime.tasks import TaskState, WindowTask
-from service.state.store import WindowStore
+from service.runtime.stats import LoopStats
+from service.runtime.tasks import TaskState
 from service.ops.web import OpsServer
-from tests.helpers import config_from_toml
+from tests.helpers import config_from_toml, window_task
 from tests.integration.harness import murmur2_partition
 
 CONFIG = """
@@ -119,13 +108,12 @@ def tasks(tmp_path):
     pipeline = Pipeline(config.pipelines[0])
     made = {}
     for partition in range(4):
-        store = WindowStore(tmp_path / str(partition), pipeline.window)
-        task = WindowTask(pipeline, pipeline.config.repartition_topic, partition, store)
+        task = window_task(config, pipeline, partition, tmp_path)
         task.state = TaskState.RUNNING
         made[(task.topic, partition)] = task
     yield config, pipeline, made
     for task in made.values():
-        task.store.close()
+        task.close()
 
 
 def add(task, user, ts, kind):
@@ -258,21 +246,10 @@ def load_config_with_port(config, port):
 @pytest.fixture
 def server(tmp_path):
     config = config_from_toml(CONFIG)
-    loop = SimpleNamespace(
-        config=config,
-        pipelines=tuple(Pipeline(p) for p in config.pipelines),
-        tasks={},
-        state=SimpleNamespace(restoring={}),
-        sources=SimpleNamespace(dead_letters={}),
-        punctuator=Punctuator(1.0),
-        rebalances=0,
-        commits=0,
-        collector=SimpleNamespace(sent=0),
-        metrics=LoopMetrics(),
-    )
-    ops = OpsServer(config, loop, build_registry(loop, config))
+    stats = LoopStats()
+    ops = OpsServer(config, stats, build_registry(stats, config))
     ops.start()
-    yield ops, loop
+    yield ops, stats
     ops.close()
 
 
@@ -292,26 +269,25 @@ def test_port_zero_picks_a_free_port(server):
 
 
 def test_healthz_follows_the_loops_iterations(server):
-    ops, loop = server
+    ops, stats = server
     status, _, body = get(ops, "/healthz")
     assert status == 200 and orjson.loads(body)["status"] == "ok"  # starting counts as alive
-    loop.metrics.last_iteration = time.monotonic() - 3  # liveness_timeout is 2s
+    stats.last_iteration = time.monotonic() - 3  # liveness_timeout is 2s
     status, _, body = get(ops, "/healthz")
     assert status == 503 and orjson.loads(body)["status"] == "stalled"
 
 
 def test_readyz_needs_running_assigned_and_restored(server):
-    ops, loop = server
-    metrics = loop.metrics
+    ops, metrics = server
     assert _ready(ops) == (503, "starting")
     metrics.running = True
     metrics.sample.at = 1.0
     assert _ready(ops) == (503, "no partitions assigned")
-    loop.state.restoring[("changelog", 0)] = object()
+    metrics.restoring = 1
     assert _ready(ops) == (503, "restoring state")  # even before the assignment is sampled
     metrics.sample.assigned = 6
     assert _ready(ops) == (503, "restoring state")
-    loop.state.restoring.clear()
+    metrics.restoring = 0
     assert _ready(ops) == (200, "ready")
     metrics.running = False
     assert _ready(ops) == (503, "stopped")

@@ -14,7 +14,7 @@ from tests.integration.harness import REPO, wait_until
 # A process whose clean stop never finishes, as when the broker is unreachable.
 SCRIPT = """
 import sys, time
-from service.cli import _handle_signals
+from service.commands.run import _handle_signals
 _handle_signals(lambda: print("stop requested", flush=True))
 print("ready", flush=True)
 time.sleep(60)
