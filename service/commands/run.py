@@ -8,22 +8,16 @@ from collections.abc import Callable
 from types import FrameType
 
 import structlog
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
 from service import __version__
 from service.config import Config
 from service.config.dump import effective_config
 from service.config.secrets import secret_values
-from service.errors import ConfigError
 from service.ops.logs import configure_logging
 from service.ops.metrics import build_registry
 from service.ops.queries import SessionQueries
 from service.ops.web import OpsServer
-from service.runtime.clients import admin_config
-from service.runtime.loop import StreamLoop
-from service.runtime.owners import OwnerDirectory
-from service.runtime.topics import ensure_topics
+from service.runtime.startup import start
 
 
 def run(config: Config) -> int:
@@ -35,20 +29,10 @@ def run(config: Config) -> int:
         instance_id=config.instance_id,
     )
     structlog.get_logger("sessionizer").info("configuration", version=__version__, config=effective_config(config))
-    try:
-        admin = AdminClient(admin_config(config))
-    except KafkaException as exc:  # librdkafka refused a property: a configuration problem
-        raise ConfigError([f"kafka: {exc.args[0].str()}"]) from None
-    partitions = ensure_topics(admin, config)
-    # The loop's clients are created once the topics exist: a client that
-    # looked the topics up before they were created can be told "not leader"
-    # when a store starts restoring.
-    try:
-        loop = StreamLoop(config)
-    except KafkaException as exc:
-        raise ConfigError([f"kafka: {exc.args[0].str()}"]) from None
+    started = start(config)
+    loop = started.loop
     server = OpsServer(config, loop.stats, build_registry(loop.stats, config))
-    server.sessions = SessionQueries(config, loop.pipelines, partitions, loop.queries, OwnerDirectory(admin, config))
+    server.sessions = SessionQueries(config, loop.pipelines, started.partitions, loop.queries, started.owners)
     server.start()
     try:
         _handle_signals(loop.stop)

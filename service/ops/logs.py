@@ -19,10 +19,11 @@ from typing import Any
 
 import structlog
 
+from service.runtime.clients import KAFKA_LOGGER, kafka_logger
+
 from service.config.secrets import REDACTED, is_secret, scrub
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-KAFKA_LOGGER = "sessionizer.librdkafka"
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", *, secrets: Iterable[str] = (), **context: str) -> None:
@@ -113,8 +114,3 @@ def _route_stdlib_logging(level: int) -> None:
     root.addHandler(_ToStructlog())
     root.setLevel(level)
     kafka_logger().setLevel(level)
-
-
-def kafka_logger() -> logging.Logger:
-    """The logger librdkafka clients are given (``logger`` client property)."""
-    return logging.getLogger(KAFKA_LOGGER)

@@ -7,10 +7,19 @@ settings correctness depends on are set last and cannot be overridden.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from service.config import Config
-from service.ops.logs import kafka_logger
+
+#: The standard-library logger every client logs through (``service.ops.logs`` renders it).
+KAFKA_LOGGER = "sessionizer.librdkafka"
+
+
+def kafka_logger() -> logging.Logger:
+    """The logger librdkafka clients are given (``logger`` client property)."""
+    return logging.getLogger(KAFKA_LOGGER)
+
 
 # Tuning defaults a user may override.
 _CONSUMER_DEFAULTS = {

@@ -11,7 +11,8 @@ import pytest
 import structlog
 from confluent_kafka import Producer
 
-from service.ops.logs import configure_logging, kafka_logger
+from service.ops.logs import configure_logging
+from service.runtime.clients import kafka_logger
 
 SECRET = "s3cret-Pa55word"
 
