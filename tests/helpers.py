@@ -57,10 +57,10 @@ class Harness:
         self.out: list[OutputRecord] = []
         self.processor = WindowProcessor(self.pipeline, self.store, self.out)
 
-    def send(self, event: dict[str, Any], source: int = 0) -> None:
+    def send(self, event: dict[str, Any], source: int = 0, watermark: int | None = None) -> None:
         raw = orjson.dumps(event)
         key, time_ms = self.pipeline.extract(event, None)
-        self.processor.process(key, time_ms, event, raw, source)
+        self.processor.process(key, time_ms, event, raw, source, watermark)
 
     def commit(self) -> None:
         self.processor.close_due()

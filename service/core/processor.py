@@ -74,8 +74,22 @@ class WindowProcessor:
         """The largest event time seen (or reached by idle advance); part of the state."""
         return self.store.stream_time
 
-    def process(self, key: bytes, time_ms: int, event: dict[str, Any], raw: bytes, source: int = 0) -> None:
+    def process(
+        self,
+        key: bytes,
+        time_ms: int,
+        event: dict[str, Any],
+        raw: bytes,
+        source: int = 0,
+        watermark: int | None = None,
+    ) -> None:
         """Add one accepted-or-late event.
+
+        ``watermark`` is the largest event time read so far from the event's
+        source partition (``service.core.watermarks``). The event is late when
+        it is more than grace behind the later of that and stream time. Without
+        a watermark the task has one source read in order, whose watermark is
+        the stream time itself, moved on by this event.
 
         Windows are emitted by ``close_due``; a sequence rule's match is
         derived here, the moment its second event arrives. ``source`` is the
@@ -84,26 +98,32 @@ class WindowProcessor:
         store = self.store
         kind = self._kind
         stream_time = store.stream_time
-        if stream_time is None or time_ms > stream_time:
-            stream_time = store.stream_time = time_ms
+        if watermark is None:
+            if stream_time is None or time_ms > stream_time:
+                stream_time = store.stream_time = time_ms
+            limit = stream_time
         else:
-            reason = kind.late_reason(time_ms, stream_time)
+            limit = watermark if stream_time is None or watermark > stream_time else stream_time
+        if time_ms < limit:
+            reason = kind.late_reason(time_ms, limit)
             if reason is not None:
-                self._late(key, time_ms, stream_time, reason, raw)
+                self._late(key, time_ms, stream_time, watermark, reason, raw)
                 if not kind.partial_late:
                     return
         entry = store.entry(key)
         derived = self._derived
-        self.counters.merges += kind.add(entry.windows, time_ms, event, stream_time, source, derived)
+        self.counters.merges += kind.add(entry.windows, time_ms, event, limit, source, derived)
         store.touch(key, entry)
         self.counters.processed += 1
         if derived:
             self._emit_derived(key)
 
-    def advance(self, stream_time: int) -> None:
-        """Move stream time forward without an event (the wall-clock punctuator)."""
+    def advance(self, stream_time: int | None) -> None:
+        """Move stream time forward without an event (the sources' watermarks, or the wall clock)."""
+        if stream_time is None:
+            return
         current = self.store.stream_time
-        if current is not None and stream_time > current:
+        if current is None or stream_time > current:
             self.store.stream_time = stream_time
 
     def close_due(self) -> int:
@@ -171,12 +191,15 @@ class WindowProcessor:
         self.counters.derived += len(self._derived)
         self._derived.clear()
 
-    def _late(self, key: bytes, time_ms: int, stream_time: int, reason: str, raw: bytes) -> None:
-        headers = (
+    def _late(self, key: bytes, time_ms: int, stream_time: int | None, watermark: int | None, reason: str, raw: bytes) -> None:
+        headers = [
             ("sessionizer.reason", reason.encode()),
             ("sessionizer.pipeline", self.pipeline.name.encode()),
             ("sessionizer.event_time_ms", str(time_ms).encode()),
-            ("sessionizer.stream_time_ms", str(stream_time).encode()),
-        )
-        self.out.append(OutputRecord(self._late_topic, key, bytes(raw), headers))
+        ]
+        if stream_time is not None:
+            headers.append(("sessionizer.stream_time_ms", str(stream_time).encode()))
+        if watermark is not None:
+            headers.append(("sessionizer.watermark_ms", str(watermark).encode()))
+        self.out.append(OutputRecord(self._late_topic, key, bytes(raw), tuple(headers)))
         self.counters.late += 1
