@@ -11,6 +11,7 @@ the wall clock, and every ``commit_interval`` commit.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import structlog
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -31,7 +32,7 @@ log = structlog.get_logger("sessionizer.loop")
 
 
 class StreamLoop:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, partitions: Mapping[str, int]) -> None:
         self.config = config
         self.pipelines: tuple[Pipeline, ...] = compile_pipelines(config.pipelines)
         self.stats = LoopStats()
@@ -46,6 +47,7 @@ class StreamLoop:
             ChangelogReader(Consumer(restore_consumer_config(config))),
             AdminClient(admin_config(config)),
             self.stats,
+            partitions,
         )
         self.punctuator = Punctuator(config.punctuate_interval_ms / 1000)
         self._running = False

@@ -36,7 +36,7 @@ class Started:
 def start(config: Config) -> Started:
     admin = _client(lambda: AdminClient(admin_config(config)))
     partitions = ensure_topics(admin, config)
-    loop = _client(lambda: StreamLoop(config))
+    loop = _client(lambda: StreamLoop(config, partitions))
     return Started(loop, OwnerDirectory(admin, config), partitions)
 
 

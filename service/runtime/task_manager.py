@@ -11,7 +11,7 @@ enough.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from service.config import Config
 from service.core.pipeline import Pipeline
+from service.core.watermarks import source_id
 from service.errors import BrokerError, CommitFailed
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.checkpoint import Checkpoint
@@ -48,6 +49,7 @@ class TaskManager:
         reader: ChangelogReader,
         admin: AdminClient,
         stats: LoopStats,
+        partitions: Mapping[str, int],
     ) -> None:
         self.config = config
         self.pipelines = pipelines
@@ -57,6 +59,8 @@ class TaskManager:
         reader.on_restored = self._restored
         self.stats = stats
         self._admin = admin
+        #: Partitions per topic, as found at start-up.
+        self.partitions = partitions
         self._by_repartition = {p.config.repartition_topic: p for p in pipelines}
         self._routes: dict[str, list[tuple[Pipeline, int]]] = {}
         for pipeline in pipelines:
@@ -126,20 +130,26 @@ class TaskManager:
                 task.caught_up = True
 
     def punctuate(self, now: float) -> None:
-        """Wall-clock closing for the running tasks whose pipeline's sources here are read to the end."""
+        """Stream time of every running task: its sources' watermarks, and the wall clock once all are idle."""
         for task in self.running_tasks:
-            if self._sources_caught_up(task.pipeline):
-                task.punctuate(now)
+            task.punctuate(now)
 
-    def _sources_caught_up(self, pipeline: Pipeline) -> bool:
-        sources = pipeline.config.sources
-        return all(task.caught_up for (topic, _), task in self.source_tasks.items() if topic in sources)
+    def sources_of(self, pipeline: Pipeline) -> list[int]:
+        """Every source partition that feeds each of the pipeline's window tasks."""
+        return [
+            source_id(index, partition)
+            for index, topic in enumerate(pipeline.config.sources)
+            for partition in range(self.partitions.get(topic, 0))
+        ]
 
     # -- commits ----------------------------------------------------------------
 
     def commit(self) -> None:
         """Commit state, output and offsets together (the steps are in ``service.runtime.checkpoint``)."""
         started = time.perf_counter()
+        now = time.monotonic()
+        for source in self.source_tasks.values():
+            source.prepare_commit(now)
         prepared = [task for task in self.running_tasks if task.prepare_commit()]
         if not self.checkpoint and not prepared and self.collector.sent == self._sent_at_commit:
             return
@@ -152,6 +162,8 @@ class TaskManager:
             self.abort_and_rewind()
             return
         transaction_seconds = time.perf_counter() - transaction_started
+        for source in self.source_tasks.values():
+            source.post_commit()
         for task in prepared:
             task.post_commit()
         if not self.config.exactly_once and offsets:
@@ -234,10 +246,12 @@ class TaskManager:
             pipeline = self._by_repartition.get(tp.topic)
             if pipeline is None:
                 self.source_tasks[where] = SourceTask(
-                    tp.topic, tp.partition, self._routes[tp.topic], self.collector, self.stats.source_dead_letters
+                    tp.topic, tp.partition, self._routes[tp.topic], self.partitions, self.collector, self.stats.source_dead_letters
                 )
                 continue
-            task = WindowTask(StateManager(self.config, pipeline, tp.partition), tp.topic, self.collector)
+            task = WindowTask(
+                StateManager(self.config, pipeline, tp.partition), tp.topic, self.collector, self.sources_of(pipeline)
+            )
             task.processor.on_emit = self.stats.emit_observer(pipeline.name)
             self.window_tasks[where] = task
             new_tasks.append(task)

@@ -12,16 +12,17 @@ Both write only through the record collector. Both take part in a commit in
 two steps: ``prepare_commit`` before the transaction, ``post_commit`` after it
 (see ``service.runtime.checkpoint`` for the whole sequence).
 
-Repartition records carry the event time and the source's index in front of
-the untouched original bytes (``RepartitionFrame``): the window stage needs no
-second parse of the time, a late event reaches the late topic as it was sent,
-and pairing knows which topic each event came from.
+What travels between them, framed events and watermark reports, is described
+in ``service.runtime.frames``; how a window task turns its sources'
+watermarks into stream time, in ``service.core.watermarks``.
 """
 
 from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 
 import orjson
@@ -31,58 +32,103 @@ from service.core.extract import parse_event
 from service.core.pipeline import OutputRecord, Pipeline, dead_letter
 from service.errors import BadRecord
 from service.core.processor import WindowProcessor
+from service.core.watermarks import Watermarks, source_id
+from service.runtime import frames
+from service.runtime.frames import DATA, DATA_FRAME, IDLE, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME
 from service.runtime.collector import RecordCollector
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import TaskCounts
 from service.state.store import PendingCommit, WindowStore
 
-#: Event time in epoch ms (signed 64-bit) and the source topic's index in the pipeline.
-RepartitionFrame = struct.Struct(">qB")
-_FRAME = RepartitionFrame.size
-_CREATE_TIME = 1
+#: The store's metadata entry holding the sources' watermarks.
+WATERMARKS = b"watermarks"
+#: How often a source partition reports its watermark when nothing changes (seconds).
+REPORT_INTERVAL = 1.0
+_DATA_SIZE = DATA_FRAME.size
+
+
+@dataclass(slots=True)
+class _Route:
+    """One pipeline reading this source partition, and its watermark for that pipeline.
+
+    The watermark is per pipeline: pipelines may read event time from different fields.
+    """
+
+    pipeline: Pipeline
+    #: The topic's index in the pipeline's sources.
+    index: int
+    repartition_topic: str
+    repartition_partitions: int
+    source: int
+    watermark: int | None = None
+    committed: int | None = None
+    #: (watermark, idle) of the last report sent, and when (monotonic s).
+    reported: tuple[int | None, bool] | None = None
+    reported_at: float = 0.0
 
 
 class SourceTask:
-    """One source partition: routes its records to the repartition topics of every pipeline reading it."""
+    """One source partition: routes its records to the repartition topics of every pipeline reading it.
+
+    It also keeps, per pipeline, the partition's watermark (the largest event
+    time read from it). Every frame carries it, and at commits it reports it
+    (and whether the partition is read to its end) to every repartition
+    partition: see ``service.runtime.frames``.
+    """
 
     def __init__(
         self,
         topic: str,
         partition: int,
         routes: list[tuple[Pipeline, int]],
+        partitions: Mapping[str, int],
         collector: RecordCollector,
         dead_letters: dict[str, int],
+        report_interval: float = REPORT_INTERVAL,
     ) -> None:
         self.topic = topic
         self.partition = partition
         self.collector = collector
-        #: (pipeline, the topic's index in its sources) for every pipeline reading the topic.
-        self._routes = routes
+        self._routes = [
+            _Route(
+                pipeline,
+                index,
+                pipeline.config.repartition_topic,
+                partitions[pipeline.config.repartition_topic],
+                source_id(index, partition),
+            )
+            for pipeline, index in routes
+        ]
         #: Dead-letter topic -> records written to it; shared by the source tasks, for metrics.
         self._dead_letters = dead_letters
+        self._report_interval = report_interval
         #: The partition's end was reached after its last record (librdkafka's end-of-partition event).
         self.caught_up = False
 
     def process(self, messages: list[Message]) -> None:
         routes = self._routes
         send = self.collector.send
-        pack = RepartitionFrame.pack
+        pack = DATA_FRAME.pack
         for message in messages:
             raw = message.value()
             try:
                 event = parse_event(raw)
             except BadRecord as exc:
-                for dlq in dict.fromkeys(p.config.dead_letter_topic for p, _ in routes):
+                for dlq in dict.fromkeys(r.pipeline.config.dead_letter_topic for r in routes):
                     self._dead_letter(dlq, str(exc), message)
                 continue
             kind, record_ms = message.timestamp()
-            for pipeline, index in routes:
+            for route in routes:
+                pipeline = route.pipeline
                 try:
                     key, time_ms = pipeline.extract(event, record_ms if kind else None)
                 except BadRecord as exc:
                     self._dead_letter(pipeline.config.dead_letter_topic, str(exc), message, pipeline.name)
                     continue
-                send(pipeline.config.repartition_topic, key, pack(time_ms, index) + raw)
+                watermark = route.watermark
+                if watermark is None or time_ms > watermark:
+                    route.watermark = watermark = time_ms
+                send(route.repartition_topic, key, pack(DATA, time_ms, watermark, route.source) + raw)
         self.caught_up = False
 
     def _dead_letter(self, topic: str, error: str, message: Message, pipeline: str | None = None) -> None:
@@ -92,15 +138,34 @@ class SourceTask:
         self.collector.emit(record)
         self._dead_letters[topic] = self._dead_letters.get(topic, 0) + 1
 
-    def prepare_commit(self) -> bool:
-        """Stateless: nothing to prepare; its output went to the collector as it was made."""
+    def prepare_commit(self, now: float) -> bool:
+        """Report the watermark to every repartition partition this source feeds.
+
+        At once when the partition went idle or busy, and otherwise every
+        report interval, as a heartbeat: a window task that stops hearing that
+        a source is idle counts it as busy again, and waits for it.
+        """
+        idle = self.caught_up
+        for route in self._routes:
+            changed = route.reported is None or route.reported[1] != idle
+            if not changed and now - route.reported_at < self._report_interval:
+                continue
+            value = frames.report(route.watermark, route.source, idle)
+            for partition in range(route.repartition_partitions):
+                self.collector.send(route.repartition_topic, None, value, partition=partition)
+            route.reported = (route.watermark, idle)
+            route.reported_at = now
         return False
 
     def post_commit(self) -> None:
-        return None
+        for route in self._routes:
+            route.committed = route.watermark
 
     def rollback(self) -> None:
-        """After an abort: the partition is read again from its committed offset."""
+        """After an abort the partition is read again from its committed offset, and so is its watermark."""
+        for route in self._routes:
+            route.watermark = route.committed
+            route.reported = None
         self.caught_up = False
 
 
@@ -110,9 +175,11 @@ class TaskState(Enum):
 
 
 class WindowTask:
-    """One repartition partition of one pipeline: its store, stream time and idle clock."""
+    """One repartition partition of one pipeline: its store, its sources' watermarks, its idle clock."""
 
-    def __init__(self, state: StateManager, topic: str, collector: RecordCollector) -> None:
+    def __init__(
+        self, state: StateManager, topic: str, collector: RecordCollector, sources: Iterable[int] = (), clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.state_manager = state
         self.pipeline: Pipeline = state.pipeline
         self.topic = topic
@@ -124,8 +191,12 @@ class WindowTask:
         self.dead_lettered = 0
         self.out: list[OutputRecord] = []
         self.processor = WindowProcessor(self.pipeline, state.store, self.out)
+        #: The source partitions that feed this task, and how far each has got.
+        self.watermarks = Watermarks(sources)
+        self._committed_marks: dict[int, int] = {}
+        self._clock = clock
         self._pending: PendingCommit | None = None
-        self._idle_base = (self.store.stream_time, time.monotonic())
+        self._idle_base = (self.store.stream_time, clock())
 
     @property
     def name(self) -> str:
@@ -142,37 +213,65 @@ class WindowTask:
     # -- processing -----------------------------------------------------------
 
     def process(self, messages: list[Message]) -> None:
+        """Frames go to the processor with their source's watermark; reports update the watermarks."""
         process = self.processor.process
         loads = orjson.loads
-        unpack = RepartitionFrame.unpack_from
+        unpack = DATA_FRAME.unpack_from
+        marks = self.watermarks
+        advance = marks.advance
+        now = self._clock()
+        data = False
         for message in messages:
             raw = message.value()
+            key = message.key()
             try:
-                time_ms, source = unpack(raw)
-                body = memoryview(raw)[_FRAME:]
-                event = loads(body)
-            except (struct.error, TypeError, orjson.JSONDecodeError) as exc:
+                if key is None:
+                    _, watermark, source, flags = REPORT_FRAME.unpack(raw)
+                    marks.report(source, None if watermark == NO_WATERMARK else watermark, bool(flags & IDLE), now)
+                    continue
+                if raw[0] == DATA:
+                    _, time_ms, watermark, source = unpack(raw)
+                    body = memoryview(raw)[_DATA_SIZE:]
+                    process(key, time_ms, loads(body), body, source >> 16, advance(source, watermark))
+                else:  # a frame written before watermarks: judged by stream time alone
+                    time_ms, index = LEGACY_FRAME.unpack_from(raw)
+                    body = memoryview(raw)[LEGACY_FRAME.size :]
+                    process(key, time_ms, loads(body), body, index, self.store.stream_time or time_ms)
+                data = True
+            except (struct.error, TypeError, IndexError, orjson.JSONDecodeError) as exc:
                 self._dead_letter(f"unreadable repartition record: {exc}", message)
-                continue
-            process(message.key(), time_ms, event, body, source)
         self.caught_up = False
-        self._idle_base = (self.store.stream_time, time.monotonic())
+        self._advance(now, data)
         self._flush()
 
+    def _advance(self, now: float, data: bool) -> None:
+        """Stream time follows the slowest source; the idle clock restarts when it or the data moved."""
+        before = self.store.stream_time
+        self.processor.advance(self.watermarks.stream_time(now))
+        if data or self.store.stream_time != before:
+            self._idle_base = (self.store.stream_time, now)
+
     def started(self) -> None:
-        """Restoring is over: processing begins and the idle clock starts now."""
+        """Restoring is over: the sources' watermarks come back, processing begins, the idle clock starts now."""
         self.state = TaskState.RUNNING
-        self._idle_base = (self.store.stream_time, time.monotonic())
+        stored = self.store.meta(WATERMARKS)
+        if stored is not None:
+            self.watermarks.load(orjson.loads(stored))
+        self._committed_marks = dict(self.watermarks.marks)
+        self._idle_base = (self.store.stream_time, self._clock())
 
     def punctuate(self, now: float) -> None:
-        """Idle closing: a caught-up partition's stream time follows the wall clock.
+        """Idle closing: once everything is read, stream time follows the wall clock.
 
-        Stream time moves on by the wall-clock time elapsed since the last
-        event, so a quiet user's session closes without any further event and
-        without dummy events. A partition that still has records to read is
-        driven by event time alone, so replaying old data behaves like live data.
+        When this partition is read to its end and every source feeding it is
+        idle, stream time moves on by the wall-clock time elapsed since the
+        last event, so a quiet user's session closes without any further event
+        and without dummy events. While any source has records to read, stream
+        time is driven by event time alone, so replaying old data behaves like
+        live data.
         """
-        if not self.caught_up:
+        self._advance(now, data=False)
+        if not self.caught_up or not self.watermarks.all_idle(now):
             return
         base_time, base_wall = self._idle_base
         if base_time is None:
@@ -186,6 +285,8 @@ class WindowTask:
         self.processor.close_due()
         self._flush()
         store = self.store
+        if self.watermarks.take_changed():
+            store.put_meta(WATERMARKS, orjson.dumps(self.watermarks.dump()))
         if not store.has_changes:
             return False
         self._pending = store.prepare()
@@ -199,6 +300,7 @@ class WindowTask:
         end = self.collector.changelog_end(self.pipeline.config.changelog_topic, self.partition)
         self.store.apply(self._pending, end)
         self._pending = None
+        self._committed_marks = dict(self.watermarks.marks)
 
     def rollback(self) -> None:
         """Back to the last commit; the idle clock restarts, so time spent failing is not idle time."""
@@ -206,7 +308,10 @@ class WindowTask:
         self.out.clear()
         self._pending = None
         self.caught_up = False
-        self._idle_base = (self.store.stream_time, time.monotonic())
+        self.watermarks.marks = dict(self._committed_marks)
+        self.watermarks.forget_idleness()
+        self.watermarks.changed = False
+        self._idle_base = (self.store.stream_time, self._clock())
 
     # -- the rest ---------------------------------------------------------------
 

@@ -83,6 +83,8 @@ class WindowStore:
         self._dirty: dict[bytes, Entry] = {}
         self.stream_time: int | None = self._read_stream_time()
         self._committed_stream_time = self.stream_time
+        #: Task metadata written with the next commit (e.g. source watermarks), by name.
+        self._meta_changes: dict[bytes, bytes] = {}
 
     # -- reads and writes through the cache -------------------------------------
 
@@ -138,7 +140,15 @@ class WindowStore:
 
     @property
     def has_changes(self) -> bool:
-        return bool(self._dirty) or self.stream_time != self._committed_stream_time
+        return bool(self._dirty) or bool(self._meta_changes) or self.stream_time != self._committed_stream_time
+
+    def meta(self, name: bytes) -> bytes | None:
+        """A task's metadata entry as last committed (or restored)."""
+        return self._meta_changes.get(name) or self._meta.get(name)
+
+    def put_meta(self, name: bytes, value: bytes) -> None:
+        """Set a metadata entry; it goes to RocksDB and the changelog with the next commit."""
+        self._meta_changes[name] = value
 
     def prepare(self) -> PendingCommit:
         """Turn this commit's changes into changelog records and a write batch."""
@@ -165,6 +175,9 @@ class WindowStore:
             encoded = encode_time(self.stream_time)
             batch.put(_STREAM_TIME, encoded, self._meta_cf)
             pending.changelog.append((META_PREFIX + _STREAM_TIME, encoded))
+        for name, value in self._meta_changes.items():
+            batch.put(name, value, self._meta_cf)
+            pending.changelog.append((META_PREFIX + name, value))
         return pending
 
     def apply(self, pending: PendingCommit, checkpoint: int | None) -> None:
@@ -179,6 +192,7 @@ class WindowStore:
             if not entry.windows:
                 self._cache.pop(key, None)
         self._dirty.clear()
+        self._meta_changes.clear()
         self._committed_stream_time = self.stream_time
         self._evict()
 
@@ -187,6 +201,7 @@ class WindowStore:
         for key in self._dirty:
             self._cache.pop(key, None)
         self._dirty.clear()
+        self._meta_changes.clear()
         self.stream_time = self._committed_stream_time
 
     def _evict(self) -> None:
