@@ -8,44 +8,39 @@ from typing import Any
 import orjson
 import pytest
 
-from service.core.pipeline import OutputRecord, compile_pipelines
+from service.config import ConfigError, parse_config
+from service.core.pipeline import OutputRecord, Pipeline, compile_pipelines
 from service.core.source import Route, SourceStage
-from tests.helpers import config_from_toml
 
-CONFIG = """
-[pipelines.visits]
-sources = ["web", "mobile"]
-key = "user_id"
-time = "ts"
-time_format = "epoch_ms"
-output = "visits-out"
-dead_letter_topic = "dlq-shared"
-[pipelines.visits.window]
-type = "session"
-gap = "10m"
 
-[pipelines.accounts]
-sources = ["mobile"]
-key = "account"
-time = "ts"
-time_format = "epoch_ms"
-output = "accounts-out"
-dead_letter_topic = "dlq-accounts"
-[pipelines.accounts.window]
-type = "tumbling"
-size = "1m"
+def pipeline(sources: list[str], key: str, dead_letter_topic: str, window: dict[str, str]) -> dict[str, Any]:
+    """A pipeline table with epoch-ms times in ``ts``; what the stage cares about is a parameter."""
+    return {
+        "sources": sources,
+        "key": key,
+        "time": "ts",
+        "time_format": "epoch_ms",
+        "output": "out",
+        "dead_letter_topic": dead_letter_topic,
+        "window": window,
+    }
 
-[pipelines.mobile_only]
-sources = ["mobile"]
-key = "user_id"
-time = "ts"
-time_format = "epoch_ms"
-output = "mobile-out"
-dead_letter_topic = "dlq-shared"
-[pipelines.mobile_only.window]
-type = "session"
-gap = "10m"
-"""
+
+SESSION = {"type": "session", "gap": "10m"}
+#: visits reads both topics; accounts and mobile_only read mobile, with their own and a shared dead-letter topic.
+PIPELINES = {
+    "visits": pipeline(["web", "mobile"], "user_id", "dlq-shared", SESSION),
+    "accounts": pipeline(["mobile"], "account", "dlq-accounts", {"type": "tumbling", "size": "1m"}),
+    "mobile_only": pipeline(["mobile"], "user_id", "dlq-shared", SESSION),
+}
+
+
+def compile_tables(tables: dict[str, Any]) -> tuple[Pipeline, ...]:
+    problems: list[str] = []
+    config = parse_config({"pipelines": tables}, problems)
+    if problems:
+        raise ConfigError(problems)
+    return compile_pipelines(config.pipelines)
 
 
 @dataclass
@@ -90,7 +85,7 @@ class Sink:
 
 @pytest.fixture
 def stage() -> SourceStage:
-    return SourceStage(compile_pipelines(config_from_toml(CONFIG).pipelines))
+    return SourceStage(compile_tables(PIPELINES))
 
 
 def headers(record: OutputRecord) -> dict[str, bytes]:
@@ -110,8 +105,8 @@ def test_routes_are_the_reading_pipelines_with_the_topics_index(stage):
 
 
 def test_a_topic_listed_twice_routes_the_record_once():
-    config = config_from_toml(CONFIG.replace('sources = ["web", "mobile"]', 'sources = ["web", "mobile", "web"]'))
-    stage = SourceStage(compile_pipelines(config.pipelines))
+    visits = pipeline(["web", "mobile", "web"], "user_id", "dlq-shared", SESSION)
+    stage = SourceStage(compile_tables({"visits": visits}))
     assert [(r.pipeline.name, r.index) for r in stage.routes("web")] == [("visits", 0)]
 
 
