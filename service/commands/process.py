@@ -24,8 +24,9 @@ import orjson
 
 from service.config import Config
 from service.core.extract import BadRecord, parse_event
-from service.core.pipeline import OutputRecord, Pipeline, compile_pipelines, dead_letter
+from service.core.pipeline import OutputRecord, Pipeline, compile_pipelines
 from service.core.processor import WindowProcessor
+from service.core.source import Forward, Reject, Route, SourceStage
 from service.state.store import WindowStore
 
 #: Events between two simulated commits, which bound the write-back cache.
@@ -58,19 +59,27 @@ def process_lines(
         raise ValueError(f"no pipeline reads topic {topic!r}")
     summary = OfflineSummary()
     out: list[OutputRecord] = []
+    stage = SourceStage(pipelines)
+    # Without a topic every pipeline reads every line, as from its first source;
+    # a wrapped line that names no usable topic is dead-lettered for all of them.
+    routes = stage.routes(topic) if topic is not None else [Route(p, 0) for p in pipelines]
+    reject: Reject = out.append
     with tempfile.TemporaryDirectory(prefix="sessionizer-offline-") as tmp:
         root = state_dir or Path(tmp)
         runs = [_Run(p, WindowStore(root / p.name, p.window, config.cache_max_keys), out) for p in pipelines]
-        source = topic or "-"
+        forward = _forward_to(runs)
+        at = _Cursor(topic or "-")
+        process = stage.process
         for number, line in enumerate(lines):
             if not line.strip():
                 continue
             summary.lines += 1
             line = line.rstrip(b"\r\n")
+            at.number = number
             if wrapped:
-                _process_wrapped(runs, line, number, out)
+                _process_wrapped(stage, routes, line, at, forward, reject)
             else:
-                _process_line(runs, line, source, number, out)
+                process(routes, line, None, at, forward, reject)
             if summary.lines % COMMIT_EVERY == 0:
                 _commit(runs)
                 _drain(out, write, summary)
@@ -100,34 +109,50 @@ class _Run:
     def __post_init__(self) -> None:
         self.processor = WindowProcessor(self.pipeline, self.store, self.out)
 
-    def source_index(self, topic: str) -> int:
-        """The topic's index in the pipeline's sources, as the repartition frame carries it."""
-        sources = self.pipeline.config.sources
-        return sources.index(topic) if topic in sources else 0
+
+class _Cursor:
+    """Offline mode's ``Origin``: the line being processed, its number standing for the offset.
+
+    One object updated line by line, so reading a line builds nothing for a
+    dead letter it may never need.
+    """
+
+    __slots__ = ("source", "number")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.number = 0
+
+    def topic(self) -> str:
+        return self.source
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self.number
+
+    def key(self) -> bytes | None:
+        return None
 
 
-def _process_line(runs: list[_Run], line: bytes, source: str, number: int, out: list[OutputRecord]) -> None:
-    try:
-        event = parse_event(line)
-    except BadRecord as exc:
-        for dlq in dict.fromkeys(r.pipeline.config.dead_letter_topic for r in runs):
-            out.append(dead_letter(dlq, str(exc), None, line, source, 0, number))
-        return
-    _process_event(runs, event, line, source, number, out)
+def _forward_to(runs: list[_Run]) -> Forward:
+    """An accepted event goes straight to its pipeline's processor."""
+    processors = {run.pipeline: run.processor.process for run in runs}
+
+    def forward(route: Route, key: bytes, time_ms: int, event: dict[str, Any], raw: bytes) -> None:
+        processors[route.pipeline](key, time_ms, event, raw, route.index)
+
+    return forward
 
 
-def _process_event(runs: list[_Run], event: dict[str, Any], raw: bytes, source: str, number: int, out: list[OutputRecord]) -> None:
-    for run in runs:
-        try:
-            key, time_ms = run.pipeline.extract(event, None)
-        except BadRecord as exc:
-            out.append(dead_letter(run.pipeline.config.dead_letter_topic, str(exc), None, raw, source, 0, number, run.pipeline.name))
-            continue
-        run.processor.process(key, time_ms, event, raw, run.source_index(source))
+def _process_wrapped(
+    stage: SourceStage, everyone: list[Route], line: bytes, at: _Cursor, forward: Forward, reject: Reject
+) -> None:
+    """A ``{"topic": …, "value": …}`` line: the event goes to the pipelines reading that topic.
 
-
-def _process_wrapped(runs: list[_Run], line: bytes, number: int, out: list[OutputRecord]) -> None:
-    """A ``{"topic": …, "value": …}`` line: the event goes to the pipelines reading that topic."""
+    A line that is not such a wrapper names no topic, so it is dead-lettered for ``everyone``.
+    """
     try:
         wrapper = parse_event(line)
         topic = wrapper.get("topic")
@@ -137,11 +162,11 @@ def _process_wrapped(runs: list[_Run], line: bytes, number: int, out: list[Outpu
         if not isinstance(event, dict):
             raise BadRecord('wrapped line whose "value" is not a JSON object')
     except BadRecord as exc:
-        for dlq in dict.fromkeys(r.pipeline.config.dead_letter_topic for r in runs):
-            out.append(dead_letter(dlq, str(exc), None, line, "-", 0, number))
+        at.source = "-"
+        stage.reject_all(everyone, str(exc), line, at, reject)
         return
-    readers = [run for run in runs if topic in run.pipeline.config.sources]
-    _process_event(readers, event, orjson.dumps(event), topic, number, out)
+    at.source = topic
+    stage.process_event(stage.routes(topic), event, orjson.dumps(event), None, at, forward, reject)
 
 
 def _commit(runs: list[_Run]) -> None:

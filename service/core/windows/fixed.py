@@ -14,6 +14,7 @@ from typing import Any
 
 from service.core.aggregates import Aggregate
 from service.core.closing import closed
+from service.core.windows.base import WindowKindBase
 
 
 @dataclass(slots=True)
@@ -23,7 +24,7 @@ class Window:
     aggs: list[Any]
 
 
-class FixedWindows:
+class FixedWindows(WindowKindBase[Window]):
     partial_late = True
 
     def __init__(self, size_ms: int, advance_ms: int, grace_ms: int, aggregates: tuple[Aggregate, ...] = ()) -> None:
@@ -32,8 +33,12 @@ class FixedWindows:
         self.grace = grace_ms
         self.aggregates = aggregates
 
-    def close_time(self, start: int) -> int:
+    def closes_at(self, start: int) -> int:
+        """Close time of the window starting at ``start``."""
         return start + self.size + self.grace
+
+    def close_time(self, window: Window) -> int:
+        return self.closes_at(window.start)
 
     def starts(self, time_ms: int) -> range:
         """Starts of the windows containing ``time_ms``, oldest first."""
@@ -41,7 +46,7 @@ class FixedWindows:
         return range(last - self.size + self.advance, last + 1, self.advance)
 
     def late_reason(self, time_ms: int, stream_time: int) -> str | None:
-        missed = [s for s in self.starts(time_ms) if closed(self.close_time(s), stream_time)]
+        missed = [s for s in self.starts(time_ms) if closed(self.closes_at(s), stream_time)]
         if not missed:
             return None
         windows = ", ".join(f"[{s}, {s + self.size})" for s in missed)
@@ -57,8 +62,9 @@ class FixedWindows:
         derived: list[Any] | None = None,
     ) -> int:
         by_start = {w.start: w for w in windows}
+        closes_at = self.closes_at
         for start in self.starts(time_ms):
-            if closed(self.close_time(start), stream_time):
+            if closed(closes_at(start), stream_time):
                 continue
             window = by_start.get(start)
             if window is None:
@@ -70,38 +76,17 @@ class FixedWindows:
                 aggs[i] = agg.add(aggs[i], event, time_ms)
         return 0
 
-    def next_close(self, windows: list[Window]) -> int:
-        return self.close_time(min(w.start for w in windows))
-
-    def pop_closed(self, windows: list[Window], stream_time: int, derived: list[Any] | None = None) -> list[Window]:
-        done = [w for w in windows if closed(self.close_time(w.start), stream_time)]
-        for window in done:
-            windows.remove(window)
-        done.sort(key=lambda w: w.start)
-        return done
-
-    def pop_all(self, windows: list[Window], derived: list[Any] | None = None) -> list[Window]:
-        done = sorted(windows, key=lambda w: w.start)
-        windows.clear()
-        return done
-
     def bounds(self, window: Window) -> tuple[int, int]:
         return window.start, window.start + self.size
 
-    def values(self, window: Window) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "window_start_ms": window.start,
-            "window_end_ms": window.start + self.size,
-            "event_count": window.count,
-        }
-        for agg, state in zip(self.aggregates, window.aggs):
-            out[agg.name] = agg.result(state)
-        return out
+    def fields(self, window: Window) -> dict[str, Any]:
+        return {"window_start_ms": window.start, "window_end_ms": window.start + self.size, "event_count": window.count}
 
     def dump(self, windows: list[Window]) -> list[Any]:
-        aggs = self.aggregates
-        return [[w.start, w.count, [a.dump(x) for a, x in zip(aggs, w.aggs)]] for w in windows]
+        """``[start, count, aggregates]`` per window."""
+        dump_aggs = self.dump_aggs
+        return [[w.start, w.count, dump_aggs(w.aggs)] for w in windows]
 
     def load(self, data: list[Any]) -> list[Window]:
-        aggs = self.aggregates
-        return [Window(start, count, [a.load(x) for a, x in zip(aggs, states)]) for start, count, states in data]
+        load_aggs = self.load_aggs
+        return [Window(start, count, load_aggs(states)) for start, count, states in data]

@@ -17,6 +17,7 @@ from typing import Any
 
 from service.core.aggregates import Aggregate
 from service.core.closing import closed
+from service.core.windows.base import WindowKindBase
 
 #: Close time of a session that reached ``max_events``: closed at any stream time.
 CLOSE_NOW = -(2**62)
@@ -32,7 +33,7 @@ class Session:
     rules: list[Any] | None = None
 
 
-class SessionWindows:
+class SessionWindows(WindowKindBase[Session]):
     partial_late = False
 
     def __init__(
@@ -107,45 +108,26 @@ class SessionWindows:
         sessions.append(self._new(time_ms, event))
         return 0
 
-    def next_close(self, sessions: list[Session]) -> int:
-        return min(self.close_time(s) for s in sessions)
-
-    def pop_closed(self, sessions: list[Session], stream_time: int, derived: list[Any] | None = None) -> list[Session]:
-        done = [s for s in sessions if closed(self.close_time(s), stream_time)]
-        for session in done:
-            sessions.remove(session)
-        done.sort(key=lambda s: s.start)
-        return done
-
-    def pop_all(self, sessions: list[Session], derived: list[Any] | None = None) -> list[Session]:
-        done = sorted(sessions, key=lambda s: s.start)
-        sessions.clear()
-        return done
-
     def bounds(self, session: Session) -> tuple[int, int]:
         return session.start, session.end
 
-    def values(self, session: Session) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def fields(self, session: Session) -> dict[str, Any]:
+        return {
             "session_start_ms": session.start,
             "session_end_ms": session.end,
             "event_count": session.count,
             "duration_ms": session.end - session.start,
         }
-        for agg, state in zip(self.aggregates, session.aggs):
-            out[agg.name] = agg.result(state)
-        return out
 
     def dump(self, sessions: list[Session]) -> list[Any]:
-        aggs = self.aggregates
-        return [[s.start, s.end, s.count, [a.dump(x) for a, x in zip(aggs, s.aggs)]] for s in sessions]
+        """``[start, end, count, aggregates]`` per session."""
+        dump_aggs = self.dump_aggs
+        return [[s.start, s.end, s.count, dump_aggs(s.aggs)] for s in sessions]
 
     def load(self, data: list[Any]) -> list[Session]:
-        aggs = self.aggregates
+        load_aggs = self.load_aggs
         # ``*_``: state written while the pipeline had rules (a fifth element) loads without them.
-        return [
-            Session(start, end, count, [a.load(x) for a, x in zip(aggs, states)]) for start, end, count, states, *_ in data
-        ]
+        return [Session(start, end, count, load_aggs(states)) for start, end, count, states, *_ in data]
 
     def _new(self, time_ms: int, event: dict[str, Any]) -> Session:
         return Session(time_ms, time_ms, 1, [a.add(a.init(), event, time_ms) for a in self.aggregates])

@@ -76,18 +76,16 @@ class SessionWindowsWithRules(SessionWindows):
 
     def dump(self, sessions: list[Session]) -> list[Any]:
         """``[start, end, count, aggregates, {rule key: rule state}]`` per session."""
-        aggs = self.aggregates
-        return [
-            [s.start, s.end, s.count, [a.dump(x) for a, x in zip(aggs, s.aggs)], self._dump_rules(s.rules)]
-            for s in sessions
-        ]
+        rows = super().dump(sessions)
+        for row, session in zip(rows, sessions):
+            row.append(self._dump_rules(session.rules))
+        return rows
 
     def load(self, data: list[Any]) -> list[Session]:
-        aggs = self.aggregates
-        return [
-            Session(item[0], item[1], item[2], [a.load(x) for a, x in zip(aggs, item[3])], self._load_rules(item[4] if len(item) > 4 else {}))
-            for item in data
-        ]
+        sessions = super().load(data)
+        for session, item in zip(sessions, data):
+            session.rules = self._load_rules(item[4] if len(item) > 4 else {})
+        return sessions
 
     def _dump_rules(self, states: list[Any]) -> dict[str, Any]:
         return {rule.state_key: rule.dump(state) for rule, state in zip(self.rules, states)}
