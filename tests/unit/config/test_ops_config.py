@@ -17,7 +17,7 @@ from service.config.dump import effective_config, to_toml
 from service.config.durations import parse_duration_ms
 from service.config.secrets import is_secret, secret_values
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DOC = REPO / "docs" / "configuration.md"
 
 MINIMAL = """
