@@ -14,7 +14,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from service.config.durations import DURATION_HELP, parse_duration_ms
 from service.config.schema import (
     AGGREGATE_TYPES,
     FLAG_TYPES,
@@ -39,6 +38,7 @@ from service.config.schema import (
     TopicsConfig,
     WindowConfig,
 )
+from service.config.table import Table, one_of
 from service.errors import ConfigError
 
 ENV_PREFIX = "SESSIONIZER__"
@@ -94,144 +94,9 @@ def _env_value(text: str) -> Any:
         return text
 
 
-class _Table:
-    """Typed reads from one TOML table, recording problems under a dotted path."""
-
-    def __init__(self, data: Any, path: str, problems: list[str]) -> None:
-        self.path = path
-        self.problems = problems
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            self.fail("", data, "a table")
-            data = {}
-        self.data: dict[str, Any] = data
-        self.read: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def fail(self, name: str, value: Any, allowed: str) -> None:
-        where = self.key(name) if name else self.path
-        self.problems.append(f"{where} = {value!r}: expected {allowed}")
-
-    def get(self, name: str) -> Any:
-        self.read.add(name)
-        return self.data.get(name)
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def str(
-        self, name: str, default: str | None = None, *, required: bool = False, empty: bool = False
-    ) -> str | None:
-        value = self.get(name)
-        if value is None:
-            if required:
-                self.problems.append(f"{self.key(name)} is missing: expected a non-empty string")
-            return default
-        if not isinstance(value, str) or not (value or empty):
-            self.fail(name, value, "a string" if empty else "a non-empty string")
-            return default
-        return value
-
-    def topic(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
-        value = self.str(name, default, required=required)
-        # A default is checked where it was written (an invalid [topics] late is reported once).
-        if value is not None and self.has(name) and not NAME.match(value):
-            self.fail(name, value, "a topic name of letters, digits, '.', '_' and '-'")
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.get(name)
-        if value is None:
-            return default
-        if value not in choices:
-            self.fail(name, value, "one of " + ", ".join(repr(c) for c in choices))
-            return default
-        return value
-
-    def int(self, name: str, default: int | None, *, minimum: int = 0) -> int | None:
-        value = self.get(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(name, value, f"a whole number >= {minimum}")
-            return default
-        return value
-
-    def bool(self, name: str, default: bool) -> bool:
-        value = self.get(name)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.fail(name, value, "true or false")
-            return default
-        return value
-
-    def duration(self, name: str, default: int | None, *, required: bool = False, positive: bool = False) -> int | None:
-        value = self.get(name)
-        if value is None:
-            if required:
-                self.problems.append(f"{self.key(name)} is missing: expected {DURATION_HELP}")
-            return default
-        try:
-            ms = parse_duration_ms(value)
-        except ValueError:
-            self.fail(name, value, DURATION_HELP)
-            return default
-        if positive and ms <= 0:
-            self.fail(name, value, "a duration greater than zero")
-            return default
-        return ms
-
-    def str_list(self, name: str, *, required: bool = False) -> tuple[str, ...]:
-        value = self.get(name)
-        if value is None:
-            if required:
-                self.problems.append(f"{self.key(name)} is missing: expected a string or a list of strings")
-            return ()
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            self.fail(name, value, "a non-empty string or a list of non-empty strings")
-            return ()
-        return tuple(value)
-
-    def table(self, name: str) -> _Table:
-        return _Table(self.get(name), self.key(name), self.problems)
-
-    def properties(self, name: str) -> dict[str, str]:
-        """A table of librdkafka properties, passed through as strings (see ``kafka_property``)."""
-        value = self.get(name)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(name, value, "a table of librdkafka properties")
-            return {}
-        out: dict[str, str] = {}
-        for key, item in value.items():
-            if isinstance(item, dict):
-                continue  # a nested table such as [kafka.consumer], read on its own
-            if isinstance(item, bool):
-                item = "true" if item else "false"
-            if not isinstance(item, (str, int, float)):
-                self.problems.append(f"{self.key(name)}.{key} = {item!r}: expected a string, number or boolean")
-                continue
-            out[kafka_property(key)] = str(item)
-        return out
-
-    def finish(self, *, allow_extra: bool = False) -> None:
-        if allow_extra:
-            return
-        for name in self.data:
-            if name not in self.read:
-                self.problems.append(f"{self.key(name)}: unknown key")
-
-
 def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memory>") -> Config | None:
     """Turn a TOML document into a ``Config``; problems are appended, not raised."""
-    root = _Table(raw, "", problems)
+    root = Table(raw, "", problems)
     app = root.table("app")
     app_id = app.topic("id", "sessionizer") or "sessionizer"
     instance_id = app.str("instance_id") or socket.gethostname()
@@ -244,9 +109,11 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
     app.finish()
 
     kafka_table = root.table("kafka")
-    kafka = _kafka_properties(kafka_table)
-    consumer = kafka_table.properties("consumer")
-    producer = kafka_table.properties("producer")
+    # [kafka]: bootstrap_servers plus any librdkafka property.
+    kafka = _kafka_properties(kafka_table, "a string, number or boolean librdkafka property")
+    kafka.setdefault("bootstrap.servers", "127.0.0.1:9092")
+    consumer = _client_properties(kafka_table, "consumer")
+    producer = _client_properties(kafka_table, "producer")
     kafka_table.finish()
 
     topics_table = root.table("topics")
@@ -281,7 +148,7 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
             _parse_pipeline(name, pipelines_table, app_id, topics.internal_prefix, default_dlq, default_late)
         )
     if not pipelines_table.data:
-        problems.append("pipelines is missing: expected at least one [pipelines.<name>] table")
+        root.missing("pipelines", "at least one [pipelines.<name>] table")
     root.finish()
 
     return Config(
@@ -317,27 +184,34 @@ def kafka_property(key: str) -> str:
     return key.replace("_", ".")
 
 
-def _kafka_properties(table: _Table) -> dict[str, str]:
-    """``[kafka]``: ``bootstrap_servers`` plus any librdkafka property."""
+def _kafka_properties(table: Table, allowed: str) -> dict[str, str]:
+    """The keys of ``table`` that are not tables themselves, as librdkafka properties and strings."""
     props: dict[str, str] = {}
     for key, value in table.data.items():
         if isinstance(value, dict):
-            continue
+            continue  # a nested table such as [kafka.consumer], read on its own
         table.read.add(key)
-        name = kafka_property(key)
         if isinstance(value, bool):
             value = "true" if value else "false"
         if not isinstance(value, (str, int, float)):
-            table.fail(key, value, "a string, number or boolean librdkafka property")
+            table.fail(key, value, allowed)
             continue
-        props[name] = str(value)
-    props.setdefault("bootstrap.servers", "127.0.0.1:9092")
+        props[kafka_property(key)] = str(value)
     return props
+
+
+def _client_properties(kafka: Table, name: str) -> dict[str, str]:
+    """``[kafka.consumer]`` or ``[kafka.producer]``: properties for one client only."""
+    value = kafka.get(name)
+    if value is not None and not isinstance(value, dict):
+        kafka.fail(name, value, "a table of librdkafka properties")
+        return {}
+    return _kafka_properties(kafka.table(name), "a string, number or boolean")
 
 
 def _parse_pipeline(
     name: str,
-    parent: _Table,
+    parent: Table,
     app_id: str,
     prefix: str,
     default_dlq: str | None,
@@ -382,13 +256,13 @@ def _parse_pipeline(
     )
 
 
-def _parse_window(table: _Table) -> WindowConfig | None:
+def _parse_window(table: Table) -> WindowConfig | None:
     if not table.data:
-        table.problems.append(f"{table.path} is missing: expected a table with type = " + " | ".join(WINDOW_TYPES))
+        table.missing("", "a table with type = " + " | ".join(WINDOW_TYPES))
         return None
     kind = table.get("type")
     if kind not in WINDOW_TYPES:
-        table.fail("type", kind, "one of " + ", ".join(repr(t) for t in WINDOW_TYPES))
+        table.fail("type", kind, one_of(WINDOW_TYPES))
         table.finish(allow_extra=True)
         return None
     grace = table.duration("grace", 0) or 0
@@ -412,7 +286,7 @@ def _parse_window(table: _Table) -> WindowConfig | None:
 CUSTOM_METHODS = ("init", "add", "merge", "result")
 
 
-def _parse_aggregates(table: _Table) -> tuple[AggregateConfig, ...]:
+def _parse_aggregates(table: Table) -> tuple[AggregateConfig, ...]:
     """``[pipelines.x.aggregates]``: ``name = { type = "sum", field = "stake" }``."""
     out = []
     for name in table.data:
@@ -421,7 +295,7 @@ def _parse_aggregates(table: _Table) -> tuple[AggregateConfig, ...]:
             table.problems.append(f"{spec.path}: aggregate name {name!r} must use letters, digits, '.', '_' and '-'")
         kind = spec.get("type")
         if kind not in AGGREGATE_TYPES:
-            spec.fail("type", kind, "one of " + ", ".join(repr(t) for t in AGGREGATE_TYPES))
+            spec.fail("type", kind, one_of(AGGREGATE_TYPES))
             spec.finish(allow_extra=True)
             continue
         if kind == "custom":
@@ -439,7 +313,7 @@ def _parse_aggregates(table: _Table) -> tuple[AggregateConfig, ...]:
     return tuple(out)
 
 
-def _parse_custom(name: str, spec: _Table) -> AggregateConfig | None:
+def _parse_custom(name: str, spec: Table) -> AggregateConfig | None:
     """``{ type = "custom", class = "package.module:ClassName", params = { … } }``.
 
     The class is imported and built here, so a typo or a wrong parameter is
@@ -468,7 +342,7 @@ def import_class(class_path: str) -> Any:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def _check_custom_class(class_path: str, params: dict[str, Any], spec: _Table) -> bool:
+def _check_custom_class(class_path: str, params: dict[str, Any], spec: Table) -> bool:
     allowed = "an importable 'package.module:ClassName' with methods " + ", ".join(CUSTOM_METHODS)
     try:
         cls = import_class(class_path)
@@ -487,7 +361,7 @@ def _check_custom_class(class_path: str, params: dict[str, Any], spec: _Table) -
     return True
 
 
-def _condition_values(spec: _Table) -> tuple[Scalar, ...] | None:
+def _condition_values(spec: Table) -> tuple[Scalar, ...] | None:
     """``equals = v`` or ``in = [v, …]`` next to ``field``; neither means "present"."""
     equals = spec.get("equals")
     options = spec.get("in")
@@ -511,12 +385,12 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool))
 
 
-def _parse_condition(parent: _Table, name: str) -> ConditionConfig | None:
+def _parse_condition(parent: Table, name: str) -> ConditionConfig | None:
     """A rule's ``first`` or ``then``: ``{ field = "type", equals = "checkout" }``."""
     allowed = "a table such as { field = 'type', equals = 'checkout' }"
     value = parent.get(name)
     if value is None:
-        parent.problems.append(f"{parent.key(name)} is missing: expected {allowed}")
+        parent.missing(name, allowed)
         return None
     if not isinstance(value, dict):
         parent.fail(name, value, allowed)
@@ -530,7 +404,7 @@ def _parse_condition(parent: _Table, name: str) -> ConditionConfig | None:
     return ConditionConfig(field_path, values)
 
 
-def _parse_rules(table: _Table) -> tuple[RuleConfig, ...]:
+def _parse_rules(table: Table) -> tuple[RuleConfig, ...]:
     """``[pipelines.x.rules.<name>]`` tables (see docs/rules.md)."""
     out = []
     for name in table.data:
@@ -539,7 +413,7 @@ def _parse_rules(table: _Table) -> tuple[RuleConfig, ...]:
             table.problems.append(f"{spec.path}: rule name {name!r} must use letters, digits, '.', '_' and '-'")
         kind = spec.get("type")
         if kind not in RULE_TYPES:
-            spec.fail("type", kind, "one of " + ", ".join(repr(t) for t in RULE_TYPES))
+            spec.fail("type", kind, one_of(RULE_TYPES))
             spec.finish(allow_extra=True)
             continue
         first = _parse_condition(spec, "first")
@@ -556,7 +430,7 @@ def _parse_rules(table: _Table) -> tuple[RuleConfig, ...]:
     return tuple(out)
 
 
-def _parse_pairing(table: _Table) -> PairingConfig:
+def _parse_pairing(table: Table) -> PairingConfig:
     time_field = table.str("time_field", "ts") or "ts"
     lone_topic = table.topic("lone_topic")
     table.finish()
@@ -564,7 +438,7 @@ def _parse_pairing(table: _Table) -> PairingConfig:
 
 
 def _check_session_features(
-    table: _Table,
+    table: Table,
     window: WindowConfig | None,
     sources: tuple[str, ...],
     aggregates: tuple[AggregateConfig, ...],
@@ -588,15 +462,15 @@ def _check_session_features(
             )
 
 
-def _parse_output(value: Any, pipeline: _Table, window: WindowConfig | None) -> OutputConfig | None:
+def _parse_output(value: Any, pipeline: Table, window: WindowConfig | None) -> OutputConfig | None:
     """``output = "topic"`` or ``[pipelines.x.output]`` with ``topic``, ``event``, ``format``."""
     default_event = "session" if window is None or window.type == "session" else "session_summary"
     if isinstance(value, str):
         value = {"topic": value}
     if value is None:
-        pipeline.problems.append(f"{pipeline.key('output')} is missing: expected a topic name or a table with topic")
+        pipeline.missing("output", "a topic name or a table with topic")
         return None
-    table = _Table(value, pipeline.key("output"), pipeline.problems)
+    table = Table(value, pipeline.key("output"), pipeline.problems)
     topic = table.topic("topic", required=True)
     event = table.str("event", default_event) or default_event
     fmt = table.choice("format", OUTPUT_FORMATS, "envelope")
