@@ -7,7 +7,6 @@ the operator everything to fix.
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import tomllib
@@ -38,6 +37,7 @@ from service.config.schema import (
     TopicsConfig,
     WindowConfig,
 )
+from service.config.plugins import check_custom_class, import_class
 from service.config.table import Table, one_of
 from service.errors import ConfigError
 
@@ -283,9 +283,6 @@ def _parse_window(table: Table) -> WindowConfig | None:
     return WindowConfig("hopping", grace, size_ms=size, advance_ms=advance)
 
 
-CUSTOM_METHODS = ("init", "add", "merge", "result")
-
-
 def _parse_aggregates(table: Table) -> tuple[AggregateConfig, ...]:
     """``[pipelines.x.aggregates]``: ``name = { type = "sum", field = "stake" }``."""
     out = []
@@ -329,36 +326,9 @@ def _parse_custom(name: str, spec: Table) -> AggregateConfig | None:
     spec.finish()
     if class_path is None:
         return None
-    if not _check_custom_class(class_path, params, spec):
+    if not check_custom_class(class_path, params, spec):
         return None
     return AggregateConfig(name=name, type="custom", class_path=class_path, params=params)
-
-
-def import_class(class_path: str) -> Any:
-    """``"package.module:ClassName"`` -> the class; raises ``ImportError`` or ``AttributeError``."""
-    module_name, _, class_name = class_path.partition(":")
-    if not module_name or not class_name:
-        raise ImportError("expected 'module:ClassName'")
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-def _check_custom_class(class_path: str, params: dict[str, Any], spec: Table) -> bool:
-    allowed = "an importable 'package.module:ClassName' with methods " + ", ".join(CUSTOM_METHODS)
-    try:
-        cls = import_class(class_path)
-    except Exception as exc:  # user code: any error while importing is a config problem
-        spec.fail("class", class_path, f"{allowed} ({type(exc).__name__}: {exc})")
-        return False
-    missing = [m for m in CUSTOM_METHODS if not callable(getattr(cls, m, None))]
-    if missing:
-        spec.fail("class", class_path, f"{allowed} (missing: {', '.join(missing)})")
-        return False
-    try:
-        cls(**params)
-    except Exception as exc:
-        spec.fail("params", params, f"keyword arguments {class_path} accepts ({type(exc).__name__}: {exc})")
-        return False
-    return True
 
 
 def _condition_values(spec: Table) -> tuple[Scalar, ...] | None:
