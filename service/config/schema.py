@@ -13,6 +13,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "GUARANTEES",
+    "WINDOW_TYPES",
+    "TIME_FORMATS",
+    "OUTPUT_FORMATS",
+    "TIMESTAMP_FROM",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "RULE_TYPES",
+    "NAME",
+    "KEYS",
+    "AGGREGATE_TYPES",
+    "FLAG_TYPES",
+    "WindowConfig",
+    "Scalar",
+    "ConditionConfig",
+    "AggregateConfig",
+    "RuleConfig",
+    "PairingConfig",
+    "OutputConfig",
+    "PipelineConfig",
+    "TopicsConfig",
+    "Config",
+]
+
 GUARANTEES = ("exactly_once", "at_least_once")
 WINDOW_TYPES = ("session", "tumbling", "hopping")
 TIME_FORMATS = ("auto", "epoch_s", "epoch_ms", "iso8601")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from service.config.durations import DURATION_HELP, parse_duration_ms
 from service.config.schema import NAME
@@ -90,7 +90,7 @@ class Table:
         if value not in choices:
             self.fail(name, value, one_of(choices))
             return default
-        return value
+        return cast(builtins.str, value)  # equal to one of the choices
 
     def int(
         self, name: builtins.str, default: builtins.int | None, *, minimum: builtins.int = 0
