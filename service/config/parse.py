@@ -36,7 +36,7 @@ from service.config.schema import (
     TopicsConfig,
     WindowConfig,
 )
-from service.config.table import Table, one_of
+from service.config.table import Table
 
 
 def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memory>") -> Config | None:
@@ -162,9 +162,7 @@ def _parse_pipeline(
     default_dlq: str | None,
     default_late: str | None,
 ) -> PipelineConfig | None:
-    table = parent.table(name)
-    if not NAME.match(name):
-        table.problems.append(f"{table.path}: pipeline name {name!r} must use letters, digits, '.', '_' and '-'")
+    table = parent.entry(name, "pipeline")
     sources = table.str_list("sources", required=True)
     for topic in sources:
         if not NAME.match(topic):
@@ -205,10 +203,8 @@ def _parse_window(table: Table) -> WindowConfig | None:
     if not table.data:
         table.missing("", "a table with type = " + " | ".join(WINDOW_TYPES))
         return None
-    kind = table.get("type")
-    if kind not in WINDOW_TYPES:
-        table.fail("type", kind, one_of(WINDOW_TYPES))
-        table.finish(allow_extra=True)
+    kind = table.kind(WINDOW_TYPES)
+    if kind is None:
         return None
     grace = table.duration("grace", 0) or 0
     if kind == "session":
@@ -231,15 +227,7 @@ def _parse_window(table: Table) -> WindowConfig | None:
 def _parse_aggregates(table: Table) -> tuple[AggregateConfig, ...]:
     """``[pipelines.x.aggregates]``: ``name = { type = "sum", field = "stake" }``."""
     out = []
-    for name in table.data:
-        spec = table.table(name)
-        if not NAME.match(name):
-            table.problems.append(f"{spec.path}: aggregate name {name!r} must use letters, digits, '.', '_' and '-'")
-        kind = spec.get("type")
-        if kind not in AGGREGATE_TYPES:
-            spec.fail("type", kind, one_of(AGGREGATE_TYPES))
-            spec.finish(allow_extra=True)
-            continue
+    for name, kind, spec in table.entries("aggregate", AGGREGATE_TYPES):
         if kind == "custom":
             custom = _parse_custom(name, spec)
             if custom is not None:
@@ -251,7 +239,6 @@ def _parse_aggregates(table: Table) -> tuple[AggregateConfig, ...]:
             condition = ConditionConfig(field_path, _condition_values(spec))
         spec.finish()
         out.append(AggregateConfig(name=name, type=kind, field=field_path, condition=condition))
-    table.finish(allow_extra=True)
     return tuple(out)
 
 
@@ -322,15 +309,7 @@ def _parse_condition(parent: Table, name: str) -> ConditionConfig | None:
 def _parse_rules(table: Table) -> tuple[RuleConfig, ...]:
     """``[pipelines.x.rules.<name>]`` tables (see docs/rules.md)."""
     out = []
-    for name in table.data:
-        spec = table.table(name)
-        if not NAME.match(name):
-            table.problems.append(f"{spec.path}: rule name {name!r} must use letters, digits, '.', '_' and '-'")
-        kind = spec.get("type")
-        if kind not in RULE_TYPES:
-            spec.fail("type", kind, one_of(RULE_TYPES))
-            spec.finish(allow_extra=True)
-            continue
+    for name, kind, spec in table.entries("rule", RULE_TYPES):
         first = _parse_condition(spec, "first")
         then = _parse_condition(spec, "then")
         within = spec.duration("within", None, required=kind == "sequence")
@@ -341,7 +320,6 @@ def _parse_rules(table: Table) -> tuple[RuleConfig, ...]:
         if first is None or then is None or topic is None or (kind == "sequence" and within is None):
             continue
         out.append(RuleConfig(name, kind, first, then, within, topic, event, keep or None))
-    table.finish(allow_extra=True)
     return tuple(out)
 
 

@@ -10,7 +10,7 @@ nobody read, which is how a typo such as ``gapp`` is caught.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any, cast
 
 from service.config.durations import DURATION_HELP, parse_duration_ms
@@ -143,6 +143,44 @@ class Table:
 
     def table(self, name: builtins.str) -> Table:
         return Table(self.get(name), self.key(name), self.problems)
+
+    def entry(self, name: builtins.str, what: builtins.str) -> Table:
+        """The sub-table ``name`` of a table of named entries (pipelines, aggregates, rules).
+
+        A name outside ``NAME`` is reported, since names end up in topic names and
+        output fields, but the entry is still read so its other problems show too.
+        """
+        entry = self.table(name)
+        if not NAME.match(name):
+            self.problems.append(f"{entry.path}: {what} name {name!r} must use letters, digits, '.', '_' and '-'")
+        return entry
+
+    def kind(self, types: Collection[builtins.str]) -> builtins.str | None:
+        """The table's ``type``, one of ``types``; None, reported, when it is anything else.
+
+        What else the table may hold depends on its type, so a table of an unknown
+        type is not checked further: its other keys would only be noise.
+        """
+        kind = self.get("type")
+        if kind not in types:
+            self.fail("type", kind, one_of(types))
+            self.finish(allow_extra=True)
+            return None
+        return cast(builtins.str, kind)
+
+    def entries(
+        self, what: builtins.str, types: Collection[builtins.str]
+    ) -> Iterator[tuple[builtins.str, builtins.str, Table]]:
+        """``(name, type, table)`` for each ``<name> = { type = …, … }`` whose type is one of ``types``.
+
+        The walk aggregates and rules share (see ``entry`` and ``kind``). It is lazy,
+        so each entry's problems are reported before the next entry's.
+        """
+        for name in self.data:
+            entry = self.entry(name, what)
+            kind = entry.kind(types)
+            if kind is not None:
+                yield name, kind, entry
 
     def finish(self, *, allow_extra: builtins.bool = False) -> None:
         """Report the keys never read as unknown, unless the table was only partly read on purpose."""
