@@ -15,7 +15,6 @@ from typing import Any
 from service.config.plugins import check_custom_class
 from service.config.schema import (
     AGGREGATE_TYPES,
-    FLAG_TYPES,
     GUARANTEES,
     LOG_FORMATS,
     LOG_LEVELS,
@@ -228,21 +227,22 @@ def _parse_aggregates(table: Table) -> tuple[AggregateConfig, ...]:
     """``[pipelines.x.aggregates]``: ``name = { type = "sum", field = "stake" }``."""
     out = []
     for name, kind, spec in table.entries("aggregate", AGGREGATE_TYPES):
-        if kind == "custom":
-            custom = _parse_custom(name, spec)
+        aggregate_type = AGGREGATE_TYPES[kind]
+        if aggregate_type.custom:
+            custom = _parse_custom(name, kind, spec)
             if custom is not None:
                 out.append(custom)
             continue
-        field_path = spec.str("field", required=AGGREGATE_TYPES[kind])
+        field_path = spec.str("field", required=aggregate_type.needs_field)
         condition = None
-        if kind in FLAG_TYPES and field_path is not None:
+        if aggregate_type.condition and field_path is not None:
             condition = ConditionConfig(field_path, _condition_values(spec))
         spec.finish()
         out.append(AggregateConfig(name=name, type=kind, field=field_path, condition=condition))
     return tuple(out)
 
 
-def _parse_custom(name: str, spec: Table) -> AggregateConfig | None:
+def _parse_custom(name: str, kind: str, spec: Table) -> AggregateConfig | None:
     """``{ type = "custom", class = "package.module:ClassName", params = { … } }``.
 
     The class is imported and built here, so a typo or a wrong parameter is
@@ -260,7 +260,7 @@ def _parse_custom(name: str, spec: Table) -> AggregateConfig | None:
         return None
     if not check_custom_class(class_path, params, spec):
         return None
-    return AggregateConfig(name=name, type="custom", class_path=class_path, params=params)
+    return AggregateConfig(name=name, type=kind, class_path=class_path, params=params)
 
 
 def _condition_values(spec: Table) -> tuple[Scalar, ...] | None:

@@ -2,15 +2,18 @@
 
 Everything here is plain data with no parsing, so the layers above config
 (core, state, runtime, ops) can import the types without the loader, and the
-parser and the reference page's test read one vocabulary.
+parser, the reference page's test and ``service.core.aggregates`` read one
+vocabulary instead of keeping copies that drift apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -25,7 +28,7 @@ __all__ = [
     "NAME",
     "KEYS",
     "AGGREGATE_TYPES",
-    "FLAG_TYPES",
+    "AggregateType",
     "WindowConfig",
     "Scalar",
     "ConditionConfig",
@@ -119,22 +122,42 @@ KEYS = (
 )
 
 
-AGGREGATE_TYPES = {
-    # type: needs a field
-    "count": False,
-    "sum": True,
-    "min": True,
-    "max": True,
-    "avg": True,
-    "first": True,
-    "last": True,
-    "count_distinct": True,
-    "count_by": True,
-    "any": True,
-    "all": True,
-    "custom": False,
-}
-FLAG_TYPES = ("any", "all")
+@dataclass(frozen=True)
+class AggregateType:
+    """What a ``[pipelines.<p>.aggregates]`` entry of one ``type`` is made of.
+
+    The parser reads an entry by these flags rather than by its type's name, so
+    a new type is one line in ``AGGREGATE_TYPES`` and one class in
+    ``service.core.aggregates``.
+    """
+
+    #: ``field`` is required; ``count`` without one counts every event.
+    needs_field: bool
+    #: ``equals`` or ``in`` next to ``field`` form the condition each event is tested against.
+    condition: bool = False
+    #: ``class`` and ``params`` name a user's class instead of a field.
+    custom: bool = False
+
+
+#: Every aggregate ``type`` a config may name, in the order the error message lists them.
+#: The one list of names: ``service.core.aggregates`` gives each an implementation
+#: (a class with that ``type_name``), and a unit test checks the two agree.
+AGGREGATE_TYPES: Mapping[str, AggregateType] = MappingProxyType(
+    {
+        "count": AggregateType(needs_field=False),
+        "sum": AggregateType(needs_field=True),
+        "min": AggregateType(needs_field=True),
+        "max": AggregateType(needs_field=True),
+        "avg": AggregateType(needs_field=True),
+        "first": AggregateType(needs_field=True),
+        "last": AggregateType(needs_field=True),
+        "count_distinct": AggregateType(needs_field=True),
+        "count_by": AggregateType(needs_field=True),
+        "any": AggregateType(needs_field=True, condition=True),
+        "all": AggregateType(needs_field=True, condition=True),
+        "custom": AggregateType(needs_field=False, custom=True),
+    }
+)
 
 
 @dataclass(frozen=True)
