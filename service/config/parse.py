@@ -3,7 +3,8 @@
 Each parser reads its table through ``Table``, so every problem is collected
 with its key, the value found and what is allowed, and parsing goes on: one
 start-up shows the operator everything to fix. A section that cannot be built
-comes back as None and ``parse_config`` returns None when anything was wrong.
+comes back as None and is left out, so the result is only usable when
+``problems`` stayed empty (``load_config`` raises otherwise).
 """
 
 from __future__ import annotations
