@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from service.config import AggregateConfig, ConditionConfig, Config, PipelineConfig, RuleConfig
 from service.config.durations import format_duration_ms
+from service.config.schema import AggregateConfig, ConditionConfig, Config, PipelineConfig, RuleConfig
 from service.config.secrets import redact_properties
 
 

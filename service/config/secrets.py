@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from service.config import Config
+from service.config.schema import Config
 
 REDACTED = "<redacted>"
 

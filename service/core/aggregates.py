@@ -6,18 +6,22 @@ are JSON-friendly so they go to RocksDB and the changelog as they are;
 ``dump``/``load`` convert the few that are not (sets).
 
 Aggregates never see Kafka: they get a decoded event and its time.
+
+The type names are declared once, in ``service.config.schema.AGGREGATE_TYPES``;
+each class here says which one it implements in ``type_name``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import orjson
 
+from service.config.plugins import import_class
+from service.config.schema import AggregateConfig
 from service.core.conditions import compile_condition
-from service.config import AggregateConfig, import_class
 from service.core.extract import BadRecord, Getter, field_getter
 
 
@@ -45,6 +49,13 @@ class _FieldAggregate:
 
     name: str
     field: str
+
+    #: The name in ``AGGREGATE_TYPES`` this class implements.
+    type_name: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, config: AggregateConfig) -> Self:
+        return cls(config.name, config.field or "")
 
     def __post_init__(self) -> None:
         self.get: Getter = field_getter(self.field)
@@ -81,6 +92,8 @@ class _NumericCheck:
 class Count(_FieldAggregate):
     """Events in which ``field`` is present and not null (all events when no field)."""
 
+    type_name = "count"
+
     def __post_init__(self) -> None:
         self.get = field_getter(self.field) if self.field else (lambda event: True)
 
@@ -95,6 +108,8 @@ class Count(_FieldAggregate):
 
 
 class Sum(_NumericCheck, _FieldAggregate):
+    type_name = "sum"
+
     def init(self) -> int | float:
         return 0
 
@@ -107,6 +122,8 @@ class Sum(_NumericCheck, _FieldAggregate):
 
 
 class Min(_NumericCheck, _FieldAggregate):
+    type_name = "min"
+
     def init(self) -> None:
         return None
 
@@ -125,6 +142,8 @@ class Min(_NumericCheck, _FieldAggregate):
 
 
 class Max(Min):
+    type_name = "max"
+
     def add(self, state: float | None, event: dict[str, Any], time_ms: int) -> float | None:
         value = self.get(event)
         if value is None:
@@ -141,6 +160,8 @@ class Max(Min):
 
 class Avg(_NumericCheck, _FieldAggregate):
     """State ``[sum, n]``; the result is None for a window without the field."""
+
+    type_name = "avg"
 
     def init(self) -> list[float]:
         return [0, 0]
@@ -166,6 +187,7 @@ class First(_FieldAggregate):
     depend on arrival order.
     """
 
+    type_name = "first"
     keep_later = False
 
     def init(self) -> None:
@@ -195,11 +217,14 @@ class First(_FieldAggregate):
 class Last(First):
     """The value with the largest event time (ties: the larger JSON text)."""
 
+    type_name = "last"
     keep_later = True
 
 
 class CountDistinct(_FieldAggregate):
     """Exact distinct count. The state is the set of values seen (objects and lists by their JSON text)."""
+
+    type_name = "count_distinct"
 
     def init(self) -> set[Any]:
         return set()
@@ -226,6 +251,8 @@ class CountDistinct(_FieldAggregate):
 class CountBy(_FieldAggregate):
     """Events per value of ``field``, e.g. per event type: ``{"page_viewed": 3, "checkout": 1}``."""
 
+    type_name = "count_by"
+
     def init(self) -> dict[str, int]:
         return {}
 
@@ -243,14 +270,28 @@ class CountBy(_FieldAggregate):
         return merged
 
 
-class AnyMatch:
+class _Configured:
+    """Shared part of the aggregates built from their whole config (a condition, a user's class), not a field."""
+
+    type_name: ClassVar[str]
+
+    def __init__(self, config: AggregateConfig) -> None:
+        self.name = config.name
+
+    @classmethod
+    def from_config(cls, config: AggregateConfig) -> Self:
+        return cls(config)
+
+
+class AnyMatch(_Configured):
     """Session flag: does at least one event meet the condition (seed 004's ``has_checkout``)?"""
 
+    type_name = "any"
     check = None
 
-    def __init__(self, name: str, config: AggregateConfig) -> None:
+    def __init__(self, config: AggregateConfig) -> None:
+        super().__init__(config)
         assert config.condition is not None
-        self.name = name
         self.matches = compile_condition(config.condition)
 
     def init(self) -> bool:
@@ -275,6 +316,8 @@ class AnyMatch:
 class AllMatch(AnyMatch):
     """Session flag: does every event of the window meet the condition?"""
 
+    type_name = "all"
+
     def init(self) -> bool:
         return True
 
@@ -285,7 +328,7 @@ class AllMatch(AnyMatch):
         return left and right
 
 
-class Custom:
+class Custom(_Configured):
     """A user's aggregate class named in the config (``type = "custom"``).
 
     The class is built with the config's ``params`` and must have ``init``,
@@ -295,9 +338,11 @@ class Custom:
     calling them costs what a built-in aggregate's call costs.
     """
 
-    def __init__(self, name: str, config: AggregateConfig) -> None:
+    type_name = "custom"
+
+    def __init__(self, config: AggregateConfig) -> None:
+        super().__init__(config)
         assert config.class_path is not None
-        self.name = name
         self.impl = import_class(config.class_path)(**config.params)
         self.init = self.impl.init
         self.add = self.impl.add
@@ -322,24 +367,42 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-_TYPES: dict[str, type] = {
-    "count": Count,
-    "sum": Sum,
-    "min": Min,
-    "max": Max,
-    "avg": Avg,
-    "first": First,
-    "last": Last,
-    "count_distinct": CountDistinct,
-    "count_by": CountBy,
-}
-_CONFIGURED: dict[str, type] = {"any": AnyMatch, "all": AllMatch, "custom": Custom}
+class _Implementation(Protocol):
+    """What the builder needs of a class: the type it implements and a way to build it from its config."""
+
+    type_name: ClassVar[str]
+
+    # An Aggregate; typed Any because mypy does not match a class-level ``check`` to the protocol's.
+    @classmethod
+    def from_config(cls, config: AggregateConfig) -> Any: ...
+
+
+#: One class per name in ``AGGREGATE_TYPES``; each names its type, so the names are not listed here.
+IMPLEMENTATIONS: tuple[type[_Implementation], ...] = (
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    First,
+    Last,
+    CountDistinct,
+    CountBy,
+    AnyMatch,
+    AllMatch,
+    Custom,
+)
+_BY_TYPE = {cls.type_name: cls for cls in IMPLEMENTATIONS}
 
 
 def build_aggregate(config: AggregateConfig) -> Aggregate:
-    if config.type in _CONFIGURED:
-        return _CONFIGURED[config.type](config.name, config)
-    return _TYPES[config.type](config.name, config.field or "")
+    implementation = _BY_TYPE.get(config.type)
+    if implementation is None:
+        raise NotImplementedError(
+            f"aggregate {config.name!r}: type {config.type!r} has no implementation; "
+            f"add a class with type_name = {config.type!r} to service.core.aggregates.IMPLEMENTATIONS"
+        )
+    return implementation.from_config(config)
 
 
 def build_aggregates(configs: tuple[AggregateConfig, ...]) -> tuple[Aggregate, ...]:

@@ -251,6 +251,6 @@ def test_rule_topics_are_created_with_the_others(tmp_path):
     assert "purchases" in [spec.name for spec in planned_topics(config)]
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "config").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[3] / "config").glob("*.toml")), ids=lambda p: p.name)
 def test_example_configs_are_valid(path):
     assert load_config(path, {}).pipelines

@@ -16,8 +16,9 @@ from service.config import KEYS, ConfigError, parse_config
 from service.config.dump import effective_config, to_toml
 from service.config.durations import parse_duration_ms
 from service.config.secrets import is_secret, secret_values
+from service.config.table import Table
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DOC = REPO / "docs" / "configuration.md"
 
 MINIMAL = """
@@ -152,13 +153,13 @@ def _normalise(path: str) -> str:
 
 def _keys_read(monkeypatch, text: str) -> set[str]:
     read: set[str] = set()
-    original = config_module._Table.get
+    original = Table.get
 
     def recording_get(self, name):
         read.add(_normalise(self.key(name)))
         return original(self, name)
 
-    monkeypatch.setattr(config_module._Table, "get", recording_get)
+    monkeypatch.setattr(Table, "get", recording_get)
     problems: list[str] = []
     parse_config(tomllib.loads(text), problems)
     monkeypatch.undo()
