@@ -59,13 +59,21 @@ def parse_event(raw: bytes | memoryview | None) -> dict[str, Any]:
     return event
 
 
+#: ``key = "@key"``: group by the Kafka record key itself, as Kafka Streams' ``groupByKey``.
+RECORD_KEY = "@key"
+#: The envelope's field for a record key (``@key`` is not a field of the event).
+RECORD_KEY_FIELD = "key"
+
+
 @dataclass(frozen=True)
 class KeyExtractor:
-    """The grouping key: one field, or several making a composite key.
+    """The grouping key: one field, several making a composite key, or the record key.
 
     A single field gives its value as text (``"user_123"``, ``"42"``). Several
     fields give a JSON array of their texts (``["u1","u2"]``), which cannot be
-    confused whatever characters the values hold.
+    confused whatever characters the values hold. ``@key`` takes the record
+    key's bytes as they are, so sources already keyed by the grouping key need
+    no repartitioning (``service.core.topology``).
     """
 
     paths: tuple[str, ...]
@@ -73,15 +81,25 @@ class KeyExtractor:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_getters", tuple(field_getter(p) for p in self.paths))
 
-    def __call__(self, event: dict[str, Any]) -> bytes:
+    @property
+    def record_key(self) -> bool:
+        return self.paths == (RECORD_KEY,)
+
+    def __call__(self, event: dict[str, Any], record_key: bytes | None = None) -> bytes:
         getters: tuple[Getter, ...] = self._getters  # type: ignore[attr-defined]
         if len(getters) == 1:
+            if self.paths[0] == RECORD_KEY:
+                if not record_key:
+                    raise BadRecord('no key: the record has no key (key = "@key")')
+                return record_key
             return _key_text(self.paths[0], getters[0](event)).encode()
         return orjson.dumps([_key_text(p, g(event)) for p, g in zip(self.paths, getters)])
 
     def fields(self, key: bytes) -> dict[str, str]:
         """The key's field values by path, for the output envelope."""
         if len(self.paths) == 1:
+            if self.paths[0] == RECORD_KEY:
+                return {RECORD_KEY_FIELD: key.decode(errors="replace")}
             return {self.paths[0]: key.decode()}
         return dict(zip(self.paths, orjson.loads(key)))
 

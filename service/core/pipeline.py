@@ -105,9 +105,9 @@ class Pipeline:
         self.emits_summary = config.pairing is None
         self._checks = tuple(a.check for a in self.aggregates if a.check is not None)
 
-    def extract(self, event: dict[str, Any], record_ms: int | None) -> tuple[bytes, int]:
+    def extract(self, event: dict[str, Any], record_ms: int | None, record_key: bytes | None = None) -> tuple[bytes, int]:
         """Key and event time of a decoded event; raises ``BadRecord`` for an unusable one."""
-        key = self.key(event)
+        key = self.key(event, record_key)
         time_ms = self.time(event, record_ms)
         for check in self._checks:
             check(event)
