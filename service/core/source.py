@@ -27,6 +27,8 @@ class Route:
     pipeline: Pipeline
     #: The topic's index in ``pipeline.config.sources``; the repartition frame carries it.
     index: int
+    #: The route's position among its topic's routes, so a caller can keep per-route state in a list.
+    slot: int = 0
 
 
 class Origin(Protocol):
@@ -66,7 +68,8 @@ class SourceStage:
             sources = pipeline.config.sources
             # One route per pipeline even if a topic is listed twice: a record counts once.
             for topic in dict.fromkeys(sources):
-                self._routes.setdefault(topic, []).append(Route(pipeline, sources.index(topic)))
+                routes = self._routes.setdefault(topic, [])
+                routes.append(Route(pipeline, sources.index(topic), len(routes)))
 
     def routes(self, topic: str) -> list[Route]:
         """The pipelines reading ``topic``, in pipeline order; the same list every time."""
@@ -115,10 +118,11 @@ class SourceStage:
         reject: Reject,
     ) -> None:
         """``process`` for an event already decoded (offline mode's wrapped lines); ``raw`` is what is forwarded."""
+        record_key = origin.key()
         for route in routes:
             pipeline = route.pipeline
             try:
-                key, time_ms = pipeline.extract(event, record_ms)
+                key, time_ms = pipeline.extract(event, record_ms, record_key)
             except BadRecord as exc:
                 reject(_dead_letter(pipeline.config.dead_letter_topic, str(exc), raw, origin, pipeline.name))
                 continue

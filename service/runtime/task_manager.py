@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from service.config import Config
 from service.core.pipeline import Pipeline
+from service.core.source import SourceStage
 from service.core.watermarks import source_id
 from service.errors import BrokerError, CommitFailed
 from service.runtime.changelog_reader import ChangelogReader
@@ -62,10 +63,7 @@ class TaskManager:
         #: Partitions per topic, as found at start-up.
         self.partitions = partitions
         self._by_repartition = {p.config.repartition_topic: p for p in pipelines}
-        self._routes: dict[str, list[tuple[Pipeline, int]]] = {}
-        for pipeline in pipelines:
-            for index, topic in enumerate(pipeline.config.sources):
-                self._routes.setdefault(topic, []).append((pipeline, index))
+        self._stage = SourceStage(pipelines)
         self.source_tasks: dict[Where, SourceTask] = {}
         self.window_tasks: dict[Where, WindowTask] = {}
         self.checkpoint = Checkpoint(self._by_repartition)
@@ -78,7 +76,7 @@ class TaskManager:
     @property
     def topics(self) -> list[str]:
         """Every topic the consumer subscribes to: sources, then repartition topics."""
-        return list(self._routes) + list(self._by_repartition)
+        return self._stage.topics + list(self._by_repartition)
 
     @property
     def running_tasks(self) -> list[WindowTask]:
@@ -246,7 +244,7 @@ class TaskManager:
             pipeline = self._by_repartition.get(tp.topic)
             if pipeline is None:
                 self.source_tasks[where] = SourceTask(
-                    tp.topic, tp.partition, self._routes[tp.topic], self.partitions, self.collector, self.stats.source_dead_letters
+                    tp.topic, tp.partition, self._stage, self.partitions, self.collector, self.stats.source_dead_letters
                 )
                 continue
             task = WindowTask(

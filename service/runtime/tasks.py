@@ -28,10 +28,9 @@ from enum import Enum
 import orjson
 from confluent_kafka import Message
 
-from service.core.extract import parse_event
 from service.core.pipeline import OutputRecord, Pipeline, dead_letter
-from service.errors import BadRecord
 from service.core.processor import WindowProcessor
+from service.core.source import Route, SourceStage
 from service.core.watermarks import Watermarks, source_id
 from service.runtime import frames
 from service.runtime.frames import DATA, DATA_FRAME, IDLE, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME
@@ -48,15 +47,12 @@ _DATA_SIZE = DATA_FRAME.size
 
 
 @dataclass(slots=True)
-class _Route:
-    """One pipeline reading this source partition, and its watermark for that pipeline.
+class _Progress:
+    """How far this source partition has got for one pipeline reading it.
 
-    The watermark is per pipeline: pipelines may read event time from different fields.
+    Per pipeline, because pipelines may read event time from different fields.
     """
 
-    pipeline: Pipeline
-    #: The topic's index in the pipeline's sources.
-    index: int
     repartition_topic: str
     repartition_partitions: int
     source: int
@@ -80,7 +76,7 @@ class SourceTask:
         self,
         topic: str,
         partition: int,
-        routes: list[tuple[Pipeline, int]],
+        stage: SourceStage,
         partitions: Mapping[str, int],
         collector: RecordCollector,
         dead_letters: dict[str, int],
@@ -89,15 +85,15 @@ class SourceTask:
         self.topic = topic
         self.partition = partition
         self.collector = collector
-        self._routes = [
-            _Route(
-                pipeline,
-                index,
-                pipeline.config.repartition_topic,
-                partitions[pipeline.config.repartition_topic],
-                source_id(index, partition),
+        self._stage = stage
+        self._routes = stage.routes(topic)
+        self._progress = [
+            _Progress(
+                route.pipeline.config.repartition_topic,
+                partitions[route.pipeline.config.repartition_topic],
+                source_id(route.index, partition),
             )
-            for pipeline, index in routes
+            for route in self._routes
         ]
         #: Dead-letter topic -> records written to it; shared by the source tasks, for metrics.
         self._dead_letters = dead_letters
@@ -106,37 +102,28 @@ class SourceTask:
         self.caught_up = False
 
     def process(self, messages: list[Message]) -> None:
-        routes = self._routes
         send = self.collector.send
         pack = DATA_FRAME.pack
+        progress = self._progress
+
+        def forward(route: Route, key: bytes, time_ms: int, event: object, raw: bytes) -> None:
+            state = progress[route.slot]
+            watermark = state.watermark
+            if watermark is None or time_ms > watermark:
+                state.watermark = watermark = time_ms
+            send(state.repartition_topic, key, pack(DATA, time_ms, watermark, state.source) + raw)
+
+        process = self._stage.process
+        routes = self._routes
+        reject = self._reject
         for message in messages:
-            raw = message.value()
-            try:
-                event = parse_event(raw)
-            except BadRecord as exc:
-                for dlq in dict.fromkeys(r.pipeline.config.dead_letter_topic for r in routes):
-                    self._dead_letter(dlq, str(exc), message)
-                continue
             kind, record_ms = message.timestamp()
-            for route in routes:
-                pipeline = route.pipeline
-                try:
-                    key, time_ms = pipeline.extract(event, record_ms if kind else None)
-                except BadRecord as exc:
-                    self._dead_letter(pipeline.config.dead_letter_topic, str(exc), message, pipeline.name)
-                    continue
-                watermark = route.watermark
-                if watermark is None or time_ms > watermark:
-                    route.watermark = watermark = time_ms
-                send(route.repartition_topic, key, pack(DATA, time_ms, watermark, route.source) + raw)
+            process(routes, message.value(), record_ms if kind else None, message, forward, reject)
         self.caught_up = False
 
-    def _dead_letter(self, topic: str, error: str, message: Message, pipeline: str | None = None) -> None:
-        record = dead_letter(
-            topic, error, message.key(), message.value(), message.topic(), message.partition(), message.offset(), pipeline
-        )
+    def _reject(self, record: OutputRecord) -> None:
         self.collector.emit(record)
-        self._dead_letters[topic] = self._dead_letters.get(topic, 0) + 1
+        self._dead_letters[record.topic] = self._dead_letters.get(record.topic, 0) + 1
 
     def prepare_commit(self, now: float) -> bool:
         """Report the watermark to every repartition partition this source feeds.
@@ -146,26 +133,26 @@ class SourceTask:
         a source is idle counts it as busy again, and waits for it.
         """
         idle = self.caught_up
-        for route in self._routes:
-            changed = route.reported is None or route.reported[1] != idle
-            if not changed and now - route.reported_at < self._report_interval:
+        for state in self._progress:
+            changed = state.reported is None or state.reported[1] != idle
+            if not changed and now - state.reported_at < self._report_interval:
                 continue
-            value = frames.report(route.watermark, route.source, idle)
-            for partition in range(route.repartition_partitions):
-                self.collector.send(route.repartition_topic, None, value, partition=partition)
-            route.reported = (route.watermark, idle)
-            route.reported_at = now
+            value = frames.report(state.watermark, state.source, idle)
+            for partition in range(state.repartition_partitions):
+                self.collector.send(state.repartition_topic, None, value, partition=partition)
+            state.reported = (state.watermark, idle)
+            state.reported_at = now
         return False
 
     def post_commit(self) -> None:
-        for route in self._routes:
-            route.committed = route.watermark
+        for state in self._progress:
+            state.committed = state.watermark
 
     def rollback(self) -> None:
         """After an abort the partition is read again from its committed offset, and so is its watermark."""
-        for route in self._routes:
-            route.watermark = route.committed
-            route.reported = None
+        for state in self._progress:
+            state.watermark = state.committed
+            state.reported = None
         self.caught_up = False
 
 
