@@ -51,6 +51,8 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
     punctuate_ms = app.duration("punctuate_interval", 1000, positive=True) or 1000
     poll_batch = app.int("poll_batch", 5000, minimum=1) or 5000
     cache_max_keys = app.int("cache_max_keys", 100_000, minimum=0)
+    max_task_idle_ms = app.duration("max_task_idle", 2_000)
+    max_drift_ms = app.duration("max_drift", 300_000, positive=True)
     app.finish()
 
     kafka_table = root.table("kafka")
@@ -105,6 +107,8 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
         punctuate_interval_ms=punctuate_ms,
         poll_batch=poll_batch,
         cache_max_keys=cache_max_keys if cache_max_keys is not None else 100_000,
+        max_task_idle_ms=max_task_idle_ms if max_task_idle_ms is not None else 2_000,
+        max_drift_ms=max_drift_ms or 300_000,
         kafka=kafka,
         consumer=consumer,
         producer=producer,

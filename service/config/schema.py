@@ -66,6 +66,8 @@ KEYS = (
     "app.punctuate_interval",
     "app.poll_batch",
     "app.cache_max_keys",
+    "app.max_task_idle",
+    "app.max_drift",
     "kafka.bootstrap_servers",
     "kafka.<property>",
     "kafka.consumer.<property>",
@@ -294,6 +296,10 @@ class Config:
     log_format: str
     pipelines: tuple[PipelineConfig, ...]
     source: str = "<memory>"
+    #: How long a task's input that has delivered nothing yet holds the others back.
+    max_task_idle_ms: int = 2_000
+    #: How far (event time) an input may run ahead of the slowest one before it is paused.
+    max_drift_ms: int = 300_000
 
     @property
     def exactly_once(self) -> bool:

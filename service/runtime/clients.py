@@ -49,8 +49,13 @@ def _common(config: Config) -> dict[str, Any]:
     return props
 
 
-def consumer_config(config: Config) -> dict[str, Any]:
-    """The group member that reads source and repartition topics."""
+def consumer_config(config: Config, co_partitioned: bool = False) -> dict[str, Any]:
+    """The group member that reads source and repartition topics.
+
+    ``co_partitioned``: some task reads partition i of several topics, which
+    only the range assignor keeps on one member (``service.core.topology``).
+    Its rebalances are eager: every partition is revoked and reassigned.
+    """
     props = _common(config)
     props.update(_CONSUMER_DEFAULTS)
     props.update(config.consumer)
@@ -58,7 +63,7 @@ def consumer_config(config: Config) -> dict[str, Any]:
         {
             "group.id": config.app_id,
             "client.id": f"{config.app_id}-{config.instance_id}-consumer",
-            "partition.assignment.strategy": "cooperative-sticky",
+            "partition.assignment.strategy": "range" if co_partitioned else "cooperative-sticky",
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
             "enable.partition.eof": "true",

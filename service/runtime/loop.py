@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from service.config import Config
 from service.core.pipeline import Pipeline, compile_pipelines
+from service.core.topology import plan
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
 from service.runtime.collector import RecordCollector
@@ -35,13 +36,19 @@ class StreamLoop:
     def __init__(self, config: Config, partitions: Mapping[str, int]) -> None:
         self.config = config
         self.pipelines: tuple[Pipeline, ...] = compile_pipelines(config.pipelines)
+        self.plans = plan(config.pipelines, config.topics.partitions, partitions)
+        for pipeline_plan in self.plans.values():
+            if pipeline_plan.note:
+                log.info("pipeline read through its repartition topic", pipeline=pipeline_plan.name, why=pipeline_plan.note)
         self.stats = LoopStats()
         self.queries = QueryInbox()
         self.collector = RecordCollector(lambda: Producer(producer_config(config)), config.exactly_once)
-        self.consumer = Consumer(consumer_config(config))
+        co_partitioned = any(p.direct for p in self.plans.values())
+        self.consumer = Consumer(consumer_config(config, co_partitioned))
         self.tasks = TaskManager(
             config,
             self.pipelines,
+            self.plans,
             self.consumer,
             self.collector,
             ChangelogReader(Consumer(restore_consumer_config(config))),

@@ -2,10 +2,22 @@
 
 It owns every task, creates them when the group assigns partitions, commits
 and closes them when partitions are revoked, and drops them when partitions
-are lost. It routes each polled batch to its task, and runs the commit
-sequence described in ``service.runtime.checkpoint``. Kafka Streams splits the
-same work between its ``TaskManager`` and ``TaskExecutor``; here one class is
-enough.
+are lost. It routes each polled batch to the tasks reading that partition,
+keeps fast inputs from running far ahead of slow ones (``Alignment``), and
+runs the commit sequence described in ``service.runtime.checkpoint``. Kafka
+Streams splits the same work between its ``TaskManager`` and
+``TaskExecutor``; here one class is enough.
+
+Tasks, by pipeline (``service.core.topology``):
+
+- a pipeline read through a repartition topic has a ``SourceTask`` per source
+  partition (shared by every such pipeline reading the topic) and a
+  ``WindowTask`` per repartition partition;
+- a pipeline grouped by the record key over co-partitioned sources has a
+  ``DirectTask`` per partition number, which reads partition i of every
+  source. It runs only while all of them are assigned here; the group uses
+  the range assignor then, which assigns partition i of every topic with the
+  same partition count to the same member.
 """
 
 from __future__ import annotations
@@ -14,24 +26,28 @@ import time
 from collections.abc import Callable, Mapping
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from service.config import Config
 from service.core.pipeline import Pipeline
 from service.core.source import SourceStage
+from service.core.topology import PipelinePlan
 from service.core.watermarks import source_id
 from service.errors import BrokerError, CommitFailed
+from service.runtime.alignment import RESTORING, Alignment
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.checkpoint import Checkpoint
 from service.runtime.collector import RecordCollector
 from service.runtime.state_manager import StateManager
-from service.runtime.stats import LoopStats, TaskCounts
-from service.runtime.tasks import SourceTask, TaskState, WindowTask
+from service.runtime.stats import LoopStats, TaskCounts, TaskId
+from service.runtime.tasks import DirectTask, SourceTask, TaskState, WindowTask
 
 log = structlog.get_logger("sessionizer.tasks")
 
 Where = tuple[str, int]
+#: Why a direct task's input is paused: another of its inputs is assigned elsewhere.
+WAITING = "waiting for its co-partitioned inputs"
 
 
 def _log_purge_failure(future: object) -> None:
@@ -45,15 +61,20 @@ class TaskManager:
         self,
         config: Config,
         pipelines: tuple[Pipeline, ...],
+        plans: Mapping[str, PipelinePlan],
         consumer: Consumer,
         collector: RecordCollector,
         reader: ChangelogReader,
         admin: AdminClient,
         stats: LoopStats,
         partitions: Mapping[str, int],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        #: The wall clock (monotonic seconds) tasks and commits read; tests pass their own.
+        self.clock = clock
         self.pipelines = pipelines
+        self.plans = plans
         self.consumer = consumer
         self.collector = collector
         self.reader = reader
@@ -62,11 +83,25 @@ class TaskManager:
         self._admin = admin
         #: Partitions per topic, as found at start-up.
         self.partitions = partitions
-        self._by_repartition = {p.config.repartition_topic: p for p in pipelines}
-        self._stage = SourceStage(pipelines)
+        repartitioned = [p for p in pipelines if not plans[p.name].direct]
+        self._direct = [p for p in pipelines if plans[p.name].direct]
+        self._by_repartition = {p.config.repartition_topic: p for p in repartitioned}
+        self._stage = SourceStage(repartitioned)
+        #: Source topic -> (direct pipeline, the topic's index in its sources)
+        self._direct_readers: dict[str, list[tuple[Pipeline, int]]] = {}
+        for pipeline in self._direct:
+            for index, topic in enumerate(dict.fromkeys(pipeline.config.sources)):
+                self._direct_readers.setdefault(topic, []).append((pipeline, index))
         self.source_tasks: dict[Where, SourceTask] = {}
-        self.window_tasks: dict[Where, WindowTask] = {}
+        self.window_tasks: dict[TaskId, WindowTask] = {}
+        #: Partition -> the window task reading it (a repartition partition, or a direct task's input).
+        self._window_inputs: dict[Where, list[tuple[WindowTask, int]]] = {}
+        self.assigned: set[Where] = set()
+        #: The first offset read from each partition since it was assigned: where a rewind
+        #: goes when the group has no committed offset for it yet.
+        self._first_offsets: dict[Where, int] = {}
         self.checkpoint = Checkpoint(self._by_repartition)
+        self.alignment = Alignment(consumer, config.max_drift_ms, config.max_task_idle_ms / 1000)
         self._sent_at_commit = 0
         self._purge_interval = config.topics.purge_interval_ms / 1000
         self._next_purge = time.monotonic() + self._purge_interval
@@ -76,7 +111,13 @@ class TaskManager:
     @property
     def topics(self) -> list[str]:
         """Every topic the consumer subscribes to: sources, then repartition topics."""
-        return self._stage.topics + list(self._by_repartition)
+        sources = list(dict.fromkeys(self._stage.topics + list(self._direct_readers)))
+        return sources + list(self._by_repartition)
+
+    @property
+    def eager(self) -> bool:
+        """Direct pipelines need co-partitioned assignments: the (eager) range assignor."""
+        return bool(self._direct)
 
     @property
     def running_tasks(self) -> list[WindowTask]:
@@ -85,7 +126,7 @@ class TaskManager:
     # -- processing -------------------------------------------------------------
 
     def route(self, messages: list[Message]) -> None:
-        """Hand each partition's records to its task; apply end-of-partition events after them."""
+        """Hand each partition's records to the tasks reading it; apply end-of-partition events after them."""
         groups: dict[Where, list[Message]] = {}
         ends: list[Where] = []
         for message in messages:
@@ -105,35 +146,54 @@ class TaskManager:
             else:
                 group.append(message)
         for where, group in groups.items():
-            window = self.window_tasks.get(where)
-            if window is not None:
-                if window.state is not TaskState.RUNNING:
-                    # Fetched before the partition was paused for its restore:
-                    # read them again once the task runs.
-                    self.consumer.seek(TopicPartition(where[0], where[1], group[0].offset()))
-                    continue
-                window.process(group)
-            else:
-                source = self.source_tasks.get(where)
-                if source is None:
-                    continue
-                source.process(group)
+            if not self._process(where, group):
+                continue
+            self._first_offsets.setdefault(where, group[0].offset())
             self.checkpoint.advance(where, group[-1].offset() + 1)
             self.on_consumed(where, len(group))
         # A partition's end-of-partition event follows its records in the batch,
         # so it is applied after them.
         for where in ends:
-            task = self.window_tasks.get(where) or self.source_tasks.get(where)
-            if task is not None:
-                task.caught_up = True
+            source = self.source_tasks.get(where)
+            if source is not None:
+                source.caught_up = True
+            for task, index in self._window_inputs.get(where, ()):
+                if isinstance(task, DirectTask):
+                    task.input_caught_up(index)
+                else:
+                    task.caught_up = True
+        if groups:
+            self.alignment.align(self.source_tasks.values(), self.running_tasks, self.clock())
+
+    def _process(self, where: Where, group: list[Message]) -> bool:
+        """Give one partition's records to its readers; False when none may read them yet."""
+        readers = self._window_inputs.get(where, [])
+        for task, _ in readers:
+            if task.state is not TaskState.RUNNING:
+                # Fetched before the partition was paused for a restore: read
+                # them again once the task runs.
+                self.consumer.seek(TopicPartition(where[0], where[1], group[0].offset()))
+                return False
+        source = self.source_tasks.get(where)
+        if source is None and not readers:
+            return False
+        if source is not None:
+            source.process(group)
+        for task, index in readers:
+            if isinstance(task, DirectTask):
+                task.process_input(index, group)
+            else:
+                task.process(group)
+        return True
 
     def punctuate(self, now: float) -> None:
         """Stream time of every running task: its sources' watermarks, and the wall clock once all are idle."""
         for task in self.running_tasks:
             task.punctuate(now)
+        self.alignment.align(self.source_tasks.values(), self.running_tasks, now)
 
     def sources_of(self, pipeline: Pipeline) -> list[int]:
-        """Every source partition that feeds each of the pipeline's window tasks."""
+        """Every source partition that feeds each of the pipeline's repartition window tasks."""
         return [
             source_id(index, partition)
             for index, topic in enumerate(pipeline.config.sources)
@@ -145,7 +205,7 @@ class TaskManager:
     def commit(self) -> None:
         """Commit state, output and offsets together (the steps are in ``service.runtime.checkpoint``)."""
         started = time.perf_counter()
-        now = time.monotonic()
+        now = self.clock()
         for source in self.source_tasks.values():
             source.prepare_commit(now)
         prepared = [task for task in self.running_tasks if task.prepare_commit()]
@@ -211,7 +271,8 @@ class TaskManager:
     def seek_to_committed(self, patience: float = 120.0) -> None:
         """Put every active partition back at its committed offset (retrying while the broker is away)."""
         active = [TopicPartition(topic, partition) for (topic, partition) in self.source_tasks]
-        active += [TopicPartition(t.topic, t.partition) for t in self.running_tasks]
+        for task in self.running_tasks:
+            active += [TopicPartition(topic, partition) for topic, partition in task.inputs if (topic, partition) not in self.source_tasks]
         if not active:
             return
         deadline = time.monotonic() + patience
@@ -226,7 +287,12 @@ class TaskManager:
                 time.sleep(1.0)
         for tp in committed:
             if tp.offset < 0:
-                tp.offset = OFFSET_BEGINNING
+                # Nothing committed yet: back to where this member started reading
+                # (auto.offset.reset chose it); nothing read, nothing to undo.
+                first = self._first_offsets.get((tp.topic, tp.partition))
+                if first is None:
+                    continue
+                tp.offset = first
             try:
                 self.consumer.seek(tp)
             except KafkaException as exc:
@@ -237,34 +303,66 @@ class TaskManager:
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
         log.info("partitions assigned", partitions=[f"{p.topic}-{p.partition}" for p in partitions])
-        consumer.incremental_assign(partitions)
-        new_tasks = []
+        if self.eager:
+            consumer.assign(partitions)
+        else:
+            consumer.incremental_assign(partitions)
+        new_tasks: list[WindowTask] = []
         for tp in partitions:
             where = (tp.topic, tp.partition)
+            self.assigned.add(where)
             pipeline = self._by_repartition.get(tp.topic)
-            if pipeline is None:
+            if pipeline is not None:
+                task = WindowTask(
+                    StateManager(self.config, pipeline, tp.partition),
+                    tp.topic,
+                    self.collector,
+                    self.sources_of(pipeline),
+                    self.clock,
+                )
+                new_tasks.append(task)
+                continue
+            if self._stage.routes(tp.topic):
                 self.source_tasks[where] = SourceTask(
                     tp.topic, tp.partition, self._stage, self.partitions, self.collector, self.stats.source_dead_letters
                 )
-                continue
-            task = WindowTask(
-                StateManager(self.config, pipeline, tp.partition), tp.topic, self.collector, self.sources_of(pipeline)
+            for direct, _ in self._direct_readers.get(tp.topic, ()):
+                task_id = (direct.name, tp.partition)
+                inputs = [(topic, tp.partition) for topic in direct.config.sources]
+                if task_id not in self.window_tasks and all(i in self.assigned for i in inputs):
+                    state = StateManager(self.config, direct, tp.partition)
+                    new_tasks.append(DirectTask(state, self.collector, self.plans[direct.name].partitions, self.clock))
+        waiting = self._incomplete_direct_inputs()
+        for task in new_tasks:
+            task.processor.on_emit = self.stats.emit_observer(task.pipeline.name)
+            self.window_tasks[task.task_id] = task
+            for index, where in enumerate(task.inputs):
+                self._window_inputs.setdefault(where, []).append((task, index))
+        self.alignment.hold([w for task in new_tasks for w in task.inputs], RESTORING)
+        self.alignment.hold(waiting, WAITING)
+        if waiting:
+            log.warning(
+                "inputs of a direct task are split between instances; they wait until the group reassigns them",
+                partitions=[f"{t}-{p}" for t, p in waiting],
             )
-            task.processor.on_emit = self.stats.emit_observer(pipeline.name)
-            self.window_tasks[where] = task
-            new_tasks.append(task)
-        if new_tasks:
-            consumer.pause([TopicPartition(t.topic, t.partition) for t in new_tasks])
         for task in new_tasks:
             self.reader.begin(task.state_manager, reset=task.reset_store)
 
+    def _incomplete_direct_inputs(self) -> list[Where]:
+        """Assigned inputs of direct tasks that cannot run here: another input of theirs is elsewhere."""
+        return [
+            where
+            for where in self.assigned
+            for direct, _ in self._direct_readers.get(where[0], ())
+            if (direct.name, where[1]) not in self.window_tasks
+        ]
+
     def _restored(self, state: StateManager) -> None:
-        where = (state.pipeline.config.repartition_topic, state.partition)
-        task = self.window_tasks.get(where)
+        task = self.window_tasks.get((state.pipeline.name, state.partition))
         if task is None or task.state_manager is not state:
             return
         task.started()
-        self.consumer.resume([TopicPartition(task.topic, task.partition)])
+        self.alignment.resume_restored(task.inputs)
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not partitions:
@@ -284,15 +382,31 @@ class TaskManager:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             where = (tp.topic, tp.partition)
+            self.assigned.discard(where)
+            self._first_offsets.pop(where, None)
             self.checkpoint.forget(where)
+            self.alignment.forget(where)
             self.source_tasks.pop(where, None)
-            task = self.window_tasks.pop(where, None)
-            if task is not None:
-                self.reader.cancel(task.state_manager)
-                self._close(task)
+            for task, _ in list(self._window_inputs.get(where, ())):
+                self._drop(task)
+
+    def _drop(self, task: WindowTask) -> None:
+        """Close a window task that lost one of its inputs; its other inputs stay assigned, unread."""
+        if self.window_tasks.pop(task.task_id, None) is None:
+            return
+        for where in task.inputs:
+            readers = [(t, i) for t, i in self._window_inputs.get(where, ()) if t is not task]
+            if readers:
+                self._window_inputs[where] = readers
+            else:
+                self._window_inputs.pop(where, None)
+            if where in self.assigned and where not in self.source_tasks:
+                self.alignment.hold([where], WAITING)
+        self.reader.cancel(task.state_manager)
+        self._close(task)
 
     def _close(self, task: WindowTask) -> None:
-        self.stats.retire((task.pipeline.name, task.partition), task.counts())
+        self.stats.retire(task.task_id, task.counts())
         task.close()
 
     def close(self) -> None:
@@ -300,15 +414,16 @@ class TaskManager:
         for task in list(self.window_tasks.values()):
             self._close(task)
         self.window_tasks.clear()
+        self._window_inputs.clear()
         self.source_tasks.clear()
 
     # -- for metrics --------------------------------------------------------------
 
-    def task_counts(self) -> dict[tuple[str, int], TaskCounts]:
+    def task_counts(self) -> dict[TaskId, TaskCounts]:
         """Totals per (pipeline, partition): retired tasks' final counts plus live tasks'."""
-        totals: dict[tuple[str, int], TaskCounts] = {}
+        totals: dict[TaskId, TaskCounts] = {}
         for task_id, retired in self.stats.retired.items():
             totals.setdefault(task_id, TaskCounts()).add(retired)
         for task in self.window_tasks.values():
-            totals.setdefault((task.pipeline.name, task.partition), TaskCounts()).add(task.counts())
+            totals.setdefault(task.task_id, TaskCounts()).add(task.counts())
         return totals

@@ -28,10 +28,13 @@ from enum import Enum
 import orjson
 from confluent_kafka import Message
 
+from service.core.extract import parse_event
+from service.core.partitioner import partition_for
 from service.core.pipeline import OutputRecord, Pipeline, dead_letter
 from service.core.processor import WindowProcessor
 from service.core.source import Route, SourceStage
 from service.core.watermarks import Watermarks, source_id
+from service.errors import BadRecord
 from service.runtime import frames
 from service.runtime.frames import DATA, DATA_FRAME, IDLE, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME
 from service.runtime.collector import RecordCollector
@@ -121,6 +124,10 @@ class SourceTask:
             process(routes, message.value(), record_ms if kind else None, message, forward, reject)
         self.caught_up = False
 
+    def watermarks(self) -> list[tuple[str, int | None]]:
+        """(pipeline, this partition's watermark for it), for alignment."""
+        return [(route.pipeline.name, state.watermark) for route, state in zip(self._routes, self._progress)]
+
     def _reject(self, record: OutputRecord) -> None:
         self.collector.emit(record)
         self._dead_letters[record.topic] = self._dead_letters.get(record.topic, 0) + 1
@@ -128,14 +135,20 @@ class SourceTask:
     def prepare_commit(self, now: float) -> bool:
         """Report the watermark to every repartition partition this source feeds.
 
-        At once when the partition went idle or busy, and otherwise every
-        report interval, as a heartbeat: a window task that stops hearing that
-        a source is idle counts it as busy again, and waits for it.
+        At once when the partition went idle or busy; when its watermark moved,
+        at most once a report interval (its frames carry it meanwhile); and
+        while it is idle, every report interval, as a heartbeat: a window task
+        that stops hearing that a source is idle counts it as busy again, and
+        waits for it.
         """
         idle = self.caught_up
         for state in self._progress:
-            changed = state.reported is None or state.reported[1] != idle
-            if not changed and now - state.reported_at < self._report_interval:
+            if state.watermark is None and not idle:
+                continue  # nothing read yet, and more to read: nothing to say
+            due = now - state.reported_at >= self._report_interval
+            if state.reported is None or state.reported[1] != idle:
+                pass  # went idle or busy
+            elif not due or (not idle and state.reported[0] == state.watermark):
                 continue
             value = frames.report(state.watermark, state.source, idle)
             for partition in range(state.repartition_partitions):
@@ -188,6 +201,15 @@ class WindowTask:
     @property
     def name(self) -> str:
         return self.state_manager.name
+
+    @property
+    def task_id(self) -> tuple[str, int]:
+        return (self.pipeline.name, self.partition)
+
+    @property
+    def inputs(self) -> list[tuple[str, int]]:
+        """The partitions this task consumes (paused while it restores)."""
+        return [(self.topic, self.partition)]
 
     @property
     def store(self) -> WindowStore:
@@ -259,6 +281,8 @@ class WindowTask:
         """
         self._advance(now, data=False)
         if not self.caught_up or not self.watermarks.all_idle(now):
+            # The idle clock counts only while everything is read: it starts again from here.
+            self._idle_base = (self.store.stream_time, now)
             return
         base_time, base_wall = self._idle_base
         if base_time is None:
@@ -331,3 +355,93 @@ class WindowTask:
             )
         )
         self.dead_lettered += 1
+
+
+#: Keys whose partition a direct task has checked, at most this many remembered.
+VERIFIED_KEYS = 100_000
+
+
+class DirectTask(WindowTask):
+    """Partition i of every source of a pipeline grouped by the record key, read without a repartition topic.
+
+    The sources are co-partitioned (``service.core.topology``), so the task
+    is its own source stage: it decodes each record, checks that its key
+    belongs in this partition, keeps each input's watermark itself, and a
+    record found in the wrong partition goes to the dead-letter topic instead
+    of into another key's store.
+    """
+
+    def __init__(
+        self, state: StateManager, collector: RecordCollector, partitions: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        sources = state.pipeline.config.sources
+        super().__init__(state, sources[0], collector, [source_id(i, state.partition) for i in range(len(sources))], clock)
+        self._partitions = partitions
+        self._verified: set[bytes] = set()
+        #: Indexes (in the pipeline's sources) of the inputs read to their end.
+        self._idle_inputs: set[int] = set()
+
+    @property
+    def inputs(self) -> list[tuple[str, int]]:
+        return [(topic, self.partition) for topic in self.pipeline.config.sources]
+
+    def process_input(self, index: int, messages: list[Message]) -> None:
+        """Records of source ``index``: decoded, keyed by the record key, checked, processed."""
+        source = source_id(index, self.partition)
+        extract = self.pipeline.extract
+        process = self.processor.process
+        observe = self.watermarks.observe
+        verified = self._verified
+        partition = self.partition
+        for message in messages:
+            raw = message.value()
+            try:
+                event = parse_event(raw)
+                kind, record_ms = message.timestamp()
+                key, time_ms = extract(event, record_ms if kind else None, message.key())
+                if key not in verified:
+                    self._verify(key, partition)
+            except BadRecord as exc:
+                self._dead_letter(str(exc), message)
+                continue
+            process(key, time_ms, event, raw, index, observe(source, time_ms))  # type: ignore[arg-type]
+        self._idle_inputs.discard(index)
+        self.caught_up = False
+        self._advance(self._clock(), True)
+        self._flush()
+
+    def _verify(self, key: bytes, partition: int) -> None:
+        expected = partition_for(key, self._partitions)
+        if expected != partition:
+            raise BadRecord(
+                f"wrong partition: key {key!r} belongs in partition {expected} of {self._partitions} "
+                f"(Kafka's default partitioner), the record is in {partition}; the sources of a pipeline "
+                'grouped by the record key (key = "@key") must be partitioned by that key'
+            )
+        if len(self._verified) >= VERIFIED_KEYS:
+            self._verified.clear()
+        self._verified.add(key)
+
+    def input_watermarks(self, now: float) -> list[tuple[tuple[str, int], int | None, bool]]:
+        """(input, its watermark, read to its end) for each input, for alignment."""
+        marks = self.watermarks.marks
+        return [
+            ((topic, self.partition), marks.get(source_id(index, self.partition)), index in self._idle_inputs)
+            for index, topic in enumerate(self.pipeline.config.sources)
+        ]
+
+    def input_caught_up(self, index: int) -> None:
+        """The end of input ``index`` was reached after its last record."""
+        self._idle_inputs.add(index)
+        self.caught_up = len(self._idle_inputs) == len(self.pipeline.config.sources)
+
+    def _advance(self, now: float, data: bool) -> None:
+        # An input read to its end is idle for as long as nothing new arrives:
+        # this task reads it itself, so its idleness never goes stale.
+        for index in self._idle_inputs:
+            self.watermarks.report(source_id(index, self.partition), None, True, now)
+        super()._advance(now, data)
+
+    def rollback(self) -> None:
+        super().rollback()
+        self._idle_inputs.clear()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from service.config import Config
 from service.core.pipeline import compile_pipelines
@@ -21,7 +21,10 @@ from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.collector import RecordCollector
 from service.runtime.stats import LoopStats
 from service.runtime.task_manager import TaskManager
-from service.runtime.tasks import RepartitionFrame, SourceTask, TaskState, WindowTask
+from service.core.topology import plan
+from service.core.watermarks import source_id
+from service.runtime.frames import DATA, DATA_FRAME, report
+from service.runtime.tasks import SourceTask, TaskState, WindowTask
 from service.state.store import WindowStore
 from tests.fakes import FakeAdmin, FakeCluster, FakeConsumer, FakeMessage, FakeProducer, eof
 from tests.helpers import config_from_toml
@@ -72,14 +75,20 @@ class Instance:
         self.restore_consumer = FakeConsumer(cluster)
         self.admin = FakeAdmin()
         self.stats = LoopStats()
+        partitions = {SOURCE: 1, REPARTITION: 2, CHANGELOG: 2}
+        #: The instance's wall clock (monotonic seconds); tests move it on.
+        self.now = 1_000.0
         self.tasks = TaskManager(
             self.config,
             compile_pipelines(self.config.pipelines),
+            plan(self.config.pipelines, 2, partitions),
             self.consumer,
             self.collector,
             ChangelogReader(self.restore_consumer),
             self.admin,
             self.stats,
+            partitions,
+            clock=lambda: self.now,
         )
         self.collector.init()
 
@@ -106,7 +115,7 @@ class Instance:
         self.consumer.incremental_unassign(tps)
 
     def window(self, partition: int = 0) -> WindowTask:
-        return self.tasks.window_tasks[(REPARTITION, partition)]
+        return self.tasks.window_tasks[("s", partition)]
 
     def close(self) -> None:
         self.tasks.close()
@@ -143,8 +152,22 @@ def source_record(offset: int, user: str, at_ms: int) -> FakeMessage:
 
 def repartition_record(offset: int, user: str, at_ms: int) -> FakeMessage:
     return FakeMessage(
-        REPARTITION, 0, offset, key=user.encode(), value=RepartitionFrame.pack(at_ms, 0) + event(user, at_ms), timestamp_ms=at_ms
+        REPARTITION, 0, offset, key=user.encode(), value=frame(at_ms, at_ms) + event(user, at_ms), timestamp_ms=at_ms
     )
+
+
+def frame(at_ms: int, watermark: int) -> bytes:
+    """A data frame from source partition 0 of the pipeline's only source."""
+    return DATA_FRAME.pack(DATA, at_ms, watermark, source_id(0, 0))
+
+
+def events(records):
+    """The records that are not watermark reports (reports have no key, see service.runtime.frames)."""
+    return [r for r in records if not (r.topic == REPARTITION and r.key is None)]
+
+
+def reports(records):
+    return [r for r in records if r.topic == REPARTITION and r.key is None]
 
 
 def sessions(records) -> list[tuple[bytes, int, int, int]]:
@@ -184,7 +207,7 @@ def test_assignment_makes_a_task_per_partition_and_restores_window_partitions_wh
 
     assert set(a.tasks.source_tasks) == {(SOURCE, 0), (SOURCE, 1)}
     assert all(isinstance(t, SourceTask) for t in a.tasks.source_tasks.values())
-    assert set(a.tasks.window_tasks) == {(REPARTITION, 0), (REPARTITION, 1)}
+    assert set(a.tasks.window_tasks) == {("s", 0), ("s", 1)}
     assert all(isinstance(t, WindowTask) for t in a.tasks.window_tasks.values())
     assert {(tp.topic, tp.partition) for tp in a.consumer.assignment()} == {
         (SOURCE, 0),
@@ -206,7 +229,7 @@ def test_a_new_instance_restores_committed_state_from_the_changelog_before_proce
     a.assign((REPARTITION, 0))
     a.tasks.route(FIRST_BATCH[:2])
     a.tasks.commit()
-    assert len(cluster.visible(CHANGELOG)) == 2  # u1's sessions and stream time
+    assert len(cluster.visible(CHANGELOG)) == 3  # u1's sessions, stream time, the sources' watermarks
 
     b = instance("b")  # its own, empty state directory
     b.assign((REPARTITION, 0))
@@ -229,7 +252,7 @@ def test_a_new_instance_restores_committed_state_from_the_changelog_before_proce
     assert task.store.peek(b"u1") == a.window().store.peek(b"u1")
     assert len(task.store.peek(b"u1")) == 1
     assert task.store.stream_time == T0 + MINUTE
-    assert task.counts().restored == 2
+    assert task.counts().restored == 3  # u1's sessions, stream time, the sources' watermarks
 
 
 # -- routing and committing ----------------------------------------------------------
@@ -242,11 +265,15 @@ def test_a_source_record_goes_to_the_repartition_topic_keyed_by_its_grouping_key
     a.tasks.commit()
 
     [transaction] = cluster.transactions
-    [record] = transaction.records
+    [record] = events(transaction.records)
     assert record.topic == REPARTITION
     assert record.key == b"u1"
-    assert record.value == RepartitionFrame.pack(T0, 0) + event("u1", T0)
+    assert record.value == frame(T0, T0) + event("u1", T0)
     assert transaction.offsets == {(SOURCE, 0): 8}
+    # In the same transaction, after the frame: the source's watermark, to every repartition partition.
+    assert [(r.partition, r.value) for r in reports(transaction.records)] == [
+        (p, report(T0, source_id(0, 0), idle=False)) for p in (0, 1)
+    ]
     # Source offsets are never purged: the topic is not ours.
     assert a.tasks.checkpoint.purgeable == {}
 
@@ -256,7 +283,7 @@ def test_an_unreadable_source_record_goes_to_the_dead_letter_topic(instance, clu
     a.assign((SOURCE, 0))
     a.tasks.route([FakeMessage(SOURCE, 0, 3, value=b"not json", key=b"k")])
     a.tasks.commit()
-    [record] = cluster.transactions[0].records
+    [record] = events(cluster.transactions[0].records)
     assert record.topic == a.config.pipelines[0].dead_letter_topic
     assert (record.key, record.value) == (b"k", b"not json")
     assert dict(record.headers)["sessionizer.offset"] == b"3"
@@ -277,8 +304,13 @@ def test_a_commit_sends_closed_sessions_changelog_and_offsets_in_one_transaction
     outputs = [r for r in transaction.records if r.topic == OUTPUT]
     changelog = [r for r in transaction.records if r.topic == CHANGELOG]
     assert sessions(outputs) == [(b"u1", T0, T0 + MINUTE, 2)]
-    # One changelog record per changed key (u1 closed: a tombstone), then stream time.
-    assert [(r.key, r.value is None) for r in changelog] == [(b"wu1", True), (b"wu2", False), (b"mstream_time", False)]
+    # One changelog record per changed key (u1 closed: a tombstone), then stream time and the sources' watermarks.
+    assert [(r.key, r.value is None) for r in changelog] == [
+        (b"wu1", True),
+        (b"wu2", False),
+        (b"mstream_time", False),
+        (b"mwatermarks", False),
+    ]
     assert transaction.offsets == {(REPARTITION, 0): 3}
 
     # The checkpoint docstring's order: output and changelog records, offsets, commit, then the store.
@@ -313,7 +345,7 @@ def test_committed_state_is_on_disk_when_the_store_is_reopened(instance):
         [session] = store.peek(b"u2")
         assert (session.start, session.end, session.count) == (T0 + 20 * MINUTE, T0 + 20 * MINUTE, 1)
         assert store.stream_time == T0 + 20 * MINUTE
-        assert store.checkpoint == 3
+        assert store.checkpoint == 4
     finally:
         store.close()
 
@@ -338,7 +370,7 @@ def test_at_least_once_commits_offsets_after_the_records_and_the_state(instance,
     assert "commit_transaction" not in journal
     assert sessions(cluster.visible(OUTPUT)) == [(b"u1", T0, T0 + MINUTE, 2)]
     assert cluster.group_offsets == {(REPARTITION, 0): 3}
-    assert a.window().store.checkpoint == 3
+    assert a.window().store.checkpoint == 4
 
 
 def test_purging_deletes_committed_repartition_records(instance):
@@ -376,10 +408,10 @@ def test_a_failed_commit_aborts_rolls_back_and_seeks_every_partition_to_its_comm
     assert task.store.peek(b"u4") == []
     assert len(task.store.peek(b"u2")) == 1
     assert task.store.stream_time == T0 + 20 * MINUTE
-    assert task.store.checkpoint == 3
+    assert task.store.checkpoint == 4
     assert not a.tasks.checkpoint
-    # Every partition goes back to its committed offset (the source has none yet: its beginning).
-    assert sorted(a.consumer.seeks) == [(SOURCE, 0, OFFSET_BEGINNING), (REPARTITION, 0, 3)]
+    # Every partition goes back to its committed offset (the source has none yet: where it started).
+    assert sorted(a.consumer.seeks) == [(SOURCE, 0, 0), (REPARTITION, 0, 3)]
     assert a.stats.aborts == 1
 
     # Read again, the same records commit once.
@@ -390,16 +422,12 @@ def test_a_failed_commit_aborts_rolls_back_and_seeks_every_partition_to_its_comm
         (b"u2", T0 + 20 * MINUTE, T0 + 20 * MINUTE, 1),
         (b"u3", T0 + 21 * MINUTE, T0 + 21 * MINUTE, 1),
     ]
-    assert len(cluster.visible(REPARTITION)) == 1
+    assert len(events(cluster.visible(REPARTITION))) == 1
     assert cluster.group_offsets == {(SOURCE, 0): 1, (REPARTITION, 0): 5}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="seek_to_committed sends a partition without a committed offset to OFFSET_BEGINNING whatever "
-    "auto.offset.reset says: with 'latest' (a documented override) a failed first commit replays the whole topic",
-)
-def test_a_rewind_without_committed_offsets_follows_auto_offset_reset(instance):
+def test_a_rewind_without_committed_offsets_goes_back_to_where_reading_started(instance):
+    """With auto.offset.reset = "latest" the first read is at the end: a failed first commit rewinds there, not to the start."""
     a = instance(extra='[kafka.consumer]\n"auto.offset.reset" = "latest"')
     a.assign((SOURCE, 0))
     # The consumer started at the end of the topic (offset 1000), as "latest" says.
@@ -408,7 +436,7 @@ def test_a_rewind_without_committed_offsets_follows_auto_offset_reset(instance):
     a.tasks.commit()
     [(topic, partition, offset)] = a.consumer.seeks
     assert (topic, partition) == (SOURCE, 0)
-    assert offset != OFFSET_BEGINNING, "rewound to the beginning of a topic the consumer started reading at its end"
+    assert offset == 1000, "rewound elsewhere than where the consumer started reading"
 
 
 def test_a_fatal_commit_error_replaces_the_producer_and_the_next_commit_goes_through(instance, cluster):
@@ -441,7 +469,7 @@ def test_revoking_commits_then_closes_the_revoked_tasks(instance, cluster):
     assert transaction.offsets == {(SOURCE, 0): 1, (REPARTITION, 0): 3}
     assert sessions(r for r in transaction.records if r.topic == OUTPUT) == [(b"u1", T0, T0 + MINUTE, 2)]
     assert set(a.tasks.source_tasks) == set()
-    assert set(a.tasks.window_tasks) == {(REPARTITION, 1)}
+    assert set(a.tasks.window_tasks) == {("s", 1)}
     # The revoked store was closed (RocksDB lets it be opened again) holding the commit.
     store = WindowStore(path, a.tasks.pipelines[0].window)
     try:
@@ -533,8 +561,8 @@ def test_losing_partitions_aborts_without_committing(instance, cluster):
     assert a.tasks.window_tasks == {}
     assert set(a.tasks.source_tasks) == {(SOURCE, 0)}
     assert not a.tasks.checkpoint
-    # The partition still held is read again from its committed offset.
-    assert a.consumer.seeks == [(SOURCE, 0, OFFSET_BEGINNING)]
+    # The partition still held is read again from where it started (nothing is committed yet).
+    assert a.consumer.seeks == [(SOURCE, 0, 0)]
     # Nothing of the lost batch reached the store; the task's counts are kept.
     assert a.tasks.task_counts()[("s", 0)].processed == 3
     store = WindowStore(path, a.tasks.pipelines[0].window)
@@ -570,20 +598,30 @@ def test_wall_clock_punctuation_moves_stream_time_only_when_the_task_and_its_sou
     a = instance()
     a.assign((SOURCE, 0), (REPARTITION, 0))
     window = a.window()
-    hour_later = time.monotonic() + 3600
 
     a.tasks.route([repartition_record(0, "u1", T0), eof(REPARTITION, 0, 1)])
-    a.tasks.punctuate(hour_later)
-    assert window.store.stream_time == T0, "the source partition is not read to its end"
+    a.now += 3600
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0, "no source has said it is read to its end"
 
+    # The source partition reaches its end: at the next commit it reports itself
+    # idle to every repartition partition, and the window task reads that report.
     a.tasks.route([eof(SOURCE, 0, 0)])
-    a.tasks.punctuate(hour_later)
-    assert window.store.stream_time >= T0 + 59 * MINUTE
+    a.tasks.commit()
+    [idle_report, _] = reports(cluster.visible(REPARTITION))
+    a.tasks.route([FakeMessage(REPARTITION, 0, 1, key=None, value=idle_report.value), eof(REPARTITION, 0, 2)])
+    a.now += 1
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 1000, "stream time follows the wall clock from the last event on"
+    a.now += 3600  # an hour on, with the source's heartbeat still arriving
+    a.tasks.route([FakeMessage(REPARTITION, 0, 2, key=None, value=idle_report.value), eof(REPARTITION, 0, 3)])
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 3601 * 1000
     a.tasks.commit()
     assert sessions(cluster.visible(OUTPUT)) == [(b"u1", T0, T0, 1)]
 
-    # More records on the repartition partition: event time drives it again.
+    # Idleness not heard again goes stale: the wall clock stops driving stream time.
     before = window.store.stream_time
-    a.tasks.route([repartition_record(1, "u2", T0 + MINUTE)])
-    a.tasks.punctuate(hour_later + 3600)
+    a.now += 10
+    a.tasks.punctuate(a.now)
     assert window.store.stream_time == before
