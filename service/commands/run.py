@@ -32,7 +32,7 @@ def run(config: Config) -> int:
     started = start(config)
     loop = started.loop
     server = OpsServer(config, loop.stats, build_registry(loop.stats, config))
-    server.sessions = SessionQueries(config, loop.pipelines, started.partitions, loop.queries, started.owners)
+    server.sessions = SessionQueries(config, loop.pipelines, started.partitions, loop.queries, started.owners, loop.plans)
     server.start()
     try:
         _handle_signals(loop.stop)

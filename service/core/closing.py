@@ -13,3 +13,7 @@ from __future__ import annotations
 def closed(close_time: int, stream_time: int) -> bool:
     """The one rule: a window whose close time stream time has passed is final."""
     return stream_time > close_time
+
+
+#: Before any event time: what stream time is taken to be while it is still unknown.
+EARLIEST = -(2**62)

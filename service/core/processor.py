@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from service.core.closing import EARLIEST
 from service.core.pipeline import OutputRecord, Pipeline
 from service.core.rules import Derived
 
@@ -112,7 +113,8 @@ class WindowProcessor:
                     return
         entry = store.entry(key)
         derived = self._derived
-        self.counters.merges += kind.add(entry.windows, time_ms, event, limit, source, derived)
+        floor = EARLIEST if stream_time is None else stream_time
+        self.counters.merges += kind.add(entry.windows, time_ms, event, limit, source, derived, floor)
         store.touch(key, entry)
         self.counters.processed += 1
         if derived:

@@ -20,6 +20,7 @@ import orjson
 from service.config import Config
 from service.core.partitioner import partition_for
 from service.core.pipeline import Pipeline
+from service.core.topology import PipelinePlan
 from service.errors import ServiceStopping
 from service.runtime.owners import Owner
 from service.runtime.queries import LOCAL, REMOTE, RESTORING, UNASSIGNED, Part, Query, QueryInbox
@@ -41,11 +42,14 @@ class SessionQueries:
         partitions: Mapping[str, int],
         inbox: QueryInbox,
         owners: Owners | None,
+        plans: Mapping[str, PipelinePlan] | None = None,
         timeout: float = 5.0,
     ) -> None:
         self.config = config
         self.pipelines = pipelines
         self.partitions = dict(partitions)
+        #: How each pipeline is read: its task count, and the topic whose partition i task i owns.
+        self.plans = dict(plans or {})
         self.inbox = inbox
         self.owners = owners
         self.timeout = timeout
@@ -63,7 +67,8 @@ class SessionQueries:
                 key = encode_key(key_text, len(p.config.key))
             except ValueError as exc:
                 return 400, {"error": str(exc)}
-            count = self.partitions.get(p.config.repartition_topic, self.config.topics.partitions)
+            plan = self.plans.get(p.name)
+            count = plan.partitions if plan is not None else self.partitions.get(p.config.repartition_topic, self.config.topics.partitions)
             targets.append((p, partition_for(key, count)))
         try:
             parts = self.inbox.submit(Query(key, targets)).result(self.timeout)
@@ -84,7 +89,10 @@ class SessionQueries:
 
     def _name_owner(self, part: Part, key_text: str) -> None:
         pipeline = next(p for p in self.pipelines if p.name == part.pipeline)
-        owner = self.owners.owner(pipeline.config.repartition_topic, part.partition) if self.owners else None
+        plan = self.plans.get(pipeline.name)
+        # A direct task owns partition i of every source; the first one names its owner.
+        topic = pipeline.config.sources[0] if plan is not None and plan.direct else pipeline.config.repartition_topic
+        owner = self.owners.owner(topic, part.partition) if self.owners else None
         if owner is None:
             part.status = UNASSIGNED
             return

@@ -92,7 +92,7 @@ def answer(tasks: Mapping[tuple[str, int], WindowTask], query: Query) -> list[Pa
     """
     parts = []
     for pipeline, partition in query.targets:
-        task = tasks.get((pipeline.config.repartition_topic, partition))
+        task = tasks.get((pipeline.name, partition))
         if task is None:
             parts.append(Part(pipeline.name, partition, REMOTE))
         elif task.state is not TaskState.RUNNING:

@@ -110,7 +110,7 @@ def tasks(tmp_path):
     for partition in range(4):
         task = window_task(config, pipeline, partition, tmp_path)
         task.state = TaskState.RUNNING
-        made[(task.topic, partition)] = task
+        made[task.task_id] = task
     yield config, pipeline, made
     for task in made.values():
         task.close()
@@ -124,7 +124,7 @@ def add(task, user, ts, kind):
 def test_a_local_key_gets_its_open_windows_with_close_times(tasks):
     config, pipeline, made = tasks
     partition = partition_for(b"AllOfR", 4)
-    task = made[(pipeline.config.repartition_topic, partition)]
+    task = made[(pipeline.name, partition)]
     base = 1_499_265_000_000  # 2017-07-05 14:30 UTC, seed 004
     add(task, "AllOfR", base, "put-item-in-cart")
     add(task, "AllOfR", base + 4 * 60_000, "checkout")
@@ -141,8 +141,8 @@ def test_a_local_key_gets_its_open_windows_with_close_times(tasks):
 
 def test_a_partition_elsewhere_or_restoring_is_said_so(tasks):
     config, pipeline, made = tasks
-    del made[(pipeline.config.repartition_topic, 1)]
-    made[(pipeline.config.repartition_topic, 2)].state = TaskState.RESTORING
+    del made[(pipeline.name, 1)]
+    made[(pipeline.name, 2)].state = TaskState.RESTORING
     parts = answer(made, Query(b"k", [(pipeline, 1), (pipeline, 2)]))
     assert [p.status for p in parts] == [REMOTE, RESTORING]
 
@@ -196,7 +196,7 @@ def test_lookup_statuses(queries):
     topic = "shop-sessions-repartition"
     key = "AllOfR"
     partition = partition_for(key.encode(), 4)
-    add(made[(topic, partition)], key, 1_000_000, "preview-item")
+    add(made[("sessions", partition)], key, 1_000_000, "preview-item")
 
     status, body = sessions.lookup(key)
     assert status == 200
@@ -207,7 +207,7 @@ def test_lookup_statuses(queries):
     assert sessions.lookup(key, "nope")[0] == 404
 
     owners.owners[(topic, partition)] = Owner("i2", "shop-i2-consumer", "10.0.0.7")
-    task = made.pop((topic, partition))
+    task = made.pop(("sessions", partition))
     status, body = sessions.lookup(key)
     assert status == 421
     assert body["pipelines"][0]["owner"] == {"instance_id": "i2", "client_id": "shop-i2-consumer", "host": "10.0.0.7"}
@@ -215,7 +215,7 @@ def test_lookup_statuses(queries):
     owners.owners.clear()  # nobody owns it: a rebalance is under way
     assert sessions.lookup(key)[0] == 503
 
-    made[(topic, partition)] = task
+    made[("sessions", partition)] = task
     task.state = TaskState.RESTORING
     status, body = sessions.lookup(key)
     assert status == 503 and body["pipelines"][0]["status"] == "restoring"
@@ -227,7 +227,7 @@ def test_lookup_names_the_owners_url_when_instances_share_a_fixed_port(queries):
     topic = "shop-sessions-repartition"
     key = "user/1"
     partition = partition_for(key.encode(), 4)
-    made.pop((topic, partition))
+    made.pop(("sessions", partition))
     owners.owners[(topic, partition)] = Owner("i2", "shop-i2-consumer", "10.0.0.7")
     status, body = sessions.lookup(key)
     assert status == 421

@@ -20,7 +20,11 @@ from service.core.closing import closed
 class WindowKind(Protocol):
     """What the processor needs from a kind of window.
 
-    ``source`` is the index of the event's topic in the pipeline's sources.
+    ``add`` gets the event's ``limit``, the time it was judged against (its
+    source's watermark or stream time, the later): a window closed at the
+    limit was already given the late record, so the event stays out of it.
+    ``stream_time`` is the task's (None while unknown): rules forget state by
+    it. ``source`` is the index of the event's topic in the pipeline's sources.
     Kinds that run rules append the records those derive to ``derived``.
     """
 
@@ -34,9 +38,10 @@ class WindowKind(Protocol):
         windows: list[Any],
         time_ms: int,
         event: dict[str, Any],
-        stream_time: int,
+        limit: int,
         source: int = 0,
         derived: list[Any] | None = None,
+        stream_time: int | None = None,
     ) -> int: ...
 
     def next_close(self, windows: list[Any]) -> int: ...

@@ -57,15 +57,16 @@ class FixedWindows(WindowKindBase[Window]):
         windows: list[Window],
         time_ms: int,
         event: dict[str, Any],
-        stream_time: int,
+        limit: int,
         source: int = 0,
         derived: list[Any] | None = None,
+        stream_time: int | None = None,
     ) -> int:
         by_start = {w.start: w for w in windows}
         closes_at = self.closes_at
         for start in self.starts(time_ms):
-            if closed(closes_at(start), stream_time):
-                continue
+            if closed(closes_at(start), limit):
+                continue  # the late record for it was made by the processor
             window = by_start.get(start)
             if window is None:
                 window = Window(start, 0, [a.init() for a in self.aggregates])

@@ -78,9 +78,10 @@ class SessionWindows(WindowKindBase[Session]):
         sessions: list[Session],
         time_ms: int,
         event: dict[str, Any],
-        stream_time: int,
+        limit: int,
         source: int = 0,
         derived: list[Any] | None = None,
+        stream_time: int | None = None,
     ) -> int:
         """Put the event into ``sessions``; return how many sessions were merged away.
 

@@ -39,14 +39,18 @@ class SessionWindowsWithRules(SessionWindows):
         sessions: list[Session],
         time_ms: int,
         event: dict[str, Any],
-        stream_time: int,
+        limit: int,
         source: int = 0,
         derived: list[Derived] | None = None,
+        stream_time: int | None = None,
     ) -> int:
         self._source = source
-        self._stream_time = stream_time
+        # Rules forget what no future event can match, and a future event may come
+        # from a slower source than this one: they go by the task's stream time, not
+        # by this event's limit (service.core.watermarks).
+        self._stream_time = limit if stream_time is None else stream_time
         self._out = derived if derived is not None else []
-        return super().add(sessions, time_ms, event, stream_time)
+        return super().add(sessions, time_ms, event, limit)
 
     def next_close(self, sessions: list[Session]) -> int:
         """The earliest session close or rule deadline: the store's index wakes the key then."""
