@@ -26,6 +26,7 @@ from service.config import Config
 from service.core.extract import BadRecord, parse_event
 from service.core.pipeline import OutputRecord, Pipeline, compile_pipelines
 from service.core.processor import WindowProcessor
+from service.core.watermarks import Watermarks, source_id
 from service.core.source import Forward, Reject, Route, SourceStage
 from service.state.store import WindowStore
 
@@ -66,7 +67,7 @@ def process_lines(
     reject: Reject = out.append
     with tempfile.TemporaryDirectory(prefix="sessionizer-offline-") as tmp:
         root = state_dir or Path(tmp)
-        runs = [_Run(p, WindowStore(root / p.name, p.window, config.cache_max_keys), out) for p in pipelines]
+        runs = [_Run(p, WindowStore(root / p.name, p.window, config.cache_max_keys), out, wrapped) for p in pipelines]
         forward = _forward_to(runs)
         at = _Cursor(topic or "-")
         process = stage.process
@@ -102,12 +103,35 @@ def process_file(
 
 @dataclass
 class _Run:
+    """One pipeline over the file.
+
+    Wrapped lines name their topic: each source topic is then a source with its
+    own watermark, as each source partition is in the service, and stream time
+    is the slowest topic's (``service.core.watermarks``). A source topic with no
+    line holds stream time back until the end of the input, which closes
+    everything. Plain lines are one source read in order.
+    """
+
     pipeline: Pipeline
     store: WindowStore
     out: list[OutputRecord]
+    per_topic: bool = False
 
     def __post_init__(self) -> None:
         self.processor = WindowProcessor(self.pipeline, self.store, self.out)
+        sources = range(len(self.pipeline.config.sources))
+        self.watermarks = Watermarks(source_id(index, 0) for index in sources) if self.per_topic else None
+
+    def forward(self, route: Route, key: bytes, time_ms: int, event: dict[str, Any], raw: bytes) -> None:
+        marks = self.watermarks
+        watermark = None if marks is None else marks.observe(source_id(route.index, 0), time_ms)
+        self.processor.process(key, time_ms, event, raw, route.index, watermark)
+
+    def commit(self) -> None:
+        if self.watermarks is not None:
+            self.processor.advance(self.watermarks.stream_time(now=0.0))
+        self.processor.close_due()
+        self.store.apply(self.store.prepare(), checkpoint=None)
 
 
 class _Cursor:
@@ -138,10 +162,10 @@ class _Cursor:
 
 def _forward_to(runs: list[_Run]) -> Forward:
     """An accepted event goes straight to its pipeline's processor."""
-    processors = {run.pipeline: run.processor.process for run in runs}
+    processors = {run.pipeline: run.forward for run in runs}
 
     def forward(route: Route, key: bytes, time_ms: int, event: dict[str, Any], raw: bytes) -> None:
-        processors[route.pipeline](key, time_ms, event, raw, route.index)
+        processors[route.pipeline](route, key, time_ms, event, raw)
 
     return forward
 
@@ -171,8 +195,7 @@ def _process_wrapped(
 
 def _commit(runs: list[_Run]) -> None:
     for run in runs:
-        run.processor.close_due()
-        run.store.apply(run.store.prepare(), checkpoint=None)
+        run.commit()
 
 
 def _drain(out: list[OutputRecord], write: Any, summary: OfflineSummary) -> None:
