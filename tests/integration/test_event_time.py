@@ -50,6 +50,8 @@ amount = {{ type = "sum", field = "amount" }}
 def run_to_completion(app, outputs: dict[str, int], replicas: int = 1, timeout: float = 180) -> dict[str, list]:
     """Start the replicas on the backlog, wait for every expected session, stop them, read everything."""
     services = [app.service(f"i{n + 1}").start() for n in range(replicas)]
+    for service in services:
+        service.wait_started()  # the topics exist once a task is up
     reader = Reader([app.topic(name) for name in outputs])
     try:
         for name, count in outputs.items():
@@ -133,6 +135,7 @@ def test_kill_9_while_replaying_a_backlog_of_three_topics(app):
     bl.produce(backlog, partitions=6, keyed=False)
     expected = backlog.expected()
     service = app.service().start()
+    service.wait_started()
     reader = Reader([app.topic("sessions")])
     try:
         for kill in range(4):
