@@ -332,13 +332,17 @@ class TaskManager:
                 if task_id not in self.window_tasks and all(i in self.assigned for i in inputs):
                     state = StateManager(self.config, direct, tp.partition)
                     new_tasks.append(DirectTask(state, self.collector, self.plans[direct.name].partitions, self.clock))
-        waiting = self._incomplete_direct_inputs()
         for task in new_tasks:
             task.processor.on_emit = self.stats.emit_observer(task.pipeline.name)
             self.window_tasks[task.task_id] = task
             for index, where in enumerate(task.inputs):
                 self._window_inputs.setdefault(where, []).append((task, index))
-        self.alignment.hold([w for task in new_tasks for w in task.inputs], RESTORING)
+        # A partition a direct task needs is held while that task cannot run
+        # here, even if a source task reads it too: they share its offset.
+        waiting = self._incomplete_direct_inputs()
+        inputs = [w for task in new_tasks for w in task.inputs]
+        self.alignment.hold(inputs, RESTORING)
+        self.alignment.release(inputs, WAITING)
         self.alignment.hold(waiting, WAITING)
         if waiting:
             log.warning(
@@ -400,7 +404,7 @@ class TaskManager:
                 self._window_inputs[where] = readers
             else:
                 self._window_inputs.pop(where, None)
-            if where in self.assigned and where not in self.source_tasks:
+            if where in self.assigned:
                 self.alignment.hold([where], WAITING)
         self.reader.cancel(task.state_manager)
         self._close(task)
