@@ -147,6 +147,8 @@ class FakeProducer:
     ``fail(call, error)`` makes the next ``call`` raise ``error``; a fatal error
     sticks, so every later call raises it too, like a fenced producer's.
     ``hang(call)`` makes the next ``call`` block until ``release()``, then fail.
+    ``hang_after_commit()`` makes the next ``commit_transaction`` commit, then
+    block like a hung call: the broker committed but the answer never came.
     ``fail_deliveries(error)`` reports the next records as not delivered.
     """
 
@@ -162,6 +164,7 @@ class FakeProducer:
         self._release = threading.Event()
         self._failures: dict[str, list[KafkaError]] = {}
         self._hanging: set[str] = set()
+        self._hang_after_commit = False
         self._delivery_failures: list[KafkaError] = []
         self._undelivered: list[tuple[Callable[..., None] | None, Produced, KafkaError | None]] = []
 
@@ -172,6 +175,9 @@ class FakeProducer:
 
     def hang(self, call: str) -> None:
         self._hanging.add(call)
+
+    def hang_after_commit(self) -> None:
+        self._hang_after_commit = True
 
     def release(self) -> None:
         """Let a hung call return (with an error: its caller gave up on it)."""
@@ -244,6 +250,10 @@ class FakeProducer:
         self.cluster.records += self.open.records
         self.cluster.group_offsets.update(self.open.offsets)
         self.cluster.transactions.append(self.open)
+        if self._hang_after_commit:
+            self._hang_after_commit = False
+            self._hanging.add("commit_transaction")
+            self._call("commit_transaction")
 
     def abort_transaction(self, timeout: float | None = None) -> None:
         self._call("abort_transaction")

@@ -74,6 +74,10 @@ class RecordCollector:
         # at-least-once pays for a delivery callback per record.
         self._report = None if exactly_once else self._checked
         self._stuck = False
+        #: The last commit failed in a way that leaves its outcome unknown (a call
+        #: that hung or timed out): once the producer is fenced it is decided, and
+        #: state must be read back from the changelogs, not assumed rolled back.
+        self.uncertain = False
 
     # -- writing ------------------------------------------------------------
 
@@ -155,9 +159,12 @@ class RecordCollector:
         try:
             _within(commit_transaction, deadline=3 * timeout)
         except KafkaException as exc:
+            # Retries ran out on a timeout: the broker may have committed it all the same.
+            self.uncertain = exc.args[0].retriable()
             raise CommitFailed(str(exc.args[0])) from None
         except CallTimedOut:
             self._stuck = True
+            self.uncertain = True
             raise CommitFailed("transactional call overran its timeout") from None
         self.producer.begin_transaction()
 

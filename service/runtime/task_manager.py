@@ -103,6 +103,8 @@ class TaskManager:
         self.checkpoint = Checkpoint(self._by_repartition)
         self.alignment = Alignment(consumer, config.max_drift_ms, config.max_task_idle_ms / 1000)
         self._sent_at_commit = 0
+        #: Seconds a transactional call may take (three times that before it counts as hung).
+        self.commit_timeout = 10.0
         self._purge_interval = config.topics.purge_interval_ms / 1000
         self._next_purge = time.monotonic() + self._purge_interval
         #: Called with (where, count) for each partition's batch (consumption metrics).
@@ -214,7 +216,7 @@ class TaskManager:
         offsets = self.checkpoint.offsets()
         transaction_started = time.perf_counter()
         try:
-            self.collector.commit(offsets, self.consumer.consumer_group_metadata())
+            self.collector.commit(offsets, self.consumer.consumer_group_metadata(), self.commit_timeout)
         except CommitFailed as exc:
             log.warning("commit failed, aborting and rewinding", error=str(exc))
             self.abort_and_rewind()
@@ -257,8 +259,13 @@ class TaskManager:
         """
         self.stats.aborts += 1
         self.collector.abort()
+        uncertain, self.collector.uncertain = self.collector.uncertain, False
         for window in self.running_tasks:
             window.rollback()
+            if uncertain:
+                # The transaction may have committed after all: whatever it wrote
+                # to the changelog is read back before the task goes on.
+                self._restore(window)
         for window in self.window_tasks.values():
             window.caught_up = False
         for source in self.source_tasks.values():
@@ -351,6 +358,12 @@ class TaskManager:
             )
         for task in new_tasks:
             self.reader.begin(task.state_manager, reset=task.reset_store)
+
+    def _restore(self, task: WindowTask) -> None:
+        """Bring a running task's store up to its changelog again before it processes anything more."""
+        task.state = TaskState.RESTORING
+        self.alignment.hold(task.inputs, RESTORING)
+        self.reader.begin(task.state_manager, reset=task.reset_store)
 
     def _incomplete_direct_inputs(self) -> list[Where]:
         """Assigned inputs of direct tasks that cannot run here: another input of theirs is elsewhere."""

@@ -426,6 +426,33 @@ def test_a_failed_commit_aborts_rolls_back_and_seeks_every_partition_to_its_comm
     assert cluster.group_offsets == {(SOURCE, 0): 1, (REPARTITION, 0): 5}
 
 
+def test_a_commit_that_hung_but_went_through_is_read_back_from_the_changelog(instance, cluster):
+    """The broker committed, the answer never came: after the abort the store must hold that commit.
+
+    Rolling back would lose its state changes while its output and offsets
+    stand; so the task restores its changelog's tail before going on.
+    """
+    a = instance()
+    a.assign((REPARTITION, 0))
+    task = a.window()
+    a.tasks.commit_timeout = 0.01
+    a.producer.hang_after_commit()
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.commit()  # hangs after committing: CommitFailed, abort, producer replaced
+    a.producers[0].release()
+    assert len(cluster.transactions) == 1  # it did commit
+    assert len(a.producers) == 2
+    assert task.state is TaskState.RESTORING
+    assert task.store.peek(b"u2") == []  # rolled back for now...
+    a.restore_consumer.feed(*cluster.messages(CHANGELOG), eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))))
+    a.tasks.reader.step()
+    assert task.state is TaskState.RUNNING
+    assert len(task.store.peek(b"u2")) == 1  # ...and read back from the changelog
+    assert task.store.stream_time == T0 + 20 * MINUTE
+    # The records it consumed are not read again: their offsets committed with them.
+    assert a.consumer.seeks == [(REPARTITION, 0, 3)]
+
+
 def test_a_rewind_without_committed_offsets_goes_back_to_where_reading_started(instance):
     """With auto.offset.reset = "latest" the first read is at the end: a failed first commit rewinds there, not to the start."""
     a = instance(extra='[kafka.consumer]\n"auto.offset.reset" = "latest"')
