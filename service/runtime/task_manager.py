@@ -277,9 +277,10 @@ class TaskManager:
 
     def seek_to_committed(self, patience: float = 120.0) -> None:
         """Put every active partition back at its committed offset (retrying while the broker is away)."""
-        active = [TopicPartition(topic, partition) for (topic, partition) in self.source_tasks]
-        for task in self.running_tasks:
-            active += [TopicPartition(topic, partition) for topic, partition in task.inputs if (topic, partition) not in self.source_tasks]
+        wheres = set(self.source_tasks)
+        for task in self.window_tasks.values():
+            wheres.update(task.inputs)
+        active = [TopicPartition(topic, partition) for topic, partition in sorted(wheres)]
         if not active:
             return
         deadline = time.monotonic() + patience
