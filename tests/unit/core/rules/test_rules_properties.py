@@ -1,9 +1,10 @@
 """Rules under arbitrary arrival order: what they derive equals processing the events sorted by time.
 
-As in test_properties.py, each event gets a delay in [0, grace] and events
-arrive sorted by time + delay, so every event arrives at most grace behind
-stream time. Each generated event carries a unique id and rules carry whole
-events, so every derived record says exactly which events made it.
+As in core/windows/test_sessions_properties.py, each event gets a delay in
+[0, grace] and events arrive sorted by time + delay, so every event arrives at
+most grace behind stream time. Each generated event carries a unique id and
+rules carry whole events, so every derived record says exactly which events
+made it.
 
 Three checks per rule kind:
 
