@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from service import config as config_module
-from service.config import KEYS, ConfigError, parse_config
+from service.config import KEYS, parse_config
 from service.config.dump import effective_config, to_toml
 from service.config.durations import parse_duration_ms
 from service.config.secrets import is_secret, secret_values
 from service.config.table import Table
+from tests.helpers import REPO, config_from_toml
 
-REPO = Path(__file__).resolve().parents[3]
 DOC = REPO / "docs" / "configuration.md"
 
 MINIMAL = """
@@ -130,17 +129,6 @@ advance = "1m"
 """
 
 
-def load_config_text(text: str, environ: dict[str, str] | None = None):
-    """Parse TOML text with environment overrides, as ``load_config`` does a file."""
-    problems: list[str] = []
-    raw = tomllib.loads(text)
-    config_module.apply_env_overrides(raw, environ or {}, problems)
-    config = parse_config(raw, problems)
-    if problems:
-        raise ConfigError(problems)
-    return config
-
-
 def _normalise(path: str) -> str:
     """``pipelines.sessions.aggregates.stake.type`` -> ``pipelines.<name>.aggregates.<name>.type``."""
     parts = path.split(".")
@@ -204,7 +192,7 @@ WITH_OPTIONAL_TABLES = MINIMAL.replace('sources = ["in"]', 'sources = ["a", "b"]
 
 
 def test_documented_defaults_are_the_defaults():
-    effective = effective_config(load_config_text(WITH_OPTIONAL_TABLES))
+    effective = effective_config(config_from_toml(WITH_OPTIONAL_TABLES))
     checked = 0
     for key, default in _documented_rows().items():
         literal = re.fullmatch(r"`([^`]+)`", default)
@@ -231,7 +219,7 @@ def test_documented_environment_examples_are_accepted():
     examples = re.findall(r"^(SESSIONIZER__\w+(?:__[\w.]+)*)=(.*)$", DOC.read_text(), re.MULTILINE)
     assert len(examples) >= 10
     text = MINIMAL.replace("[pipelines.p]", "[pipelines.sessions]").replace("[pipelines.p.window]", "[pipelines.sessions.window]")
-    config = load_config_text(text, dict(examples))
+    config = config_from_toml(text, dict(examples))
     assert config.kafka["sasl.password"] == "change-me"
     assert config.consumer["fetch.max.bytes"] == "104857600"
     assert config.pipelines[0].window.gap_ms == 30 * 60_000
@@ -244,9 +232,9 @@ def test_documented_environment_examples_are_accepted():
 
 def test_effective_config_loads_back_to_the_same_configuration(tmp_path):
     for text in [FULL, *SHAPES]:
-        original = load_config_text(text)
+        original = config_from_toml(text)
         dumped = to_toml(effective_config(original))
-        again = load_config_text(dumped)
+        again = config_from_toml(dumped)
         secrets = {k for k in original.kafka if is_secret(k)}
         assert {k: v for k, v in again.kafka.items() if k not in secrets} == {
             k: v for k, v in original.kafka.items() if k not in secrets
@@ -255,7 +243,7 @@ def test_effective_config_loads_back_to_the_same_configuration(tmp_path):
 
 
 def test_effective_config_redacts_secrets_and_keeps_the_rest():
-    config = load_config_text(FULL, {"SESSIONIZER__KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET": "oauth-s3cret"})
+    config = config_from_toml(FULL, {"SESSIONIZER__KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET": "oauth-s3cret"})
     dumped = to_toml(effective_config(config))
     for secret in ("pa55-word", "key-pa55", "oauth-s3cret"):
         assert secret not in dumped
@@ -285,7 +273,7 @@ def test_secret_property_names(name, secret):
 
 
 def test_underscores_in_kafka_properties_stand_for_dots():
-    config = load_config_text(MINIMAL, {"SESSIONIZER__KAFKA__SASL_PASSWORD": "x", "SESSIONIZER__KAFKA__PRODUCER__LINGER_MS": "7"})
+    config = config_from_toml(MINIMAL, {"SESSIONIZER__KAFKA__SASL_PASSWORD": "x", "SESSIONIZER__KAFKA__PRODUCER__LINGER_MS": "7"})
     assert config.kafka["sasl.password"] == "x"
     assert config.producer["linger.ms"] == "7"
 
@@ -310,7 +298,7 @@ def test_check_config_print_shows_the_effective_config_without_secrets(tmp_path)
     result = sessionizer("check-config", str(path), "--print", env={"SESSIONIZER__KAFKA__SASL_PASSWORD": "from-env-s3cret"})
     assert result.returncode == 0, result.stderr
     assert "from-env-s3cret" not in result.stdout and "pa55" not in result.stdout
-    assert load_config_text(result.stdout).topics.partitions == 12
+    assert config_from_toml(result.stdout).topics.partitions == 12
 
 
 BAD = [

@@ -24,38 +24,18 @@ from service.runtime.clients import consumer_config
 from service.runtime.stats import LoopStats
 from service.runtime.tasks import TaskState
 from service.ops.web import OpsServer
-from tests.helpers import config_from_toml, window_task
+from tests.helpers import add_event, config_from_toml, config_toml, pipeline, session_window, window_task
 from tests.integration.harness import murmur2_partition
 
-CONFIG = """
-[app]
-id = "shop"
-instance_id = "i1"
-[topics]
-partitions = 4
-[http]
-host = "127.0.0.1"
-port = 0
-liveness_timeout = "2s"
-[pipelines.sessions]
-sources = ["web"]
-key = "user_id"
-time = "ts"
-output = "out"
-[pipelines.sessions.window]
-type = "session"
-gap = "10m"
-[pipelines.sessions.aggregates]
-types = { type = "count_by", field = "type" }
-[pipelines.baskets]
-sources = ["web"]
-key = ["user_id", "shop"]
-time = "ts"
-output = "baskets"
-[pipelines.baskets.window]
-type = "tumbling"
-size = "1h"
-"""
+CONFIG = config_toml(
+    {
+        "sessions": pipeline(["web"], session_window("10m"), aggregates='types = { type = "count_by", field = "type" }'),
+        "baskets": pipeline(["web"], {"type": "tumbling", "size": "1h"}, key=["user_id", "shop"], output="baskets"),
+    },
+    app={"id": "shop", "instance_id": "i1"},
+    topics={"partitions": 4},
+    http={"host": "127.0.0.1", "port": 0, "liveness_timeout": "2s"},
+)
 
 
 # -- partitioning -------------------------------------------------------------------
@@ -116,18 +96,13 @@ def tasks(tmp_path):
         task.close()
 
 
-def add(task, user, ts, kind):
-    event = {"user_id": user, "ts": ts, "type": kind}
-    task.processor.process(user.encode(), ts, event, orjson.dumps(event))
-
-
 def test_a_local_key_gets_its_open_windows_with_close_times(tasks):
     config, pipeline, made = tasks
     partition = partition_for(b"AllOfR", 4)
     task = made[(pipeline.name, partition)]
     base = 1_499_265_000_000  # 2017-07-05 14:30 UTC, seed 004
-    add(task, "AllOfR", base, "put-item-in-cart")
-    add(task, "AllOfR", base + 4 * 60_000, "checkout")
+    add_event(task, "AllOfR", base, "put-item-in-cart")
+    add_event(task, "AllOfR", base + 4 * 60_000, "checkout")
     (part,) = answer(made, Query(b"AllOfR", [(pipeline, partition)]))
     assert part.status == LOCAL and part.stream_time_ms == base + 240_000
     (window,) = part.windows
@@ -196,7 +171,7 @@ def test_lookup_statuses(queries):
     topic = "shop-sessions-repartition"
     key = "AllOfR"
     partition = partition_for(key.encode(), 4)
-    add(made[("sessions", partition)], key, 1_000_000, "preview-item")
+    add_event(made[("sessions", partition)], key, 1_000_000, "preview-item")
 
     status, body = sessions.lookup(key)
     assert status == 200

@@ -10,22 +10,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.ops.metrics import build_registry
 from service.runtime.stats import Buckets, LoopStats, TaskCounts
-from tests.helpers import config_from_toml
+from tests.helpers import config_from_toml, config_toml, pipeline, session_window
 
-CONFIG = """
-[app]
-id = "shop"
-instance_id = "i1"
-[pipelines.sessions]
-sources = ["web"]
-key = "user_id"
-time = "ts"
-output = "out"
-dead_letter_topic = "sessions-dlq"
-[pipelines.sessions.window]
-type = "session"
-gap = "1s"
-"""
+CONFIG = config_toml(
+    {"sessions": pipeline(["web"], session_window("1s"), dead_letter_topic="sessions-dlq")},
+    app={"id": "shop", "instance_id": "i1"},
+)
 
 
 @pytest.fixture

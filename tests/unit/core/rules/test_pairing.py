@@ -8,50 +8,10 @@ import orjson
 import pytest
 
 from service.commands.process import process_lines
-from tests.helpers import Harness, config_from_toml
-
-T0 = 1_700_000_000  # epoch seconds, as the services write them
-
-
-def calls_config(extra: str = "", grace: str = "3m") -> str:
-    return f"""
-[pipelines.calls]
-sources = ["analyticsTopic", "metricsTopic"]
-key = ["user1", "user2"]
-time = "timestamp"
-output = "outputTopic"
-[pipelines.calls.window]
-type = "session"
-gap = "1m"
-grace = "{grace}"
-[pipelines.calls.pairing]
-{extra}
-"""
-
+from tests.helpers import SEED_003_T0 as T0
+from tests.helpers import Harness, analytics, calls_config, config_from_toml, metrics
 
 ANALYTICS, METRICS = 0, 1
-
-
-def analytics(seconds: int, data: str = "data1", users=("id1", "id2")) -> dict:
-    return {"user1": users[0], "user2": users[1], "timestamp": T0 + seconds, "analytics": data}
-
-
-def metrics(seconds: int, data: str = "data2", users=("id1", "id2")) -> dict:
-    return {"user1": users[0], "user2": users[1], "timestamp": T0 + seconds, "metrics": data}
-
-
-@pytest.fixture
-def make(tmp_path):
-    made: list[Harness] = []
-
-    def build(text: str) -> Harness:
-        h = Harness(config_from_toml(text), tmp_path / f"s{len(made)}")
-        made.append(h)
-        return h
-
-    yield build
-    for h in made:
-        h.close()
 
 
 def records(h: Harness) -> list[tuple[str, dict, dict]]:
@@ -108,7 +68,7 @@ def test_a_call_never_yields_both_a_lone_and_a_combined_record(make):
 
 
 def test_partner_more_than_t_apart_makes_two_lone_records(make):
-    h = make(calls_config('lone_topic = "loneTopic"'))
+    h = make(calls_config(lone_topic="loneTopic"))
     h.send(analytics(0), ANALYTICS)
     h.send(metrics(61), METRICS)
     h.finish()
@@ -142,7 +102,7 @@ def test_duplicate_event_of_one_source_keeps_the_earliest(make):
 
 
 def test_time_field_name_is_configurable(make):
-    h = make(calls_config('time_field = "call_time"'))
+    h = make(calls_config(time_field="call_time"))
     h.send(analytics(1), ANALYTICS)
     h.finish()
     ((_, value, _),) = records(h)
