@@ -1,8 +1,7 @@
-"""The HTTP port without a broker: health, readiness, metrics, and open-session queries."""
+"""The HTTP port without a broker: health, readiness, metrics, and the answer before start-up."""
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -10,219 +9,15 @@ import urllib.request
 import orjson
 import pytest
 
-from service.errors import ServiceStopping
-from hypothesis import given
-from hypothesis import strategies as st
-
 from service.ops.metrics import build_registry
-from service.core.partitioner import murmur2, partition_for
-from service.core.pipeline import Pipeline
-from service.ops.queries import SessionQueries, encode_key
-from service.runtime.owners import Owner, instance_from_client_id
-from service.runtime.queries import LOCAL, REMOTE, RESTORING, Query, QueryInbox, answer
-from service.runtime.clients import consumer_config
-from service.runtime.stats import LoopStats
-from service.runtime.tasks import TaskState
 from service.ops.web import OpsServer
-from tests.helpers import add_event, config_from_toml, config_toml, pipeline, session_window, window_task
-from tests.integration.harness import murmur2_partition
-
-CONFIG = config_toml(
-    {
-        "sessions": pipeline(["web"], session_window("10m"), aggregates='types = { type = "count_by", field = "type" }'),
-        "baskets": pipeline(["web"], {"type": "tumbling", "size": "1h"}, key=["user_id", "shop"], output="baskets"),
-    },
-    app={"id": "shop", "instance_id": "i1"},
-    topics={"partitions": 4},
-    http={"host": "127.0.0.1", "port": 0, "liveness_timeout": "2s"},
-)
-
-
-# -- partitioning -------------------------------------------------------------------
-
-
-def test_murmur2_matches_kafkas_own_test_vectors():
-    # org.apache.kafka.common.utils.UtilsTest#testMurmur2, as signed Java ints
-    cases = {
-        b"21": -973932308,
-        b"foobar": -790332482,
-        b"a-little-bit-long-string": -985981536,
-        b"a-little-bit-longer-string": -1486304829,
-        b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
-        b"abc": 479470107,
-    }
-    for key, expected in cases.items():
-        value = murmur2(key)
-        assert (value - 2**32 if value >= 2**31 else value) == expected, key
-
-
-@given(st.binary(max_size=64), st.integers(min_value=1, max_value=64))
-def test_partition_for_agrees_with_the_test_harness(key, partitions):
-    assert partition_for(key, partitions) == murmur2_partition(key, partitions)
-
-
-def test_keys_are_encoded_as_the_source_stage_does():
-    config = config_from_toml(CONFIG)
-    sessions, baskets = (Pipeline(p) for p in config.pipelines)
-    event = {"user_id": "AllOfR", "shop": 7}
-    assert encode_key("AllOfR", 1) == sessions.key(event)
-    assert encode_key('["AllOfR", "7"]', 2) == baskets.key(event)
-    assert encode_key('["AllOfR",7]', 2) == baskets.key(event)
-    with pytest.raises(ValueError):
-        encode_key("AllOfR", 2)
-
-
-def test_instance_id_is_read_back_from_the_consumers_client_id():
-    config = config_from_toml(CONFIG)
-    client_id = consumer_config(config)["client.id"]
-    assert instance_from_client_id(client_id, "shop") == "i1"
-    assert instance_from_client_id("someone-else", "shop") is None
-
-
-# -- answering in the loop thread ------------------------------------------------------
+from service.runtime.stats import LoopStats
 
 
 @pytest.fixture
-def tasks(tmp_path):
-    config = config_from_toml(CONFIG)
-    pipeline = Pipeline(config.pipelines[0])
-    made = {}
-    for partition in range(4):
-        task = window_task(config, pipeline, partition, tmp_path)
-        task.state = TaskState.RUNNING
-        made[task.task_id] = task
-    yield config, pipeline, made
-    for task in made.values():
-        task.close()
-
-
-def test_a_local_key_gets_its_open_windows_with_close_times(tasks):
-    config, pipeline, made = tasks
-    partition = partition_for(b"AllOfR", 4)
-    task = made[(pipeline.name, partition)]
-    base = 1_499_265_000_000  # 2017-07-05 14:30 UTC, seed 004
-    add_event(task, "AllOfR", base, "put-item-in-cart")
-    add_event(task, "AllOfR", base + 4 * 60_000, "checkout")
-    (part,) = answer(made, Query(b"AllOfR", [(pipeline, partition)]))
-    assert part.status == LOCAL and part.stream_time_ms == base + 240_000
-    (window,) = part.windows
-    assert window["start_ms"] == base and window["end_ms"] == base + 240_000
-    assert window["closes_at_ms"] == base + 240_000 + 600_000  # end + gap (+ grace 0)
-    assert window["value"]["event_count"] == 2
-    assert window["value"]["types"] == {"put-item-in-cart": 1, "checkout": 1}
-    (nobody,) = answer(made, Query(b"nobody", [(pipeline, partition)]))
-    assert nobody.status == LOCAL and nobody.windows == []
-
-
-def test_a_partition_elsewhere_or_restoring_is_said_so(tasks):
-    config, pipeline, made = tasks
-    del made[(pipeline.name, 1)]
-    made[(pipeline.name, 2)].state = TaskState.RESTORING
-    parts = answer(made, Query(b"k", [(pipeline, 1), (pipeline, 2)]))
-    assert [p.status for p in parts] == [REMOTE, RESTORING]
-
-
-def test_the_inbox_is_answered_by_the_loop_and_closes(tasks):
-    config, pipeline, made = tasks
-    inbox = QueryInbox()
-    future = inbox.submit(Query(b"k", [(pipeline, 0)]))
-    assert not future.done()
-    inbox.serve(made)  # what the loop does once per iteration
-    assert future.result(0)[0].status == LOCAL
-    pending = inbox.submit(Query(b"k", [(pipeline, 0)]))
-    inbox.close()
-    with pytest.raises(ServiceStopping):
-        pending.result(0)
-    with pytest.raises(ServiceStopping):
-        inbox.submit(Query(b"k", [(pipeline, 0)])).result(0)
-
-
-class FakeOwners:
-    def __init__(self, owners):
-        self.owners = owners
-
-    def owner(self, topic, partition):
-        return self.owners.get((topic, partition))
-
-
-def serving(inbox, made, stop):
-    """A stand-in for the loop thread: serve the inbox until told to stop."""
-    while not stop.is_set():
-        inbox.serve(made)
-        time.sleep(0.005)
-
-
-@pytest.fixture
-def queries(tasks):
-    config, pipeline, made = tasks
-    inbox = QueryInbox()
-    stop = threading.Event()
-    thread = threading.Thread(target=serving, args=(inbox, made, stop), daemon=True)
-    thread.start()
-    pipelines = (pipeline,)
-    owners = FakeOwners({})
-    yield SessionQueries(config, pipelines, {pipeline.config.repartition_topic: 4}, inbox, owners, timeout=2), made, owners
-    stop.set()
-    thread.join()
-
-
-def test_lookup_statuses(queries):
-    sessions, made, owners = queries
-    topic = "shop-sessions-repartition"
-    key = "AllOfR"
-    partition = partition_for(key.encode(), 4)
-    add_event(made[("sessions", partition)], key, 1_000_000, "preview-item")
-
-    status, body = sessions.lookup(key)
-    assert status == 200
-    assert body["key"] == key and body["instance_id"] == "i1"
-    (part,) = body["pipelines"]
-    assert part["partition"] == partition and part["windows"][0]["value"]["event_count"] == 1
-
-    assert sessions.lookup(key, "nope")[0] == 404
-
-    owners.owners[(topic, partition)] = Owner("i2", "shop-i2-consumer", "10.0.0.7")
-    task = made.pop(("sessions", partition))
-    status, body = sessions.lookup(key)
-    assert status == 421
-    assert body["pipelines"][0]["owner"] == {"instance_id": "i2", "client_id": "shop-i2-consumer", "host": "10.0.0.7"}
-
-    owners.owners.clear()  # nobody owns it: a rebalance is under way
-    assert sessions.lookup(key)[0] == 503
-
-    made[("sessions", partition)] = task
-    task.state = TaskState.RESTORING
-    status, body = sessions.lookup(key)
-    assert status == 503 and body["pipelines"][0]["status"] == "restoring"
-
-
-def test_lookup_names_the_owners_url_when_instances_share_a_fixed_port(queries):
-    sessions, made, owners = queries
-    sessions.config = load_config_with_port(sessions.config, 9108)
-    topic = "shop-sessions-repartition"
-    key = "user/1"
-    partition = partition_for(key.encode(), 4)
-    made.pop(("sessions", partition))
-    owners.owners[(topic, partition)] = Owner("i2", "shop-i2-consumer", "10.0.0.7")
-    status, body = sessions.lookup(key)
-    assert status == 421
-    assert body["pipelines"][0]["owner"]["url"] == "http://10.0.0.7:9108/sessions/user%2F1?pipeline=sessions"
-
-
-def load_config_with_port(config, port):
-    from dataclasses import replace
-
-    return replace(config, http_port=port)
-
-
-# -- the server -------------------------------------------------------------------
-
-
-@pytest.fixture
-def server(tmp_path):
-    config = config_from_toml(CONFIG)
+def server(shop_config):
     stats = LoopStats()
-    ops = OpsServer(config, stats, build_registry(stats, config))
+    ops = OpsServer(shop_config, stats, build_registry(stats, shop_config))
     ops.start()
     yield ops, stats
     ops.close()
