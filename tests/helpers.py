@@ -95,6 +95,119 @@ def session_config(
     return config_from_toml(config_toml({"s": table}))
 
 
+# -- config files for the tests of the config itself ---------------------------------------------
+
+# The least a config needs: one session pipeline.
+MINIMAL_CONFIG = """
+[pipelines.p]
+sources = ["in"]
+key = "user_id"
+output = "out"
+[pipelines.p.window]
+type = "session"
+gap = "1m"
+"""
+
+# One configuration per shape the parser can take, so every key it can read is read.
+CONFIG_SHAPES = [
+    MINIMAL_CONFIG,
+    MINIMAL_CONFIG.replace('type = "session"\ngap = "1m"', 'type = "tumbling"\nsize = "1m"'),
+    MINIMAL_CONFIG.replace('type = "session"\ngap = "1m"', 'type = "hopping"\nsize = "1m"\nadvance = "30s"'),
+    MINIMAL_CONFIG.replace('output = "out"', "") + '[pipelines.p.output]\ntopic = "out"\n[pipelines.p.aggregates]\nn = { type = "sum", field = "v" }\n',
+    MINIMAL_CONFIG
+    + """[pipelines.p.aggregates]
+paid = { type = "any", field = "type", equals = "pay" }
+shop = { type = "all", field = "type", in = ["cart", "pay"] }
+top = { type = "custom", class = "examples.aggregates:TopValues", params = { field = "page" } }
+[pipelines.p.rules.purchase]
+type = "sequence"
+first = { field = "type", equals = "cart" }
+then = { field = "type", in = ["pay"] }
+within = "5m"
+topic = "purchases"
+event = "purchase_completed"
+keep = ["type"]
+""",
+    MINIMAL_CONFIG.replace('sources = ["in"]', 'sources = ["a", "b"]').replace('key = "user_id"', 'key = ["user1", "user2"]')
+    + '[pipelines.p.pairing]\ntime_field = "ts"\nlone_topic = "lone"\n',
+]
+
+# Every table and most keys set, secrets among them: for dumps and for start-up errors.
+FULL_CONFIG = """
+[app]
+id = "shop"
+instance_id = "replica-1"
+state_dir = "/var/lib/sessionizer"
+processing_guarantee = "at_least_once"
+commit_interval = "250ms"
+punctuate_interval = "2s"
+poll_batch = 100
+cache_max_keys = 10
+
+[kafka]
+bootstrap_servers = "b1:9092,b2:9092"
+"security.protocol" = "SASL_SSL"
+"sasl.mechanism" = "PLAIN"
+"sasl.username" = "svc"
+"sasl.password" = "pa55-word"
+"ssl.key.password" = "key-pa55"
+
+[kafka.consumer]
+"fetch.max.bytes" = 1000000
+
+[kafka.producer]
+"linger.ms" = 20
+
+[topics]
+partitions = 12
+replication_factor = 3
+internal_prefix = "internal."
+create = false
+dead_letter = "dlq"
+late = "late"
+
+[http]
+host = "127.0.0.1"
+port = 9200
+liveness_timeout = "2m"
+
+[log]
+level = "debug"
+format = "json"
+
+[pipelines.sessions]
+sources = ["web", "mobile"]
+key = ["user_id", "shop"]
+time = "ts"
+time_format = "epoch_ms"
+late_topic = "sessions-late"
+dead_letter_topic = "sessions-dlq"
+[pipelines.sessions.window]
+type = "session"
+gap = "30m"
+grace = "1m"
+max_duration = "4h"
+max_events = 1000
+[pipelines.sessions.aggregates]
+stake = { type = "sum", field = "stake" }
+n = { type = "count" }
+[pipelines.sessions.output]
+topic = "sessions-out"
+event = "visit"
+format = "flat"
+timestamp = "end"
+
+[pipelines."rolling.5m"]
+sources = "web"
+key = "user_id"
+output = "rolling"
+[pipelines."rolling.5m".window]
+type = "hopping"
+size = "5m"
+advance = "1m"
+"""
+
+
 # -- seed 000: a shop's cart and payment ------------------------------------------------------
 
 SEED_000 = [
