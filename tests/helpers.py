@@ -95,6 +95,15 @@ def session_config(
     return config_from_toml(config_toml({"s": table}))
 
 
+def session_body(
+    app: Any, sources: Iterable[str], *, gap: str = "400ms", grace: str = "3s", extra: str = "", aggregates: str = ""
+) -> str:
+    """Integration tests: pipeline ``sessions`` over ``app``'s topics named ``sources``, written to its ``sessions`` topic."""
+    topics = [app.topic(s) for s in sources]
+    table = pipeline(topics, session_window(gap, grace, extra), output=app.topic("sessions"), aggregates=aggregates)
+    return config_toml({"sessions": table})
+
+
 # -- config files for the tests of the config itself ---------------------------------------------
 
 # The least a config needs: one session pipeline.
