@@ -9,27 +9,8 @@ import orjson
 
 from service.config import load_config
 from service.commands.process import process_lines
+from tests.helpers import config_toml, pipeline, session_body
 from tests.integration.harness import Reader, create_topics, murmur2_partition, produce, wait_until
-
-
-def session_body(app, sources, *, gap="400ms", grace="3s", extra="", aggregates="") -> str:
-    names = ", ".join(f'"{app.topic(s)}"' for s in sources)
-    return f"""
-[pipelines.sessions]
-sources = [{names}]
-key = "user_id"
-time = "ts"
-output = "{app.topic('sessions')}"
-
-[pipelines.sessions.window]
-type = "session"
-gap = "{gap}"
-grace = "{grace}"
-{extra}
-
-[pipelines.sessions.aggregates]
-{aggregates}
-"""
 
 
 def by_user(value):
@@ -161,18 +142,8 @@ def test_unusable_records_go_to_the_dead_letter_topic_and_the_service_carries_on
 
 
 def test_two_pipelines_in_one_service(app):
-    body = session_body(app, ["web"], gap="500ms", grace="1s") + f"""
-[pipelines.rolling]
-sources = ["{app.topic('web')}"]
-key = "user_id"
-time = "ts"
-output = "{app.topic('rolling')}"
-
-[pipelines.rolling.window]
-type = "tumbling"
-size = "1s"
-grace = "500ms"
-"""
+    rolling = pipeline([app.topic("web")], {"type": "tumbling", "size": "1s", "grace": "500ms"}, output=app.topic("rolling"))
+    body = session_body(app, ["web"], gap="500ms", grace="1s") + config_toml({"rolling": rolling})
     app.configure(body)
     create_topics([app.topic("web")])
     service = app.service().start()

@@ -9,7 +9,8 @@ import time
 from confluent_kafka.admin import AdminClient
 
 from tests.integration.harness import REPO, Reader, bootstrap, create_topics, produce, wait_until
-from tests.integration.test_core import by_user, session_body
+from tests.helpers import session_body
+from tests.integration.test_core import by_user
 
 
 def sessionizer(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess:

@@ -21,6 +21,7 @@ from confluent_kafka import Producer
 
 from service.config import load_config
 from service.commands.process import process_lines
+from tests.helpers import session_body
 from tests.integration.harness import Reader, bootstrap, create_topics
 
 SOURCES = ("web", "mobile", "backend")
@@ -28,22 +29,7 @@ Session = tuple[str, int, int, int, int]  # user, start, end, events, sum of amo
 
 
 def pipeline_body(app, gap: str = "1500ms", grace: str = "20s") -> str:
-    names = ", ".join(f'"{app.topic(s)}"' for s in SOURCES)
-    return f"""
-[pipelines.sessions]
-sources = [{names}]
-key = "user_id"
-time = "ts"
-output = "{app.topic('sessions')}"
-
-[pipelines.sessions.window]
-type = "session"
-gap = "{gap}"
-grace = "{grace}"
-
-[pipelines.sessions.aggregates]
-amount = {{ type = "sum", field = "amount" }}
-"""
+    return session_body(app, SOURCES, gap=gap, grace=grace, aggregates='amount = { type = "sum", field = "amount" }')
 
 
 @dataclass

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from service.core.watermarks import Watermarks, source_id, source_parts
 from tests.helpers import Harness, session_config
-from tests.unit.test_properties import GAP, GRACE, sorted_split
+from tests.unit.core.windows.test_sessions_properties import GAP, GRACE, sorted_split
 
 A, B, C = source_id(0, 0), source_id(0, 1), source_id(1, 0)
 

@@ -2,56 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import orjson
-import pytest
 
-from service.commands.process import process_lines
-from tests.helpers import Harness, config_from_toml
-
-T0 = 1_700_000_000  # epoch seconds, as the services write them
-
-
-def calls_config(extra: str = "", grace: str = "3m") -> str:
-    return f"""
-[pipelines.calls]
-sources = ["analyticsTopic", "metricsTopic"]
-key = ["user1", "user2"]
-time = "timestamp"
-output = "outputTopic"
-[pipelines.calls.window]
-type = "session"
-gap = "1m"
-grace = "{grace}"
-[pipelines.calls.pairing]
-{extra}
-"""
-
+from tests.helpers import SEED_003_T0 as T0
+from tests.helpers import Harness, analytics, calls_config, metrics
 
 ANALYTICS, METRICS = 0, 1
-
-
-def analytics(seconds: int, data: str = "data1", users=("id1", "id2")) -> dict:
-    return {"user1": users[0], "user2": users[1], "timestamp": T0 + seconds, "analytics": data}
-
-
-def metrics(seconds: int, data: str = "data2", users=("id1", "id2")) -> dict:
-    return {"user1": users[0], "user2": users[1], "timestamp": T0 + seconds, "metrics": data}
-
-
-@pytest.fixture
-def make(tmp_path):
-    made: list[Harness] = []
-
-    def build(text: str) -> Harness:
-        h = Harness(config_from_toml(text), tmp_path / f"s{len(made)}")
-        made.append(h)
-        return h
-
-    yield build
-    for h in made:
-        h.close()
 
 
 def records(h: Harness) -> list[tuple[str, dict, dict]]:
@@ -108,7 +64,7 @@ def test_a_call_never_yields_both_a_lone_and_a_combined_record(make):
 
 
 def test_partner_more_than_t_apart_makes_two_lone_records(make):
-    h = make(calls_config('lone_topic = "loneTopic"'))
+    h = make(calls_config(lone_topic="loneTopic"))
     h.send(analytics(0), ANALYTICS)
     h.send(metrics(61), METRICS)
     h.finish()
@@ -142,40 +98,8 @@ def test_duplicate_event_of_one_source_keeps_the_earliest(make):
 
 
 def test_time_field_name_is_configurable(make):
-    h = make(calls_config('time_field = "call_time"'))
+    h = make(calls_config(time_field="call_time"))
     h.send(analytics(1), ANALYTICS)
     h.finish()
     ((_, value, _),) = records(h)
     assert value["call_time"] == T0 + 1 and "ts" not in value and "timestamp" not in value
-
-
-def test_offline_mode_reads_wrapped_lines_naming_their_topic():
-    config = config_from_toml(calls_config())
-    lines = [
-        orjson.dumps({"topic": "metricsTopic", "value": metrics(30)}),
-        orjson.dumps({"topic": "analyticsTopic", "value": analytics(10)}),
-        orjson.dumps({"topic": "analyticsTopic", "value": analytics(500, "alone")}),
-        orjson.dumps({"topic": "elsewhere", "value": analytics(9)}),  # no pipeline reads it
-        b'{"value": {}}',
-    ]
-    out = io.StringIO()
-    process_lines(config, lines, out.write, wrapped=True)
-    written = [orjson.loads(line) for line in out.getvalue().splitlines()]
-    paired = [w["value"] for w in written if w["topic"] == "outputTopic"]
-    assert sorted((v["ts"], "metrics" in v) for v in paired) == [(T0 + 10, True), (T0 + 500, False)]
-    (dead,) = [w for w in written if w["topic"] == "sessionizer-dead-letter"]
-    assert "topic" in dead["headers"]["sessionizer.error"]
-
-
-def test_offline_mode_with_one_topic_makes_lone_records():
-    config = config_from_toml(calls_config())
-    out = io.StringIO()
-    process_lines(config, [orjson.dumps(metrics(0))], out.write, topic="metricsTopic")
-    (line,) = out.getvalue().splitlines()
-    record = orjson.loads(line)
-    assert record["value"]["metrics"] == "data2" and record["headers"]["sessionizer.sources"] == "metricsTopic"
-
-
-def test_topic_and_wrapped_exclude_each_other():
-    with pytest.raises(ValueError, match="exclude each other"):
-        process_lines(config_from_toml(calls_config()), [], print, topic="metricsTopic", wrapped=True)

@@ -7,14 +7,10 @@ time + delay. Any event that arrives before it then has time <= its time + grace
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Harness, session_config
+from tests.helpers import session_config, temporary_harness
 
 GAP = 100
 GRACE = 60
@@ -58,23 +54,14 @@ def sorted_split(items, gap=GAP, max_events=None, max_duration=None):
 
 def run(items, commits, extra_window=""):
     config = session_config(gap=f"{GAP}ms", grace=f"{GRACE}ms", extra_window=extra_window, time_format="epoch_ms")
-    directory = Path(tempfile.mkdtemp())
-    h = Harness(config, directory / "store")
-    try:
-        for i, (key, time, _) in enumerate(items):
-            h.send({"user_id": key, "ts": time})
-            if i in commits:
-                h.commit()
-        h.finish()
+    with temporary_harness(config) as h:
+        h.play((({"user_id": key, "ts": time}, 0) for key, time, _ in items), commits)
         late = h.late()
         sessions = [
             (r["user_id"], r["value"]["session_start_ms"], r["value"]["session_end_ms"], r["value"]["event_count"])
             for r in h.emitted()
         ]
         return sessions, late
-    finally:
-        h.close()
-        shutil.rmtree(directory)
 
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-from service.config.durations import parse_duration_ms
 from service.core.extract import BadRecord, KeyExtractor, TimeExtractor, parse_event
 
 
@@ -56,14 +55,3 @@ def test_bad_keys(event, message):
 def test_bad_values(raw, message):
     with pytest.raises(BadRecord, match=message):
         parse_event(raw)
-
-
-@pytest.mark.parametrize("text,ms", [("500ms", 500), ("2s", 2000), ("30m", 1_800_000), ("1h30m", 5_400_000), (250, 250)])
-def test_durations(text, ms):
-    assert parse_duration_ms(text) == ms
-
-
-@pytest.mark.parametrize("text", ["10x", "", "m", "-5s", -1, 1.5, True])
-def test_bad_durations(text):
-    with pytest.raises(ValueError):
-        parse_duration_ms(text)

@@ -9,23 +9,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.ops.metrics import build_registry
-from service.runtime.stats import Buckets, LoopStats, TaskCounts
-from tests.helpers import config_from_toml
+from service.runtime.stats import LoopStats, TaskCounts
+from tests.helpers import config_from_toml, config_toml, pipeline, session_window
 
-CONFIG = """
-[app]
-id = "shop"
-instance_id = "i1"
-[pipelines.sessions]
-sources = ["web"]
-key = "user_id"
-time = "ts"
-output = "out"
-dead_letter_topic = "sessions-dlq"
-[pipelines.sessions.window]
-type = "session"
-gap = "1s"
-"""
+CONFIG = config_toml(
+    {"sessions": pipeline(["web"], session_window("1s"), dead_letter_topic="sessions-dlq")},
+    app={"id": "shop", "instance_id": "i1"},
+)
 
 
 @pytest.fixture
@@ -116,27 +106,3 @@ def test_names_follow_prometheus_conventions(stats):
         if "duration" in family.name or "delay" in family.name or "age" in family.name:
             assert family.name.endswith("_seconds"), family.name
     assert any(f.name == "process_cpu_seconds" for f in families)  # process metrics come along
-
-
-def test_buckets_are_cumulative_with_le_semantics():
-    buckets = Buckets((1.0, 2.0))
-    for value in (0.5, 1.0, 1.5, 9.0):
-        buckets.observe(value)
-    assert buckets.cumulative() == [(1.0, 2), (2.0, 3), (float("inf"), 4)]
-    assert buckets.sum == 12.0
-
-
-def test_emit_delay_of_a_window_closing_in_the_future_counts_as_zero():
-    stats = LoopStats()
-    observe = stats.emit_observer("p")
-    observe(int(time.time() * 1000) + 60_000)
-    assert stats.emit_delay["p"].sum == 0.0 and stats.emit_delay["p"].counts[0] == 1
-
-
-def test_tick_marks_the_loop_alive_and_asks_for_a_sample_once_a_second():
-    stats = LoopStats()
-    due = [stats.tick(100.0), stats.tick(100.5), stats.tick(101.1)]
-    assert stats.running and stats.last_iteration == 101.1
-    assert due == [True, False, True]
-    stats.rebalances += 1  # a new assignment is sampled at once
-    assert stats.tick(101.2)

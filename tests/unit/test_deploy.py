@@ -7,13 +7,10 @@ plugin, which CI machines may lack).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
-import sys
 import tomllib
-from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -22,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.config import apply_env_overrides, parse_config
 from service.ops.metrics import build_registry
 from service.runtime.stats import LoopStats
+from tests.helpers import REPO, load_script, sample_config
 
 yaml = pytest.importorskip("yaml")
 
-REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -43,9 +40,8 @@ def exec_form(argument: str) -> list[str]:
 
 def exported_names() -> set[str]:
     """Every sample name the service's registry can expose (``_total``, ``_bucket``… included)."""
-    config = parse_config(tomllib.loads((REPO / "config" / "sessionizer.toml").read_text()), [])
     names = set()
-    for family in text_string_to_metric_families(generate_latest(build_registry(LoopStats(), config)).decode()):
+    for family in text_string_to_metric_families(generate_latest(build_registry(LoopStats(), sample_config())).decode()):
         names.add(family.name)
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "info": ["_info"]}
         names.update(family.name + s for s in suffixes.get(family.type, []))
@@ -137,11 +133,7 @@ def test_compose_demo_producer_arguments_are_accepted():
     demo = COMPOSE["services"]["demo"]
     assert demo["image"] == COMPOSE["services"]["sessionizer"]["image"]
     assert demo["entrypoint"] == ["python", "/app/scripts/demo_events.py"]
-    spec = importlib.util.spec_from_file_location("demo_events", REPO / "scripts" / "demo_events.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["demo_events"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    args = module.parse_args(demo["command"])
+    args = load_script("demo_events").parse_args(demo["command"])
     assert args.bootstrap == "kafka:9092" and args.scenario == "all"
     assert demo["depends_on"]["sessionizer"]["condition"] == "service_healthy"
 
@@ -178,9 +170,8 @@ def test_operations_guide_lists_every_metric_and_nothing_else():
     documented = {}
     for match in re.finditer(r"^\| `(sessionizer_[a-z_]+)` \| (\w+) \|", text, re.MULTILINE):
         documented[match.group(1)] = match.group(2)
-    config = parse_config(tomllib.loads((REPO / "config" / "sessionizer.toml").read_text()), [])
     exported = {}
-    for family in text_string_to_metric_families(generate_latest(build_registry(LoopStats(), config)).decode()):
+    for family in text_string_to_metric_families(generate_latest(build_registry(LoopStats(), sample_config())).decode()):
         if family.name.startswith("sessionizer"):
             name = family.name + ("_total" if family.type == "counter" else "_info" if family.type == "info" else "")
             exported[name] = "gauge" if family.type == "info" else family.type

@@ -1,57 +1,78 @@
-"""Session flags (any/all of a condition), event conditions and custom aggregates."""
+"""Every aggregate merges, and merging equals adding everything to one state; session flags (any/all of a
+condition) and custom aggregates named in the config."""
 
 from __future__ import annotations
-
-from datetime import datetime, timezone
 
 import pytest
 
 from service.core.aggregates import build_aggregates
-from service.core.conditions import compile_condition
 from service.config import AggregateConfig, ConditionConfig
-from tests.helpers import Harness, session_config
+from tests.helpers import Harness, at, session_config
+
+EVENTS = [
+    (3, {"v": 5, "t": "page", "p": "/a"}),
+    (1, {"v": 2, "t": "cart", "p": "/b"}),
+    (7, {"v": 9, "t": "page", "p": "/a"}),
+    (5, {"t": "page"}),
+    (2, {"v": 1.5, "t": "pay", "p": {"x": 1}}),
+]
+
+CASES = [
+    ("count", None, 5),
+    ("count", "v", 4),
+    ("sum", "v", 17.5),
+    ("min", "v", 1.5),
+    ("max", "v", 9),
+    ("avg", "v", 17.5 / 4),
+    ("first", "t", "cart"),
+    ("last", "t", "page"),
+    ("count_distinct", "p", 3),
+    ("count_by", "t", {"page": 3, "cart": 1, "pay": 1}),
+]
 
 
-def at(hhmm: str) -> int:
-    hours, minutes = map(int, hhmm.split(":"))
-    return int(datetime(2017, 7, 5, hours, minutes, tzinfo=timezone.utc).timestamp() * 1000)
+@pytest.mark.parametrize("kind,field,expected", CASES)
+def test_result(kind, field, expected):
+    (agg,) = build_aggregates((AggregateConfig("x", kind, field),))
+    state = agg.init()
+    for time_ms, event in EVENTS:
+        state = agg.add(state, event, time_ms)
+    assert agg.result(agg.load(agg.dump(state))) == expected
 
 
-# -- conditions ---------------------------------------------------------------
+@pytest.mark.parametrize("kind,field,expected", CASES)
+@pytest.mark.parametrize("split", [0, 1, 2, 4, 5])
+def test_merge_of_two_halves_equals_the_whole(kind, field, expected, split):
+    (agg,) = build_aggregates((AggregateConfig("x", kind, field),))
+    left, right = agg.init(), agg.init()
+    for time_ms, event in EVENTS[:split]:
+        left = agg.add(left, event, time_ms)
+    for time_ms, event in EVENTS[split:]:
+        right = agg.add(right, event, time_ms)
+    assert agg.result(agg.merge(left, right)) == expected
+    assert agg.result(agg.merge(right, left)) == expected
 
 
-@pytest.mark.parametrize(
-    "equals,value,expected",
-    [
-        (("checkout",), "checkout", True),
-        (("checkout",), "page", False),
-        (("checkout",), None, False),
-        (("checkout", "payment"), "payment", True),
-        ((1,), 1, True),
-        ((1,), 1.0, True),
-        ((1,), True, False),
-        ((True,), 1, False),
-        ((True,), True, True),
-        (("1",), 1, False),
-        ((1,), "1", False),
-        (("a", 2), 2, True),
-        (("a", 2), "a", True),
-        (("a", 2), "2", False),
-        (None, 0, True),
-        (None, False, True),
-        (None, None, False),
-    ],
-)
-def test_condition_compares_json_values(equals, value, expected):
-    event = {} if value is None else {"v": value}
-    assert compile_condition(ConditionConfig("v", equals))(event) is expected
+def test_first_and_last_break_time_ties_by_value_not_arrival():
+    first, last = build_aggregates((AggregateConfig("f", "first", "v"), AggregateConfig("l", "last", "v")))
+    results = set()
+    for order in ([("b", 1), ("a", 1)], [("a", 1), ("b", 1)]):
+        f = l_state = None
+        for value, time_ms in order:
+            f = first.add(f, {"v": value}, time_ms)
+            l_state = last.add(l_state, {"v": value}, time_ms)
+        results.add((first.result(f), last.result(l_state)))
+    assert results == {("a", "b")}
 
 
-def test_condition_reads_dotted_paths():
-    matches = compile_condition(ConditionConfig("details.page", ("/cart",)))
-    assert matches({"details": {"page": "/cart"}})
-    assert not matches({"details": {"page": "/home"}})
-    assert not matches({"details": "flat"})
+def test_numeric_aggregates_reject_non_numbers():
+    from service.core.extract import BadRecord
+
+    (agg,) = build_aggregates((AggregateConfig("total", "sum", "v"),))
+    agg.check({"v": 3})
+    agg.check({})
+    with pytest.raises(BadRecord, match="wrong type"):
+        agg.check({"v": "3"})
 
 
 # -- flags ----------------------------------------------------------------------

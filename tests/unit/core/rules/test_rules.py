@@ -5,86 +5,33 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import orjson
-import pytest
 
 from service.core.pipeline import Pipeline
 from service.core.processor import WindowProcessor
 from service.state.store import WindowStore
-from tests.helpers import Harness, config_from_toml
+from tests.helpers import CART, PAY, SEED_000, Harness, config_from_toml, config_toml, pipeline, rule, session_window
 
-CART = {"field": "type", "equals": "item_added_to_cart"}
-PAY = {"field": "type", "equals": "payment_processed"}
-
-SEED_000 = [
-    {"event_id": "evt_abc", "timestamp": 1678886400, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/home"}},
-    {"event_id": "evt_def", "timestamp": 1678886401, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/products"}},
-    {"event_id": "evt_ghi", "timestamp": 1678886405, "user_id": "user_123", "type": "item_added_to_cart", "details": {"item_id": "prod_xyz"}},
-    {"event_id": "evt_jkl", "timestamp": 1678886410, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/cart"}},
-    {"event_id": "evt_mno", "timestamp": 1678886412, "user_id": "user_123", "type": "payment_processed", "details": {"order_id": "ord_789"}},
-]
 T0 = 1678886400
 
 
-def config(rules: str, gap: str = "30m", grace: str = "2m", aggregates: str = "") -> str:
-    return f"""
-[pipelines.shop]
-sources = ["web_events", "mobile_events"]
-key = "user_id"
-time = "timestamp"
-output = "sessions"
-[pipelines.shop.window]
-type = "session"
-gap = "{gap}"
-grace = "{grace}"
-[pipelines.shop.aggregates]
-{aggregates}
-{rules}
-"""
+def config(rules: dict | None = None, gap: str = "30m", grace: str = "2m", aggregates: str = "") -> str:
+    """Pipeline ``shop``: sessions of ``user_id`` over web and mobile events, with ``rules``."""
+    sources = ["web_events", "mobile_events"]
+    shop = pipeline(sources, session_window(gap, grace), time="timestamp", output="sessions", aggregates=aggregates, rules=rules)
+    return config_toml({"shop": shop})
 
 
-PURCHASE = """
-[pipelines.shop.rules.purchase_completed]
-type = "sequence"
-first = { field = "type", equals = "item_added_to_cart" }
-then = { field = "type", equals = "payment_processed" }
-within = "5m"
-topic = "purchases"
-keep = ["event_id", "details"]
-"""
-
-ABANDONED = """
-[pipelines.shop.rules.abandoned_cart]
-type = "absence"
-first = { field = "type", equals = "item_added_to_cart" }
-then = { field = "type", equals = "payment_processed" }
-topic = "coupons"
-event = "cart_abandoned"
-keep = ["event_id", "details"]
-"""
-
-SLOW = """
-[pipelines.shop.rules.slow_checkout]
-type = "absence"
-first = { field = "type", equals = "item_added_to_cart" }
-then = { field = "type", equals = "payment_processed" }
-within = "5m"
-topic = "nudges"
-keep = ["event_id"]
-"""
+def purchase(within: str = "5m") -> dict:
+    return {"purchase_completed": rule("sequence", CART, PAY, "purchases", within=within, keep=["event_id", "details"])}
 
 
-@pytest.fixture
-def make(tmp_path):
-    made: list[Harness] = []
+def slow(within: str | None = "5m") -> dict:
+    return {"slow_checkout": rule("absence", CART, PAY, "nudges", within=within, keep=["event_id"])}
 
-    def build(text: str) -> Harness:
-        h = Harness(config_from_toml(text), tmp_path / f"s{len(made)}")
-        made.append(h)
-        return h
 
-    yield build
-    for h in made:
-        h.close()
+PURCHASE = purchase()
+ABANDONED = {"abandoned_cart": rule("absence", CART, PAY, "coupons", event="cart_abandoned", keep=["event_id", "details"])}
+SLOW = slow()
 
 
 def ev(seconds: int, kind: str, event_id: str = "", user: str = "user_123") -> dict:
@@ -182,8 +129,7 @@ def test_repeated_carts_and_payments_match_pairwise(make):
 
 def test_pair_brought_together_by_a_bridging_event_matches_at_the_merge(make):
     """T longer than the gap: cart and payment first sit in two sessions; a late event joins them."""
-    rules = PURCHASE.replace('within = "5m"', 'within = "15m"')
-    h = make(config(rules, gap="5m", grace="10m"))
+    h = make(config(purchase(within="15m"), gap="5m", grace="10m"))
     h.send(ev(0, "item_added_to_cart", "c"))
     h.send(ev(600, "payment_processed", "p"))  # 10 minutes later: a second session
     h.commit()
@@ -196,8 +142,7 @@ def test_pair_brought_together_by_a_bridging_event_matches_at_the_merge(make):
 
 
 def test_no_match_across_sessions(make):
-    rules = PURCHASE.replace('within = "5m"', 'within = "1h"')
-    h = make(config(rules, gap="5m"))
+    h = make(config(purchase(within="1h"), gap="5m"))
     h.send(ev(0, "item_added_to_cart"))
     h.send(ev(600, "payment_processed"))
     h.finish()
@@ -299,13 +244,8 @@ def test_seed_004_allofr_only_the_session_without_checkout_gets_a_coupon(make):
         hours, minutes = map(int, hhmm.split(":"))
         return int(datetime(2017, 7, 5, hours, minutes, tzinfo=timezone.utc).timestamp())
 
-    rules = """
-[pipelines.shop.rules.coupon]
-type = "absence"
-first = { field = "type", equals = "put-item-in-cart" }
-then = { field = "type", equals = "checkout" }
-topic = "coupons"
-"""
+    cart, checkout = {"field": "type", "equals": "put-item-in-cart"}, {"field": "type", "equals": "checkout"}
+    rules = {"coupon": rule("absence", cart, checkout, "coupons")}
     h = make(config(rules, gap="10m", grace="15m", aggregates='has_checkout = { type = "any", field = "type", equals = "checkout" }'))
     story = [("14:30", "put-item-in-cart"), ("14:34", "checkout"), ("15:03", "put-item-in-cart"), ("15:07", "remove-item-from-cart"), ("15:16", "preview-item")]
     for hhmm, kind in story:
@@ -349,8 +289,7 @@ def test_absence_within_t_answered_in_time_or_out_of_order(make):
 
 
 def test_absence_within_t_longer_than_the_session_is_decided_at_close(make):
-    rules = SLOW.replace('within = "5m"', 'within = "1h"')
-    h = make(config(rules, gap="5m", grace="0s"))
+    h = make(config(slow(within="1h"), gap="5m", grace="0s"))
     h.send(ev(0, "item_added_to_cart", "c"))
     h.send(ev(601, "payment_processed", user="someone_else"))  # the session closes at 5m + 0s
     h.commit()
@@ -363,7 +302,7 @@ def test_absence_within_t_longer_than_the_session_is_decided_at_close(make):
 def test_pipeline_without_rules_runs_the_plain_session_class(make):
     from service.core.windows.session import SessionWindows
 
-    h = make(config(""))
+    h = make(config())
     assert type(h.pipeline.window) is SessionWindows
     h2 = make(config(PURCHASE))
     assert type(h2.pipeline.window) is not SessionWindows
@@ -381,11 +320,11 @@ def test_adding_changing_and_removing_rules_keeps_the_open_sessions(tmp_path):
         h.close()
         return h
 
-    run(config(""), [ev(0, "item_added_to_cart", "before_rules")])
-    run(config(PURCHASE + SLOW), [ev(10, "item_added_to_cart", "c")])
-    changed = PURCHASE + SLOW.replace('within = "5m"\n', "")  # slow_checkout becomes an until-close absence
+    run(config(), [ev(0, "item_added_to_cart", "before_rules")])
+    run(config(PURCHASE | SLOW), [ev(10, "item_added_to_cart", "c")])
+    changed = PURCHASE | slow(within=None)  # slow_checkout becomes an until-close absence
     h = run(config(changed), [ev(20, "payment_processed", "p")])
     assert sorted(v["first"]["event_id"] for v in values(h, "purchases")) == ["c"]
-    h = run(config(""), [ev(30, "page_viewed")], finish=True)
+    h = run(config(), [ev(30, "page_viewed")], finish=True)
     (session,) = h.emitted("sessions")
     assert session["value"]["event_count"] == 4

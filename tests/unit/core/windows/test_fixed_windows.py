@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import tomllib
 
-from tests.helpers import Harness, config_from_toml
+from tests.helpers import Harness, config_toml, pipeline
 
 
 def fixed_config(window: str) -> str:
-    return f"""
-[pipelines.r]
-sources = ["events"]
-key = "user_id"
-time = "ts"
-time_format = "epoch_ms"
-output = "out"
-[pipelines.r.window]
-{window}
-[pipelines.r.aggregates]
-total = {{ type = "sum", field = "amount" }}
-"""
-
-
-@pytest.fixture
-def make(tmp_path):
-    made = []
-
-    def build(window: str) -> Harness:
-        h = Harness(config_from_toml(fixed_config(window)), tmp_path / f"s{len(made)}")
-        made.append(h)
-        return h
-
-    yield build
-    for h in made:
-        h.close()
+    """Pipeline ``r`` over ``events`` summing ``amount``, with the window table written in TOML."""
+    total = 'total = { type = "sum", field = "amount" }'
+    table = pipeline(["events"], tomllib.loads(window), time_format="epoch_ms", aggregates=total)
+    return config_toml({"r": table})
 
 
 def windows(h: Harness) -> list[tuple[int, int, int, float]]:
@@ -44,7 +22,7 @@ def windows(h: Harness) -> list[tuple[int, int, int, float]]:
 
 
 def test_tumbling_windows_sum_per_window(make):
-    h = make('type = "tumbling"\nsize = "100ms"')
+    h = make(fixed_config('type = "tumbling"\nsize = "100ms"'))
     for ts, amount in [(5, 1), (99, 2), (100, 4), (250, 8)]:
         h.send({"user_id": "u", "ts": ts, "amount": amount})
     h.finish()
@@ -53,7 +31,7 @@ def test_tumbling_windows_sum_per_window(make):
 
 
 def test_tumbling_window_closes_when_stream_time_passes_end_plus_grace(make):
-    h = make('type = "tumbling"\nsize = "100ms"\ngrace = "50ms"')
+    h = make(fixed_config('type = "tumbling"\nsize = "100ms"\ngrace = "50ms"'))
     h.send({"user_id": "u", "ts": 10, "amount": 1})
     h.send({"user_id": "v", "ts": 150, "amount": 1})
     h.commit()
@@ -64,7 +42,7 @@ def test_tumbling_window_closes_when_stream_time_passes_end_plus_grace(make):
 
 
 def test_event_for_a_closed_tumbling_window_goes_to_the_late_topic(make):
-    h = make('type = "tumbling"\nsize = "100ms"\ngrace = "10ms"')
+    h = make(fixed_config('type = "tumbling"\nsize = "100ms"\ngrace = "10ms"'))
     h.send({"user_id": "u", "ts": 10, "amount": 1})
     h.send({"user_id": "u", "ts": 200, "amount": 1})
     h.commit()
@@ -75,14 +53,14 @@ def test_event_for_a_closed_tumbling_window_goes_to_the_late_topic(make):
 
 
 def test_hopping_event_counts_in_every_window_containing_it(make):
-    h = make('type = "hopping"\nsize = "100ms"\nadvance = "50ms"')
+    h = make(fixed_config('type = "hopping"\nsize = "100ms"\nadvance = "50ms"'))
     h.send({"user_id": "u", "ts": 60, "amount": 1})
     h.finish()
     assert windows(h) == [(0, 100, 1, 1), (50, 150, 1, 1)]
 
 
 def test_hopping_late_event_still_counts_in_its_open_windows(make):
-    h = make('type = "hopping"\nsize = "100ms"\nadvance = "50ms"')
+    h = make(fixed_config('type = "hopping"\nsize = "100ms"\nadvance = "50ms"'))
     h.send({"user_id": "u", "ts": 60, "amount": 1})
     h.send({"user_id": "u", "ts": 120, "amount": 1})  # closes [0, 100)
     h.commit()

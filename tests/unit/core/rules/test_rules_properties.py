@@ -1,9 +1,10 @@
 """Rules under arbitrary arrival order: what they derive equals processing the events sorted by time.
 
-As in test_properties.py, each event gets a delay in [0, grace] and events
-arrive sorted by time + delay, so every event arrives at most grace behind
-stream time. Each generated event carries a unique id and rules carry whole
-events, so every derived record says exactly which events made it.
+As in core/windows/test_sessions_properties.py, each event gets a delay in
+[0, grace] and events arrive sorted by time + delay, so every event arrives at
+most grace behind stream time. Each generated event carries a unique id and
+rules carry whole events, so every derived record says exactly which events
+made it.
 
 Three checks per rule kind:
 
@@ -21,16 +22,13 @@ distinct events and that such an event answers its own absence.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Harness, config_from_toml
+from tests.helpers import config_from_toml, config_toml, pipeline, rule, session_window, temporary_harness
 
 GAP = 100
 KEYS = ["k1", "k2"]
@@ -69,52 +67,18 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 
 
 def rules_config(grace: int, seq_within: int = 0, slow_within: int = 0, pairing: bool = False) -> str:
+    window = session_window(f"{GAP}ms", f"{grace}ms")
     if pairing:
-        return f"""
-[pipelines.s]
-sources = ["t0", "t1"]
-key = "user_id"
-time = "ts"
-time_format = "epoch_ms"
-output = "paired"
-[pipelines.s.window]
-type = "session"
-gap = "{GAP}ms"
-grace = "{grace}ms"
-[pipelines.s.pairing]
-lone_topic = "lone"
-"""
-    return f"""
-[pipelines.s]
-sources = ["t0", "t1"]
-key = "user_id"
-time = "ts"
-time_format = "epoch_ms"
-output = "out"
-[pipelines.s.window]
-type = "session"
-gap = "{GAP}ms"
-grace = "{grace}ms"
-[pipelines.s.aggregates]
-has_then = {{ type = "any", field = "type", in = ["b", "ab"] }}
-[pipelines.s.rules.seq]
-type = "sequence"
-first = {{ field = "type", in = ["a", "ab"] }}
-then = {{ field = "type", in = ["b", "ab"] }}
-within = "{seq_within}ms"
-topic = "seq"
-[pipelines.s.rules.gone]
-type = "absence"
-first = {{ field = "type", in = ["a", "ab"] }}
-then = {{ field = "type", in = ["b", "ab"] }}
-topic = "gone"
-[pipelines.s.rules.slow]
-type = "absence"
-first = {{ field = "type", in = ["a", "ab"] }}
-then = {{ field = "type", in = ["b", "ab"] }}
-within = "{slow_within}ms"
-topic = "slow"
-"""
+        paired = pipeline(["t0", "t1"], window, time_format="epoch_ms", output="paired", pairing={"lone_topic": "lone"})
+        return config_toml({"s": paired})
+    first, then = {"field": "type", "in": list(FIRST)}, {"field": "type", "in": list(THEN)}
+    rules = {
+        "seq": rule("sequence", first, then, "seq", within=f"{seq_within}ms"),
+        "gone": rule("absence", first, then, "gone"),
+        "slow": rule("absence", first, then, "slow", within=f"{slow_within}ms"),
+    }
+    aggregates = 'has_then = { type = "any", field = "type", in = ["b", "ab"] }'
+    return config_toml({"s": pipeline(["t0", "t1"], window, time_format="epoch_ms", aggregates=aggregates, rules=rules)})
 
 
 def with_ids(items):
@@ -136,23 +100,14 @@ def as_event(item):
 
 def run(text, items, commits):
     """Feed ``items`` in the given order; return the records produced per topic, and the accepted ids."""
-    directory = Path(tempfile.mkdtemp())
-    h = Harness(config_from_toml(text), directory / "store")
-    try:
-        for n, item in enumerate(items):
-            h.send(as_event(item), source=item[5])
-            if n in commits:
-                h.commit()
-        h.finish()
+    with temporary_harness(config_from_toml(text)) as h:
+        h.play(((as_event(item), item[5]) for item in items), commits)
         late = {orjson.loads(r.value)["id"] for r in h.late()}
         by_topic: dict[str, Counter] = {}
         for record in h.out:
             if record.topic != h.pipeline.config.late_topic:
                 by_topic.setdefault(record.topic, Counter())[(record.key, record.value, record.headers)] += 1
         return by_topic, {item[0] for item in items} - late
-    finally:
-        h.close()
-        shutil.rmtree(directory)
 
 
 # -- the reference: the definitions of docs/rules.md, by brute force ----------------
@@ -286,14 +241,8 @@ def pairing_event(item):
 
 
 def run_pairing(grace, items, commits):
-    directory = Path(tempfile.mkdtemp())
-    h = Harness(config_from_toml(rules_config(grace, pairing=True)), directory / "store")
-    try:
-        for n, item in enumerate(items):
-            h.send(pairing_event(item), source=item[5])
-            if n in commits:
-                h.commit()
-        h.finish()
+    with temporary_harness(config_from_toml(rules_config(grace, pairing=True))) as h:
+        h.play(((pairing_event(item), item[5]) for item in items), commits)
         assert h.late() == []
         by_topic: dict[str, Counter] = {}
         for record in h.out:
@@ -302,9 +251,6 @@ def run_pairing(grace, items, commits):
             rendered = orjson.dumps(value)
             by_topic.setdefault(record.topic, Counter())[(record.key, rendered, record.headers)] += 1
         return by_topic
-    finally:
-        h.close()
-        shutil.rmtree(directory)
 
 
 @SETTINGS

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-import tomllib
 from collections import Counter
 from itertools import islice
-from pathlib import Path
 
 import orjson
 
-from service.config import apply_env_overrides, parse_config
 from service.commands.process import process_lines
+from tests.helpers import load_script, sample_config
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("demo_events", REPO / "scripts" / "demo_events.py")
-demo = importlib.util.module_from_spec(_spec)
-sys.modules["demo_events"] = demo
-_spec.loader.exec_module(demo)
-
-
-def sample_config(environ: dict[str, str] | None = None):
-    raw = tomllib.loads((REPO / "config" / "sessionizer.toml").read_text())
-    problems: list[str] = []
-    apply_env_overrides(raw, environ or {}, problems)
-    config = parse_config(raw, problems)
-    assert problems == []
-    return config
+demo = load_script("demo_events")
 
 
 def sessions(config, events) -> list[dict]:

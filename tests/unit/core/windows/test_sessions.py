@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import pytest
 
-from tests.helpers import Harness, session_config
-
-
-def at(hhmm: str) -> int:
-    hours, minutes = map(int, hhmm.split(":"))
-    return int(datetime(2017, 7, 5, hours, minutes, tzinfo=timezone.utc).timestamp() * 1000)
+from tests.helpers import Harness, at, session_config
 
 
 def bounds(records: list[dict]) -> list[tuple[int, int, int]]:
@@ -19,16 +12,9 @@ def bounds(records: list[dict]) -> list[tuple[int, int, int]]:
 
 
 @pytest.fixture
-def harness(tmp_path):
-    def make(**kwargs):
-        h = Harness(session_config(**kwargs), tmp_path / "store")
-        made.append(h)
-        return h
-
-    made: list[Harness] = []
-    yield make
-    for h in made:
-        h.close()
+def harness(make):
+    """A harness over pipeline ``s`` (see ``session_config``), closed after the test."""
+    return lambda **kwargs: make(session_config(**kwargs))
 
 
 ALLOFR = ["14:30", "14:34", "15:03", "15:07", "15:16", "15:29", "15:37"]
