@@ -6,7 +6,7 @@
 #   bash scripts/test.sh -m "not chaos"  # any pytest arguments
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-SESSIONIZER_EXTRAS=test source scripts/env.sh
+SESSIONIZER_EXTRAS=test,dev source scripts/env.sh
 
 export KAFKA_PORT=${SESSIONIZER_TEST_KAFKA_PORT:-19092}
 KAFKA_DATA_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sessionizer-test-kafka.XXXXXX")
