@@ -7,13 +7,14 @@ so a record that is dead-lettered online is dead-lettered offline too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 
-from service.errors import BadRecord
+# Re-exported: custom aggregates raise it by this name (docs/rules.md, examples/aggregates.py).
+from service.errors import BadRecord as BadRecord
 
 Getter = Callable[[dict[str, Any]], Any]
 
@@ -37,11 +38,12 @@ def field_getter(path: str) -> Getter:
         value = event.get(path)
         if value is not None:
             return value
+        value = event
         for part in parts:
-            if not isinstance(event, dict):
+            if not isinstance(value, dict):
                 return None
-            event = event.get(part)
-        return event
+            value = value.get(part)
+        return value
 
     return get
 
@@ -77,6 +79,7 @@ class KeyExtractor:
     """
 
     paths: tuple[str, ...]
+    _getters: tuple[Getter, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_getters", tuple(field_getter(p) for p in self.paths))
@@ -86,7 +89,7 @@ class KeyExtractor:
         return self.paths == (RECORD_KEY,)
 
     def __call__(self, event: dict[str, Any], record_key: bytes | None = None) -> bytes:
-        getters: tuple[Getter, ...] = self._getters  # type: ignore[attr-defined]
+        getters = self._getters
         if len(getters) == 1:
             if self.paths[0] == RECORD_KEY:
                 if not record_key:
@@ -128,12 +131,13 @@ class TimeExtractor:
 
     path: str | None
     format: str = "auto"
+    _get: Getter | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_get", field_getter(self.path) if self.path else None)
 
     def __call__(self, event: dict[str, Any], record_ms: int | None) -> int:
-        get: Getter | None = self._get  # type: ignore[attr-defined]
+        get = self._get
         value = get(event) if get is not None else None
         if value is None:
             if record_ms is None or record_ms < 0:

@@ -138,7 +138,8 @@ class AbsenceWithin(_Absence):
 
     def _certain_after(self, first: list[Any]) -> int:
         """Once stream time passes this, every event up to first + T has arrived."""
-        return first[0] + self.within + self.grace
+        time_ms: int = first[0]
+        return time_ms + self.within + self.grace
 
     def _unanswered(self, pending: list[list[Any]], thens: list[int]) -> list[list[Any]]:
         return [p for p in pending if not any(p[0] <= t <= p[0] + self.within for t in thens)]
