@@ -88,7 +88,7 @@ class OpsServer:
     def get(self, path: str, query: dict[str, list[str]], accept: str | None) -> tuple[int, str, bytes, dict[str, str]]:
         """Status, content type, body and extra headers for a GET."""
         if path == "/metrics":
-            encoder, content_type = choose_encoder(accept)
+            encoder, content_type = choose_encoder(accept or "")
             return 200, content_type, encoder(self.registry), {}
         if path == "/healthz":
             ok, body = liveness(self.stats, self.config.http_liveness_timeout_ms / 1000)
