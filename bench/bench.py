@@ -36,8 +36,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.config import load_config  # noqa: E402
 from service.commands.process import process_lines  # noqa: E402
+from service.config import load_config  # noqa: E402
 
 PAGES = ["/home", "/products", "/product/42", "/cart", "/checkout", "/search", "/account"]
 TYPES = ["page_viewed"] * 6 + ["item_added_to_cart", "payment_processed"]

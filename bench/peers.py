@@ -46,7 +46,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import bench  # also puts the repository on sys.path, for service.*
-from service.core.partitioner import partition_for  # noqa: E402
+from service.core.partitioner import partition_for
 
 HERE = Path(__file__).resolve().parent
 KS_DIR = HERE / "peers" / "kafka-streams"

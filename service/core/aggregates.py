@@ -13,8 +13,8 @@ each class here says which one it implements in ``type_name``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self
 
 import orjson

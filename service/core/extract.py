@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ Getter = Callable[[dict[str, Any]], Any]
 # Epoch numbers at or above this are milliseconds: 1e11 seconds is the year 5138,
 # 1e11 milliseconds is 1973.
 _MS_THRESHOLD = 100_000_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
 
@@ -178,5 +178,5 @@ def _parse_iso(text: str, path: str) -> int:
     except ValueError:
         raise BadRecord(f"bad timestamp in {path!r}: {text!r} is not ISO-8601") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // _ONE_MS

@@ -20,9 +20,8 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from service.runtime.clients import KAFKA_LOGGER, kafka_logger
-
 from service.config.secrets import REDACTED, is_secret, scrub
+from service.runtime.clients import KAFKA_LOGGER, kafka_logger
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 

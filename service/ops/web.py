@@ -117,7 +117,7 @@ def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
         server_version = "sessionizer"
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 (the standard library's naming)
+        def do_GET(self) -> None:
             started = time.perf_counter()
             url = urlsplit(self.path)
             # The raw path: a key may contain an encoded '/', decoded once by the route.
@@ -135,7 +135,7 @@ def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
             log.debug("http request", path=url.path, status=status, seconds=round(time.perf_counter() - started, 4))
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # requests are logged above, as structured lines
 
     return Handler

@@ -19,8 +19,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
-from service.config import load_config
 from service.commands.process import process_lines
+from service.config import load_config
 from tests.integration.harness import Reader, bootstrap, create_topics
 
 SOURCES = ("web", "mobile", "backend")

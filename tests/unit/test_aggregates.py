@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.core.aggregates import build_aggregates
 from service.config import AggregateConfig
+from service.core.aggregates import build_aggregates
 
 EVENTS = [
     (3, {"v": 5, "t": "page", "p": "/a"}),

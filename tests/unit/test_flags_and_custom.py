@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
+from service.config import AggregateConfig, ConditionConfig
 from service.core.aggregates import build_aggregates
 from service.core.conditions import compile_condition
-from service.config import AggregateConfig, ConditionConfig
 from tests.helpers import Harness, session_config
 
 
 def at(hhmm: str) -> int:
     hours, minutes = map(int, hhmm.split(":"))
-    return int(datetime(2017, 7, 5, hours, minutes, tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime(2017, 7, 5, hours, minutes, tzinfo=UTC).timestamp() * 1000)
 
 
 # -- conditions ---------------------------------------------------------------

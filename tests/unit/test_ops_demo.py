@@ -12,8 +12,8 @@ from pathlib import Path
 
 import orjson
 
-from service.config import apply_env_overrides, parse_config
 from service.commands.process import process_lines
+from service.config import apply_env_overrides, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("demo_events", REPO / "scripts" / "demo_events.py")

@@ -9,21 +9,20 @@ import urllib.request
 
 import orjson
 import pytest
-
-from service.errors import ServiceStopping
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.ops.metrics import build_registry
 from service.core.partitioner import murmur2, partition_for
 from service.core.pipeline import Pipeline
+from service.errors import ServiceStopping
+from service.ops.metrics import build_registry
 from service.ops.queries import SessionQueries, encode_key
+from service.ops.web import OpsServer
+from service.runtime.clients import consumer_config
 from service.runtime.owners import Owner, instance_from_client_id
 from service.runtime.queries import LOCAL, REMOTE, RESTORING, Query, QueryInbox, answer
-from service.runtime.clients import consumer_config
 from service.runtime.stats import LoopStats
 from service.runtime.tasks import TaskState
-from service.ops.web import OpsServer
 from tests.helpers import config_from_toml, window_task
 from tests.integration.harness import murmur2_partition
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -11,7 +11,7 @@ from tests.helpers import Harness, session_config
 
 def at(hhmm: str) -> int:
     hours, minutes = map(int, hhmm.split(":"))
-    return int(datetime(2017, 7, 5, hours, minutes, tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime(2017, 7, 5, hours, minutes, tzinfo=UTC).timestamp() * 1000)
 
 
 def bounds(records: list[dict]) -> list[tuple[int, int, int]]:

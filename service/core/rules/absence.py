@@ -24,10 +24,10 @@ from typing import Any
 
 import orjson
 
-from service.core.conditions import compile_condition
 from service.config import RuleConfig
-from service.core.rules.base import Derived, Keeper, Rule
 from service.core.closing import closed
+from service.core.conditions import compile_condition
+from service.core.rules.base import Derived, Keeper, Rule
 
 
 def _later(left: list[Any] | None, right: list[Any] | None) -> list[Any] | None:
