@@ -209,8 +209,8 @@ def service_run(bootstrap: str, topic: str, n: int, guarantee: str, partitions: 
         config.write_text(
             CONFIG.format(app=app, state=f"{tmp}/state", guarantee=guarantee, bootstrap=bootstrap, partitions=partitions, topic=topic)
         )
-        log = open(Path(tmp) / "service.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=log, stderr=log)
+        with open(Path(tmp) / "service.log", "wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=log, stderr=log)
         try:
             topics = {topic: partitions, f"{app}-sessions-repartition": partitions}
             # processing starts once the group has formed: the first committed offset shows it

@@ -14,9 +14,11 @@ from tests.integration.harness import Reader, create_topics, produce, wait_until
 SEED_000 = [
     {"event_id": "evt_abc", "timestamp": 1678886400, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/home"}},
     {"event_id": "evt_def", "timestamp": 1678886401, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/products"}},
-    {"event_id": "evt_ghi", "timestamp": 1678886405, "user_id": "user_123", "type": "item_added_to_cart", "details": {"item_id": "prod_xyz"}},
+    {"event_id": "evt_ghi", "timestamp": 1678886405, "user_id": "user_123", "type": "item_added_to_cart",
+     "details": {"item_id": "prod_xyz"}},
     {"event_id": "evt_jkl", "timestamp": 1678886410, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/cart"}},
-    {"event_id": "evt_mno", "timestamp": 1678886412, "user_id": "user_123", "type": "payment_processed", "details": {"order_id": "ord_789"}},
+    {"event_id": "evt_mno", "timestamp": 1678886412, "user_id": "user_123", "type": "payment_processed",
+     "details": {"order_id": "ord_789"}},
 ]
 
 
@@ -130,7 +132,8 @@ def test_purchases_survive_a_crash_and_a_restore_from_the_changelog_exactly_once
     service.wait_started()
     now = int(time.time() * 1000)
     users = [f"user_{i}" for i in range(20)]
-    produce(app.topic("web"), [{"user_id": u, "timestamp": now, "type": "item_added_to_cart", "event_id": f"c-{u}"} for u in users], key=by_user)
+    carts = [{"user_id": u, "timestamp": now, "type": "item_added_to_cart", "event_id": f"c-{u}"} for u in users]
+    produce(app.topic("web"), carts, key=by_user)
     changelog = Reader([f"{app.id}-shop-changelog"])
 
     def carts_committed():
@@ -141,7 +144,8 @@ def test_purchases_survive_a_crash_and_a_restore_from_the_changelog_exactly_once
     changelog.close()
     service.kill()
     shutil.rmtree(app.state_dir)  # the restart must rebuild rule state from the changelog
-    produce(app.topic("mobile"), [{"user_id": u, "timestamp": now + 1000, "type": "payment_processed", "event_id": f"p-{u}"} for u in users], key=by_user)
+    payments = [{"user_id": u, "timestamp": now + 1000, "type": "payment_processed", "event_id": f"p-{u}"} for u in users]
+    produce(app.topic("mobile"), payments, key=by_user)
     service.start()
     reader = Reader([app.topic("purchases")])
     reader.wait_for(len(users), timeout=60)

@@ -139,7 +139,7 @@ def _session(value: dict) -> Session:
 
 def read_sessions(reader: Reader, topic: str, expected: int, timeout: float) -> list[Session]:
     """Everything on the output topic (read_committed) once at least ``expected`` records are there."""
-    records = reader.wait_for(expected, timeout=timeout, topic=topic)
+    reader.wait_for(expected, timeout=timeout, topic=topic)
     reader.poll(3)  # anything extra (a duplicate) would arrive too
     return sorted(_session(r.json()) for r in reader.of(topic))
 

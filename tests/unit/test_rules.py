@@ -18,9 +18,11 @@ PAY = {"field": "type", "equals": "payment_processed"}
 SEED_000 = [
     {"event_id": "evt_abc", "timestamp": 1678886400, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/home"}},
     {"event_id": "evt_def", "timestamp": 1678886401, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/products"}},
-    {"event_id": "evt_ghi", "timestamp": 1678886405, "user_id": "user_123", "type": "item_added_to_cart", "details": {"item_id": "prod_xyz"}},
+    {"event_id": "evt_ghi", "timestamp": 1678886405, "user_id": "user_123", "type": "item_added_to_cart",
+     "details": {"item_id": "prod_xyz"}},
     {"event_id": "evt_jkl", "timestamp": 1678886410, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/cart"}},
-    {"event_id": "evt_mno", "timestamp": 1678886412, "user_id": "user_123", "type": "payment_processed", "details": {"order_id": "ord_789"}},
+    {"event_id": "evt_mno", "timestamp": 1678886412, "user_id": "user_123", "type": "payment_processed",
+     "details": {"order_id": "ord_789"}},
 ]
 T0 = 1678886400
 
@@ -307,7 +309,13 @@ then = { field = "type", equals = "checkout" }
 topic = "coupons"
 """
     h = make(config(rules, gap="10m", grace="15m", aggregates='has_checkout = { type = "any", field = "type", equals = "checkout" }'))
-    story = [("14:30", "put-item-in-cart"), ("14:34", "checkout"), ("15:03", "put-item-in-cart"), ("15:07", "remove-item-from-cart"), ("15:16", "preview-item")]
+    story = [
+        ("14:30", "put-item-in-cart"),
+        ("14:34", "checkout"),
+        ("15:03", "put-item-in-cart"),
+        ("15:07", "remove-item-from-cart"),
+        ("15:16", "preview-item"),
+    ]
     for hhmm, kind in story:
         h.send({"user_id": "AllOfR", "timestamp": at(hhmm), "type": kind})
     h.finish()
