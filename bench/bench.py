@@ -36,8 +36,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.config import load_config  # noqa: E402
 from service.commands.process import process_lines  # noqa: E402
+from service.config import load_config  # noqa: E402
 
 PAGES = ["/home", "/products", "/product/42", "/cart", "/checkout", "/search", "/account"]
 TYPES = ["page_viewed"] * 6 + ["item_added_to_cart", "payment_processed"]
@@ -209,8 +209,8 @@ def service_run(bootstrap: str, topic: str, n: int, guarantee: str, partitions: 
         config.write_text(
             CONFIG.format(app=app, state=f"{tmp}/state", guarantee=guarantee, bootstrap=bootstrap, partitions=partitions, topic=topic)
         )
-        log = open(Path(tmp) / "service.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=log, stderr=log)
+        with open(Path(tmp) / "service.log", "wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=log, stderr=log)
         try:
             topics = {topic: partitions, f"{app}-sessions-repartition": partitions}
             # processing starts once the group has formed: the first committed offset shows it

@@ -46,7 +46,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import bench  # also puts the repository on sys.path, for service.*
-from service.core.partitioner import partition_for  # noqa: E402
+from service.core.partitioner import partition_for
 
 HERE = Path(__file__).resolve().parent
 KS_DIR = HERE / "peers" / "kafka-streams"
@@ -89,9 +89,10 @@ def sessionizer(partitions: int) -> Peer:
     def command(bootstrap: str, app: str, source: str, output: str, guarantee: str, workdir: Path) -> list[str]:
         # bench.py's pipeline, whose output topic is <app>-sessions, as peer_run expects.
         config = workdir / "bench.toml"
-        config.write_text(
-            bench.CONFIG.format(app=app, state=workdir / "state", guarantee=guarantee, bootstrap=bootstrap, partitions=partitions, topic=source)
+        text = bench.CONFIG.format(
+            app=app, state=workdir / "state", guarantee=guarantee, bootstrap=bootstrap, partitions=partitions, topic=source
         )
+        config.write_text(text)
         return [sys.executable, "-m", "service", "run", "--config", str(config)]
 
     def emitted(end: int, stream_time: int) -> bool:
@@ -118,7 +119,8 @@ def kafka_streams(threads: int, retention_ms: int) -> Peer:
 def quix(python: str, commit_interval: float, keys: str, closing: str) -> Peer:
     def command(bootstrap: str, app: str, source: str, output: str, guarantee: str, workdir: Path) -> list[str]:
         argv = [python, str(QUIX_JOB), "--bootstrap", bootstrap, "--app-id", app, "--source", source, "--output", output,
-                "--guarantee", guarantee.replace("_", "-"), "--commit-interval", str(commit_interval), "--keys", keys, "--closing", closing]  # fmt: skip
+                "--guarantee", guarantee.replace("_", "-"), "--commit-interval", str(commit_interval),
+                "--keys", keys, "--closing", closing]  # fmt: skip
         return argv
 
     def emitted(end: int, stream_time: int) -> bool:
@@ -268,7 +270,8 @@ def _check_alive(proc: subprocess.Popen, log_path: Path, deadline: float) -> Non
 def _repartition_topic(admin: AdminClient, app: str) -> str:
     """sessionizer and Kafka Streams name it <app>-…-repartition, Quix repartition__<app>--<source>--user_id."""
     for _ in range(100):
-        names = [t for t in admin.list_topics(timeout=10).topics if app in t and (t.endswith("-repartition") or t.startswith("repartition__"))]
+        topics = admin.list_topics(timeout=10).topics
+        names = [t for t in topics if app in t and (t.endswith("-repartition") or t.startswith("repartition__"))]
         if len(names) == 1:
             return names[0]
         if len(names) > 1:
@@ -396,7 +399,8 @@ def main() -> None:
             median = statistics.median(figures.rates)
             versus = f"{ours_median / median:.2f}x" if ours_median and name != "sessionizer" else ""
             wall = f"{statistics.median(figures.walls):.1f} s"
-            print(f"{name:<26} {g:<14} {median:>10,.0f} {median / ceiling:>9.3f} {versus:>15} {wall:>13}  {[round(r) for r in figures.rates]}")
+            rates = [round(r) for r in figures.rates]
+            print(f"{name:<26} {g:<14} {median:>10,.0f} {median / ceiling:>9.3f} {versus:>15} {wall:>13}  {rates}")
     print()
     for (name, g), figures in results.items():
         for line in dict.fromkeys(figures.checks):

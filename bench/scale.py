@@ -148,8 +148,8 @@ def free_port() -> int:
 
 
 def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=out, stderr=out)
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=out, stderr=out)
 
 
 def main() -> None:

@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs, starts a throwaway Kafka broker
-# (its own port and data directory), runs unit and integration tests, stops it.
+# The whole test suite: installs what it needs, runs ruff and mypy (settings in
+# pyproject.toml), starts a throwaway Kafka broker (its own port and data
+# directory), runs unit and integration tests, stops it.
 #
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh -m "not chaos"  # any pytest arguments
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-SESSIONIZER_EXTRAS=test source scripts/env.sh
+SESSIONIZER_EXTRAS=test,dev source scripts/env.sh
+
+# Lint and type checks first: they need no broker, and a failure stops the run.
+if ! "$VENV/bin/python" -m ruff check service tests bench scripts; then
+  echo "test.sh: ruff check failed (lint errors above)" >&2
+  exit 1
+fi
+if ! "$VENV/bin/python" -m mypy; then
+  echo "test.sh: mypy failed (type errors above)" >&2
+  exit 1
+fi
 
 export KAFKA_PORT=${SESSIONIZER_TEST_KAFKA_PORT:-19092}
 KAFKA_DATA_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sessionizer-test-kafka.XXXXXX")

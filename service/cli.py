@@ -17,15 +17,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"sessionizer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the service (a consumer-group member)")
-    run.add_argument("--config", required=True, type=Path)
-    run.add_argument("--instance-id", help="overrides [app] instance_id")
+    run_cmd = commands.add_parser("run", help="run the service (a consumer-group member)")
+    run_cmd.add_argument("--config", required=True, type=Path)
+    run_cmd.add_argument("--instance-id", help="overrides [app] instance_id")
 
-    process = commands.add_parser("process", help="run the pipelines over a JSONL file, no broker")
-    process.add_argument("--config", required=True, type=Path)
-    process.add_argument("--input", required=True, type=Path, help="one JSON event per line")
-    process.add_argument("--output", type=Path, help="where to write records (default: stdout)")
-    where = process.add_mutually_exclusive_group()
+    process_cmd = commands.add_parser("process", help="run the pipelines over a JSONL file, no broker")
+    process_cmd.add_argument("--config", required=True, type=Path)
+    process_cmd.add_argument("--input", required=True, type=Path, help="one JSON event per line")
+    process_cmd.add_argument("--output", type=Path, help="where to write records (default: stdout)")
+    where = process_cmd.add_mutually_exclusive_group()
     where.add_argument("--topic", help="the source topic the file stands for (default: every pipeline reads it)")
     where.add_argument(
         "--wrapped",
@@ -33,25 +33,25 @@ def main(argv: list[str] | None = None) -> int:
         help='each line is {"topic": <source topic>, "value": <event>} (for pairing: events of several topics in one file)',
     )
 
-    check = commands.add_parser("check-config", help="validate a config file without connecting")
-    check.add_argument("config", type=Path)
-    check.add_argument(
+    check_cmd = commands.add_parser("check-config", help="validate a config file without connecting")
+    check_cmd.add_argument("config", type=Path)
+    check_cmd.add_argument(
         "--print", action="store_true", help="print the effective configuration (file, environment, defaults; secrets redacted)"
     )
 
-    reset = commands.add_parser(
+    reset_cmd = commands.add_parser(
         "reset", help="replay: restart the sources from a point and delete derived state, so the next run rebuilds it"
     )
-    reset.add_argument("--config", required=True, type=Path)
-    start = reset.add_mutually_exclusive_group()
+    reset_cmd.add_argument("--config", required=True, type=Path)
+    start = reset_cmd.add_mutually_exclusive_group()
     start.add_argument("--to-earliest", action="store_true", help="restart every source topic at its start (default)")
     start.add_argument("--to-datetime", metavar="ISO", help="restart at the first record at or after this time")
-    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    reset_cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
-    restore = commands.add_parser("restore-state", help="rebuild this instance's local stores from the changelogs")
-    restore.add_argument("--config", required=True, type=Path)
-    restore.add_argument("--instance-id", help="overrides [app] instance_id")
-    restore.add_argument("--partitions", help="comma-separated partitions (default: all)")
+    restore_cmd = commands.add_parser("restore-state", help="rebuild this instance's local stores from the changelogs")
+    restore_cmd.add_argument("--config", required=True, type=Path)
+    restore_cmd.add_argument("--instance-id", help="overrides [app] instance_id")
+    restore_cmd.add_argument("--partitions", help="comma-separated partitions (default: all)")
 
     args = parser.parse_args(argv)
     try:

@@ -373,7 +373,9 @@ class FakeConsumer:
         offsets = self.cluster.group_offsets
         return [TopicPartition(tp.topic, tp.partition, offsets.get((tp.topic, tp.partition), OFFSET_INVALID)) for tp in partitions]
 
-    def commit(self, message: object = None, offsets: list[TopicPartition] | None = None, asynchronous: bool = True) -> list[TopicPartition]:
+    def commit(
+        self, message: object = None, offsets: list[TopicPartition] | None = None, asynchronous: bool = True
+    ) -> list[TopicPartition]:
         self.cluster.journal.append("consumer.commit")
         for tp in offsets or []:
             self.cluster.group_offsets[(tp.topic, tp.partition)] = tp.offset

@@ -14,7 +14,7 @@ import tempfile
 import tomllib
 from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -261,7 +261,7 @@ def metrics(seconds: int, data: str = "data2", users: tuple[str, str] = ("id1", 
 def at(hhmm: str) -> int:
     """``"14:30"`` on 2017-07-05 UTC, in epoch milliseconds."""
     hours, minutes = map(int, hhmm.split(":"))
-    return int(datetime(2017, 7, 5, hours, minutes, tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime(2017, 7, 5, hours, minutes, tzinfo=UTC).timestamp() * 1000)
 
 
 # -- a processor over a real store ----------------------------------------------------------------

@@ -26,8 +26,8 @@ from service.config import Config
 from service.core.extract import BadRecord, parse_event
 from service.core.pipeline import OutputRecord, Pipeline, compile_pipelines
 from service.core.processor import WindowProcessor
-from service.core.watermarks import Watermarks, source_id
 from service.core.source import Forward, Reject, Route, SourceStage
+from service.core.watermarks import Watermarks, source_id
 from service.state.store import WindowStore
 
 #: Events between two simulated commits, which bound the write-back cache.

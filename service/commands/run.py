@@ -44,7 +44,7 @@ def run(config: Config) -> int:
 
 def _handle_signals(stop: Callable[[], None]) -> None:
     """First SIGTERM/SIGINT: finish the batch, commit, leave the group. Second: exit at once."""
-    received = []
+    received: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if received:

@@ -13,8 +13,8 @@ each class here says which one it implements in ``type_name``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self
 
 import orjson
@@ -40,7 +40,11 @@ class Aggregate(Protocol):
 
     def load(self, data: Any) -> Any: ...
 
-    check: Callable[[dict[str, Any]], None] | None
+    #: Validation run in the source stage, so a bad record is dead-lettered with
+    #: its source coordinates; None when any value is acceptable. Read-only here,
+    #: so a method, a class's ``check = None`` or an instance attribute all fit.
+    @property
+    def check(self) -> Callable[[dict[str, Any]], None] | None: ...
 
 
 @dataclass
@@ -69,13 +73,13 @@ class _FieldAggregate:
     def result(self, state: Any) -> Any:
         return state
 
-    #: Validation run in the source stage, so a bad record is dead-lettered with
-    #: its source coordinates; None when any value is acceptable.
-    check: ClassVar[Callable[[dict[str, Any]], None] | None] = None
-
 
 class _NumericCheck:
-    """Mixin: the field, when present, must be a number (else the record is dead-lettered)."""
+    """Mixin: the field, when present, must be a number (else the record is dead-lettered).
+
+    The other aggregates say ``check = None`` themselves: a default on
+    ``_FieldAggregate`` would clash with this method for mypy.
+    """
 
     name: str
     field: str
@@ -93,6 +97,7 @@ class Count(_FieldAggregate):
     """Events in which ``field`` is present and not null (all events when no field)."""
 
     type_name = "count"
+    check = None
 
     def __post_init__(self) -> None:
         self.get = field_getter(self.field) if self.field else (lambda event: True)
@@ -188,6 +193,7 @@ class First(_FieldAggregate):
     """
 
     type_name = "first"
+    check = None
     keep_later = False
 
     def init(self) -> None:
@@ -225,6 +231,7 @@ class CountDistinct(_FieldAggregate):
     """Exact distinct count. The state is the set of values seen (objects and lists by their JSON text)."""
 
     type_name = "count_distinct"
+    check = None
 
     def init(self) -> set[Any]:
         return set()
@@ -252,6 +259,7 @@ class CountBy(_FieldAggregate):
     """Events per value of ``field``, e.g. per event type: ``{"page_viewed": 3, "checkout": 1}``."""
 
     type_name = "count_by"
+    check = None
 
     def init(self) -> dict[str, int]:
         return {}
@@ -372,9 +380,8 @@ class _Implementation(Protocol):
 
     type_name: ClassVar[str]
 
-    # An Aggregate; typed Any because mypy does not match a class-level ``check`` to the protocol's.
     @classmethod
-    def from_config(cls, config: AggregateConfig) -> Any: ...
+    def from_config(cls, config: AggregateConfig) -> Aggregate: ...
 
 
 #: One class per name in ``AGGREGATE_TYPES``; each names its type, so the names are not listed here.

@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from service.core.aggregates import Aggregate, build_aggregates
 from service.config import OutputConfig, PipelineConfig
+from service.core.aggregates import Aggregate, build_aggregates
 from service.core.extract import BadRecord, KeyExtractor, TimeExtractor
 from service.core.rules import Rule, build_rules
 from service.core.windows import WindowKind, build_window_kind

@@ -104,8 +104,8 @@ class SourceStage:
         except BadRecord as exc:
             self.reject_all(routes, str(exc), raw, origin, reject)
             return
-        # ``raw`` decoded, so it is not None.
-        self.process_event(routes, event, raw, record_ms, origin, forward, reject)  # type: ignore[arg-type]
+        assert raw is not None  # it decoded
+        self.process_event(routes, event, raw, record_ms, origin, forward, reject)
 
     def process_event(
         self,

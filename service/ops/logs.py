@@ -18,10 +18,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
-
-from service.runtime.clients import KAFKA_LOGGER, kafka_logger
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from service.config.secrets import REDACTED, is_secret, scrub
+from service.runtime.clients import KAFKA_LOGGER, kafka_logger
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -29,7 +29,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 def configure_logging(level: str = "info", fmt: str = "auto", *, secrets: Iterable[str] = (), **context: str) -> None:
     """Configure structlog once; ``context`` (app id, instance id) goes on every line."""
     json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    render: list[Any] = (
+    render: list[Processor] = (
         [leading_keys, structlog.processors.JSONRenderer()]
         if json
         else [structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)]
@@ -58,7 +58,7 @@ class AddFields:
     def __init__(self, fields: Mapping[str, str]) -> None:
         self.fields = dict(fields)
 
-    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
         for key, value in self.fields.items():
             event.setdefault(key, value)
         return event
@@ -70,7 +70,7 @@ class RedactSecrets:
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
-    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
         return self._clean(event)
 
     def _clean(self, value: Any) -> Any:
@@ -86,7 +86,7 @@ class RedactSecrets:
 _LEADING = ("timestamp", "level", "event", "app_id", "instance_id")
 
 
-def leading_keys(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def leading_keys(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
     """JSON lines start with when, how bad, what and who; the details follow."""
     ordered = {key: event.pop(key) for key in _LEADING if key in event}
     ordered.update(event)

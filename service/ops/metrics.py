@@ -89,9 +89,9 @@ class LoopCollector(Collector):
         by_topic = dict(metrics.source_dead_letters)
         dlq_of = {p.name: p.dead_letter_topic for p in config.pipelines}
         for (pipeline, _), total in totals:
-            topic = dlq_of.get(pipeline)
-            if topic is not None:
-                by_topic[topic] = by_topic.get(topic, 0) + total.dead_lettered
+            dead_letter_topic = dlq_of.get(pipeline)
+            if dead_letter_topic is not None:
+                by_topic[dead_letter_topic] = by_topic.get(dead_letter_topic, 0) + total.dead_lettered
         for pipeline_config in config.pipelines:
             by_topic.setdefault(pipeline_config.dead_letter_topic, 0)
         for topic, count in sorted(by_topic.items()):

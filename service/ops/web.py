@@ -88,7 +88,7 @@ class OpsServer:
     def get(self, path: str, query: dict[str, list[str]], accept: str | None) -> tuple[int, str, bytes, dict[str, str]]:
         """Status, content type, body and extra headers for a GET."""
         if path == "/metrics":
-            encoder, content_type = choose_encoder(accept)
+            encoder, content_type = choose_encoder(accept or "")
             return 200, content_type, encoder(self.registry), {}
         if path == "/healthz":
             ok, body = liveness(self.stats, self.config.http_liveness_timeout_ms / 1000)
@@ -117,7 +117,7 @@ def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
         server_version = "sessionizer"
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 (the standard library's naming)
+        def do_GET(self) -> None:
             started = time.perf_counter()
             url = urlsplit(self.path)
             # The raw path: a key may contain an encoded '/', decoded once by the route.
@@ -135,7 +135,7 @@ def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
             log.debug("http request", path=url.path, status=status, seconds=round(time.perf_counter() - started, 4))
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # requests are logged above, as structured lines
 
     return Handler

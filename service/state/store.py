@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from rocksdict import Options, ReadOptions, Rdict, WriteBatch
@@ -121,7 +121,7 @@ class WindowStore:
                 keys.append(key)
         options = ReadOptions()
         options.set_iterate_upper_bound(encode_time(stream_time))
-        for index_key in self._index.keys(read_opt=options):
+        for index_key in _raw_keys(self._index.keys(read_opt=options)):
             key = index_key[8:]
             if key not in self._dirty:
                 keys.append(key)
@@ -129,7 +129,7 @@ class WindowStore:
 
     def keys(self) -> Iterator[bytes]:
         """Every key with open windows (committed state plus this commit's changes)."""
-        for key in self._db.keys():
+        for key in _raw_keys(self._db.keys()):
             if key not in self._dirty:
                 yield key
         for key, entry in self._dirty.items():
@@ -274,6 +274,11 @@ def _open(path: Path) -> Rdict:
     options.create_missing_column_families(True)
     families = {"index": Options(raw_mode=True), "meta": Options(raw_mode=True)}
     return Rdict(str(path), options, column_families=families)
+
+
+def _raw_keys(keys: Iterable[Any]) -> Iterable[bytes]:
+    """A raw-mode store's keys, which are bytes: rocksdict types keys for every mode (str, int, ...)."""
+    return cast(Iterable[bytes], keys)
 
 
 def wipe(path: Path) -> None:

@@ -195,16 +195,16 @@ class Service:
 
     def start(self) -> Service:
         self.starts += 1
-        log = open(self.log_path, "ab")
-        log.write(f"--- start {self.starts} ---\n".encode())
-        log.flush()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "run", "--config", str(self.config_path), "--instance-id", self.instance_id],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            log.write(f"--- start {self.starts} ---\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "run", "--config", str(self.config_path), "--instance-id", self.instance_id],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
         return self
 
     def log(self) -> str:

@@ -7,8 +7,8 @@ import time
 
 import orjson
 
-from service.config import load_config
 from service.commands.process import process_lines
+from service.config import load_config
 from tests.helpers import config_toml, pipeline, session_body
 from tests.integration.harness import Reader, create_topics, murmur2_partition, produce, wait_until
 

@@ -13,11 +13,11 @@ import orjson
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.config import load_config
 from service.commands.process import process_lines
+from service.config import load_config
 from service.core.partitioner import partition_for
-from tests.integration.harness import Reader, Service, bootstrap, create_topics, produce, wait_until
 from tests.helpers import session_body
+from tests.integration.harness import Reader, Service, bootstrap, create_topics, produce, wait_until
 from tests.integration.test_core import by_user, generate, sessions_of
 
 SECRET = "Pa55-w0rd-never-logged"

@@ -8,8 +8,8 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
-from tests.integration.harness import REPO, Reader, bootstrap, create_topics, produce, wait_until
 from tests.helpers import session_body
+from tests.integration.harness import REPO, Reader, bootstrap, create_topics, produce, wait_until
 from tests.integration.test_core import by_user
 
 

@@ -7,10 +7,11 @@ import time
 
 import orjson
 
-from service.config import load_config
 from service.commands.process import process_lines
+from service.config import load_config
 from tests.helpers import CART, PAY, SEED_000, calls_pipeline, config_toml, pipeline, rule, session_window
 from tests.integration.harness import Reader, create_topics, produce, wait_until
+
 
 def shop_body(app, *, gap="1s", grace="500ms") -> str:
     rules = {

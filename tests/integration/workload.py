@@ -19,8 +19,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
-from service.config import load_config
 from service.commands.process import process_lines
+from service.config import load_config
 from tests.helpers import session_body
 from tests.integration.harness import Reader, bootstrap, create_topics
 
@@ -125,7 +125,7 @@ def _session(value: dict) -> Session:
 
 def read_sessions(reader: Reader, topic: str, expected: int, timeout: float) -> list[Session]:
     """Everything on the output topic (read_committed) once at least ``expected`` records are there."""
-    records = reader.wait_for(expected, timeout=timeout, topic=topic)
+    reader.wait_for(expected, timeout=timeout, topic=topic)
     reader.poll(3)  # anything extra (a duplicate) would arrive too
     return sorted(_session(r.json()) for r in reader.of(topic))
 

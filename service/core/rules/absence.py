@@ -24,10 +24,10 @@ from typing import Any
 
 import orjson
 
-from service.core.conditions import compile_condition
 from service.config import RuleConfig
-from service.core.rules.base import Derived, Keeper, Rule
 from service.core.closing import closed
+from service.core.conditions import compile_condition
+from service.core.rules.base import Derived, Keeper, Rule
 
 
 def _later(left: list[Any] | None, right: list[Any] | None) -> list[Any] | None:
@@ -138,7 +138,8 @@ class AbsenceWithin(_Absence):
 
     def _certain_after(self, first: list[Any]) -> int:
         """Once stream time passes this, every event up to first + T has arrived."""
-        return first[0] + self.within + self.grace
+        time_ms: int = first[0]
+        return time_ms + self.within + self.grace
 
     def _unanswered(self, pending: list[list[Any]], thens: list[int]) -> list[list[Any]]:
         return [p for p in pending if not any(p[0] <= t <= p[0] + self.within for t in thens)]

@@ -69,9 +69,10 @@ class Pairing(Rule):
             for name, value in event.items():
                 if name != self.drop and record.get(name) is None:
                     record[name] = value
-        earliest = present[0][1]
+        earliest: list[Any] | None = present[0][1]
         for _, item in present[1:]:
             earliest = _earlier(earliest, item)
+        assert earliest is not None  # the earlier of two present items
         written = self.get_time(earliest[1]) if self.get_time is not None else None
         record[self.ts_name] = written if written is not None else earliest[0]
         topic = self.topic if len(present) == len(state) else self.lone_topic

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.core.conditions import compile_condition
 from service.config import RuleConfig
-from service.core.rules.base import Derived, Keeper, Rule
 from service.core.closing import closed
+from service.core.conditions import compile_condition
+from service.core.rules.base import Derived, Keeper, Rule
 
 #: [[time, kept], ...] for firsts and for thens
 State = list[list[list[Any]]]

@@ -17,6 +17,9 @@ from service.core.windows.session import Session, SessionWindows
 
 
 class SessionWindowsWithRules(SessionWindows):
+    """Every session of this kind has its rule states (``_new`` and ``load`` set them): the
+    ``assert session.rules is not None`` below say so to the type checker."""
+
     def __init__(
         self,
         gap_ms: int,
@@ -56,6 +59,7 @@ class SessionWindowsWithRules(SessionWindows):
         """The earliest session close or rule deadline: the store's index wakes the key then."""
         close = super().next_close(sessions)
         for session in sessions:
+            assert session.rules is not None
             for rule, state in zip(self.rules, session.rules):
                 deadline = rule.deadline(state)
                 if deadline is not None and deadline < close:
@@ -65,6 +69,7 @@ class SessionWindowsWithRules(SessionWindows):
     def pop_closed(self, sessions: list[Session], stream_time: int, derived: list[Derived] | None = None) -> list[Session]:
         out = derived if derived is not None else []
         for session in sessions:
+            assert session.rules is not None
             session.rules = [rule.expire(state, stream_time, out) for rule, state in zip(self.rules, session.rules)]
         done = super().pop_closed(sessions, stream_time)
         for session in done:
@@ -82,6 +87,7 @@ class SessionWindowsWithRules(SessionWindows):
         """``[start, end, count, aggregates, {rule key: rule state}]`` per session."""
         rows = super().dump(sessions)
         for row, session in zip(rows, sessions):
+            assert session.rules is not None
             row.append(self._dump_rules(session.rules))
         return rows
 
@@ -109,11 +115,13 @@ class SessionWindowsWithRules(SessionWindows):
 
     def _add_event(self, session: Session, time_ms: int, event: dict[str, Any]) -> None:
         super()._add_event(session, time_ms, event)
+        assert session.rules is not None
         self._add_to_rules(session.rules, time_ms, event)
 
     def _absorb(self, target: Session, other: Session) -> None:
         super()._absorb(target, other)
         out = self._out
+        assert target.rules is not None and other.rules is not None
         target.rules = [rule.merge(a, b, out) for rule, a, b in zip(self.rules, target.rules, other.rules)]
 
     def _add_to_rules(self, states: list[Any], time_ms: int, event: dict[str, Any]) -> None:
@@ -124,6 +132,7 @@ class SessionWindowsWithRules(SessionWindows):
     def _close(self, session: Session, out: list[Derived]) -> None:
         bounds = self.bounds(session)
         values = self.values(session)
+        assert session.rules is not None
         for rule, state in zip(self.rules, session.rules):
             rule.close(state, bounds, values, out)
 

@@ -51,8 +51,14 @@ def test_valid_config_and_defaults(tmp_path):
     "change,expected",
     [
         (("gap = \"30m\"", "gap = \"30x\""), "pipelines.s.window.gap = '30x': expected a duration"),
-        (("type = \"session\"", "type = \"sliding\""), "pipelines.s.window.type = 'sliding': expected one of 'session', 'tumbling', 'hopping'"),
-        (("id = \"app\"", "id = \"app\"\nprocessing_guarantee = \"maybe\""), "app.processing_guarantee = 'maybe': expected one of 'exactly_once', 'at_least_once'"),
+        (
+            ("type = \"session\"", "type = \"sliding\""),
+            "pipelines.s.window.type = 'sliding': expected one of 'session', 'tumbling', 'hopping'",
+        ),
+        (
+            ("id = \"app\"", "id = \"app\"\nprocessing_guarantee = \"maybe\""),
+            "app.processing_guarantee = 'maybe': expected one of 'exactly_once', 'at_least_once'",
+        ),
         (("output = \"out\"", "output = \"bad topic!\""), "pipelines.s.output.topic = 'bad topic!': expected a topic name"),
         (("key = [\"user1\", \"user2\"]", "key = []"), "pipelines.s.key = []: expected a non-empty string or a list"),
         (("grace = \"1m\"", "grace = \"1m\"\ncolour = 3"), "pipelines.s.window.colour: unknown key"),
@@ -203,14 +209,23 @@ lone_topic = "lonely"
         (('within = "5m"\n', ""), "pipelines.s.rules.purchase.within is missing: expected a duration"),
         (('within = "5m"', 'within = "soon"'), "pipelines.s.rules.purchase.within = 'soon': expected a duration"),
         (('first = { field = "type", equals = "cart" }\n', ""), "pipelines.s.rules.purchase.first is missing: expected a table such as"),
-        (('first = { field = "type", equals = "cart" }', 'first = "cart"'), "pipelines.s.rules.purchase.first = 'cart': expected a table such as"),
+        (
+            ('first = { field = "type", equals = "cart" }', 'first = "cart"'),
+            "pipelines.s.rules.purchase.first = 'cart': expected a table such as",
+        ),
         (('then = { field = "type", equals = "pay" }', 'then = { equals = "pay" }'), "pipelines.s.rules.purchase.then.field is missing"),
-        (('then = { field = "type", equals = "pay" }', 'then = { field = "type", is = "pay" }'), "pipelines.s.rules.purchase.then.is: unknown key"),
+        (
+            ('then = { field = "type", equals = "pay" }', 'then = { field = "type", is = "pay" }'),
+            "pipelines.s.rules.purchase.then.is: unknown key",
+        ),
         (('topic = "purchases"', 'topic = "no such topic"'), "pipelines.s.rules.purchase.topic = 'no such topic': expected a topic name"),
         (('topic = "purchases"', ""), "pipelines.s.rules.purchase.topic is missing"),
         (('topic = "purchases"', 'topic = "p"\nkeep = []'), "pipelines.s.rules.purchase.keep = []: expected a non-empty string or a list"),
         (('topic = "purchases"', 'topic = "p"\ncolour = 1'), "pipelines.s.rules.purchase.colour: unknown key"),
-        (('type = "session"\ngap = "30m"', 'type = "tumbling"\nsize = "1m"'), "pipelines.s.rules = ['purchase']: expected rules only in a pipeline whose window.type = \"session\""),
+        (
+            ('type = "session"\ngap = "30m"', 'type = "tumbling"\nsize = "1m"'),
+            "pipelines.s.rules = ['purchase']: expected rules only in a pipeline whose window.type = \"session\"",
+        ),
     ],
 )
 def test_each_rule_problem_names_key_value_and_allowed(tmp_path, change, expected):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.core.aggregates import build_aggregates
 from service.config import AggregateConfig, ConditionConfig
+from service.core.aggregates import build_aggregates
 from tests.helpers import Harness, at, session_config
 
 EVENTS = [

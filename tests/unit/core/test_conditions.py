@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.core.conditions import compile_condition
 from service.config import ConditionConfig
+from service.core.conditions import compile_condition
 
 
 @pytest.mark.parametrize(

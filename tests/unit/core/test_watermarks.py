@@ -127,7 +127,7 @@ def test_any_interleaving_of_sources_within_their_grace_is_never_late(case):
     harness = Harness(config, tmp / "store")
     marks = Watermarks(SOURCES)
     try:
-        for i, (source, (key, time, delay)) in enumerate(arrival):
+        for i, (source, (key, time, _delay)) in enumerate(arrival):
             watermark = marks.observe(source, time)
             harness.send({"user_id": key, "ts": time}, watermark=watermark)
             if i in batch_ends:  # the task moves stream time and commits between batches

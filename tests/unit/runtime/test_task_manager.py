@@ -8,7 +8,6 @@ transactions what became visible together.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import orjson
@@ -17,13 +16,13 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from service.config import Config
 from service.core.pipeline import compile_pipelines
-from service.runtime.changelog_reader import ChangelogReader
-from service.runtime.collector import RecordCollector
-from service.runtime.stats import LoopStats
-from service.runtime.task_manager import TaskManager
 from service.core.topology import plan
 from service.core.watermarks import source_id
+from service.runtime.changelog_reader import ChangelogReader
+from service.runtime.collector import RecordCollector
 from service.runtime.frames import DATA, DATA_FRAME, report
+from service.runtime.stats import LoopStats
+from service.runtime.task_manager import TaskManager
 from service.runtime.tasks import SourceTask, TaskState, WindowTask
 from service.state.store import WindowStore
 from tests.fakes import FakeAdmin, FakeCluster, FakeConsumer, FakeMessage, FakeProducer, eof

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -242,7 +242,7 @@ def test_abandonment_closes_with_the_session_on_the_idle_clock(make):
 def test_seed_004_allofr_only_the_session_without_checkout_gets_a_coupon(make):
     def at(hhmm):
         hours, minutes = map(int, hhmm.split(":"))
-        return int(datetime(2017, 7, 5, hours, minutes, tzinfo=timezone.utc).timestamp())
+        return int(datetime(2017, 7, 5, hours, minutes, tzinfo=UTC).timestamp())
 
     cart, checkout = {"field": "type", "equals": "put-item-in-cart"}, {"field": "type", "equals": "checkout"}
     rules = {"coupon": rule("absence", cart, checkout, "coupons")}
