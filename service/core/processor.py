@@ -80,7 +80,7 @@ class WindowProcessor:
         key: bytes,
         time_ms: int,
         event: dict[str, Any],
-        raw: bytes,
+        raw: bytes | memoryview,
         source: int = 0,
         watermark: int | None = None,
     ) -> None:
@@ -193,7 +193,7 @@ class WindowProcessor:
         self.counters.derived += len(self._derived)
         self._derived.clear()
 
-    def _late(self, key: bytes, time_ms: int, stream_time: int | None, watermark: int | None, reason: str, raw: bytes) -> None:
+    def _late(self, key: bytes, time_ms: int, stream_time: int | None, watermark: int | None, reason: str, raw: bytes | memoryview) -> None:
         headers = [
             ("sessionizer.reason", reason.encode()),
             ("sessionizer.pipeline", self.pipeline.name.encode()),

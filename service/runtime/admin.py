@@ -22,10 +22,10 @@ from confluent_kafka.admin import AdminClient
 
 from service.config import Config
 from service.core.extract import parse_time_ms
-from service.errors import BadRecord, OperationRefused
 from service.core.pipeline import compile_pipelines
-from service.runtime.clients import admin_config, restore_consumer_config
+from service.errors import BadRecord, OperationRefused
 from service.runtime.changelog_reader import ChangelogReader
+from service.runtime.clients import admin_config, restore_consumer_config
 from service.runtime.state_manager import StateManager
 from service.runtime.topics import delete_topics, internal_topics
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from service.errors import RestoreFailed
+from service.runtime.frames import Record
 from service.runtime.state_manager import StateManager
 
 log = structlog.get_logger("sessionizer.state")
@@ -123,8 +125,8 @@ class ChangelogReader:
         """Apply one batch of changelog records to the stores being restored."""
         if not self.restoring:
             return
-        messages = self.consumer.consume(RESTORE_BATCH, timeout)
-        by_partition: dict[Where, list[Message]] = {}
+        messages = cast(list[Record], self.consumer.consume(RESTORE_BATCH, timeout))
+        by_partition: dict[Where, list[Record]] = {}
         finished: set[Where] = set()
         for message in messages:
             where = (message.topic(), message.partition())

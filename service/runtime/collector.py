@@ -8,16 +8,19 @@ which becomes the store's checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from service.core.pipeline import OutputRecord
 from service.errors import CallTimedOut, CommitFailed, DeliveryFailed
+from service.runtime.frames import Record
 
 log = structlog.get_logger("sessionizer.collector")
 
@@ -183,8 +186,7 @@ class RecordCollector:
         deadline = time.monotonic() + 300
         while True:
             try:
-                producer = self.producer
-                _within(lambda: producer.abort_transaction(timeout), deadline=timeout + 5)
+                _within(partial(self.producer.abort_transaction, timeout), deadline=timeout + 5)
                 break
             except CallTimedOut:
                 self._replace_producer(KafkaError(KafkaError._TIMED_OUT, "abort_transaction hung"))
@@ -209,10 +211,8 @@ class RecordCollector:
 
     def close(self, timeout: float = 30.0) -> None:
         if self.exactly_once:
-            try:
+            with contextlib.suppress(KafkaException):  # nothing open, or the producer is fenced: nothing to drop
                 self.producer.abort_transaction(timeout)
-            except KafkaException:
-                pass
         self.producer.flush(timeout)
 
     # -- delivery reports -------------------------------------------------------
@@ -225,7 +225,8 @@ class RecordCollector:
         if error is not None:
             self._errors.append(error)
             return
-        self._changelog_ends[(message.topic(), message.partition())] = message.offset() + 1
+        record = cast(Record, message)  # a delivered record has its topic, partition and offset
+        self._changelog_ends[(record.topic(), record.partition())] = record.offset() + 1
 
     def _raise_delivery_errors(self) -> None:
         if self._errors:

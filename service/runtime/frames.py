@@ -20,6 +20,9 @@ before the year 4000).
 from __future__ import annotations
 
 import struct
+from typing import Protocol
+
+from confluent_kafka import KafkaError
 
 DATA = 1
 REPORT = 2
@@ -36,3 +39,28 @@ IDLE = 1
 
 def report(watermark: int | None, source: int, idle: bool) -> bytes:
     return REPORT_FRAME.pack(REPORT, NO_WATERMARK if watermark is None else watermark, source, IDLE if idle else 0)
+
+
+class Record(Protocol):
+    """A message the consumer handed over, as the runtime reads it.
+
+    confluent-kafka types every accessor of ``Message`` as optional, because
+    an error event has no offset and a produced message no timestamp yet. A
+    record (not an error event) always has its topic, partition, offset and
+    timestamp type: the consumer's batch is cast to this once, at the loop's
+    edge, instead of checking every field of every record in the hot path.
+    """
+
+    def topic(self) -> str: ...
+
+    def partition(self) -> int: ...
+
+    def offset(self) -> int: ...
+
+    def key(self) -> bytes | None: ...
+
+    def value(self) -> bytes | None: ...
+
+    def timestamp(self) -> tuple[int, int]: ...
+
+    def error(self) -> KafkaError | None: ...

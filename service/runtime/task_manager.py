@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -39,6 +40,7 @@ from service.runtime.alignment import RESTORING, Alignment
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.checkpoint import Checkpoint
 from service.runtime.collector import RecordCollector
+from service.runtime.frames import Record
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import LoopStats, TaskCounts, TaskId
 from service.runtime.tasks import DirectTask, SourceTask, TaskState, WindowTask
@@ -127,24 +129,25 @@ class TaskManager:
 
     # -- processing -------------------------------------------------------------
 
-    def route(self, messages: list[Message]) -> None:
+    def route(self, batch: list[Message]) -> None:
         """Hand each partition's records to the tasks reading it; apply end-of-partition events after them."""
-        groups: dict[Where, list[Message]] = {}
+        messages = cast(list[Record], batch)
+        groups: dict[Where, list[Record]] = {}
         ends: list[Where] = []
         for message in messages:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    ends.append((message.topic(), message.partition()))  # type: ignore[arg-type]
+                    ends.append((message.topic(), message.partition()))
                 elif error.fatal():
                     raise BrokerError(str(error))
                 else:
                     log.warning("consume error", error=str(error))
                 continue
             where = (message.topic(), message.partition())
-            group = groups.get(where)  # type: ignore[arg-type]
+            group = groups.get(where)
             if group is None:
-                groups[where] = [message]  # type: ignore[index]
+                groups[where] = [message]
             else:
                 group.append(message)
         for where, group in groups.items():
@@ -167,7 +170,7 @@ class TaskManager:
         if groups:
             self.alignment.align(self.source_tasks.values(), self.running_tasks, self.clock())
 
-    def _process(self, where: Where, group: list[Message]) -> bool:
+    def _process(self, where: Where, group: list[Record]) -> bool:
         """Give one partition's records to its readers; False when none may read them yet."""
         readers = self._window_inputs.get(where, [])
         for task, _ in readers:

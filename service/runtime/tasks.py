@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 import orjson
-from confluent_kafka import Message
 
 from service.core.extract import parse_event
 from service.core.partitioner import partition_for
@@ -36,8 +35,8 @@ from service.core.source import Route, SourceStage
 from service.core.watermarks import Watermarks, source_id
 from service.errors import BadRecord
 from service.runtime import frames
-from service.runtime.frames import DATA, DATA_FRAME, IDLE, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME
 from service.runtime.collector import RecordCollector
+from service.runtime.frames import DATA, DATA_FRAME, IDLE, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME, Record
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import TaskCounts
 from service.state.store import PendingCommit, WindowStore
@@ -104,7 +103,7 @@ class SourceTask:
         #: The partition's end was reached after its last record (librdkafka's end-of-partition event).
         self.caught_up = False
 
-    def process(self, messages: list[Message]) -> None:
+    def process(self, messages: list[Record]) -> None:
         send = self.collector.send
         pack = DATA_FRAME.pack
         progress = self._progress
@@ -178,7 +177,12 @@ class WindowTask:
     """One repartition partition of one pipeline: its store, its sources' watermarks, its idle clock."""
 
     def __init__(
-        self, state: StateManager, topic: str, collector: RecordCollector, sources: Iterable[int] = (), clock: Callable[[], float] = time.monotonic
+        self,
+        state: StateManager,
+        topic: str,
+        collector: RecordCollector,
+        sources: Iterable[int] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state_manager = state
         self.pipeline: Pipeline = state.pipeline
@@ -221,7 +225,7 @@ class WindowTask:
 
     # -- processing -----------------------------------------------------------
 
-    def process(self, messages: list[Message]) -> None:
+    def process(self, messages: list[Record]) -> None:
         """Frames go to the processor with their source's watermark; reports update the watermarks."""
         process = self.processor.process
         loads = orjson.loads
@@ -233,6 +237,9 @@ class WindowTask:
         for message in messages:
             raw = message.value()
             key = message.key()
+            if raw is None:
+                self._dead_letter("unreadable repartition record: no value", message)
+                continue
             try:
                 if key is None:
                     _, watermark, source, flags = REPORT_FRAME.unpack(raw)
@@ -341,7 +348,7 @@ class WindowTask:
                 emit(record)
             out.clear()
 
-    def _dead_letter(self, error: str, message: Message) -> None:
+    def _dead_letter(self, error: str, message: Record) -> None:
         self.out.append(
             dead_letter(
                 self.pipeline.config.dead_letter_topic,
@@ -385,7 +392,7 @@ class DirectTask(WindowTask):
     def inputs(self) -> list[tuple[str, int]]:
         return [(topic, self.partition) for topic in self.pipeline.config.sources]
 
-    def process_input(self, index: int, messages: list[Message]) -> None:
+    def process_input(self, index: int, messages: list[Record]) -> None:
         """Records of source ``index``: decoded, keyed by the record key, checked, processed."""
         source = source_id(index, self.partition)
         extract = self.pipeline.extract

@@ -218,13 +218,14 @@ class WindowStore:
         raw = self._meta.get(_CHECKPOINT)
         return None if raw is None else int.from_bytes(raw, "big")
 
-    def restore(self, records: Iterable[tuple[bytes, bytes | None]], checkpoint: int) -> int:
+    def restore(self, records: Iterable[tuple[bytes | None, bytes | None]], checkpoint: int) -> int:
         """Apply changelog records read from Kafka; returns how many were applied."""
         latest: dict[bytes, bytes | None] = {}
         count = 0
         for key, value in records:
-            latest[key] = value
             count += 1
+            if key is not None:  # the service writes no keyless changelog record
+                latest[key] = value
         batch = WriteBatch(raw_mode=True)
         for changelog_key, value in latest.items():
             kind, key = changelog_key[:1], changelog_key[1:]
