@@ -23,6 +23,7 @@ Tasks, by pipeline (``service.core.topology``):
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from collections.abc import Callable, Mapping
 from typing import cast
 
@@ -52,8 +53,8 @@ Where = tuple[str, int]
 WAITING = "waiting for its co-partitioned inputs"
 
 
-def _log_purge_failure(future: object) -> None:
-    error = future.exception()  # type: ignore[attr-defined]
+def _log_purge_failure(future: Future[object]) -> None:
+    error = future.exception()
     if error is not None:
         log.warning("purging repartition records failed", error=str(error))
 

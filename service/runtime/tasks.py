@@ -411,7 +411,7 @@ class DirectTask(WindowTask):
             except BadRecord as exc:
                 self._dead_letter(str(exc), message)
                 continue
-            process(key, time_ms, event, raw, index, observe(source, time_ms))  # type: ignore[arg-type]
+            process(key, time_ms, event, raw, index, observe(source, time_ms))  # type: ignore[arg-type]  # raw parsed, so not None
         self._idle_inputs.discard(index)
         self.caught_up = False
         self._advance(self._clock(), True)
