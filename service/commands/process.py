@@ -28,6 +28,7 @@ from service.core.pipeline import OutputRecord, Pipeline, compile_pipelines
 from service.core.processor import WindowProcessor
 from service.core.source import Forward, Reject, Route, SourceStage
 from service.core.watermarks import Watermarks, source_id
+from service.state.memory import StoreMemory
 from service.state.store import WindowStore
 
 #: Events between two simulated commits, which bound the write-back cache.
@@ -67,7 +68,8 @@ def process_lines(
     reject: Reject = out.append
     with tempfile.TemporaryDirectory(prefix="sessionizer-offline-") as tmp:
         root = state_dir or Path(tmp)
-        runs = [_Run(p, WindowStore(root / p.name, p.window, config.cache_max_keys), out, wrapped) for p in pipelines]
+        memory = StoreMemory(config.state)
+        runs = [_Run(p, WindowStore(root / p.name, p.window, config.cache_max_keys, memory), out, wrapped) for p in pipelines]
         forward = _forward_to(runs)
         at = _Cursor(topic or "-")
         process = stage.process

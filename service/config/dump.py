@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from service.config.durations import format_duration_ms
+from service.config.durations import format_duration_ms, format_size_bytes
 from service.config.schema import AggregateConfig, ConditionConfig, Config, PipelineConfig, RuleConfig
 from service.config.secrets import redact_properties
 
@@ -46,6 +46,11 @@ def effective_config(config: Config) -> dict[str, Any]:
             "dead_letter": config.topics.dead_letter,
             "late": config.topics.late,
             "purge_interval": format_duration_ms(config.topics.purge_interval_ms),
+        },
+        "state": {
+            "cache_bytes": format_size_bytes(config.state.cache_bytes),
+            "block_cache_bytes": format_size_bytes(config.state.block_cache_bytes),
+            "write_buffer_bytes": format_size_bytes(config.state.write_buffer_bytes),
         },
         "http": {
             "host": config.http_host,

@@ -45,3 +45,45 @@ def format_duration_ms(ms: int) -> str:
         if ms and ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
+
+
+_UNITS_BYTES = {
+    "b": 1,
+    "kb": 1_000,
+    "mb": 1_000_000,
+    "gb": 1_000_000_000,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)(b|kb|mb|gb|kib|mib|gib)")
+
+SIZE_HELP = "a size such as '64MiB', '512MB', '1GiB' or a whole number of bytes"
+
+
+def parse_size_bytes(value: object) -> int:
+    """Return ``value`` in bytes, or raise ``ValueError``; a bare integer is bytes."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(value)
+        return value
+    if not isinstance(value, str):
+        raise ValueError(value)
+    text = value.strip().lower().replace(" ", "")
+    if text.isdigit():
+        return int(text)
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(value)
+    return int(round(float(match.group(1)) * _UNITS_BYTES[match.group(2)]))
+
+
+def format_size_bytes(size: int) -> str:
+    """The shortest exact spelling of ``size`` in binary units, for logs and docs."""
+    for unit in ("GiB", "MiB", "KiB"):
+        scale = _UNITS_BYTES[unit.lower()]
+        if size and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)

@@ -33,6 +33,7 @@ from service.config.schema import (
     PipelineConfig,
     RuleConfig,
     Scalar,
+    StateConfig,
     TopicsConfig,
     WindowConfig,
 )
@@ -77,6 +78,14 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
     )
     topics_table.finish()
 
+    state_table = root.table("state")
+    state = StateConfig(
+        cache_bytes=state_table.size("cache_bytes", StateConfig.cache_bytes),
+        block_cache_bytes=state_table.size("block_cache_bytes", StateConfig.block_cache_bytes, minimum=2**20),
+        write_buffer_bytes=state_table.size("write_buffer_bytes", StateConfig.write_buffer_bytes, minimum=2**20),
+    )
+    state_table.finish()
+
     http = root.table("http")
     http_host = http.str("host", "0.0.0.0") or "0.0.0.0"
     http_port = http.int("port", 9108, minimum=0)
@@ -109,6 +118,7 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
         cache_max_keys=cache_max_keys if cache_max_keys is not None else 100_000,
         max_task_idle_ms=max_task_idle_ms if max_task_idle_ms is not None else 2_000,
         max_drift_ms=max_drift_ms or 300_000,
+        state=state,
         kafka=kafka,
         consumer=consumer,
         producer=producer,

@@ -38,6 +38,7 @@ __all__ = [
     "OutputConfig",
     "PipelineConfig",
     "TopicsConfig",
+    "StateConfig",
     "Config",
 ]
 
@@ -68,6 +69,9 @@ KEYS = (
     "app.cache_max_keys",
     "app.max_task_idle",
     "app.max_drift",
+    "state.cache_bytes",
+    "state.block_cache_bytes",
+    "state.write_buffer_bytes",
     "kafka.bootstrap_servers",
     "kafka.<property>",
     "kafka.consumer.<property>",
@@ -276,6 +280,22 @@ class TopicsConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """``[state]``: the memory of every store of one process, each part bounded and shared.
+
+    The defaults keep a process's state near 200 MiB however many keys are open:
+    the rest of the state lives on disk, in RocksDB.
+    """
+
+    #: Decoded windows kept in memory between commits (the write-back cache), for all stores together.
+    cache_bytes: int = 64 * 2**20
+    #: RocksDB's block cache, shared by all stores; index and filter blocks are charged to it.
+    block_cache_bytes: int = 64 * 2**20
+    #: RocksDB's memtables, all stores together (a write-buffer manager).
+    write_buffer_bytes: int = 64 * 2**20
+
+
+@dataclass(frozen=True)
 class Config:
     app_id: str
     instance_id: str
@@ -300,6 +320,7 @@ class Config:
     max_task_idle_ms: int = 2_000
     #: How far (event time) an input may run ahead of the slowest one before it is paused.
     max_drift_ms: int = 300_000
+    state: StateConfig = StateConfig()
 
     @property
     def exactly_once(self) -> bool:

@@ -13,7 +13,7 @@ import builtins
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any, cast
 
-from service.config.durations import DURATION_HELP, parse_duration_ms
+from service.config.durations import DURATION_HELP, SIZE_HELP, format_size_bytes, parse_duration_ms, parse_size_bytes
 from service.config.schema import NAME
 
 
@@ -128,6 +128,21 @@ class Table:
             self.fail(name, value, "a duration greater than zero")
             return default
         return ms
+
+    def size(self, name: builtins.str, default: builtins.int, *, minimum: builtins.int = 0) -> builtins.int:
+        """A size such as ``"64MiB"``, in bytes (see ``service.config.durations``)."""
+        value = self._get(name, False, SIZE_HELP)
+        if value is None:
+            return default
+        try:
+            size = parse_size_bytes(value)
+        except ValueError:
+            self.fail(name, value, SIZE_HELP)
+            return default
+        if size < minimum:
+            self.fail(name, value, f"a size of at least {format_size_bytes(minimum)}")
+            return default
+        return size
 
     def str_list(self, name: builtins.str, *, required: builtins.bool = False) -> tuple[builtins.str, ...]:
         """A string or a list of strings: ``key = "user_id"`` reads as ``("user_id",)``."""

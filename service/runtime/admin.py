@@ -28,6 +28,7 @@ from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.clients import admin_config, restore_consumer_config
 from service.runtime.state_manager import StateManager
 from service.runtime.topics import delete_topics, internal_topics
+from service.state.memory import StoreMemory
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def _wait_until_gone(admin: AdminClient, topics: list[str], timeout: float = 60.
 def restore_state(config: Config, partitions: list[int] | None = None, report: Callable[[str], None] = print) -> int:
     """Bring this instance's local stores up to date from the changelogs; returns records applied."""
     reader = ChangelogReader(Consumer(restore_consumer_config(config)))
+    memory = StoreMemory(config.state)
     states: list[StateManager] = []
     try:
         metadata = reader.consumer.list_topics(timeout=30)
@@ -143,7 +145,7 @@ def restore_state(config: Config, partitions: list[int] | None = None, report: C
             for partition in sorted(metadata.topics[changelog].partitions):
                 if partitions is not None and partition not in partitions:
                     continue
-                state = StateManager(config, pipeline, partition)
+                state = StateManager(config, pipeline, partition, memory)
                 states.append(state)
                 reader.begin(state)
         while reader.busy:

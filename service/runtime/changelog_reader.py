@@ -28,7 +28,7 @@ from service.runtime.state_manager import StateManager
 
 log = structlog.get_logger("sessionizer.state")
 
-RESTORE_BATCH = 10_000
+RESTORE_BATCH = 50_000
 #: Answers a partition's leader gives while it is not serving yet (a topic just
 #: created, a broker just restarted): asking again shortly succeeds.
 NOT_SERVING_YET = {
@@ -144,7 +144,7 @@ class ChangelogReader:
                 continue
             next_offset = batch[-1].offset() + 1
             state = restoration.state
-            state.restored_records += state.store.restore(((m.key(), m.value()) for m in batch), next_offset)
+            state.restored_records += state.store.restore(batch, next_offset)
             restoration.position = next_offset
         for where in list(self.restoring):
             restoration = self.restoring[where]

@@ -13,6 +13,7 @@ import structlog
 
 from service.config import Config
 from service.core.pipeline import Pipeline
+from service.state.memory import StoreMemory
 from service.state.store import WindowStore, open_store, wipe
 
 log = structlog.get_logger("sessionizer.state")
@@ -25,12 +26,13 @@ def store_path(config: Config, pipeline: Pipeline, partition: int) -> Path:
 class StateManager:
     """Owns the store of one pipeline partition."""
 
-    def __init__(self, config: Config, pipeline: Pipeline, partition: int) -> None:
+    def __init__(self, config: Config, pipeline: Pipeline, partition: int, memory: StoreMemory | None = None) -> None:
         self.pipeline = pipeline
         self.partition = partition
         self.changelog = pipeline.config.changelog_topic
         self.path = store_path(config, pipeline, partition)
         self._cache_max_keys = config.cache_max_keys
+        self._memory = memory
         #: Changelog records applied by restores since this task was created.
         self.restored_records = 0
         self.store = self._open()
@@ -40,7 +42,7 @@ class StateManager:
         return f"{self.pipeline.name}-{self.partition}"
 
     def _open(self) -> WindowStore:
-        store, wiped_because = open_store(self.path, self.pipeline.window, self._cache_max_keys)
+        store, wiped_because = open_store(self.path, self.pipeline.window, self._cache_max_keys, self._memory)
         if wiped_because is not None:
             log.warning("local state unreadable, rebuilding from the changelog", path=str(self.path), error=wiped_because)
         return store

@@ -23,8 +23,8 @@ Tasks, by pipeline (``service.core.topology``):
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import cast
 
 import structlog
@@ -45,6 +45,7 @@ from service.runtime.frames import Record
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import LoopStats, TaskCounts, TaskId
 from service.runtime.tasks import DirectTask, SourceTask, TaskState, WindowTask
+from service.state.memory import StoreMemory
 
 log = structlog.get_logger("sessionizer.tasks")
 
@@ -86,6 +87,8 @@ class TaskManager:
         self._admin = admin
         #: Partitions per topic, as found at start-up.
         self.partitions = partitions
+        #: The memory every store of this process shares.
+        self.memory = StoreMemory(config.state)
         repartitioned = [p for p in pipelines if not plans[p.name].direct]
         self._direct = [p for p in pipelines if plans[p.name].direct]
         self._by_repartition = {p.config.repartition_topic: p for p in repartitioned}
@@ -326,7 +329,7 @@ class TaskManager:
             pipeline = self._by_repartition.get(tp.topic)
             if pipeline is not None:
                 task = WindowTask(
-                    StateManager(self.config, pipeline, tp.partition),
+                    StateManager(self.config, pipeline, tp.partition, self.memory),
                     tp.topic,
                     self.collector,
                     self.sources_of(pipeline),
@@ -342,7 +345,7 @@ class TaskManager:
                 task_id = (direct.name, tp.partition)
                 inputs = [(topic, tp.partition) for topic in direct.config.sources]
                 if task_id not in self.window_tasks and all(i in self.assigned for i in inputs):
-                    state = StateManager(self.config, direct, tp.partition)
+                    state = StateManager(self.config, direct, tp.partition, self.memory)
                     new_tasks.append(DirectTask(state, self.collector, self.plans[direct.name].partitions, self.clock))
         for task in new_tasks:
             task.processor.on_emit = self.stats.emit_observer(task.pipeline.name)

@@ -4,8 +4,13 @@ Layout (three column families):
 
 - ``default``: grouping key -> 8-byte close time + JSON list of the key's open windows
 - ``index``: 8-byte close time + grouping key -> empty. Windows due to close are a
-  range scan up to stream time, so closing never walks the whole store.
-- ``meta``: stream time, and the changelog offset the local state reflects (the checkpoint)
+  range scan up to stream time, so closing never walks the whole store. An
+  index entry can outlive its key's close time (a restore writes without
+  reading); the scan checks each against the key's value and drops the stale.
+- ``meta``: stream time, task metadata (the sources' watermarks), and the
+  changelog offset the local state reflects (the checkpoint)
+
+The memory of every store of a process is bounded and shared (``service.state.memory``).
 
 Writes go to the cache and become a batch at commit time: one RocksDB write
 batch and one changelog record per changed key, however many events touched it.
@@ -25,13 +30,14 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
-from rocksdict import Options, ReadOptions, Rdict, WriteBatch
+from rocksdict import ReadOptions, Rdict, WriteBatch
 
 from service.core.closing import closed
 from service.core.windows import WindowKind
+from service.state.memory import ENTRY_OVERHEAD, StoreMemory, default_memory, entry_bytes
 
 _OFFSET = 2**63
 # Changelog keys carry a one-byte kind so meta entries cannot collide with user keys.
@@ -57,6 +63,8 @@ class Entry:
     windows: list[Any]
     stored_close: int | None = None
     close: int | None = None
+    #: Estimated memory while cached (``service.state.memory.entry_bytes``).
+    size: int = 0
 
 
 @dataclass
@@ -65,22 +73,37 @@ class PendingCommit:
 
     changelog: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     batch: WriteBatch = field(default_factory=lambda: WriteBatch(raw_mode=True))
-    entries: list[tuple[Entry, int | None]] = field(default_factory=list)
+    #: Each changed entry, with its new close time and size.
+    entries: list[tuple[Entry, int | None, int]] = field(default_factory=list)
+
+
+class KeyValue(Protocol):
+    """A changelog record as the consumer hands it over (a ``confluent_kafka.Message`` is one)."""
+
+    def key(self) -> bytes | None: ...
+
+    def value(self) -> bytes | None: ...
 
 
 class WindowStore:
-    def __init__(self, path: Path, kind: WindowKind, cache_max_keys: int = 100_000) -> None:
+    def __init__(self, path: Path, kind: WindowKind, cache_max_keys: int = 100_000, memory: StoreMemory | None = None) -> None:
         self.path = path
         self.kind = kind
         self.cache_max_keys = cache_max_keys
+        self.memory = memory or default_memory()
         path.mkdir(parents=True, exist_ok=True)
-        self._db = _open(path)
+        self._db = _open(path, self.memory)
+        self.memory.opened()
         self._index = self._db.get_column_family("index")
         self._meta = self._db.get_column_family("meta")
         self._index_cf = self._db.get_column_family_handle("index")
         self._meta_cf = self._db.get_column_family_handle("meta")
         self._cache: dict[bytes, Entry] = {}
+        #: Estimated memory of the cached entries.
+        self.cached_bytes = 0
         self._dirty: dict[bytes, Entry] = {}
+        #: Index entries found stale by ``due``, deleted with the next commit.
+        self._stale: list[bytes] = []
         self.stream_time: int | None = self._read_stream_time()
         self._committed_stream_time = self.stream_time
         #: Task metadata written with the next commit (e.g. source watermarks), by name.
@@ -94,9 +117,10 @@ class WindowStore:
         if entry is None:
             raw = self._db.get(key)
             if raw is None:
-                entry = Entry([])
+                entry = Entry([], size=ENTRY_OVERHEAD)
             else:
-                entry = Entry(self.kind.load(orjson.loads(memoryview(raw)[8:])), decode_time(raw))
+                entry = Entry(self.kind.load(orjson.loads(memoryview(raw)[8:])), decode_time(raw), size=entry_bytes(len(raw)))
+            self.cached_bytes += entry.size
             self._cache[key] = entry
         return entry
 
@@ -123,8 +147,12 @@ class WindowStore:
         options.set_iterate_upper_bound(encode_time(stream_time))
         for index_key in _raw_keys(self._index.keys(read_opt=options)):
             key = index_key[8:]
-            if key not in self._dirty:
-                keys.append(key)
+            if key in self._dirty:
+                continue
+            if self.entry(key).stored_close != decode_time(index_key):
+                self._stale.append(index_key)  # written by a restore, for a close time since changed
+                continue
+            keys.append(key)
         return keys
 
     def keys(self) -> Iterator[bytes]:
@@ -140,7 +168,7 @@ class WindowStore:
 
     @property
     def has_changes(self) -> bool:
-        return bool(self._dirty) or bool(self._meta_changes) or self.stream_time != self._committed_stream_time
+        return bool(self._dirty or self._meta_changes or self._stale) or self.stream_time != self._committed_stream_time
 
     def meta(self, name: bytes) -> bytes | None:
         """A task's metadata entry as last committed (or restored)."""
@@ -160,9 +188,11 @@ class WindowStore:
             close = self.kind.next_close(windows) if windows else None
             if close is None:
                 value = None
+                size = 0
                 batch.delete(key)
             else:
                 value = encode_time(close) + orjson.dumps(self.kind.dump(windows))
+                size = entry_bytes(len(value))
                 batch.put(key, value)
             if entry.stored_close != close:
                 if entry.stored_close is not None:
@@ -170,7 +200,9 @@ class WindowStore:
                 if close is not None:
                     batch.put(encode_time(close) + key, b"", index_cf)
             pending.changelog.append((WINDOW_PREFIX + key, value))
-            pending.entries.append((entry, close))
+            pending.entries.append((entry, close, size))
+        for index_key in self._stale:
+            batch.delete(index_key, index_cf)
         if self.stream_time is not None and self.stream_time != self._committed_stream_time:
             encoded = encode_time(self.stream_time)
             batch.put(_STREAM_TIME, encoded, self._meta_cf)
@@ -186,12 +218,15 @@ class WindowStore:
             pending.batch.put(_CHECKPOINT, checkpoint.to_bytes(8, "big"), self._meta_cf)
         if not pending.batch.is_empty():
             self._db.write(pending.batch)
-        for entry, close in pending.entries:
+        for entry, close, size in pending.entries:
             entry.stored_close = close
+            self.cached_bytes += size - entry.size
+            entry.size = size
         for key, entry in list(self._dirty.items()):
-            if not entry.windows:
-                self._cache.pop(key, None)
+            if not entry.windows and self._cache.pop(key, None) is not None:
+                self.cached_bytes -= entry.size
         self._dirty.clear()
+        self._stale.clear()
         self._meta_changes.clear()
         self._committed_stream_time = self.stream_time
         self._evict()
@@ -199,17 +234,26 @@ class WindowStore:
     def rollback(self) -> None:
         """Forget every change since the last commit (the transaction aborted)."""
         for key in self._dirty:
-            self._cache.pop(key, None)
+            entry = self._cache.pop(key, None)
+            if entry is not None:
+                self.cached_bytes -= entry.size
         self._dirty.clear()
+        self._stale.clear()
         self._meta_changes.clear()
         self.stream_time = self._committed_stream_time
 
     def _evict(self) -> None:
-        excess = len(self._cache) - self.cache_max_keys
-        if excess <= 0:
+        """Drop the longest-cached entries while over this store's share of the cache (or its key limit)."""
+        budget = self.memory.cache_share()
+        excess_keys = len(self._cache) - self.cache_max_keys
+        if self.cached_bytes <= budget and excess_keys <= 0:
             return
-        for key in list(self._cache)[:excess]:
-            del self._cache[key]
+        cache = self._cache
+        for key in list(cache):
+            if self.cached_bytes <= budget and excess_keys <= 0:
+                break
+            self.cached_bytes -= cache.pop(key).size
+            excess_keys -= 1
 
     # -- changelog restore ----------------------------------------------------
 
@@ -218,34 +262,42 @@ class WindowStore:
         raw = self._meta.get(_CHECKPOINT)
         return None if raw is None else int.from_bytes(raw, "big")
 
-    def restore(self, records: Iterable[tuple[bytes | None, bytes | None]], checkpoint: int) -> int:
-        """Apply changelog records read from Kafka; returns how many were applied."""
-        latest: dict[bytes, bytes | None] = {}
-        count = 0
-        for key, value in records:
-            count += 1
-            if key is not None:  # the service writes no keyless changelog record
-                latest[key] = value
+    def restore(self, records: Iterable[KeyValue], checkpoint: int) -> int:
+        """Apply changelog records read from Kafka, in one write; returns how many were applied.
+
+        No record is read back: each window record is written with its index
+        entry, and an index entry left behind by a later record of the same key
+        is dropped when a scan meets it (``due``). A restore therefore costs a
+        few Python operations per record and one RocksDB write per batch.
+        """
         batch = WriteBatch(raw_mode=True)
-        for changelog_key, value in latest.items():
-            kind, key = changelog_key[:1], changelog_key[1:]
-            if kind == META_PREFIX:
+        put, delete = batch.put, batch.delete
+        index_cf, meta_cf = self._index_cf, self._meta_cf
+        window, meta = WINDOW_PREFIX[0], META_PREFIX[0]
+        count = 0
+        for record in records:
+            count += 1
+            changelog_key = record.key()
+            if not changelog_key:
+                continue  # the service writes no keyless changelog record
+            value = record.value()
+            kind, key = changelog_key[0], changelog_key[1:]
+            if kind == window:
                 if value is None:
-                    batch.delete(key, self._meta_cf)
+                    delete(key)
                 else:
-                    batch.put(key, value, self._meta_cf)
-                continue
-            old = self._db.get(key)
-            if old is not None:
-                batch.delete(old[:8] + key, self._index_cf)
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-                batch.put(value[:8] + key, b"", self._index_cf)
-            self._cache.pop(key, None)
-        batch.put(_CHECKPOINT, checkpoint.to_bytes(8, "big"), self._meta_cf)
+                    put(key, value)
+                    put(value[:8] + key, b"", index_cf)
+            elif kind == meta:
+                if value is None:
+                    delete(key, meta_cf)
+                else:
+                    put(key, value, meta_cf)
+        put(_CHECKPOINT, checkpoint.to_bytes(8, "big"), meta_cf)
         self._db.write(batch)
+        if self._cache:
+            self._cache.clear()
+            self.cached_bytes = 0
         self.stream_time = self._committed_stream_time = self._read_stream_time()
         return count
 
@@ -261,6 +313,7 @@ class WindowStore:
 
     def close(self) -> None:
         """Close RocksDB; the column-family views hold the database open, so drop them too."""
+        self.memory.closed()
         self._db.close()
         del self._index, self._meta, self._index_cf, self._meta_cf, self._db
 
@@ -269,11 +322,11 @@ class WindowStore:
         return None if raw is None else decode_time(raw)
 
 
-def _open(path: Path) -> Rdict:
-    options = Options(raw_mode=True)
+def _open(path: Path, memory: StoreMemory) -> Rdict:
+    options = memory.options()
     options.create_if_missing(True)
     options.create_missing_column_families(True)
-    families = {"index": Options(raw_mode=True), "meta": Options(raw_mode=True)}
+    families = {"index": memory.options(), "meta": memory.options()}
     return Rdict(str(path), options, column_families=families)
 
 
@@ -287,14 +340,16 @@ def wipe(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def open_store(path: Path, kind: WindowKind, cache_max_keys: int) -> tuple[WindowStore, str | None]:
+def open_store(
+    path: Path, kind: WindowKind, cache_max_keys: int, memory: StoreMemory | None = None
+) -> tuple[WindowStore, str | None]:
     """Open the store at ``path``; a corrupt or foreign directory is wiped and opened empty.
 
     Returns the store and, when it had to be wiped, why (the caller logs it and
     restores the store from its changelog).
     """
     try:
-        return WindowStore(path, kind, cache_max_keys), None
+        return WindowStore(path, kind, cache_max_keys, memory), None
     except Exception as exc:  # rocksdict raises plain exceptions for unreadable directories
         wipe(path)
-        return WindowStore(path, kind, cache_max_keys), str(exc)
+        return WindowStore(path, kind, cache_max_keys, memory), str(exc)

@@ -9,6 +9,7 @@ import orjson
 from service.core.pipeline import Pipeline
 from service.core.processor import WindowProcessor
 from service.state.store import WindowStore
+from tests.fakes import FakeMessage
 from tests.helpers import CART, PAY, SEED_000, Harness, config_from_toml, config_toml, pipeline, rule, session_window
 
 T0 = 1678886400
@@ -162,7 +163,7 @@ def test_rule_state_travels_in_the_changelog(tmp_path):
 
     pipeline = Pipeline(pipeline_config)
     store = WindowStore(tmp_path / "b", pipeline.window)
-    store.restore(pending.changelog, checkpoint=len(pending.changelog))
+    store.restore([FakeMessage("changelog", 0, n, key=k, value=v) for n, (k, v) in enumerate(pending.changelog)], checkpoint=len(pending.changelog))
     out: list = []
     processor = WindowProcessor(pipeline, store, out)
     event = ev(60, "payment_processed", "p")
