@@ -148,6 +148,7 @@ def test_kill_9_while_replaying_a_backlog_of_three_topics(app):
                 assert store.exists()
                 shutil.rmtree(store)
             service.start()
+            service.wait_started(timeout=120)  # each run restores before the next kill
         reader.wait_for(len(expected), timeout=300, topic=app.topic("sessions"))
     finally:
         reader.close()
