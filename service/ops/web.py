@@ -42,19 +42,20 @@ def liveness(stats: LoopStats, timeout_s: float, now: float | None = None) -> tu
 
 
 def readiness(stats: LoopStats) -> tuple[bool, dict[str, Any]]:
-    """Ready when the loop runs, holds partitions, and none of them is restoring."""
-    metrics = stats
+    """Ready when the loop runs, holds partitions, and none of them is restoring; else why not."""
     restoring = stats.restoring
-    body: dict[str, Any] = {"assigned_partitions": metrics.sample.assigned, "restoring_partitions": restoring}
-    if not metrics.running:
-        reason = "stopped" if metrics.sample.at else "starting"
+    body: dict[str, Any] = {"assigned_partitions": stats.sample.assigned, "restoring_partitions": restoring}
+    if not stats.running:
+        reason = "stopped" if stats.sample.at else (stats.not_ready or "starting")
     elif restoring:  # read live: restoring can start and end between two samples
         reason = "restoring state"
-    elif metrics.sample.assigned == 0:
+    elif stats.sample.assigned == 0:
         reason = "no partitions assigned"
     else:
         reason = None
     body["status"] = "ready" if reason is None else reason
+    if reason is not None:
+        body["reason"] = reason
     return reason is None, body
 
 

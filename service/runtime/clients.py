@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from service.config import Config
+from service.runtime.client_errors import CLIENT_ERRORS
 
 #: The standard-library logger every client logs through (``service.ops.logs`` renders it).
 KAFKA_LOGGER = "sessionizer.librdkafka"
@@ -52,10 +53,12 @@ _PRODUCER_DEFAULTS = {
 }
 
 
-def _common(config: Config) -> dict[str, Any]:
+def _common(config: Config, kind: str) -> dict[str, Any]:
     props: dict[str, Any] = dict(config.kafka)
-    # librdkafka's own log lines go through structlog (JSON, app id, secrets scrubbed).
+    # librdkafka's own log lines go through structlog (JSON, app id, secrets scrubbed),
+    # and its errors through one reporter that logs each kind once in a while.
     props["logger"] = kafka_logger()
+    props["error_cb"] = CLIENT_ERRORS.callback(kind)
     return props
 
 
@@ -66,7 +69,7 @@ def consumer_config(config: Config, co_partitioned: bool = False) -> dict[str, A
     only the range assignor keeps on one member (``service.core.topology``).
     Its rebalances are eager: every partition is revoked and reassigned.
     """
-    props = _common(config)
+    props = _common(config, "consumer")
     props.update(_CONSUMER_DEFAULTS)
     props.update(config.consumer)
     props.update(
@@ -85,7 +88,7 @@ def consumer_config(config: Config, co_partitioned: bool = False) -> dict[str, A
 
 def restore_consumer_config(config: Config) -> dict[str, Any]:
     """A consumer with no group, assigned changelog partitions while they restore."""
-    props = _common(config)
+    props = _common(config, "restore consumer")
     props.update(_RESTORE_DEFAULTS)
     props.update(config.consumer)
     for group_only in ("group.instance.id", "session.timeout.ms", "max.poll.interval.ms", "partition.assignment.strategy"):
@@ -109,7 +112,7 @@ def producer_config(config: Config) -> dict[str, Any]:
 
     ``murmur2_random`` puts a key in the partition a Java producer would.
     """
-    props = _common(config)
+    props = _common(config, "producer")
     props.update(_PRODUCER_DEFAULTS)
     props.update(config.producer)
     props.update(
@@ -125,7 +128,7 @@ def producer_config(config: Config) -> dict[str, Any]:
 
 
 def admin_config(config: Config) -> dict[str, Any]:
-    props = _common(config)
+    props = _common(config, "admin")
     props["client.id"] = f"{config.app_id}-{config.instance_id}-admin"
     return props
 

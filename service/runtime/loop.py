@@ -33,14 +33,14 @@ log = structlog.get_logger("sessionizer.loop")
 
 
 class StreamLoop:
-    def __init__(self, config: Config, partitions: Mapping[str, int]) -> None:
+    def __init__(self, config: Config, partitions: Mapping[str, int], stats: LoopStats | None = None) -> None:
         self.config = config
         self.pipelines: tuple[Pipeline, ...] = compile_pipelines(config.pipelines)
         self.plans = plan(config.pipelines, config.topics.partitions, partitions)
         for pipeline_plan in self.plans.values():
             if pipeline_plan.note:
                 log.info("pipeline read through its repartition topic", pipeline=pipeline_plan.name, why=pipeline_plan.note)
-        self.stats = LoopStats()
+        self.stats = stats or LoopStats()
         self.queries = QueryInbox()
         self.collector = RecordCollector(lambda: Producer(producer_config(config)), config.exactly_once)
         co_partitioned = any(p.direct for p in self.plans.values())

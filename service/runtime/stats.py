@@ -98,6 +98,8 @@ class LoopStats:
         self.last_iteration = self.started
         #: True from the loop's first iteration until it closes.
         self.running = False
+        #: Why the loop is not running yet ("broker unreachable: …"), for /readyz.
+        self.not_ready: str | None = "starting"
         #: Partitions restoring right now, kept live (a restore can start and end between samples).
         self.restoring = 0
         self.consumed: dict[Where, int] = {}
@@ -148,6 +150,7 @@ class LoopStats:
         """Every loop iteration: note that the loop is alive; True when a new sample is due."""
         self.last_iteration = now
         self.running = True
+        self.not_ready = None
         if now < self._next_sample and self.rebalances == self._sampled_rebalances:
             return False
         self._next_sample = now + SAMPLE_INTERVAL
