@@ -29,6 +29,8 @@ from service.runtime.state_manager import StateManager
 log = structlog.get_logger("sessionizer.state")
 
 RESTORE_BATCH = 50_000
+#: Seconds between two "restore progress" lines while a restore runs.
+PROGRESS_INTERVAL = 10.0
 #: Answers a partition's leader gives while it is not serving yet (a topic just
 #: created, a broker just restarted): asking again shortly succeeds.
 NOT_SERVING_YET = {
@@ -39,6 +41,39 @@ NOT_SERVING_YET = {
 }
 
 Where = tuple[str, int]
+
+
+class Progress:
+    """A line every ``PROGRESS_INTERVAL`` seconds while long work goes on: done, rate, what is left, when it ends."""
+
+    def __init__(self, event: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.event = event
+        self.done = 0
+        self._clock = clock
+        self._since = (clock(), 0)
+
+    def report(self, remaining: int, stream_time: int | None = None, **fields: object) -> None:
+        now = self._clock()
+        at, done_then = self._since
+        if now - at < PROGRESS_INTERVAL:
+            return
+        rate = (self.done - done_then) / (now - at)
+        self._since = (now, self.done)
+        log.info(
+            self.event,
+            records_done=self.done,
+            records_per_second=round(rate),
+            records_remaining=remaining,
+            eta_seconds=round(remaining / rate) if rate > 0 else None,
+            event_time_reached=_iso(stream_time),
+            **fields,
+        )
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 @dataclass
@@ -61,6 +96,7 @@ class ChangelogReader:
         self.restoring: dict[Where, Restoration] = {}
         #: Called with each state manager once its store is up to date.
         self.on_restored = on_restored
+        self._progress = Progress("restore progress")
 
     def begin(self, state: StateManager, reset: Callable[[], None] | None = None) -> None:
         """Start restoring ``state``'s store; it is handed to ``on_restored`` when up to date.
@@ -144,8 +180,16 @@ class ChangelogReader:
                 continue
             next_offset = batch[-1].offset() + 1
             state = restoration.state
-            state.restored_records += state.store.restore(batch, next_offset)
+            applied = state.store.restore(batch, next_offset)
+            state.restored_records += applied
+            self._progress.done += applied
             restoration.position = next_offset
+        if self.restoring:
+            self._progress.report(
+                remaining=sum(r.remaining for r in self.restoring.values()),
+                partitions=len(self.restoring),
+                stream_time=max((r.state.store.stream_time or 0 for r in self.restoring.values()), default=0) or None,
+            )
         for where in list(self.restoring):
             restoration = self.restoring[where]
             if where in finished or restoration.position >= restoration.end:

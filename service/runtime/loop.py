@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 from service.config import Config
 from service.core.pipeline import Pipeline, compile_pipelines
 from service.core.topology import plan
-from service.runtime.changelog_reader import ChangelogReader
+from service.runtime.changelog_reader import ChangelogReader, Progress
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
 from service.runtime.collector import RecordCollector
 from service.runtime.punctuator import Punctuator
@@ -57,6 +57,7 @@ class StreamLoop:
             partitions,
         )
         self.punctuator = Punctuator(config.punctuate_interval_ms / 1000)
+        self._catching_up = Progress("catching up")
         self._running = False
         self._stop_requested = False
 
@@ -161,9 +162,15 @@ class StreamLoop:
     def _sample(self, now: float) -> None:
         """Lag, store sizes and task totals, read in the loop's own thread; a failure is logged, never raised."""
         try:
-            self.stats.sample = self.take_sample(now)
+            self.stats.sample = sample = self.take_sample(now)
         except Exception as exc:  # a metric must never stop the loop
             log.warning("metrics sampling failed", error=str(exc))
+            return
+        lag = sum(sample.lag.values())
+        if lag:  # a replay, or a backlog after an outage: say how it goes every 10 s
+            self._catching_up.done = sum(self.stats.consumed.values())
+            running = [t.store.stream_time for t in self.tasks.running_tasks if t.store.stream_time is not None]
+            self._catching_up.report(remaining=lag, stream_time=min(running, default=None))
 
     def take_sample(self, now: float) -> Sample:
         """Lag is the high watermark librdkafka last saw in a fetch response (the last

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import orjson
-from rocksdict import ReadOptions, Rdict, WriteBatch
+from rocksdict import Rdict, ReadOptions, WriteBatch
 
 from service.core.closing import closed
 from service.core.windows import WindowKind
