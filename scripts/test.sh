@@ -20,6 +20,8 @@ if ! "$VENV/bin/python" -m mypy; then
 fi
 
 export KAFKA_PORT=${SESSIONIZER_TEST_KAFKA_PORT:-19092}
+# A SASL/PLAIN listener too, for the authentication-failure test.
+export KAFKA_SASL_PORT=${SESSIONIZER_TEST_KAFKA_SASL_PORT:-$((KAFKA_PORT + 2))}
 KAFKA_DATA_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sessionizer-test-kafka.XXXXXX")
 export KAFKA_DATA_DIR
 cleanup() {
@@ -30,6 +32,7 @@ trap cleanup EXIT
 bash scripts/kafka.sh start
 
 export SESSIONIZER_TEST_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+export SESSIONIZER_TEST_SASL_BOOTSTRAP=127.0.0.1:$KAFKA_SASL_PORT
 export SESSIONIZER_TEST_KAFKA_SCRIPT=$PWD/scripts/kafka.sh
 set +e
 "$VENV/bin/python" -m pytest "$@"

@@ -101,6 +101,8 @@ class _ToStructlog(logging.Handler):
         if record.name == KAFKA_LOGGER and isinstance(record.args, tuple) and len(record.args) == 3:
             # confluent-kafka logs ("%s [%s] %s", facility, client name, message)
             facility, client, message = record.args
+            if facility == "FAIL":
+                return  # every failed connection attempt: reported once in a while by the error callback
             logger.log(record.levelno, "librdkafka", facility=facility, client=client, message=message)
             return
         logger.log(record.levelno, record.getMessage(), logger=record.name)

@@ -69,6 +69,7 @@ def _topics(admin: AdminClient, config: Config, stats: LoopStats, stopping: Call
         try:
             partitions = ensure_topics(admin, config, timeout=ATTEMPT_TIMEOUT)
         except KafkaException as exc:
+            admin.poll(0.1)  # serves the admin client's error callbacks: the broker's address and why
             fatal = CLIENT_ERRORS.fatal
             if fatal is not None:
                 raise BrokerError(f"kafka at {config.bootstrap_servers}: {fatal.str()}") from None
