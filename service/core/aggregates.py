@@ -87,7 +87,10 @@ class _NumericCheck:
 
     def check(self, event: dict[str, Any]) -> None:
         value = self.get(event)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        kind = type(value)
+        if kind is int or kind is float or value is None:  # the common cases first
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadRecord(
                 f"wrong type: aggregate {self.name!r} needs a number in {self.field!r}, got {type(value).__name__}"
             )

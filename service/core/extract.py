@@ -80,15 +80,24 @@ class KeyExtractor:
 
     paths: tuple[str, ...]
     _getters: tuple[Getter, ...] = field(init=False, repr=False, compare=False)
+    #: The one top-level field of a plain key, for the per-event fast path; None otherwise.
+    _top: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_getters", tuple(field_getter(p) for p in self.paths))
+        plain = len(self.paths) == 1 and "." not in self.paths[0] and self.paths[0] != RECORD_KEY
+        object.__setattr__(self, "_top", self.paths[0] if plain else None)
 
     @property
     def record_key(self) -> bool:
         return self.paths == (RECORD_KEY,)
 
     def __call__(self, event: dict[str, Any], record_key: bytes | None = None) -> bytes:
+        top = self._top
+        if top is not None:
+            value = event.get(top)
+            if type(value) is str and value:  # the common case, decided in two steps
+                return value.encode()
         getters = self._getters
         if len(getters) == 1:
             if self.paths[0] == RECORD_KEY:
@@ -132,11 +141,21 @@ class TimeExtractor:
     path: str | None
     format: str = "auto"
     _get: Getter | None = field(init=False, repr=False, compare=False)
+    #: The top-level field for the per-event fast path (an int of milliseconds); None otherwise.
+    _top: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_get", field_getter(self.path) if self.path else None)
+        fast = self.path is not None and "." not in self.path and self.format in ("auto", "epoch_ms")
+        object.__setattr__(self, "_top", self.path if fast else None)
 
     def __call__(self, event: dict[str, Any], record_ms: int | None) -> int:
+        top = self._top
+        if top is not None:
+            value = event.get(top)
+            # Epoch milliseconds as an int: the common case, decided in two steps.
+            if type(value) is int and (value >= _MS_THRESHOLD or self.format == "epoch_ms"):
+                return value
         get = self._get
         value = get(event) if get is not None else None
         if value is None:
