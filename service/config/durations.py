@@ -1,4 +1,4 @@
-"""Durations as people write them in config files: ``"30m"``, ``"2s"``, ``"500ms"``."""
+"""Durations and sizes as people write them in config files: ``"30m"``, ``"500ms"``, ``"64MiB"``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,8 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 DURATION_HELP = "a duration such as '500ms', '2s', '30m', '1h30m' or a whole number of milliseconds"
 
 
-def parse_duration_ms(value: object) -> int:
-    """Return ``value`` in milliseconds, or raise ``ValueError``.
-
-    A bare integer is read as milliseconds, the unit Kafka uses everywhere.
-    """
+def _whole_or_text(value: object) -> int | str:
+    """A non-negative whole number as it is, or the text to parse (lower case, no spaces); else ``ValueError``."""
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, int):
@@ -24,8 +21,17 @@ def parse_duration_ms(value: object) -> int:
     if not isinstance(value, str):
         raise ValueError(value)
     text = value.strip().lower().replace(" ", "")
-    if text.isdigit():
-        return int(text)
+    return int(text) if text.isdigit() else text
+
+
+def parse_duration_ms(value: object) -> int:
+    """Return ``value`` in milliseconds, or raise ``ValueError``.
+
+    A bare integer is read as milliseconds, the unit Kafka uses everywhere.
+    """
+    text = _whole_or_text(value)
+    if isinstance(text, int):
+        return text
     pos = 0
     total = 0.0
     for match in _PART.finditer(text):
@@ -63,17 +69,9 @@ SIZE_HELP = "a size such as '64MiB', '512MB', '1GiB' or a whole number of bytes"
 
 def parse_size_bytes(value: object) -> int:
     """Return ``value`` in bytes, or raise ``ValueError``; a bare integer is bytes."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(value)
-        return value
-    if not isinstance(value, str):
-        raise ValueError(value)
-    text = value.strip().lower().replace(" ", "")
-    if text.isdigit():
-        return int(text)
+    text = _whole_or_text(value)
+    if isinstance(text, int):
+        return text
     match = _SIZE.fullmatch(text)
     if match is None:
         raise ValueError(value)

@@ -34,14 +34,8 @@ class WindowKind(Protocol):
     def late_reason(self, time_ms: int, stream_time: int) -> str | None: ...
 
     def add(
-        self,
-        windows: list[Any],
-        time_ms: int,
-        event: dict[str, Any],
-        limit: int,
-        source: int = 0,
-        derived: list[Any] | None = None,
-        stream_time: int | None = None,
+        self, windows: list[Any], time_ms: int, event: dict[str, Any], limit: int,
+        source: int = 0, derived: list[Any] | None = None, stream_time: int | None = None,
     ) -> int: ...
 
     def next_close(self, windows: list[Any]) -> int: ...

@@ -53,14 +53,8 @@ class FixedWindows(WindowKindBase[Window]):
         return f"window {windows} already closed at stream time {stream_time} (grace {self.grace} ms)"
 
     def add(
-        self,
-        windows: list[Window],
-        time_ms: int,
-        event: dict[str, Any],
-        limit: int,
-        source: int = 0,
-        derived: list[Any] | None = None,
-        stream_time: int | None = None,
+        self, windows: list[Window], time_ms: int, event: dict[str, Any], limit: int,
+        source: int = 0, derived: list[Any] | None = None, stream_time: int | None = None,
     ) -> int:
         by_start = {w.start: w for w in windows}
         closes_at = self.closes_at

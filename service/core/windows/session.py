@@ -74,14 +74,8 @@ class SessionWindows(WindowKindBase[Session]):
         return None
 
     def add(
-        self,
-        sessions: list[Session],
-        time_ms: int,
-        event: dict[str, Any],
-        limit: int,
-        source: int = 0,
-        derived: list[Any] | None = None,
-        stream_time: int | None = None,
+        self, sessions: list[Session], time_ms: int, event: dict[str, Any], limit: int,
+        source: int = 0, derived: list[Any] | None = None, stream_time: int | None = None,
     ) -> int:
         """Put the event into ``sessions``; return how many sessions were merged away.
 

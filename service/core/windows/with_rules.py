@@ -38,14 +38,8 @@ class SessionWindowsWithRules(SessionWindows):
         self._out: list[Derived] = []
 
     def add(
-        self,
-        sessions: list[Session],
-        time_ms: int,
-        event: dict[str, Any],
-        limit: int,
-        source: int = 0,
-        derived: list[Derived] | None = None,
-        stream_time: int | None = None,
+        self, sessions: list[Session], time_ms: int, event: dict[str, Any], limit: int,
+        source: int = 0, derived: list[Derived] | None = None, stream_time: int | None = None,
     ) -> int:
         self._source = source
         # Rules forget what no future event can match, and a future event may come
