@@ -33,6 +33,18 @@ def field_getter(path: str) -> Getter:
     parts = path.split(".")
     if len(parts) == 1:
         return lambda event: event.get(path)
+    if len(parts) == 2:
+        # The common nested case (``details.page``), without a loop: it runs per event.
+        outer, inner = parts
+
+        def get_two(event: dict[str, Any]) -> Any:
+            value = event.get(path)
+            if value is not None:
+                return value
+            nested = event.get(outer)
+            return nested.get(inner) if type(nested) is dict else None
+
+        return get_two
 
     def get(event: dict[str, Any]) -> Any:
         value = event.get(path)

@@ -83,6 +83,11 @@ class SessionWindows(WindowKindBase[Session]):
         """
         low = time_ms - self.gap
         high = time_ms + self.gap
+        if len(sessions) == 1 and not self.capped:  # the common case: the key's one open session
+            only = sessions[0]
+            if only.start <= high and only.end >= low:
+                self._add_event(only, time_ms, event)
+                return 0
         touching = [s for s in sessions if s.start <= high and s.end >= low]
         if not touching:
             sessions.append(self._new(time_ms, event))
