@@ -37,12 +37,18 @@ from service.config.schema import (
     TopicsConfig,
     WindowConfig,
 )
-from service.config.table import Table
+from service.config.table import Overrides, Table
 
 
-def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memory>") -> Config | None:
-    """Turn a TOML document into a ``Config``; problems are appended, not raised."""
-    root = Table(raw, "", problems)
+def parse_config(
+    raw: dict[str, Any], problems: list[str], source: str = "<memory>", overrides: Overrides | None = None
+) -> Config | None:
+    """Turn a TOML document into a ``Config``; problems are appended, not raised.
+
+    ``overrides`` names the environment variables that set keys (see
+    ``service.config.loading``), so that a problem with one names the variable.
+    """
+    root = Table(raw, "", problems, overrides)
     app = root.table("app")
     app_id = app.topic("id", "sessionizer") or "sessionizer"
     instance_id = app.str("instance_id") or socket.gethostname()
@@ -373,12 +379,16 @@ def _check_session_features(
 def _parse_output(value: Any, pipeline: Table, window: WindowConfig | None) -> OutputConfig | None:
     """``output = "topic"`` or ``[pipelines.x.output]`` with ``topic``, ``event``, ``format``."""
     default_event = "session" if window is None or window.type == "session" else "session_summary"
+    path = pipeline.key("output")
+    overrides = pipeline.overrides
     if isinstance(value, str):
         value = {"topic": value}
+        if path in overrides:  # the variable that set output set its topic
+            overrides = {**overrides, f"{path}.topic": overrides[path]}
     if value is None:
         pipeline.missing("output", "a topic name or a table with topic")
         return None
-    table = Table(value, pipeline.key("output"), pipeline.problems)
+    table = Table(value, path, pipeline.problems, overrides)
     topic = table.topic("topic", required=True)
     event = table.str("event", default_event) or default_event
     fmt = table.choice("format", OUTPUT_FORMATS, "envelope")

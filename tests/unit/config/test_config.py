@@ -105,9 +105,9 @@ def test_environment_overrides(tmp_path):
     assert config.pipelines[0].window.gap_ms == 300_000
 
 
-def test_bad_environment_override_is_reported_like_a_file_value(tmp_path):
+def test_bad_environment_override_is_reported_like_a_file_value_naming_the_variable(tmp_path):
     found = problems(tmp_path, VALID, {"SESSIONIZER__APP__POLL_BATCH": "lots"})
-    assert found == ["app.poll_batch = 'lots': expected a whole number >= 1"]
+    assert found == ["environment variable SESSIONIZER__APP__POLL_BATCH = 'lots': expected a whole number >= 1"]
 
 
 AGGREGATES = VALID + "[pipelines.s.aggregates]\n"
