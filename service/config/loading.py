@@ -26,6 +26,8 @@ from service.config.table import Override
 from service.errors import ConfigError
 
 ENV_PREFIX = "SESSIONIZER__"
+#: ``SESSIONIZER__KAFKA__SASL_PASSWORD_FILE=/run/secrets/kafka`` sets ``sasl.password`` to the file's content.
+FILE_SUFFIX = "_file"
 
 #: ``KEYS`` as path patterns, literal keys before those with placeholders
 #: (``kafka.bootstrap_servers`` before ``kafka.<property>``).
@@ -64,19 +66,38 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], problem
     ``SESSIONIZER__KAFKA__SASL_PASSWORD`` (or ``…SASL.PASSWORD`` where the
     environment allows dots in names) reaches ``[kafka] "sasl.password"``.
 
+    A variable whose name ends in ``_FILE`` names a file instead, whose
+    content (less a trailing newline) is the value: how Docker and Kubernetes
+    hand secrets over. Setting a key both ways is a problem.
+
     Returns the variable behind each key it set (dotted key -> ``Override``),
     for ``parse_config`` to name in problems.
     """
     overrides: dict[str, Override] = {}
+    setters: dict[str, str] = {}
     for name, text in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        from_file = parts[-1].endswith(FILE_SUFFIX)
+        if from_file:
+            parts[-1] = parts[-1].removesuffix(FILE_SUFFIX)
         if not all(parts):
             problems.append(f"environment variable {name}: empty path segment")
             continue
-        override = Override(name, text)
-        value = env_value(key_kind(parts), text, override, problems)
+        key = ".".join(parts)
+        if key in setters:
+            problems.append(f"environment variable {name}: {setters[key]} sets {key} too; set one of them")
+            continue
+        setters[key] = name
+        if from_file:
+            file_override = _read_file(name, text, problems)
+            if file_override is None:
+                continue
+            override = file_override
+        else:
+            override = Override(name, text)
+        value = env_value(key_kind(parts), override.text, override, problems)
         if value is None:
             continue
         table = raw
@@ -93,6 +114,26 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], problem
             table[parts[-1]] = value
             overrides[".".join(parts)] = override
     return overrides
+
+
+def _read_file(name: str, path: str, problems: list[str]) -> Override | None:
+    """``…_FILE=path``: the file's content, less one trailing newline, as Docker and Kubernetes mount secrets.
+
+    A problem names the variable and the path, never the content.
+    """
+    if not path:
+        problems.append(f"environment variable {name}: expected the path of a file holding the value")
+        return None
+    try:
+        content = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(f"environment variable {name}: cannot read {path!r}: {exc.strerror or type(exc).__name__}")
+        return None
+    except UnicodeDecodeError:
+        problems.append(f"environment variable {name}: {path!r} is not UTF-8 text")
+        return None
+    content = content.removesuffix("\n").removesuffix("\r")
+    return Override(name, content, file=path)
 
 
 def key_kind(parts: Sequence[str]) -> str | None:

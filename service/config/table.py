@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from service.config.durations import DURATION_HELP, SIZE_HELP, format_size_bytes, parse_duration_ms, parse_size_bytes
@@ -23,7 +23,8 @@ class Override:
     """An environment variable that set a key: a problem with the value names the variable, not the key."""
 
     variable: str
-    text: str
+    #: The value as the environment (or the file) gave it; may be a secret, so it is kept out of ``repr``.
+    text: str = field(repr=False)
     #: The file the value was read from (a ``…_FILE`` variable); its content is never shown.
     file: str | None = None
 

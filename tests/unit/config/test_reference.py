@@ -126,11 +126,21 @@ def test_documented_defaults_are_the_defaults():
     assert checked >= 20
 
 
-def test_documented_environment_examples_are_accepted():
+def test_documented_environment_examples_are_accepted(tmp_path):
     examples = re.findall(r"^(SESSIONIZER__\w+(?:__[\w.]+)*)=(.*)$", DOC.read_text(), re.MULTILINE)
     assert len(examples) >= 10
+    # The secrets-from-files examples name files under /run/secrets: each gets a file of its own here.
+    files = {name: value for name, value in examples if name.endswith("_FILE")}
+    assert files
+    environ = dict(examples)
+    for name in files:
+        (tmp_path / name).write_text(f"from {name}\n")
+        environ[name] = str(tmp_path / name)
+        environ.pop(name.removesuffix("_FILE"), None)  # a plain example may set the same key
     text = MINIMAL_CONFIG.replace("[pipelines.p]", "[pipelines.sessions]").replace("[pipelines.p.window]", "[pipelines.sessions.window]")
-    config = config_from_toml(text, dict(examples))
+    config = config_from_toml(text, environ)
+    assert config.kafka["ssl.key.pem"] == "from SESSIONIZER__KAFKA__SSL_KEY_PEM_FILE"
+    config = config_from_toml(text, {name: value for name, value in examples if name not in files})
     assert config.kafka["sasl.password"] == "change-me"
     assert config.consumer["fetch.max.bytes"] == "104857600"
     assert config.pipelines[0].window.gap_ms == 30 * 60_000
