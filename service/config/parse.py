@@ -96,6 +96,8 @@ def parse_config(
     http_host = http.str("host", "0.0.0.0") or "0.0.0.0"
     http_port = http.int("port", 9108, minimum=0)
     liveness_ms = http.duration("liveness_timeout", 60_000, positive=True) or 60_000
+    sessions_token = http.str("sessions_token")
+    sessions_port = http.int("sessions_port", 0, minimum=0)
     http.finish()
 
     log = root.table("log")
@@ -132,6 +134,8 @@ def parse_config(
         http_host=http_host,
         http_port=http_port if http_port is not None else 9108,
         http_liveness_timeout_ms=liveness_ms,
+        http_sessions_token=sessions_token,
+        http_sessions_port=sessions_port or 0,
         log_level=log_level,
         log_format=log_format,
         pipelines=tuple(p for p in pipelines if p is not None),

@@ -107,6 +107,8 @@ KEYS: Mapping[str, str] = MappingProxyType(
         "http.host": TEXT,
         "http.port": INTEGER,
         "http.liveness_timeout": DURATION,
+        "http.sessions_token": TEXT,
+        "http.sessions_port": INTEGER,
         "log.level": TEXT,
         "log.format": TEXT,
         "pipelines.<name>.sources": LIST,
@@ -343,6 +345,10 @@ class Config:
     #: How far (event time) an input may run ahead of the slowest one before it is paused.
     max_drift_ms: int = 300_000
     state: StateConfig = StateConfig()
+    #: What ``/sessions/{key}`` requests must present; None leaves the queries open. A secret.
+    http_sessions_token: str | None = None
+    #: The port ``/sessions/{key}`` is served on; 0 serves it on ``http_port`` with ``/metrics``.
+    http_sessions_port: int = 0
 
     @property
     def exactly_once(self) -> bool:
