@@ -75,7 +75,7 @@ def parse_config(
     default_late = topics_table.topic("late", f"{app_id}-late")
     topics = TopicsConfig(
         partitions=topics_table.int("partitions", 6, minimum=1) or 6,
-        replication_factor=topics_table.int("replication_factor", 1, minimum=1) or 1,
+        replication_factor=_replication_factor(topics_table),
         internal_prefix=topics_table.str("internal_prefix", "", empty=True) or "",
         create=topics_table.bool("create", True),
         purge_interval_ms=topics_table.duration("purge_interval", 30_000, positive=True) or 30_000,
@@ -141,6 +141,17 @@ def parse_config(
         pipelines=tuple(p for p in pipelines if p is not None),
         source=source,
     )
+
+
+def _replication_factor(topics: Table) -> int:
+    """``-1``, the default, leaves it to the broker (``default.replication.factor``), or a whole number >= 1."""
+    value = topics.get("replication_factor")
+    if value is None:
+        return -1
+    if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value >= 1):
+        topics.fail("replication_factor", value, "-1 (the broker's default.replication.factor) or a whole number >= 1")
+        return -1
+    return value
 
 
 def kafka_property(key: str) -> str:

@@ -293,7 +293,8 @@ class PipelineConfig:
 @dataclass(frozen=True)
 class TopicsConfig:
     partitions: int = 6
-    replication_factor: int = 1
+    #: -1: the broker's ``default.replication.factor``.
+    replication_factor: int = -1
     internal_prefix: str = ""
     create: bool = True
     #: Defaults for the pipelines' ``dead_letter_topic`` and ``late_topic``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,23 @@ def test_all_problems_are_reported_together(tmp_path):
     found = problems(tmp_path, text)
     assert len(found) == 2
     assert any("gap" in p for p in found) and any("output is missing" in p for p in found)
+
+
+def test_replication_factor_defaults_to_the_brokers_default(tmp_path):
+    assert load_config(write(tmp_path, VALID), {}).topics.replication_factor == -1
+    for value in (-1, 1, 3):
+        text = VALID + f"[topics]\nreplication_factor = {value}\n"
+        assert load_config(write(tmp_path, text), {}).topics.replication_factor == value
+    for value in ("0", "-2", '"3"'):
+        assert problems(tmp_path, VALID + f"[topics]\nreplication_factor = {value}\n") == [
+            f"topics.replication_factor = {tomllib.loads('v = ' + value)['v']!r}: "
+            "expected -1 (the broker's default.replication.factor) or a whole number >= 1"
+        ]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[3] / "config").glob("*.toml")), ids=lambda p: p.name)
+def test_local_configs_keep_one_replica_for_the_single_local_broker(path):
+    assert load_config(path, {}).topics.replication_factor == 1
 
 
 def test_missing_pipelines(tmp_path):
