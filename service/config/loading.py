@@ -23,7 +23,7 @@ from typing import Any
 from service.config.parse import parse_config
 from service.config.schema import BOOLEAN, INTEGER, KEYS, LIST, TABLE, VALUE, Config
 from service.config.table import Override
-from service.errors import ConfigError
+from service.errors import ConfigError, UsageError
 
 ENV_PREFIX = "SESSIONIZER__"
 #: ``SESSIONIZER__KAFKA__SASL_PASSWORD_FILE=/run/secrets/kafka`` sets ``sasl.password`` to the file's content.
@@ -39,14 +39,12 @@ _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read ``path``, apply ``SESSIONIZER__…`` overrides from ``environ`` and validate."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError([f"config file {str(path)!r} does not exist"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"config file {str(path)!r} is not valid TOML: {exc}"]) from None
+    """Read ``path``, apply ``SESSIONIZER__…`` overrides from ``environ`` and validate.
+
+    Raises ``UsageError`` when the file cannot be read as TOML, ``ConfigError``
+    with every problem when its content (or the environment) is invalid.
+    """
+    raw = read_toml(Path(path))
     problems: list[str] = []
     overrides = apply_env_overrides(raw, os.environ if environ is None else environ, problems)
     config = parse_config(raw, problems, source=str(path), overrides=overrides)
@@ -54,6 +52,23 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(problems)
     assert config is not None
     return config
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The document in ``path``; a file that cannot be read as TOML is a ``UsageError``, one line saying why."""
+    where = f"config file {str(path)!r}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{where} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"{where} cannot be read: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{where} is not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{where} is not valid TOML: {exc}") from None
 
 
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> dict[str, Override]:
