@@ -28,9 +28,12 @@ class Override:
     #: The file the value was read from (a ``…_FILE`` variable); its content is never shown.
     file: str | None = None
 
-    def describe(self) -> str:
+    def describe(self, value: bool = True) -> str:
+        """The variable, with its text when ``value``: a key nobody reads is shown without, as it may be a misspelt secret."""
         if self.file is not None:
             return f"environment variable {self.variable} (file {self.file!r})"
+        if not value:
+            return f"environment variable {self.variable}"
         return f"environment variable {self.variable} = {self.text!r}"
 
 
@@ -69,7 +72,9 @@ class Table:
         where = self.key(name) if name else self.path
         override = self.overrides.get(where)
         if override is not None:
-            self.problems.append(f"{override.describe()}: expected {allowed}")
+            problem = f"{override.describe()}: expected {allowed}"
+            if problem not in self.problems:  # one variable, several bad items (sources = "a b,c d")
+                self.problems.append(problem)
         else:
             self.problems.append(f"{where} = {value!r}: expected {allowed}")
 
@@ -234,7 +239,7 @@ class Table:
             if name not in self.read:
                 override = self.overrides.get(self.key(name))
                 if override is not None:
-                    self.problems.append(f"{override.describe()}: unknown key {self.key(name)}")
+                    self.problems.append(f"{override.describe(value=False)}: unknown key {self.key(name)}")
                 else:
                     self.problems.append(f"{self.key(name)}: unknown key")
 

@@ -98,8 +98,14 @@ def test_a_condition_value_and_a_table_of_params_are_read_as_toml():
         ),
         ("SESSIONIZER__PIPELINES__P__SOURCES", "a,,b", "environment variable SESSIONIZER__PIPELINES__P__SOURCES = 'a,,b': expected a non-empty"),
         ("SESSIONIZER__PIPELINES__P__OUTPUT", "a b", "environment variable SESSIONIZER__PIPELINES__P__OUTPUT = 'a b': expected a topic name"),
-        ("SESSIONIZER__APP__POLLBATCH", "5", "environment variable SESSIONIZER__APP__POLLBATCH = '5': unknown key app.pollbatch"),
-        ("SESSIONIZER__APPS__ID", "x", "environment variable SESSIONIZER__APPS__ID = 'x': unknown key apps"),
+        ("SESSIONIZER__APP__POLLBATCH", "5", "environment variable SESSIONIZER__APP__POLLBATCH: unknown key app.pollbatch"),
+        ("SESSIONIZER__HTTP__SESSION_TOKEN", "s3cret", "environment variable SESSIONIZER__HTTP__SESSION_TOKEN: unknown key http.session_token"),
+        ("SESSIONIZER__APPS__ID", "x", "environment variable SESSIONIZER__APPS__ID: unknown key apps"),
+        (
+            "SESSIONIZER__PIPELINES__P__SOURCES",
+            "a b,c d",
+            "environment variable SESSIONIZER__PIPELINES__P__SOURCES = 'a b,c d': expected topic names of letters",
+        ),
         ("SESSIONIZER__APP", "x", "environment variable SESSIONIZER__APP = 'x': expected a table"),
     ],
 )
