@@ -13,7 +13,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 RUN pip install . && rm -rf build *.egg-info
 COPY config ./config
-COPY scripts/demo_events.py ./scripts/demo_events.py
+COPY scripts/demo_events.py scripts/create_topics.py ./scripts/
 
 RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin sessionizer \
     && mkdir -p /var/lib/sessionizer \

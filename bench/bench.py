@@ -146,6 +146,7 @@ processing_guarantee = "{guarantee}"
 bootstrap_servers = "{bootstrap}"
 [topics]
 partitions = {partitions}
+replication_factor = 1
 [http]
 port = 0
 [log]

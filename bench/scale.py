@@ -45,6 +45,7 @@ state_dir = "{state}"
 bootstrap_servers = "{bootstrap}"
 [topics]
 partitions = {partitions}
+replication_factor = 1
 [http]
 port = {port}
 [log]

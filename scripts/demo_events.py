@@ -157,7 +157,7 @@ class Sender:
         self.sent = 0
 
     def ensure_topics(self, topics: list[str], timeout: float = 60) -> None:
-        """Create the source topics if the service has not yet (both may try: that is fine)."""
+        """Create the source topics if nothing has yet (scripts/run.sh and the compose file do; the service never does)."""
         deadline = time.monotonic() + timeout
         while True:
             try:

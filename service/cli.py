@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
 from service import __version__
 from service.config import Config, load_config
-from service.errors import SessionizerError
+from service.errors import SessionizerError, UsageError
+
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
+        partitions = _partitions(args.partitions) if args.command == "restore-state" else None
         if args.command == "check-config":
             from service.commands.check_config import check_config
 
@@ -69,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "restore-state":
             from service.commands.maintenance import restore
 
-            partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
             return restore(config, partitions)
         from service.commands.run import run
 
@@ -77,6 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     except SessionizerError as exc:
         print(f"sessionizer: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _partitions(text: str | None) -> list[int] | None:
+    """``--partitions 0,2,5``; None (all) when not given."""
+    if not text:
+        return None
+    items = [item.strip() for item in text.split(",")]
+    if not all(_WHOLE_NUMBER.fullmatch(item) for item in items):
+        raise UsageError(f"--partitions {text!r}: expected comma-separated partition numbers such as 0,1,2")
+    return [int(item) for item in items]
 
 
 def _load(path: Path, instance_id: str | None) -> Config:
@@ -87,13 +100,9 @@ def _load(path: Path, instance_id: str | None) -> Config:
 
 
 def _process(config: Config, args: argparse.Namespace) -> int:
-    from service.commands.process import process_file
+    from service.commands.process import process_command
 
-    if args.output:
-        with open(args.output, "w") as out:
-            summary = process_file(config, args.input, out, args.topic, args.wrapped)
-    else:
-        summary = process_file(config, args.input, sys.stdout, args.topic, args.wrapped)
+    summary = process_command(config, args.input, args.output, args.topic, args.wrapped)
     counts = ", ".join(f"{topic}: {n}" for topic, n in sorted(summary.records.items()))
     print(f"{summary.lines} events read; records written: {counts or 'none'}", file=sys.stderr)
     return 0

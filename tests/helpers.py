@@ -39,8 +39,8 @@ def config_from_toml(text: str, environ: dict[str, str] | None = None) -> Config
     """Parse TOML text with ``SESSIONIZER__…`` overrides from ``environ``, as ``load_config`` does a file."""
     problems: list[str] = []
     raw = tomllib.loads(text)
-    apply_env_overrides(raw, environ or {}, problems)
-    config = parse_config(raw, problems)
+    overrides = apply_env_overrides(raw, environ or {}, problems)
+    config = parse_config(raw, problems, overrides=overrides)
     if problems:
         raise ConfigError(problems)
     assert config is not None

@@ -15,11 +15,18 @@ from __future__ import annotations
 import sys
 
 from service.config import Config
+from service.core.extract import parse_time_ms
+from service.errors import BadRecord, UsageError
 from service.ops.logs import configure_logging
 from service.runtime.admin import apply_reset, plan_reset, restore_state
 
 
 def reset(config: Config, to_datetime: str | None, yes: bool) -> int:
+    if to_datetime is not None:
+        try:  # before connecting: plan_reset reads the time the same way
+            parse_time_ms(to_datetime, "iso8601", "--to-datetime")
+        except BadRecord:
+            raise UsageError(f"--to-datetime {to_datetime!r}: expected an ISO-8601 time such as 2026-11-01T00:00:00Z") from None
     plan = plan_reset(config, to_datetime)
     print(plan.describe())
     if not yes:

@@ -14,6 +14,7 @@ pipeline then sees the lines of its own source topics only, as in the service.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from service.core.pipeline import OutputRecord, Pipeline, compile_pipelines
 from service.core.processor import WindowProcessor
 from service.core.source import Forward, Reject, Route, SourceStage
 from service.core.watermarks import Watermarks, source_id
+from service.errors import UsageError
 from service.state.memory import StoreMemory
 from service.state.store import WindowStore
 
@@ -101,6 +103,31 @@ def process_file(
 ) -> OfflineSummary:
     with open(input_path, "rb") as lines:
         return process_lines(config, lines, output.write, topic, wrapped=wrapped)
+
+
+def process_command(
+    config: Config, input_path: Path, output_path: Path | None, topic: str | None = None, wrapped: bool = False
+) -> OfflineSummary:
+    """``sessionizer process``: the arguments are checked before anything is written.
+
+    A ``--topic`` no pipeline reads, an ``--input`` that cannot be read or an
+    ``--output`` that cannot be written is a ``UsageError``, one line.
+    """
+    if topic is not None and not any(topic in p.sources for p in config.pipelines):
+        sources = ", ".join(config.source_topics())
+        raise UsageError(f"--topic {topic!r}: no pipeline reads it (the source topics are {sources})")
+    with _open(input_path, "rb", "cannot read --input") as lines:
+        if output_path is None:
+            return process_lines(config, lines, sys.stdout.write, topic, wrapped=wrapped)
+        with _open(output_path, "w", "cannot write --output") as output:
+            return process_lines(config, lines, output.write, topic, wrapped=wrapped)
+
+
+def _open(path: Path, mode: str, what: str) -> IO[Any]:
+    try:
+        return open(path, mode)
+    except OSError as exc:
+        raise UsageError(f"{what} {str(path)!r}: {exc.strerror or type(exc).__name__}") from None
 
 
 @dataclass

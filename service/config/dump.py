@@ -13,7 +13,7 @@ from typing import Any
 
 from service.config.durations import format_duration_ms, format_size_bytes
 from service.config.schema import AggregateConfig, ConditionConfig, Config, PipelineConfig, RuleConfig
-from service.config.secrets import redact_properties
+from service.config.secrets import REDACTED, redact_properties
 
 
 def effective_config(config: Config) -> dict[str, Any]:
@@ -24,6 +24,14 @@ def effective_config(config: Config) -> dict[str, Any]:
         kafka["consumer"] = redact_properties(config.consumer)
     if config.producer:
         kafka["producer"] = redact_properties(config.producer)
+    http: dict[str, Any] = {
+        "host": config.http_host,
+        "port": config.http_port,
+        "liveness_timeout": format_duration_ms(config.http_liveness_timeout_ms),
+        "sessions_port": config.http_sessions_port,
+    }
+    if config.http_sessions_token is not None:
+        http["sessions_token"] = REDACTED
     return {
         "app": {
             "id": config.app_id,
@@ -52,11 +60,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "block_cache_bytes": format_size_bytes(config.state.block_cache_bytes),
             "write_buffer_bytes": format_size_bytes(config.state.write_buffer_bytes),
         },
-        "http": {
-            "host": config.http_host,
-            "port": config.http_port,
-            "liveness_timeout": format_duration_ms(config.http_liveness_timeout_ms),
-        },
+        "http": http,
         "log": {"level": config.log_level, "format": config.log_format},
         "pipelines": {p.name: _pipeline(p) for p in config.pipelines},
     }

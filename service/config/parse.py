@@ -37,12 +37,18 @@ from service.config.schema import (
     TopicsConfig,
     WindowConfig,
 )
-from service.config.table import Table
+from service.config.table import Overrides, Table
 
 
-def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memory>") -> Config | None:
-    """Turn a TOML document into a ``Config``; problems are appended, not raised."""
-    root = Table(raw, "", problems)
+def parse_config(
+    raw: dict[str, Any], problems: list[str], source: str = "<memory>", overrides: Overrides | None = None
+) -> Config | None:
+    """Turn a TOML document into a ``Config``; problems are appended, not raised.
+
+    ``overrides`` names the environment variables that set keys (see
+    ``service.config.loading``), so that a problem with one names the variable.
+    """
+    root = Table(raw, "", problems, overrides)
     app = root.table("app")
     app_id = app.topic("id", "sessionizer") or "sessionizer"
     instance_id = app.str("instance_id") or socket.gethostname()
@@ -69,7 +75,7 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
     default_late = topics_table.topic("late", f"{app_id}-late")
     topics = TopicsConfig(
         partitions=topics_table.int("partitions", 6, minimum=1) or 6,
-        replication_factor=topics_table.int("replication_factor", 1, minimum=1) or 1,
+        replication_factor=_replication_factor(topics_table),
         internal_prefix=topics_table.str("internal_prefix", "", empty=True) or "",
         create=topics_table.bool("create", True),
         purge_interval_ms=topics_table.duration("purge_interval", 30_000, positive=True) or 30_000,
@@ -90,6 +96,8 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
     http_host = http.str("host", "0.0.0.0") or "0.0.0.0"
     http_port = http.int("port", 9108, minimum=0)
     liveness_ms = http.duration("liveness_timeout", 60_000, positive=True) or 60_000
+    sessions_token = http.str("sessions_token")
+    sessions_port = http.int("sessions_port", 0, minimum=0)
     http.finish()
 
     log = root.table("log")
@@ -126,11 +134,24 @@ def parse_config(raw: dict[str, Any], problems: list[str], source: str = "<memor
         http_host=http_host,
         http_port=http_port if http_port is not None else 9108,
         http_liveness_timeout_ms=liveness_ms,
+        http_sessions_token=sessions_token,
+        http_sessions_port=sessions_port or 0,
         log_level=log_level,
         log_format=log_format,
         pipelines=tuple(p for p in pipelines if p is not None),
         source=source,
     )
+
+
+def _replication_factor(topics: Table) -> int:
+    """``-1``, the default, leaves it to the broker (``default.replication.factor``), or a whole number >= 1."""
+    value = topics.get("replication_factor")
+    if value is None:
+        return -1
+    if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value >= 1):
+        topics.fail("replication_factor", value, "-1 (the broker's default.replication.factor) or a whole number >= 1")
+        return -1
+    return value
 
 
 def kafka_property(key: str) -> str:
@@ -373,12 +394,16 @@ def _check_session_features(
 def _parse_output(value: Any, pipeline: Table, window: WindowConfig | None) -> OutputConfig | None:
     """``output = "topic"`` or ``[pipelines.x.output]`` with ``topic``, ``event``, ``format``."""
     default_event = "session" if window is None or window.type == "session" else "session_summary"
+    path = pipeline.key("output")
+    overrides = pipeline.overrides
     if isinstance(value, str):
         value = {"topic": value}
+        if path in overrides:  # the variable that set output set its topic
+            overrides = {**overrides, f"{path}.topic": overrides[path]}
     if value is None:
         pipeline.missing("output", "a topic name or a table with topic")
         return None
-    table = Table(value, pipeline.key("output"), pipeline.problems)
+    table = Table(value, path, pipeline.problems, overrides)
     topic = table.topic("topic", required=True)
     event = table.str("event", default_event) or default_event
     fmt = table.choice("format", OUTPUT_FORMATS, "envelope")

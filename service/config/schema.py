@@ -54,77 +54,101 @@ RULE_TYPES = ("sequence", "absence")
 #: allows in a topic name, since pipeline names end up in internal topic names.
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
-#: Every key a config file accepts, as docs/configuration.md lists them. ``<name>``
-#: stands for a pipeline or aggregate name, ``<property>`` for any librdkafka
-#: property. A unit test checks this list against what ``parse_config`` reads
-#: and against the document, so neither can drift.
-KEYS = (
-    "app.id",
-    "app.instance_id",
-    "app.state_dir",
-    "app.processing_guarantee",
-    "app.commit_interval",
-    "app.punctuate_interval",
-    "app.poll_batch",
-    "app.cache_max_keys",
-    "app.max_task_idle",
-    "app.max_drift",
-    "state.cache_bytes",
-    "state.block_cache_bytes",
-    "state.write_buffer_bytes",
-    "kafka.bootstrap_servers",
-    "kafka.<property>",
-    "kafka.consumer.<property>",
-    "kafka.producer.<property>",
-    "topics.partitions",
-    "topics.replication_factor",
-    "topics.internal_prefix",
-    "topics.create",
-    "topics.dead_letter",
-    "topics.late",
-    "topics.purge_interval",
-    "http.host",
-    "http.port",
-    "http.liveness_timeout",
-    "log.level",
-    "log.format",
-    "pipelines.<name>.sources",
-    "pipelines.<name>.key",
-    "pipelines.<name>.time",
-    "pipelines.<name>.time_format",
-    "pipelines.<name>.late_topic",
-    "pipelines.<name>.dead_letter_topic",
-    "pipelines.<name>.window.type",
-    "pipelines.<name>.window.grace",
-    "pipelines.<name>.window.gap",
-    "pipelines.<name>.window.max_duration",
-    "pipelines.<name>.window.max_events",
-    "pipelines.<name>.window.size",
-    "pipelines.<name>.window.advance",
-    "pipelines.<name>.aggregates.<name>.type",
-    "pipelines.<name>.aggregates.<name>.field",
-    "pipelines.<name>.aggregates.<name>.equals",
-    "pipelines.<name>.aggregates.<name>.in",
-    "pipelines.<name>.aggregates.<name>.class",
-    "pipelines.<name>.aggregates.<name>.params",
-    "pipelines.<name>.rules.<name>.type",
-    "pipelines.<name>.rules.<name>.first.field",
-    "pipelines.<name>.rules.<name>.first.equals",
-    "pipelines.<name>.rules.<name>.first.in",
-    "pipelines.<name>.rules.<name>.then.field",
-    "pipelines.<name>.rules.<name>.then.equals",
-    "pipelines.<name>.rules.<name>.then.in",
-    "pipelines.<name>.rules.<name>.within",
-    "pipelines.<name>.rules.<name>.topic",
-    "pipelines.<name>.rules.<name>.event",
-    "pipelines.<name>.rules.<name>.keep",
-    "pipelines.<name>.pairing.time_field",
-    "pipelines.<name>.pairing.lone_topic",
-    "pipelines.<name>.output",
-    "pipelines.<name>.output.topic",
-    "pipelines.<name>.output.event",
-    "pipelines.<name>.output.format",
-    "pipelines.<name>.output.timestamp",
+# What kind of value a key holds. The parser checks the value itself; the kind
+# says how an environment variable's text becomes that value
+# (``service.config.loading``), since the environment holds only text.
+#: A string, taken exactly as written (``1e5`` stays the text "1e5").
+TEXT = "text"
+#: A whole number, written in decimal.
+INTEGER = "integer"
+#: ``true`` or ``false``.
+BOOLEAN = "boolean"
+#: A duration: text such as ``30m``, or a whole number of milliseconds.
+DURATION = "duration"
+#: A size: text such as ``64MiB``, or a whole number of bytes.
+SIZE = "size"
+#: A list: a TOML list (``["a", "b"]``) or comma-separated text (``a,b``).
+LIST = "list"
+#: A string, number or boolean: a TOML value when the text is one (``3``, ``true``, ``"x"``), the text otherwise.
+VALUE = "value"
+#: A table: an inline TOML table (``{ field = "page" }``).
+TABLE = "table"
+
+#: Every key a config file accepts, as docs/configuration.md lists them, with the
+#: kind of value it holds. ``<name>`` stands for a pipeline or aggregate name,
+#: ``<property>`` for any librdkafka property. A unit test checks these keys
+#: against what ``parse_config`` reads and against the document, so neither can drift.
+KEYS: Mapping[str, str] = MappingProxyType(
+    {
+        "app.id": TEXT,
+        "app.instance_id": TEXT,
+        "app.state_dir": TEXT,
+        "app.processing_guarantee": TEXT,
+        "app.commit_interval": DURATION,
+        "app.punctuate_interval": DURATION,
+        "app.poll_batch": INTEGER,
+        "app.cache_max_keys": INTEGER,
+        "app.max_task_idle": DURATION,
+        "app.max_drift": DURATION,
+        "state.cache_bytes": SIZE,
+        "state.block_cache_bytes": SIZE,
+        "state.write_buffer_bytes": SIZE,
+        "kafka.bootstrap_servers": TEXT,
+        "kafka.<property>": TEXT,
+        "kafka.consumer.<property>": TEXT,
+        "kafka.producer.<property>": TEXT,
+        "topics.partitions": INTEGER,
+        "topics.replication_factor": INTEGER,
+        "topics.internal_prefix": TEXT,
+        "topics.create": BOOLEAN,
+        "topics.dead_letter": TEXT,
+        "topics.late": TEXT,
+        "topics.purge_interval": DURATION,
+        "http.host": TEXT,
+        "http.port": INTEGER,
+        "http.liveness_timeout": DURATION,
+        "http.sessions_token": TEXT,
+        "http.sessions_port": INTEGER,
+        "log.level": TEXT,
+        "log.format": TEXT,
+        "pipelines.<name>.sources": LIST,
+        "pipelines.<name>.key": LIST,
+        "pipelines.<name>.time": TEXT,
+        "pipelines.<name>.time_format": TEXT,
+        "pipelines.<name>.late_topic": TEXT,
+        "pipelines.<name>.dead_letter_topic": TEXT,
+        "pipelines.<name>.window.type": TEXT,
+        "pipelines.<name>.window.grace": DURATION,
+        "pipelines.<name>.window.gap": DURATION,
+        "pipelines.<name>.window.max_duration": DURATION,
+        "pipelines.<name>.window.max_events": INTEGER,
+        "pipelines.<name>.window.size": DURATION,
+        "pipelines.<name>.window.advance": DURATION,
+        "pipelines.<name>.aggregates.<name>.type": TEXT,
+        "pipelines.<name>.aggregates.<name>.field": TEXT,
+        "pipelines.<name>.aggregates.<name>.equals": VALUE,
+        "pipelines.<name>.aggregates.<name>.in": LIST,
+        "pipelines.<name>.aggregates.<name>.class": TEXT,
+        "pipelines.<name>.aggregates.<name>.params": TABLE,
+        "pipelines.<name>.rules.<name>.type": TEXT,
+        "pipelines.<name>.rules.<name>.first.field": TEXT,
+        "pipelines.<name>.rules.<name>.first.equals": VALUE,
+        "pipelines.<name>.rules.<name>.first.in": LIST,
+        "pipelines.<name>.rules.<name>.then.field": TEXT,
+        "pipelines.<name>.rules.<name>.then.equals": VALUE,
+        "pipelines.<name>.rules.<name>.then.in": LIST,
+        "pipelines.<name>.rules.<name>.within": DURATION,
+        "pipelines.<name>.rules.<name>.topic": TEXT,
+        "pipelines.<name>.rules.<name>.event": TEXT,
+        "pipelines.<name>.rules.<name>.keep": LIST,
+        "pipelines.<name>.pairing.time_field": TEXT,
+        "pipelines.<name>.pairing.lone_topic": TEXT,
+        "pipelines.<name>.output": TEXT,
+        "pipelines.<name>.output.topic": TEXT,
+        "pipelines.<name>.output.event": TEXT,
+        "pipelines.<name>.output.format": TEXT,
+        "pipelines.<name>.output.timestamp": TEXT,
+    }
 )
 
 
@@ -269,7 +293,8 @@ class PipelineConfig:
 @dataclass(frozen=True)
 class TopicsConfig:
     partitions: int = 6
-    replication_factor: int = 1
+    #: -1: the broker's ``default.replication.factor``.
+    replication_factor: int = -1
     internal_prefix: str = ""
     create: bool = True
     #: Defaults for the pipelines' ``dead_letter_topic`` and ``late_topic``.
@@ -321,6 +346,10 @@ class Config:
     #: How far (event time) an input may run ahead of the slowest one before it is paused.
     max_drift_ms: int = 300_000
     state: StateConfig = StateConfig()
+    #: What ``/sessions/{key}`` requests must present; None leaves the queries open. A secret.
+    http_sessions_token: str | None = None
+    #: The port ``/sessions/{key}`` is served on; 0 serves it on ``http_port`` with ``/metrics``.
+    http_sessions_port: int = 0
 
     @property
     def exactly_once(self) -> bool:

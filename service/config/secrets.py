@@ -3,7 +3,8 @@
 librdkafka properties carry the credentials of SASL and SSL clusters
 (``sasl.password``, ``ssl.key.password``, ``ssl.key.pem``, OAuth client
 secrets…). They are recognised by name; the values found under those names are
-what the log redactor looks for in every line.
+what the log redactor looks for in every line. Of the service's own keys,
+``http.sessions_token`` is a secret.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _SECRET_NAMES = frozenset(
         "ssl_key",  # confluent-kafka's in-memory key
         "sasl.oauthbearer.config",  # free-form, often holds a client secret
         "sasl.jaas.config",  # Java clients' spelling, in case it is pasted in
+        "sessions_token",  # [http] sessions_token: what /sessions queries present
     }
 )
 
@@ -47,6 +49,8 @@ def secret_values(config: Config) -> list[str]:
         for name, value in table.items():
             if is_secret(name) and value:
                 values.add(value)
+    if config.http_sessions_token:
+        values.add(config.http_sessions_token)
     return sorted(values, key=len, reverse=True)
 
 

@@ -10,11 +10,35 @@ nobody read, which is how a typo such as ``gapp`` is caught.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from service.config.durations import DURATION_HELP, SIZE_HELP, format_size_bytes, parse_duration_ms, parse_size_bytes
 from service.config.schema import NAME
+
+
+@dataclass(frozen=True)
+class Override:
+    """An environment variable that set a key: a problem with the value names the variable, not the key."""
+
+    variable: str
+    #: The value as the environment (or the file) gave it; may be a secret, so it is kept out of ``repr``.
+    text: str = field(repr=False)
+    #: The file the value was read from (a ``…_FILE`` variable); its content is never shown.
+    file: str | None = None
+
+    def describe(self, value: bool = True) -> str:
+        """The variable, with its text when ``value``: a key nobody reads is shown without, as it may be a misspelt secret."""
+        if self.file is not None:
+            return f"environment variable {self.variable} (file {self.file!r})"
+        if not value:
+            return f"environment variable {self.variable}"
+        return f"environment variable {self.variable} = {self.text!r}"
+
+
+#: Dotted key (``app.poll_batch``) -> the variable that set it.
+Overrides = Mapping[str, Override]
 
 
 class Table:
@@ -24,9 +48,13 @@ class Table:
     the class the builtins are spelled ``builtins.str`` and so on.
     """
 
-    def __init__(self, data: Any, path: builtins.str, problems: list[builtins.str]) -> None:
+    def __init__(
+        self, data: Any, path: builtins.str, problems: list[builtins.str], overrides: Overrides | None = None
+    ) -> None:
         self.path = path
         self.problems = problems
+        #: Keys set by the environment, so that their problems name the variable.
+        self.overrides: Overrides = overrides if overrides is not None else {}
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -42,7 +70,13 @@ class Table:
     def fail(self, name: builtins.str, value: Any, allowed: builtins.str) -> None:
         """Report the value of ``name`` (of this table itself when ``name`` is empty) as wrong."""
         where = self.key(name) if name else self.path
-        self.problems.append(f"{where} = {value!r}: expected {allowed}")
+        override = self.overrides.get(where)
+        if override is not None:
+            problem = f"{override.describe()}: expected {allowed}"
+            if problem not in self.problems:  # one variable, several bad items (sources = "a b,c d")
+                self.problems.append(problem)
+        else:
+            self.problems.append(f"{where} = {value!r}: expected {allowed}")
 
     def missing(self, name: builtins.str, allowed: builtins.str) -> None:
         """Report ``name`` (this table itself when ``name`` is empty) as absent where it is required."""
@@ -157,7 +191,7 @@ class Table:
         return tuple(value)
 
     def table(self, name: builtins.str) -> Table:
-        return Table(self.get(name), self.key(name), self.problems)
+        return Table(self.get(name), self.key(name), self.problems, self.overrides)
 
     def entry(self, name: builtins.str, what: builtins.str) -> Table:
         """The sub-table ``name`` of a table of named entries (pipelines, aggregates, rules).
@@ -203,7 +237,11 @@ class Table:
             return
         for name in self.data:
             if name not in self.read:
-                self.problems.append(f"{self.key(name)}: unknown key")
+                override = self.overrides.get(self.key(name))
+                if override is not None:
+                    self.problems.append(f"{override.describe(value=False)}: unknown key {self.key(name)}")
+                else:
+                    self.problems.append(f"{self.key(name)}: unknown key")
 
 
 def one_of(choices: Iterable[str]) -> str:

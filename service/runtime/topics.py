@@ -1,9 +1,15 @@
-"""Creating the topics the service reads and writes, and checking the ones that exist."""
+"""Creating the topics the service writes, and checking the ones it reads.
+
+Source topics belong to their producers: their partition count, replication
+and retention are the producers' choice, so the service never creates one. A
+missing source topic stops it at start-up with the topic's name, where
+creating it would hide a typo or fix a partition count nobody chose.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -25,10 +31,12 @@ class TopicSpec:
 
 
 def planned_topics(config: Config, plans: Mapping[str, PipelinePlan] | None = None) -> list[TopicSpec]:
-    """Every topic the configuration uses, with how it should be created.
+    """Every topic the service writes, with how it is created when missing (``topics.create``).
 
-    A pipeline read straight from co-partitioned sources has no repartition
-    topic, and its changelog has its sources' partition count.
+    Never a source topic, unless the service writes it too (one pipeline's
+    output read by another). A pipeline read straight from co-partitioned
+    sources has no repartition topic, and its changelog has its sources'
+    partition count.
     """
     n = config.topics.partitions
     specs: dict[str, TopicSpec] = {}
@@ -36,9 +44,6 @@ def planned_topics(config: Config, plans: Mapping[str, PipelinePlan] | None = No
     def add(name: str, topic_config: dict[str, str] | None = None, partitions: int = n) -> None:
         specs.setdefault(name, TopicSpec(name, partitions, topic_config or {}))
 
-    for pipeline in config.pipelines:
-        for source in pipeline.sources:
-            add(source)
     for pipeline in config.pipelines:
         plan = plans.get(pipeline.name) if plans else None
         if plan is None or not plan.direct:
@@ -59,16 +64,21 @@ def internal_topics(config: Config) -> list[str]:
 
 
 def ensure_topics(admin: AdminClient, config: Config, timeout: float = 30.0) -> dict[str, int]:
-    """Create what is missing (when ``topics.create``); return partitions per topic.
+    """Check the source topics, create what the service writes and is missing (when ``topics.create``); return partitions per topic.
 
     Sources come first: how a pipeline is read (directly or through a
-    repartition topic) depends on their partition counts. A changelog must
-    have as many partitions as the pipeline has tasks, or restored state
-    would land in the wrong task: that is checked.
+    repartition topic) depends on their partition counts. A missing source
+    topic is an error (``missing_sources``), except one the service writes
+    itself, which is created first. A changelog must have as many partitions
+    as the pipeline has tasks, or restored state would land in the wrong
+    task: that is checked.
     """
     existing = _partition_counts(admin, timeout)
-    sources = [s for s in planned_topics(config) if s.name in config.source_topics()]
-    existing = _create(admin, config, [s for s in sources if s.name not in existing], existing, timeout)
+    problems = missing_sources(config, existing)
+    if problems:
+        raise ConfigError(problems)
+    written_sources = [s for s in planned_topics(config) if s.name in config.source_topics()]
+    existing = _create(admin, config, [s for s in written_sources if s.name not in existing], existing, timeout)
     plans = plan(config.pipelines, config.topics.partitions, existing)
     specs = planned_topics(config, plans)
     existing = _create(admin, config, [s for s in specs if s.name not in existing], existing, timeout)
@@ -88,6 +98,19 @@ def ensure_topics(admin: AdminClient, config: Config, timeout: float = 30.0) -> 
                 ]
             )
     return existing
+
+
+def missing_sources(config: Config, existing: Collection[str]) -> list[str]:
+    """One problem per source topic that does not exist (and that the service does not write itself)."""
+    written = {spec.name for spec in planned_topics(config)}
+    problems = []
+    for topic in config.source_topics():
+        if topic in existing or topic in written:
+            continue
+        readers = [repr(p.name) for p in config.pipelines if topic in p.sources]
+        of = f"pipeline {readers[0]}" if len(readers) == 1 else f"pipelines {', '.join(readers)}"
+        problems.append(f"source topic {topic!r} of {of} does not exist")
+    return problems
 
 
 def _create(admin: AdminClient, config: Config, missing: list[TopicSpec], existing: dict[str, int], timeout: float) -> dict[str, int]:

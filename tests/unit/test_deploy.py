@@ -94,7 +94,7 @@ def test_image_copies_what_exists_and_what_pip_needs():
 
 def test_compose_has_kafka_in_kraft_mode_the_service_a_producer_prometheus_and_grafana():
     services = COMPOSE["services"]
-    assert set(services) == {"kafka", "sessionizer", "demo", "prometheus", "grafana"}
+    assert set(services) == {"kafka", "topics", "sessionizer", "demo", "prometheus", "grafana"}
     kafka = services["kafka"]
     pom = (REPO / "scripts" / "kafka" / "pom.xml").read_text()
     version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom).group(1)
@@ -127,6 +127,20 @@ def test_compose_service_runs_the_image_command_with_valid_overrides():
     assert volume.split(":")[1] == state_dir
     assert any("/readyz" in part for part in service["healthcheck"]["test"])
     assert service["stop_grace_period"]
+
+
+def test_compose_creates_the_source_topics_before_the_service_starts():
+    topics, service = COMPOSE["services"]["topics"], COMPOSE["services"]["sessionizer"]
+    assert topics["image"] == service["image"]
+    (entrypoint,) = [e for e in topics["entrypoint"] if e.endswith(".py")]
+    assert (REPO / entrypoint.removeprefix("/app/")).is_file()
+    assert entrypoint.removeprefix("/app/") in " ".join(dockerfile("COPY"))
+    assert topics["command"] == [service["command"][2]]  # the config the service runs
+    assert topics["environment"]["SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS"] == service["environment"]["SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS"]
+    assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert callable(load_script("create_topics").main)  # importable without a broker
+    run_sh = (REPO / "scripts" / "run.sh").read_text()
+    assert run_sh.index("scripts/create_topics.py") < run_sh.index('bin/sessionizer" run')
 
 
 def test_compose_demo_producer_arguments_are_accepted():

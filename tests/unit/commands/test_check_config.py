@@ -70,7 +70,7 @@ def test_several_mistakes_are_reported_together(tmp_path):
     assert result.returncode == 2
     problems = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
     assert len(problems) == 3
-    assert "  - app.poll_batch = 'lots': expected a whole number >= 1" in problems
+    assert "  - environment variable SESSIONIZER__APP__POLL_BATCH = 'lots': expected a whole number >= 1" in problems
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,23 @@ def test_all_problems_are_reported_together(tmp_path):
     assert any("gap" in p for p in found) and any("output is missing" in p for p in found)
 
 
+def test_replication_factor_defaults_to_the_brokers_default(tmp_path):
+    assert load_config(write(tmp_path, VALID), {}).topics.replication_factor == -1
+    for value in (-1, 1, 3):
+        text = VALID + f"[topics]\nreplication_factor = {value}\n"
+        assert load_config(write(tmp_path, text), {}).topics.replication_factor == value
+    for value in ("0", "-2", '"3"'):
+        assert problems(tmp_path, VALID + f"[topics]\nreplication_factor = {value}\n") == [
+            f"topics.replication_factor = {tomllib.loads('v = ' + value)['v']!r}: "
+            "expected -1 (the broker's default.replication.factor) or a whole number >= 1"
+        ]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[3] / "config").glob("*.toml")), ids=lambda p: p.name)
+def test_local_configs_keep_one_replica_for_the_single_local_broker(path):
+    assert load_config(path, {}).topics.replication_factor == 1
+
+
 def test_missing_pipelines(tmp_path):
     assert problems(tmp_path, '[app]\nid = "x"\n') == [
         "pipelines is missing: expected at least one [pipelines.<name>] table"
@@ -105,9 +123,9 @@ def test_environment_overrides(tmp_path):
     assert config.pipelines[0].window.gap_ms == 300_000
 
 
-def test_bad_environment_override_is_reported_like_a_file_value(tmp_path):
+def test_bad_environment_override_is_reported_like_a_file_value_naming_the_variable(tmp_path):
     found = problems(tmp_path, VALID, {"SESSIONIZER__APP__POLL_BATCH": "lots"})
-    assert found == ["app.poll_batch = 'lots': expected a whole number >= 1"]
+    assert found == ["environment variable SESSIONIZER__APP__POLL_BATCH = 'lots': expected a whole number >= 1"]
 
 
 AGGREGATES = VALID + "[pipelines.s.aggregates]\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 from service.config import KEYS, parse_config
 from service.config.dump import effective_config
 from service.config.durations import parse_duration_ms
+from service.config.schema import BOOLEAN, DURATION, INTEGER, LIST, SIZE, TEXT
 from service.config.table import Table
 from tests.helpers import CONFIG_SHAPES, MINIMAL_CONFIG, REPO, config_from_toml
 
@@ -48,6 +49,30 @@ def test_keys_lists_exactly_what_the_parser_reads(monkeypatch):
     listed = {k for k in KEYS if not k.startswith("kafka.")}  # [kafka] passes any property through
     tables = {r for r in read if any(k.startswith(r + ".") for k in KEYS) and r not in KEYS}
     assert read - tables - {"kafka.consumer", "kafka.producer"} == listed
+
+
+# How the parser reads a key -> the kind ``KEYS`` must give it, so that an environment variable is read the same way.
+KIND_OF_READ = {"str": TEXT, "topic": TEXT, "choice": TEXT, "int": INTEGER, "bool": BOOLEAN, "duration": DURATION, "size": SIZE, "str_list": LIST}
+
+
+def test_each_keys_kind_is_how_the_parser_reads_it(monkeypatch):
+    reads: dict[str, set[str]] = {}
+    for method in KIND_OF_READ:
+        original = getattr(Table, method)
+
+        def recording(self, name, *args, _method=method, _original=original, **kwargs):
+            reads.setdefault(_normalise(self.key(name)), set()).add(_method)
+            return _original(self, name, *args, **kwargs)
+
+        monkeypatch.setattr(Table, method, recording)
+    for text in CONFIG_SHAPES:
+        problems: list[str] = []
+        parse_config(tomllib.loads(text), problems)
+        assert problems == []
+    monkeypatch.undo()
+    assert len(reads) >= 30
+    for key, methods in reads.items():
+        assert {KIND_OF_READ[m] for m in methods} == {KEYS[key]}, key
 
 
 def _documented_rows() -> dict[str, str]:
@@ -101,11 +126,21 @@ def test_documented_defaults_are_the_defaults():
     assert checked >= 20
 
 
-def test_documented_environment_examples_are_accepted():
+def test_documented_environment_examples_are_accepted(tmp_path):
     examples = re.findall(r"^(SESSIONIZER__\w+(?:__[\w.]+)*)=(.*)$", DOC.read_text(), re.MULTILINE)
     assert len(examples) >= 10
+    # The secrets-from-files examples name files under /run/secrets: each gets a file of its own here.
+    files = {name: value for name, value in examples if name.endswith("_FILE")}
+    assert files
+    environ = dict(examples)
+    for name in files:
+        (tmp_path / name).write_text(f"from {name}\n")
+        environ[name] = str(tmp_path / name)
+        environ.pop(name.removesuffix("_FILE"), None)  # a plain example may set the same key
     text = MINIMAL_CONFIG.replace("[pipelines.p]", "[pipelines.sessions]").replace("[pipelines.p.window]", "[pipelines.sessions.window]")
-    config = config_from_toml(text, dict(examples))
+    config = config_from_toml(text, environ)
+    assert config.kafka["ssl.key.pem"] == "from SESSIONIZER__KAFKA__SSL_KEY_PEM_FILE"
+    config = config_from_toml(text, {name: value for name, value in examples if name not in files})
     assert config.kafka["sasl.password"] == "change-me"
     assert config.consumer["fetch.max.bytes"] == "104857600"
     assert config.pipelines[0].window.gap_ms == 30 * 60_000
