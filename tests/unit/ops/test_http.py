@@ -84,3 +84,47 @@ def test_sessions_before_start_up_and_unknown_paths(server):
     assert status == 503 and headers["Retry-After"] == "1"
     status, _, body = get(ops, "/nope")
     assert status == 404 and "/sessions/{key}" in orjson.loads(body)["endpoints"]
+
+
+# -- protected queries ------------------------------------------------------------------
+
+
+@pytest.fixture
+def protected(shop_config):
+    """A server whose /sessions asks for a token and listens on a port of its own."""
+    import socket
+    from dataclasses import replace
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    config = replace(shop_config, http_sessions_token="s3cret-token", http_sessions_port=free)
+    stats = LoopStats()
+    ops = OpsServer(config, stats, build_registry(stats, config))
+    ops.start()
+    yield ops
+    ops.close()
+
+
+def _get_on(port, path, token=None):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def test_sessions_ask_for_the_token_on_their_own_port(protected):
+    ops = protected
+    assert ops.sessions_port != ops.port
+    # the first port keeps the probes and metrics, open, and no longer serves queries
+    assert _get_on(ops.port, "/metrics")[0] == 200
+    assert _get_on(ops.port, "/healthz")[0] == 200
+    assert _get_on(ops.port, "/sessions/AllOfR", token="s3cret-token")[0] == 404
+    # the sessions port serves queries only, to whoever presents the token
+    status, headers, _ = _get_on(ops.sessions_port, "/sessions/AllOfR")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    assert _get_on(ops.sessions_port, "/sessions/AllOfR", token="wrong")[0] == 401
+    assert _get_on(ops.sessions_port, "/sessions/AllOfR", token="s3cret-token")[0] == 503  # starting: the token was accepted
+    assert _get_on(ops.sessions_port, "/metrics", token="s3cret-token")[0] == 404
