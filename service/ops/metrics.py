@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from service import __version__
 from service.config import Config
+from service.core.reasons import DEAD_LETTER_REASONS, LATE_REASONS
 from service.runtime.stats import Buckets, LoopStats
 
 
@@ -72,7 +73,6 @@ class LoopCollector(Collector):
         totals = sorted(sample.tasks.items())
         per_task = [
             ("sessionizer_events_processed", "Events added to windows, per pipeline and partition.", "processed"),
-            ("sessionizer_late_events", "Events sent to the late topic, per pipeline and partition.", "late"),
             ("sessionizer_windows_emitted", "Final window records emitted, per pipeline and partition.", "emitted"),
             ("sessionizer_session_merges", "Sessions merged because an event bridged them.", "merges"),
             ("sessionizer_restored_records", "Changelog records applied while restoring state.", "restored"),
@@ -83,19 +83,34 @@ class LoopCollector(Collector):
                 family.add_metric([pipeline, str(partition)], getattr(total, attribute))
             yield family
 
-        dead = CounterMetricFamily(
-            "sessionizer_dead_letter_records", "Records written to a dead-letter topic, per that topic.", labels=["topic"]
+        late = CounterMetricFamily(
+            "sessionizer_late_events",
+            "Events sent to the late topic, per pipeline, partition and reason (behind_watermark, behind_stream_time).",
+            labels=["pipeline", "partition", "reason"],
         )
-        by_topic = dict(metrics.source_dead_letters)
+        for (pipeline, partition), total in totals:
+            for reason in _with_fixed(total.late_reasons, LATE_REASONS):
+                late.add_metric([pipeline, str(partition), reason], total.late_reasons.get(reason, 0))
+        yield late
+
+        dead = CounterMetricFamily(
+            "sessionizer_dead_letter_records",
+            "Records written to a dead-letter topic, per that topic and reason (invalid_json, no_key, bad_timestamp...).",
+            labels=["topic", "reason"],
+        )
+        by_topic: dict[tuple[str, str], int] = dict(metrics.source_dead_letters)
         dlq_of = {p.name: p.dead_letter_topic for p in config.pipelines}
         for (pipeline, _), total in totals:
             dead_letter_topic = dlq_of.get(pipeline)
             if dead_letter_topic is not None:
-                by_topic[dead_letter_topic] = by_topic.get(dead_letter_topic, 0) + total.dead_lettered
-        for pipeline_config in config.pipelines:
-            by_topic.setdefault(pipeline_config.dead_letter_topic, 0)
-        for topic, count in sorted(by_topic.items()):
-            dead.add_metric([topic], count)
+                for reason, count in total.dead_letter_reasons.items():
+                    where = (dead_letter_topic, reason)
+                    by_topic[where] = by_topic.get(where, 0) + count
+        for dead_letter_topic in {p.dead_letter_topic for p in config.pipelines}:
+            for reason in DEAD_LETTER_REASONS:
+                by_topic.setdefault((dead_letter_topic, reason), 0)
+        for (topic, reason), count in sorted(by_topic.items()):
+            dead.add_metric([topic, reason], count)
         yield dead
 
         keys = GaugeMetricFamily(
@@ -169,6 +184,11 @@ class LoopCollector(Collector):
             "Records produced: repartition, output, changelog, late and dead-letter.",
             value=metrics.records_sent,
         )
+
+
+def _with_fixed(seen: dict[str, int], fixed: tuple[str, ...]) -> list[str]:
+    """The fixed codes, always present (a counter at 0 lets ``rate`` see its first increase), then any other seen."""
+    return [*fixed, *sorted(code for code in seen if code not in fixed)]
 
 
 def _histogram(name: str, documentation: str, buckets: Buckets) -> HistogramMetricFamily:

@@ -62,6 +62,10 @@ class TaskCounts:
     merges: int = 0
     dead_lettered: int = 0
     restored: int = 0
+    #: ``late`` by reason code (``service.core.reasons.LATE_REASONS``).
+    late_reasons: dict[str, int] = field(default_factory=dict)
+    #: ``dead_lettered`` by reason code (``service.core.reasons.DEAD_LETTER_REASONS``).
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: TaskCounts) -> None:
         self.processed += other.processed
@@ -70,6 +74,9 @@ class TaskCounts:
         self.merges += other.merges
         self.dead_lettered += other.dead_lettered
         self.restored += other.restored
+        for mine, theirs in ((self.late_reasons, other.late_reasons), (self.dead_letter_reasons, other.dead_letter_reasons)):
+            for code, count in theirs.items():
+                mine[code] = mine.get(code, 0) + count
 
 
 @dataclass
@@ -106,8 +113,8 @@ class LoopStats:
         self.rebalances = 0
         self.punctuations = 0
         self.records_sent = 0
-        #: Dead-letter topic -> records the source stage wrote to it.
-        self.source_dead_letters: dict[str, int] = {}
+        #: (dead-letter topic, reason code) -> records the source stage wrote to it.
+        self.source_dead_letters: dict[tuple[str, str], int] = {}
         self.commit_seconds = Buckets(COMMIT_BUCKETS)
         self.transaction_seconds = Buckets(COMMIT_BUCKETS)
         self.emit_delay: dict[str, Buckets] = {}

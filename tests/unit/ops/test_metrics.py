@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.core.reasons import DEAD_LETTER_REASONS
 from service.ops.metrics import build_registry
 from service.runtime.stats import LoopStats, TaskCounts
 from tests.helpers import config_from_toml, config_toml, pipeline, session_window
@@ -21,7 +22,7 @@ CONFIG = config_toml(
 @pytest.fixture
 def stats():
     stats = LoopStats()
-    stats.source_dead_letters["sessions-dlq"] = 2
+    stats.source_dead_letters[("sessions-dlq", "invalid_json")] = 2
     stats.rebalances = 1
     stats.records_sent = 42
     return stats
@@ -38,7 +39,14 @@ def scrape(stats: LoopStats) -> dict[tuple[str, tuple], float]:
 
 
 def test_task_counters_carry_pipeline_and_partition(stats):
-    stats.sample.tasks[("sessions", 0)] = TaskCounts(processed=3, late=1, emitted=1, dead_lettered=1)
+    stats.sample.tasks[("sessions", 0)] = TaskCounts(
+        processed=3,
+        late=1,
+        emitted=1,
+        dead_lettered=2,
+        late_reasons={"behind_stream_time": 1},
+        dead_letter_reasons={"invalid_json": 1, "unreadable_frame": 1},
+    )
     stats.sample.task_states = {"running": 1, "restoring": 0}
     stats.count_consumed(("web", 0), 3)
     stats.count_consumed(("web", 0), 1)
@@ -49,12 +57,14 @@ def test_task_counters_carry_pipeline_and_partition(stats):
     samples = scrape(stats)
     labels = (("partition", "0"), ("pipeline", "sessions"))
     assert samples[("sessionizer_events_processed_total", labels)] == 3
-    assert samples[("sessionizer_late_events_total", labels)] == 1
+    assert samples[("sessionizer_late_events_total", (*labels, ("reason", "behind_stream_time")))] == 1
+    assert samples[("sessionizer_late_events_total", (*labels, ("reason", "behind_watermark")))] == 0
     assert samples[("sessionizer_windows_emitted_total", labels)] == 1
     assert samples[("sessionizer_session_merges_total", labels)] == 0
     assert samples[("sessionizer_events_consumed_total", (("partition", "0"), ("topic", "web")))] == 4
-    # the source stage's dead letters plus the window task's
-    assert samples[("sessionizer_dead_letter_records_total", (("topic", "sessions-dlq"),))] == 3
+    # the source stage's dead letters plus the window task's, by reason; every reason is there from the start
+    dead = {dict(k[1])["reason"]: v for k, v in samples.items() if k[0] == "sessionizer_dead_letter_records_total"}
+    assert dead == {reason: 0 for reason in DEAD_LETTER_REASONS} | {"invalid_json": 3, "unreadable_frame": 1}
     assert samples[("sessionizer_commits_total", ())] == 5
     assert samples[("sessionizer_rebalances_total", ())] == 1
     assert samples[("sessionizer_records_sent_total", ())] == 42
