@@ -10,6 +10,9 @@ touches a client or a store the loop may be closing.
 Counters of a task (one partition of one pipeline) survive the task: when a
 partition is revoked, its final counts are kept, so a counter never goes down
 while the process lives.
+
+Every ``sessionizer_*`` sample carries ``app_id``, so two applications scraped
+by one Prometheus never add up; ``collect`` adds it to each family's samples.
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ class LoopCollector(Collector):
         self.config = config
 
     def collect(self) -> Iterator[Metric]:
-        return iter(list(self._families()))
+        app = {"app_id": self.config.app_id}
+        families = list(self._families())
+        for family in families:
+            family.samples = [sample._replace(labels={**app, **sample.labels}) for sample in family.samples]
+        return iter(families)
 
     def _families(self) -> Iterator[Metric]:
         metrics = self.stats
@@ -142,6 +149,33 @@ class LoopCollector(Collector):
         for (pipeline, partition), records in sorted(sample.restore_remaining.items()):
             remaining.add_metric([pipeline, str(partition)], records)
         yield remaining
+
+        stream_time = GaugeMetricFamily(
+            "sessionizer_stream_time_seconds",
+            "Stream time (event time, epoch seconds) of each running window task, sampled each second.",
+            labels=["pipeline", "partition"],
+        )
+        event_lag = GaugeMetricFamily(
+            "sessionizer_event_time_lag_seconds",
+            "Wall clock at the scrape minus each running window task's stream time: how far event time is behind.",
+            labels=["pipeline", "partition"],
+        )
+        wall = time.time()
+        for (pipeline, partition), time_ms in sorted(sample.stream_time.items()):
+            stream_time.add_metric([pipeline, str(partition)], time_ms / 1000)
+            event_lag.add_metric([pipeline, str(partition)], wall - time_ms / 1000)
+        yield stream_time
+        yield event_lag
+
+        watermark = GaugeMetricFamily(
+            "sessionizer_source_watermark_seconds",
+            "Per window task and source topic: the lowest watermark (epoch seconds) of the topic's busy partitions, "
+            "the highest when all are idle; sampled each second.",
+            labels=["pipeline", "partition", "source"],
+        )
+        for (pipeline, partition, source), time_ms in sorted(sample.watermarks.items()):
+            watermark.add_metric([pipeline, str(partition), source], time_ms / 1000)
+        yield watermark
 
         yield _histogram(
             "sessionizer_commit_duration_seconds",

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import apply_env_overrides, parse_config
 from service.ops.metrics import build_registry
-from service.runtime.stats import LoopStats
+from service.runtime.stats import LoopStats, TaskCounts
 from tests.helpers import REPO, load_script, sample_config
 
 yaml = pytest.importorskip("yaml")
@@ -176,6 +176,41 @@ def test_operations_guide_lists_every_metric_and_nothing_else():
             name = family.name + ("_total" if family.type == "counter" else "_info" if family.type == "info" else "")
             exported[name] = "gauge" if family.type == "info" else family.type
     assert documented == exported
+
+
+def test_operations_guide_lists_each_metrics_labels_app_id_included():
+    """The Labels column is what the registry exports, and every sessionizer_* series carries app_id."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    documented = {}
+    for match in re.finditer(r"^\| `(sessionizer_[a-z_]+)` \| \w+ \| ([^|]*) \|", text, re.MULTILINE):
+        documented[match.group(1)] = set(re.findall(r"`(\w+)`", match.group(2)))
+    stats = LoopStats()
+    sample = stats.sample
+    sample.tasks[("p", 0)] = TaskCounts()
+    sample.stores[("p", 0)] = (0, 0)
+    sample.restore_remaining[("p", 0)] = 0
+    sample.stream_time[("p", 0)] = 0
+    sample.watermarks[("p", 0, "t")] = 0
+    sample.lag[("t", 0)] = 0
+    stats.consumed[("t", 0)] = 0
+    stats.emit_observer("p")
+    exported = _exported_labels(stats)
+    assert set(exported) == set(documented)  # every family has a sample here
+    for name, labels in exported.items():
+        assert "app_id" in labels, name
+        assert documented.get(name) == labels, name
+
+
+def _exported_labels(stats: LoopStats) -> dict[str, set[str]]:
+    """Documented name (``_total``, ``_info``…) -> the label names its samples carry (``le`` aside)."""
+    out: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(generate_latest(build_registry(stats, sample_config())).decode()):
+        if not family.name.startswith("sessionizer"):
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        for sample in family.samples:
+            out.setdefault(name, set()).update(k for k in sample.labels if k != "le")
+    return out
 
 
 def test_operations_guide_links_exist():

@@ -29,12 +29,15 @@ def stats():
 
 
 def scrape(stats: LoopStats) -> dict[tuple[str, tuple], float]:
-    """Every sample as (name, sorted labels) -> value."""
+    """Every sample as (name, sorted labels) -> value; the ``app_id`` label, checked, left out of sessionizer_*."""
     text = generate_latest(build_registry(stats, config_from_toml(CONFIG))).decode()
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            labels = dict(sample.labels)
+            if family.name.startswith("sessionizer_"):
+                assert labels.pop("app_id") == "shop", sample
+            samples[(sample.name, tuple(sorted(labels.items())))] = sample.value
     return samples
 
 
@@ -69,7 +72,7 @@ def test_task_counters_carry_pipeline_and_partition(stats):
     assert samples[("sessionizer_rebalances_total", ())] == 1
     assert samples[("sessionizer_records_sent_total", ())] == 42
     assert samples[("sessionizer_tasks", (("state", "running"),))] == 1
-    info = (("app_id", "shop"), ("instance_id", "i1"), ("version", "0.1.0"))
+    info = (("instance_id", "i1"), ("version", "0.1.0"))  # and app_id, as every sample
     assert samples[("sessionizer_info", info)] == 1
     delay = samples[("sessionizer_emit_delay_seconds_sum", (("pipeline", "sessions"),))]
     assert 3.0 < delay < 60
@@ -116,3 +119,35 @@ def test_names_follow_prometheus_conventions(stats):
         if "duration" in family.name or "delay" in family.name or "age" in family.name:
             assert family.name.endswith("_seconds"), family.name
     assert any(f.name == "process_cpu_seconds" for f in families)  # process metrics come along
+
+
+def test_every_sessionizer_sample_carries_the_app_id(stats):
+    """Two applications in one Prometheus never add up: every sessionizer_* sample says whose it is."""
+    stats.sample.tasks[("sessions", 0)] = TaskCounts(processed=1)
+    stats.sample.stores[("sessions", 0)] = (1, 1)
+    stats.sample.stream_time[("sessions", 0)] = 1_000
+    stats.sample.watermarks[("sessions", 0, "web")] = 1_000
+    stats.sample.restore_remaining[("sessions", 1)] = 5
+    stats.sample.lag[("web", 0)] = 0
+    stats.emit_observer("sessions")(0)
+    text = generate_latest(build_registry(stats, config_from_toml(CONFIG))).decode()
+    families = [f for f in text_string_to_metric_families(text) if f.name.startswith("sessionizer")]
+    assert families
+    for family in families:
+        for sample in family.samples:
+            assert sample.labels.get("app_id") == "shop", sample
+    # the process collectors are left as prometheus_client makes them
+    process = [f for f in text_string_to_metric_families(text) if f.name == "process_cpu_seconds"]
+    assert process and "app_id" not in process[0].samples[0].labels
+
+
+def test_stream_time_event_time_lag_and_source_watermarks(stats):
+    now = time.time()
+    stats.sample.stream_time[("sessions", 3)] = int((now - 90) * 1000)
+    stats.sample.watermarks[("sessions", 3, "web")] = int((now - 30) * 1000)
+    samples = scrape(stats)
+    labels = (("partition", "3"), ("pipeline", "sessions"))
+    assert samples[("sessionizer_stream_time_seconds", labels)] == pytest.approx(now - 90, abs=0.01)
+    assert samples[("sessionizer_event_time_lag_seconds", labels)] == pytest.approx(90, abs=5)
+    watermark = (("partition", "3"), ("pipeline", "sessions"), ("source", "web"))
+    assert samples[("sessionizer_source_watermark_seconds", watermark)] == pytest.approx(now - 30, abs=0.01)
