@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from service import __version__
 from service.config import Config
 from service.core.reasons import DEAD_LETTER_REASONS, LATE_REASONS
+from service.runtime.kafka_stats import TRANSACTION_STATES
 from service.runtime.stats import Buckets, LoopStats
 
 
@@ -205,6 +206,8 @@ class LoopCollector(Collector):
             lag.add_metric([topic, str(partition)], records)
         yield lag
 
+        yield from self._librdkafka_families()
+
         yield CounterMetricFamily("sessionizer_punctuations", "Wall-clock punctuator runs.", value=metrics.punctuations)
         yield CounterMetricFamily("sessionizer_rebalances", "Partition assignments, revocations and losses.", value=metrics.rebalances)
         yield CounterMetricFamily("sessionizer_commits", "Commits that wrote something.", value=metrics.commits)
@@ -218,6 +221,61 @@ class LoopCollector(Collector):
             "Records produced: repartition, output, changelog, late and dead-letter.",
             value=metrics.records_sent,
         )
+
+
+    def _librdkafka_families(self) -> Iterator[Metric]:
+        """What librdkafka's statistics said last (every ``statistics.interval.ms``, 15 s by default)."""
+        metrics = self.stats
+        lag = GaugeMetricFamily(
+            "sessionizer_kafka_consumer_lag_records",
+            "librdkafka's consumer_lag: partition end minus the group's committed offset, from its statistics; "
+            "absent under exactly-once (the transaction commits the offsets, librdkafka's consumer never sees them).",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), records in sorted(dict(metrics.kafka_consumer_lag).items()):
+            lag.add_metric([topic, str(partition)], records)
+        yield lag
+
+        producer = metrics.producer
+        errors = CounterMetricFamily(
+            "sessionizer_kafka_producer_errors",
+            "Producer requests that failed (librdkafka's txerrs, summed over brokers and over replaced producers).",
+            labels=[],
+        )
+        retries = CounterMetricFamily(
+            "sessionizer_kafka_producer_retries",
+            "Producer requests retried (librdkafka's txretries, summed over brokers and over replaced producers).",
+            labels=[],
+        )
+        queued = GaugeMetricFamily(
+            "sessionizer_kafka_producer_queue_messages",
+            "Messages waiting in the producer's queue (librdkafka's msg_cnt), at its last statistics.",
+            labels=[],
+        )
+        queued_bytes = GaugeMetricFamily(
+            "sessionizer_kafka_producer_queue_bytes",
+            "Bytes waiting in the producer's queue (librdkafka's msg_size), at its last statistics.",
+            labels=[],
+        )
+        state = GaugeMetricFamily(
+            "sessionizer_kafka_transaction_state",
+            "1 for the producer's transaction state at librdkafka's last statistics (eos.txn_state), 0 for the others.",
+            labels=["state"],
+        )
+        if producer is not None:
+            errors.add_metric([], producer.errors)
+            retries.add_metric([], producer.retries)
+            queued.add_metric([], producer.queued_messages)
+            queued_bytes.add_metric([], producer.queued_bytes)
+            current = producer.transaction_state
+            if self.config.exactly_once and current is not None:
+                for name in _with_fixed({current: 1}, TRANSACTION_STATES):
+                    state.add_metric([name], 1 if name == current else 0)
+        yield errors
+        yield retries
+        yield queued
+        yield queued_bytes
+        yield state
 
 
 def _with_fixed(seen: dict[str, int], fixed: tuple[str, ...]) -> list[str]:

@@ -24,6 +24,7 @@ from service.core.watermarks import source_parts
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
 from service.runtime.collector import RecordCollector
+from service.runtime.kafka_stats import ConsumerStatistics, ProducerStatistics
 from service.runtime.punctuator import Punctuator
 from service.runtime.queries import QueryInbox
 from service.runtime.stats import LoopStats, Sample, TaskId, Where
@@ -43,9 +44,12 @@ class StreamLoop:
                 log.info("pipeline read through its repartition topic", pipeline=pipeline_plan.name, why=pipeline_plan.note)
         self.stats = LoopStats()
         self.queries = QueryInbox()
-        self.collector = RecordCollector(lambda: Producer(producer_config(config)), config.exactly_once)
+        producer_stats = ProducerStatistics(self.stats)
+        self.collector = RecordCollector(
+            lambda: Producer({**producer_config(config), "stats_cb": producer_stats}), config.exactly_once
+        )
         co_partitioned = any(p.direct for p in self.plans.values())
-        self.consumer = Consumer(consumer_config(config, co_partitioned))
+        self.consumer = Consumer({**consumer_config(config, co_partitioned), "stats_cb": ConsumerStatistics(self.stats)})
         self.tasks = TaskManager(
             config,
             self.pipelines,

@@ -100,8 +100,27 @@ class Sample:
     watermarks: dict[tuple[str, int, str], int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ProducerStats:
+    """What librdkafka's last statistics said of the producer (``service.runtime.kafka_stats``)."""
+
+    #: Failed requests (``txerrs``) and retried requests (``txretries``), summed over
+    #: brokers and over every producer this process made: they never go down.
+    errors: int = 0
+    retries: int = 0
+    #: Messages and bytes waiting in the producer's queue (``msg_cnt``, ``msg_size``).
+    queued_messages: int = 0
+    queued_bytes: int = 0
+    #: The transaction state (``eos.txn_state``: ``Ready``, ``InTransaction``...).
+    transaction_state: str | None = None
+
+
 class LoopStats:
-    """Counters and histograms of one stream loop; written only by the loop thread."""
+    """Counters and histograms of one stream loop; written only by the loop thread.
+
+    Except librdkafka's statistics (``kafka_consumer_lag``, ``producer``), which
+    the clients' callbacks replace whole, from whichever thread polls them.
+    """
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -124,6 +143,10 @@ class LoopStats:
         self.emit_delay: dict[str, Buckets] = {}
         #: Totals of tasks that were closed, so counters never go down.
         self.retired: dict[TaskId, TaskCounts] = {}
+        #: librdkafka's consumer lag per partition (committed offset basis), from its statistics.
+        self.kafka_consumer_lag: dict[Where, int] = {}
+        #: librdkafka's producer statistics; None until the first arrive.
+        self.producer: ProducerStats | None = None
         self.sample = Sample()
         self._next_sample = 0.0
         self._sampled_rebalances = 0

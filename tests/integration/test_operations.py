@@ -308,3 +308,31 @@ def test_no_secret_reaches_the_logs(app):
     assert configuration["level"] == "info" and configuration["app_id"] == app.id
     debug_lines = [line for line in log.splitlines() if '"level": "debug"' in line]
     assert debug_lines  # debug logging was on, and still nothing leaked
+
+
+def test_librdkafka_statistics_reach_the_metrics(app):
+    app.configure(session_body(app, ["web"]))
+    create_topics([app.topic("web")])
+    every_half_second = {
+        "SESSIONIZER__KAFKA__CONSUMER__STATISTICS_INTERVAL_MS": "500",
+        "SESSIONIZER__KAFKA__PRODUCER__STATISTICS_INTERVAL_MS": "500",
+    }
+    service = app.service(env=every_half_second).start()
+    service.wait_started()
+    port = http_port(service)
+    produce(app.topic("web"), [{"user_id": "u", "ts": int(time.time() * 1000)}], key=by_user)
+
+    def transaction_state():
+        metrics = scrape(port)
+        states = {k: v for k, v in metrics.items() if k.startswith("sessionizer_kafka_transaction_state{")}
+        return states if metrics["sessionizer_kafka_transaction_state"] == 1 else None
+
+    states = wait_until(transaction_state, 30, "the producer's statistics")
+    (current,) = [k for k, v in states.items() if v == 1]
+    assert f'app_id="{app.id}"' in current
+    assert any(state in current for state in ('"Ready"', '"InTransaction"', '"BeginCommit"', '"CommittingTransaction"'))
+    metrics = scrape(port)
+    assert metrics["sessionizer_kafka_producer_errors_total"] == 0
+    assert f'sessionizer_kafka_producer_queue_messages{{app_id="{app.id}"}}' in metrics
+    # under exactly-once librdkafka's consumer never learns the committed offsets: no lag of its own
+    assert not any(k.startswith("sessionizer_kafka_consumer_lag_records{") for k in metrics)

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import apply_env_overrides, parse_config
 from service.ops.metrics import build_registry
-from service.runtime.stats import LoopStats, TaskCounts
+from service.runtime.stats import LoopStats, ProducerStats, TaskCounts
 from tests.helpers import REPO, load_script, sample_config
 
 yaml = pytest.importorskip("yaml")
@@ -194,6 +194,8 @@ def test_operations_guide_lists_each_metrics_labels_app_id_included():
     sample.lag[("t", 0)] = 0
     stats.consumed[("t", 0)] = 0
     stats.emit_observer("p")
+    stats.kafka_consumer_lag[("t", 0)] = 0
+    stats.producer = ProducerStats(transaction_state="Ready")
     exported = _exported_labels(stats)
     assert set(exported) == set(documented)  # every family has a sample here
     for name, labels in exported.items():

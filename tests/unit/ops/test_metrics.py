@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.core.reasons import DEAD_LETTER_REASONS
 from service.ops.metrics import build_registry
-from service.runtime.stats import LoopStats, TaskCounts
+from service.runtime.stats import LoopStats, ProducerStats, TaskCounts
 from tests.helpers import config_from_toml, config_toml, pipeline, session_window
 
 CONFIG = config_toml(
@@ -116,7 +116,7 @@ def test_names_follow_prometheus_conventions(stats):
         assert family.documentation
         if family.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
-        if "duration" in family.name or "delay" in family.name or "age" in family.name:
+        if {"duration", "delay", "age"} & set(family.name.split("_")):
             assert family.name.endswith("_seconds"), family.name
     assert any(f.name == "process_cpu_seconds" for f in families)  # process metrics come along
 
@@ -151,3 +151,25 @@ def test_stream_time_event_time_lag_and_source_watermarks(stats):
     assert samples[("sessionizer_event_time_lag_seconds", labels)] == pytest.approx(90, abs=5)
     watermark = (("partition", "3"), ("pipeline", "sessions"), ("source", "web"))
     assert samples[("sessionizer_source_watermark_seconds", watermark)] == pytest.approx(now - 30, abs=0.01)
+
+
+def test_librdkafka_statistics_once_they_arrive(stats):
+    samples = scrape(stats)
+    assert not any(name.startswith("sessionizer_kafka_") for name, _ in samples)  # nothing before the first statistics
+    stats.kafka_consumer_lag[("web", 1)] = 40
+    stats.producer = ProducerStats(errors=3, retries=7, queued_messages=12, queued_bytes=4096, transaction_state="InTransaction")
+    samples = scrape(stats)
+    assert samples[("sessionizer_kafka_consumer_lag_records", (("partition", "1"), ("topic", "web")))] == 40
+    assert samples[("sessionizer_kafka_producer_errors_total", ())] == 3
+    assert samples[("sessionizer_kafka_producer_retries_total", ())] == 7
+    assert samples[("sessionizer_kafka_producer_queue_messages", ())] == 12
+    assert samples[("sessionizer_kafka_producer_queue_bytes", ())] == 4096
+    states = {dict(labels)["state"]: value for (name, labels), value in samples.items() if name == "sessionizer_kafka_transaction_state"}
+    assert states["InTransaction"] == 1 and states["Ready"] == 0 and sum(states.values()) == 1
+    assert len(states) == 13  # librdkafka's states, every one present
+
+
+def test_an_unknown_transaction_state_is_shown_too(stats):
+    stats.producer = ProducerStats(transaction_state="SomethingNew")
+    states = {dict(labels)["state"]: v for (name, labels), v in scrape(stats).items() if name == "sessionizer_kafka_transaction_state"}
+    assert states["SomethingNew"] == 1 and len(states) == 14
