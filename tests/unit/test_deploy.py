@@ -162,6 +162,59 @@ def test_alerts_and_dashboard_use_metrics_that_exist():
     assert used <= exported, used - exported
 
 
+ALERTS = yaml.safe_load((REPO / "deploy" / "alerts.yml").read_text())
+RULES = [rule for group in ALERTS["groups"] for rule in group["rules"]]
+
+
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub makes of a document's headings: lower case, punctuation dropped, spaces to hyphens."""
+    found = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", markdown, re.MULTILINE):
+        found.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+    return found
+
+
+def test_every_alert_has_a_severity_and_a_runbook_that_exists():
+    operations = (REPO / "docs" / "operations.md").read_text()
+    headings = anchors(operations)
+    assert len(RULES) >= 12
+    names = [rule["alert"] for rule in RULES]
+    assert len(names) == len(set(names))
+    for rule in RULES:
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"], name
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"docs/operations.md#runbook-{name.lower()}", name
+        assert url.split("#")[1] in headings, f"{name}: no heading for {url}"
+    # and the runbooks are those of the alerts, no more
+    runbooks = {a for a in headings if a.startswith("runbook-")}
+    assert runbooks == {f"runbook-{name.lower()}" for name in names}
+
+
+def test_alerts_keep_app_id_so_two_applications_alert_apart():
+    for rule in RULES:
+        expr = rule["expr"]
+        if "sessionizer_" not in expr:
+            continue  # up{job="sessionizer"}: per target
+        for grouping in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+            assert "app_id" in [label.strip() for label in grouping.split(",")], (rule["alert"], grouping)
+        # an aggregation without "by" would add applications up
+        for aggregation in re.finditer(r"\b(?:sum|max|min|avg|count)\b\s*(by\s*\()?", expr):
+            assert aggregation.group(1), (rule["alert"], aggregation.group(0))
+        for ignored in re.findall(r"\bignoring\s*\(([^)]*)\)", expr):
+            assert "app_id" not in ignored, rule["alert"]
+
+
+def test_operations_guide_anchor_links_resolve():
+    text = (REPO / "docs" / "operations.md").read_text()
+    headings = anchors(text)
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert links
+    for anchor in links:
+        assert anchor in headings, anchor
+
+
 # -- the operations guide ---------------------------------------------------------------
 
 
