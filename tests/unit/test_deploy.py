@@ -89,6 +89,35 @@ def test_image_copies_what_exists_and_what_pip_needs():
     assert not any(s in ignored for s in sources)
 
 
+def test_image_carries_what_every_shipped_config_imports():
+    """config/rules.toml names a custom aggregate class: its module is copied and importable from /app."""
+    copied = {shlex.split(copy)[0] for copy in dockerfile("COPY")}
+    environment = dict(e.split("=", 1) for e in dockerfile("ENV") if "=" in e and " " not in e)
+    assert "/app" in environment.get("PYTHONPATH", "").split(":")
+    assert dockerfile("WORKDIR") == ["/app"]
+    modules = set()
+    for path in (REPO / "config").glob("*.toml"):
+        modules.update(re.findall(r'class = "([\w.]+):\w+"', path.read_text()))
+    assert modules  # rules.toml has one
+    for module in modules:
+        top = module.split(".")[0]
+        assert top in copied, f"{module} is not copied into the image"
+        assert (REPO / top).is_dir() or (REPO / f"{top}.py").is_file()
+
+
+def test_image_has_oci_labels():
+    labels = dict(part.split("=", 1) for label in dockerfile("LABEL") for part in shlex.split(label))
+    prefix = "org.opencontainers.image."
+    assert {prefix + k for k in ("title", "description", "source", "licenses", "version")} <= labels.keys()
+    assert labels[prefix + "title"] == PYPROJECT["project"]["name"]
+    assert labels[prefix + "description"] == PYPROJECT["project"]["description"]
+    args = dict(a.split("=", 1) for a in dockerfile("ARG"))
+    assert labels[prefix + "version"] == "${VERSION}" and args["VERSION"] == PYPROJECT["project"]["version"]
+    assert labels[prefix + "source"] == "${SOURCE_URL}" and "SOURCE_URL" in args
+    declared = PYPROJECT["project"].get("license")
+    assert labels[prefix + "licenses"] == (declared if isinstance(declared, str) else "NOASSERTION")
+
+
 # -- docker-compose.yml -----------------------------------------------------------------
 
 
