@@ -336,3 +336,4 @@ def test_librdkafka_statistics_reach_the_metrics(app):
     assert f'sessionizer_kafka_producer_queue_messages{{app_id="{app.id}"}}' in metrics
     # under exactly-once librdkafka's consumer never learns the committed offsets: no lag of its own
     assert not any(k.startswith("sessionizer_kafka_consumer_lag_records{") for k in metrics)
+    assert "unreadable librdkafka statistics" not in service.log()  # both clients' documents were read
