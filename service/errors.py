@@ -34,7 +34,13 @@ class BadRecord(SessionizerError):
     """A record that cannot be used: the message says why, and the record goes to the dead-letter topic.
 
     Not a failure of the service: it is caught per record and never ends a run.
+    ``code`` is one of the fixed dead-letter reasons of ``service.core.reasons``
+    (``"other"`` when the raiser gives none, as a custom aggregate may).
     """
+
+    def __init__(self, message: str, code: str = "other") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class BrokerError(SessionizerError):

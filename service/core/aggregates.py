@@ -23,6 +23,7 @@ from service.config.plugins import import_class
 from service.config.schema import AggregateConfig
 from service.core.conditions import compile_condition
 from service.core.extract import BadRecord, Getter, field_getter
+from service.core.reasons import WRONG_TYPE
 
 
 class Aggregate(Protocol):
@@ -92,7 +93,8 @@ class _NumericCheck:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadRecord(
-                f"wrong type: aggregate {self.name!r} needs a number in {self.field!r}, got {type(value).__name__}"
+                f"wrong type: aggregate {self.name!r} needs a number in {self.field!r}, got {type(value).__name__}",
+                WRONG_TYPE,
             )
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from service.core.reasons import BAD_KEY, BAD_TIMESTAMP, INVALID_JSON, NO_KEY, NOT_AN_OBJECT
+
 # Re-exported: custom aggregates raise it by this name (docs/rules.md, examples/aggregates.py).
 from service.errors import BadRecord as BadRecord
 
@@ -63,13 +65,13 @@ def field_getter(path: str) -> Getter:
 def parse_event(raw: bytes | memoryview | None) -> dict[str, Any]:
     """Decode one record value, which must be a JSON object."""
     if raw is None:
-        raise BadRecord("empty value (tombstone)")
+        raise BadRecord("empty value (tombstone)", INVALID_JSON)
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadRecord(f"invalid JSON: {exc}") from None
+        raise BadRecord(f"invalid JSON: {exc}", INVALID_JSON) from None
     if not isinstance(event, dict):
-        raise BadRecord(f"expected a JSON object, got {type(event).__name__}")
+        raise BadRecord(f"expected a JSON object, got {type(event).__name__}", NOT_AN_OBJECT)
     return event
 
 
@@ -114,7 +116,7 @@ class KeyExtractor:
         if len(getters) == 1:
             if self.paths[0] == RECORD_KEY:
                 if not record_key:
-                    raise BadRecord('no key: the record has no key (key = "@key")')
+                    raise BadRecord('no key: the record has no key (key = "@key")', NO_KEY)
                 return record_key
             return _key_text(self.paths[0], getters[0](event)).encode()
         return orjson.dumps([_key_text(p, g(event)) for p, g in zip(self.paths, getters)])
@@ -131,13 +133,13 @@ class KeyExtractor:
 def _key_text(path: str, value: Any) -> str:
     if isinstance(value, str):
         if not value:
-            raise BadRecord(f"key field {path!r} is empty")
+            raise BadRecord(f"key field {path!r} is empty", BAD_KEY)
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if value is None:
-        raise BadRecord(f"no key: field {path!r} is missing or null")
-    raise BadRecord(f"key field {path!r} has type {type(value).__name__}; expected a string or an integer")
+        raise BadRecord(f"no key: field {path!r} is missing or null", NO_KEY)
+    raise BadRecord(f"key field {path!r} has type {type(value).__name__}; expected a string or an integer", BAD_KEY)
 
 
 @dataclass(frozen=True)
@@ -173,14 +175,14 @@ class TimeExtractor:
         if value is None:
             if record_ms is None or record_ms < 0:
                 where = f"field {self.path!r} is missing" if self.path else "no time field is configured"
-                raise BadRecord(f"no timestamp: {where} and the record has no timestamp")
+                raise BadRecord(f"no timestamp: {where} and the record has no timestamp", BAD_TIMESTAMP)
             return record_ms
         return parse_time_ms(value, self.format, self.path or "timestamp")
 
 
 def parse_time_ms(value: Any, fmt: str, path: str) -> int:
     if isinstance(value, bool):
-        raise BadRecord(f"bad timestamp in {path!r}: {value!r} is a boolean")
+        raise BadRecord(f"bad timestamp in {path!r}: {value!r} is a boolean", BAD_TIMESTAMP)
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -189,25 +191,25 @@ def parse_time_ms(value: Any, fmt: str, path: str) -> int:
             number = None
         if number is None:
             if fmt in ("epoch_s", "epoch_ms"):
-                raise BadRecord(f"bad timestamp in {path!r}: {value!r} is not a number ({fmt})")
+                raise BadRecord(f"bad timestamp in {path!r}: {value!r} is not a number ({fmt})", BAD_TIMESTAMP)
             return _parse_iso(text, path)
         value = number
     if isinstance(value, (int, float)):
         if value != value or value in (float("inf"), float("-inf")):
-            raise BadRecord(f"bad timestamp in {path!r}: {value!r}")
+            raise BadRecord(f"bad timestamp in {path!r}: {value!r}", BAD_TIMESTAMP)
         if fmt == "iso8601":
-            raise BadRecord(f"bad timestamp in {path!r}: {value!r} is a number, expected ISO-8601 text")
+            raise BadRecord(f"bad timestamp in {path!r}: {value!r} is a number, expected ISO-8601 text", BAD_TIMESTAMP)
         if fmt == "epoch_ms" or (fmt == "auto" and abs(value) >= _MS_THRESHOLD):
             return int(value)
         return int(round(value * 1000))
-    raise BadRecord(f"bad timestamp in {path!r}: {type(value).__name__} {value!r}")
+    raise BadRecord(f"bad timestamp in {path!r}: {type(value).__name__} {value!r}", BAD_TIMESTAMP)
 
 
 def _parse_iso(text: str, path: str) -> int:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise BadRecord(f"bad timestamp in {path!r}: {text!r} is not ISO-8601") from None
+        raise BadRecord(f"bad timestamp in {path!r}: {text!r} is not ISO-8601", BAD_TIMESTAMP) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // _ONE_MS

@@ -11,6 +11,7 @@ import orjson
 from service.config import OutputConfig, PipelineConfig
 from service.core.aggregates import Aggregate, build_aggregates
 from service.core.extract import BadRecord, KeyExtractor, TimeExtractor
+from service.core.reasons import OTHER, REASON_CODE_HEADER
 from service.core.rules import Rule, build_rules
 from service.core.windows import WindowKind, build_window_kind
 
@@ -67,14 +68,17 @@ def dead_letter(
     partition: int,
     offset: int,
     pipeline: str | None = None,
+    code: str = OTHER,
 ) -> OutputRecord:
     """A record that cannot be used, kept as it was, with why and where it came from.
 
     The original key and value bytes are the record's key and value; the context
     travels in headers, the way Kafka Connect's dead-letter queues do it.
+    ``code`` is the reason from the fixed set of ``service.core.reasons``.
     """
     headers = [
         ("sessionizer.error", error.encode()),
+        (REASON_CODE_HEADER, code.encode()),
         ("sessionizer.topic", source_topic.encode()),
         ("sessionizer.partition", str(partition).encode()),
         ("sessionizer.offset", str(offset).encode()),

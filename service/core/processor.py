@@ -9,13 +9,14 @@ that list inside a transaction; ``sessionizer process`` feeds it from a file.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
 from service.core.closing import EARLIEST
 from service.core.pipeline import OutputRecord, Pipeline
+from service.core.reasons import BEHIND_STREAM_TIME, BEHIND_WATERMARK, REASON_CODE_HEADER
 from service.core.rules import Derived
 
 
@@ -54,6 +55,8 @@ class Counters:
     emitted: int = 0
     merges: int = 0
     derived: int = 0
+    #: ``late`` by reason code (``service.core.reasons.LATE_REASONS``).
+    late_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class WindowProcessor:
@@ -203,5 +206,22 @@ class WindowProcessor:
             headers.append(("sessionizer.stream_time_ms", str(stream_time).encode()))
         if watermark is not None:
             headers.append(("sessionizer.watermark_ms", str(watermark).encode()))
+        code = self._late_code(time_ms, stream_time, watermark)
+        headers.append((REASON_CODE_HEADER, code.encode()))
         self.out.append(OutputRecord(self._late_topic, key, bytes(raw), tuple(headers)))
-        self.counters.late += 1
+        counters = self.counters
+        counters.late += 1
+        counters.late_reasons[code] = counters.late_reasons.get(code, 0) + 1
+
+    def _late_code(self, time_ms: int, stream_time: int | None, watermark: int | None) -> str:
+        """Which clock made the event late: its own source's watermark, or only the task's stream time.
+
+        The event was judged against the later of the two. When that was
+        stream time, it is asked again against its source's watermark alone
+        (a cold path: late events only).
+        """
+        if watermark is None or stream_time is None or watermark >= stream_time:
+            return BEHIND_WATERMARK
+        if self._kind.late_reason(time_ms, watermark) is not None:
+            return BEHIND_WATERMARK
+        return BEHIND_STREAM_TIME

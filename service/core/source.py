@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from service.core.extract import BadRecord, parse_event
 from service.core.pipeline import OutputRecord, Pipeline, dead_letter
+from service.core.reasons import OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,7 @@ class SourceStage:
         try:
             event = parse_event(raw)
         except BadRecord as exc:
-            self.reject_all(routes, str(exc), raw, origin, reject)
+            self.reject_all(routes, str(exc), raw, origin, reject, exc.code)
             return
         assert raw is not None  # it decoded
         self.process_event(routes, event, raw, record_ms, origin, forward, reject)
@@ -124,15 +125,19 @@ class SourceStage:
             try:
                 key, time_ms = pipeline.extract(event, record_ms, record_key)
             except BadRecord as exc:
-                reject(_dead_letter(pipeline.config.dead_letter_topic, str(exc), raw, origin, pipeline.name))
+                reject(_dead_letter(pipeline.config.dead_letter_topic, str(exc), raw, origin, pipeline.name, exc.code))
                 continue
             forward(route, key, time_ms, event, raw)
 
-    def reject_all(self, routes: list[Route], error: str, raw: bytes | None, origin: Origin, reject: Reject) -> None:
+    def reject_all(
+        self, routes: list[Route], error: str, raw: bytes | None, origin: Origin, reject: Reject, code: str = OTHER
+    ) -> None:
         """A record none of ``routes`` can read: one dead letter per distinct dead-letter topic."""
         for topic in dict.fromkeys(route.pipeline.config.dead_letter_topic for route in routes):
-            reject(_dead_letter(topic, error, raw, origin))
+            reject(_dead_letter(topic, error, raw, origin, None, code))
 
 
-def _dead_letter(topic: str, error: str, raw: bytes | None, origin: Origin, pipeline: str | None = None) -> OutputRecord:
-    return dead_letter(topic, error, origin.key(), raw, origin.topic(), origin.partition(), origin.offset(), pipeline)
+def _dead_letter(
+    topic: str, error: str, raw: bytes | None, origin: Origin, pipeline: str | None = None, code: str = OTHER
+) -> OutputRecord:
+    return dead_letter(topic, error, origin.key(), raw, origin.topic(), origin.partition(), origin.offset(), pipeline, code)

@@ -10,6 +10,9 @@ touches a client or a store the loop may be closing.
 Counters of a task (one partition of one pipeline) survive the task: when a
 partition is revoked, its final counts are kept, so a counter never goes down
 while the process lives.
+
+Every ``sessionizer_*`` sample carries ``app_id``, so two applications scraped
+by one Prometheus never add up; ``collect`` adds it to each family's samples.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from prometheus_client.registry import Collector
 
 from service import __version__
 from service.config import Config
+from service.core.reasons import DEAD_LETTER_REASONS, LATE_REASONS
+from service.runtime.kafka_stats import TRANSACTION_STATES
 from service.runtime.stats import Buckets, LoopStats
 
 
@@ -40,7 +45,11 @@ class LoopCollector(Collector):
         self.config = config
 
     def collect(self) -> Iterator[Metric]:
-        return iter(list(self._families()))
+        app = {"app_id": self.config.app_id}
+        families = list(self._families())
+        for family in families:
+            family.samples = [sample._replace(labels={**app, **sample.labels}) for sample in family.samples]
+        return iter(families)
 
     def _families(self) -> Iterator[Metric]:
         metrics = self.stats
@@ -72,7 +81,6 @@ class LoopCollector(Collector):
         totals = sorted(sample.tasks.items())
         per_task = [
             ("sessionizer_events_processed", "Events added to windows, per pipeline and partition.", "processed"),
-            ("sessionizer_late_events", "Events sent to the late topic, per pipeline and partition.", "late"),
             ("sessionizer_windows_emitted", "Final window records emitted, per pipeline and partition.", "emitted"),
             ("sessionizer_session_merges", "Sessions merged because an event bridged them.", "merges"),
             ("sessionizer_restored_records", "Changelog records applied while restoring state.", "restored"),
@@ -83,19 +91,34 @@ class LoopCollector(Collector):
                 family.add_metric([pipeline, str(partition)], getattr(total, attribute))
             yield family
 
-        dead = CounterMetricFamily(
-            "sessionizer_dead_letter_records", "Records written to a dead-letter topic, per that topic.", labels=["topic"]
+        late = CounterMetricFamily(
+            "sessionizer_late_events",
+            "Events sent to the late topic, per pipeline, partition and reason (behind_watermark, behind_stream_time).",
+            labels=["pipeline", "partition", "reason"],
         )
-        by_topic = dict(metrics.source_dead_letters)
+        for (pipeline, partition), total in totals:
+            for reason in _with_fixed(total.late_reasons, LATE_REASONS):
+                late.add_metric([pipeline, str(partition), reason], total.late_reasons.get(reason, 0))
+        yield late
+
+        dead = CounterMetricFamily(
+            "sessionizer_dead_letter_records",
+            "Records written to a dead-letter topic, per that topic and reason (invalid_json, no_key, bad_timestamp...).",
+            labels=["topic", "reason"],
+        )
+        by_topic: dict[tuple[str, str], int] = dict(metrics.source_dead_letters)
         dlq_of = {p.name: p.dead_letter_topic for p in config.pipelines}
         for (pipeline, _), total in totals:
             dead_letter_topic = dlq_of.get(pipeline)
             if dead_letter_topic is not None:
-                by_topic[dead_letter_topic] = by_topic.get(dead_letter_topic, 0) + total.dead_lettered
-        for pipeline_config in config.pipelines:
-            by_topic.setdefault(pipeline_config.dead_letter_topic, 0)
-        for topic, count in sorted(by_topic.items()):
-            dead.add_metric([topic], count)
+                for reason, count in total.dead_letter_reasons.items():
+                    where = (dead_letter_topic, reason)
+                    by_topic[where] = by_topic.get(where, 0) + count
+        for dead_letter_topic in {p.dead_letter_topic for p in config.pipelines}:
+            for reason in DEAD_LETTER_REASONS:
+                by_topic.setdefault((dead_letter_topic, reason), 0)
+        for (topic, reason), count in sorted(by_topic.items()):
+            dead.add_metric([topic, reason], count)
         yield dead
 
         keys = GaugeMetricFamily(
@@ -128,6 +151,33 @@ class LoopCollector(Collector):
             remaining.add_metric([pipeline, str(partition)], records)
         yield remaining
 
+        stream_time = GaugeMetricFamily(
+            "sessionizer_stream_time_seconds",
+            "Stream time (event time, epoch seconds) of each running window task, sampled each second.",
+            labels=["pipeline", "partition"],
+        )
+        event_lag = GaugeMetricFamily(
+            "sessionizer_event_time_lag_seconds",
+            "Wall clock at the scrape minus each running window task's stream time: how far event time is behind.",
+            labels=["pipeline", "partition"],
+        )
+        wall = time.time()
+        for (pipeline, partition), time_ms in sorted(sample.stream_time.items()):
+            stream_time.add_metric([pipeline, str(partition)], time_ms / 1000)
+            event_lag.add_metric([pipeline, str(partition)], wall - time_ms / 1000)
+        yield stream_time
+        yield event_lag
+
+        watermark = GaugeMetricFamily(
+            "sessionizer_source_watermark_seconds",
+            "Per window task and source topic: the lowest watermark (epoch seconds) of the topic's busy partitions, "
+            "the highest when all are idle; sampled each second.",
+            labels=["pipeline", "partition", "source"],
+        )
+        for (pipeline, partition, source), time_ms in sorted(sample.watermarks.items()):
+            watermark.add_metric([pipeline, str(partition), source], time_ms / 1000)
+        yield watermark
+
         yield _histogram(
             "sessionizer_commit_duration_seconds",
             "Wall time of a commit: closing due windows, writing changelogs, the transaction, the RocksDB write.",
@@ -156,6 +206,8 @@ class LoopCollector(Collector):
             lag.add_metric([topic, str(partition)], records)
         yield lag
 
+        yield from self._librdkafka_families()
+
         yield CounterMetricFamily("sessionizer_punctuations", "Wall-clock punctuator runs.", value=metrics.punctuations)
         yield CounterMetricFamily("sessionizer_rebalances", "Partition assignments, revocations and losses.", value=metrics.rebalances)
         yield CounterMetricFamily("sessionizer_commits", "Commits that wrote something.", value=metrics.commits)
@@ -169,6 +221,66 @@ class LoopCollector(Collector):
             "Records produced: repartition, output, changelog, late and dead-letter.",
             value=metrics.records_sent,
         )
+
+
+    def _librdkafka_families(self) -> Iterator[Metric]:
+        """What librdkafka's statistics said last (every ``statistics.interval.ms``, 15 s by default)."""
+        metrics = self.stats
+        lag = GaugeMetricFamily(
+            "sessionizer_kafka_consumer_lag_records",
+            "librdkafka's consumer_lag: partition end minus the group's committed offset, from its statistics; "
+            "absent under exactly-once (the transaction commits the offsets, librdkafka's consumer never sees them).",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), records in sorted(dict(metrics.kafka_consumer_lag).items()):
+            lag.add_metric([topic, str(partition)], records)
+        yield lag
+
+        producer = metrics.producer
+        errors = CounterMetricFamily(
+            "sessionizer_kafka_producer_errors",
+            "Producer requests that failed (librdkafka's txerrs, summed over brokers and over replaced producers).",
+            labels=[],
+        )
+        retries = CounterMetricFamily(
+            "sessionizer_kafka_producer_retries",
+            "Producer requests retried (librdkafka's txretries, summed over brokers and over replaced producers).",
+            labels=[],
+        )
+        queued = GaugeMetricFamily(
+            "sessionizer_kafka_producer_queue_messages",
+            "Messages waiting in the producer's queue (librdkafka's msg_cnt), at its last statistics.",
+            labels=[],
+        )
+        queued_bytes = GaugeMetricFamily(
+            "sessionizer_kafka_producer_queue_bytes",
+            "Bytes waiting in the producer's queue (librdkafka's msg_size), at its last statistics.",
+            labels=[],
+        )
+        state = GaugeMetricFamily(
+            "sessionizer_kafka_transaction_state",
+            "1 for the producer's transaction state at librdkafka's last statistics (eos.txn_state), 0 for the others.",
+            labels=["state"],
+        )
+        if producer is not None:
+            errors.add_metric([], producer.errors)
+            retries.add_metric([], producer.retries)
+            queued.add_metric([], producer.queued_messages)
+            queued_bytes.add_metric([], producer.queued_bytes)
+            current = producer.transaction_state
+            if self.config.exactly_once and current is not None:
+                for name in _with_fixed({current: 1}, TRANSACTION_STATES):
+                    state.add_metric([name], 1 if name == current else 0)
+        yield errors
+        yield retries
+        yield queued
+        yield queued_bytes
+        yield state
+
+
+def _with_fixed(seen: dict[str, int], fixed: tuple[str, ...]) -> list[str]:
+    """The fixed codes, always present (a counter at 0 lets ``rate`` see its first increase), then any other seen."""
+    return [*fixed, *sorted(code for code in seen if code not in fixed)]
 
 
 def _histogram(name: str, documentation: str, buckets: Buckets) -> HistogramMetricFamily:

@@ -35,6 +35,8 @@ _CONSUMER_DEFAULTS = {
     # Records fetched ahead, per partition (librdkafka's default is 64 MiB each):
     # 8 MiB keeps a backlog of many partitions from filling the memory.
     "queued.max.messages.kbytes": "8192",
+    # librdkafka's statistics, for the metrics (service.runtime.kafka_stats); 0 turns them off.
+    "statistics.interval.ms": "15000",
 }
 # The restore consumer reads whole changelogs as fast as it can: large fetches
 # (1.6-1.9x the records/s of librdkafka's defaults in bench/scale.py), with a
@@ -52,6 +54,8 @@ _PRODUCER_DEFAULTS = {
     # transaction is aborted within 10 s, so whoever takes over its partitions
     # can read past it.
     "transaction.timeout.ms": "10000",
+    # librdkafka's statistics, for the metrics (service.runtime.kafka_stats); 0 turns them off.
+    "statistics.interval.ms": "15000",
 }
 
 
@@ -95,6 +99,7 @@ def restore_consumer_config(config: Config) -> dict[str, Any]:
     props.update(config.consumer)
     for group_only in ("group.instance.id", "session.timeout.ms", "max.poll.interval.ms", "partition.assignment.strategy"):
         props.pop(group_only, None)
+    props.pop("statistics.interval.ms", None)  # no one reads this consumer's statistics
     props.update(
         {
             "group.id": f"{config.app_id}-restore-unused",

@@ -20,14 +20,16 @@ from confluent_kafka.admin import AdminClient
 from service.config import Config
 from service.core.pipeline import Pipeline, compile_pipelines
 from service.core.topology import plan
+from service.core.watermarks import source_parts
 from service.runtime.changelog_reader import ChangelogReader, Progress
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
 from service.runtime.collector import RecordCollector
+from service.runtime.kafka_stats import ConsumerStatistics, ProducerStatistics
 from service.runtime.punctuator import Punctuator
 from service.runtime.queries import QueryInbox
-from service.runtime.stats import LoopStats, Sample, Where
+from service.runtime.stats import LoopStats, Sample, TaskId, Where
 from service.runtime.task_manager import TaskManager
-from service.runtime.tasks import TaskState
+from service.runtime.tasks import TaskState, WindowTask
 
 log = structlog.get_logger("sessionizer.loop")
 
@@ -42,9 +44,12 @@ class StreamLoop:
                 log.info("pipeline read through its repartition topic", pipeline=pipeline_plan.name, why=pipeline_plan.note)
         self.stats = stats or LoopStats()
         self.queries = QueryInbox()
-        self.collector = RecordCollector(lambda: Producer(producer_config(config)), config.exactly_once)
+        producer_stats = ProducerStatistics(self.stats)
+        self.collector = RecordCollector(
+            lambda: Producer({**producer_config(config), "stats_cb": producer_stats}), config.exactly_once
+        )
         co_partitioned = any(p.direct for p in self.plans.values())
-        self.consumer = Consumer(consumer_config(config, co_partitioned))
+        self.consumer = Consumer({**consumer_config(config, co_partitioned), "stats_cb": ConsumerStatistics(self.stats)})
         self.tasks = TaskManager(
             config,
             self.pipelines,
@@ -189,6 +194,15 @@ class StreamLoop:
         windows = list(self.tasks.window_tasks.values())
         stores = {(t.pipeline.name, t.partition): (t.store.approximate_keys(), t.store.approximate_bytes()) for t in windows}
         states = [t.state for t in windows]
+        stream_time: dict[TaskId, int] = {}
+        watermarks: dict[tuple[str, int, str], int] = {}
+        for task in windows:
+            if task.state is not TaskState.RUNNING:
+                continue  # a restoring task's stream time is the restore's, not yet the data's
+            if task.store.stream_time is not None:
+                stream_time[task.task_id] = task.store.stream_time
+            for topic, mark in topic_watermarks(task, now).items():
+                watermarks[(task.pipeline.name, task.partition, topic)] = mark
         remaining = {
             (r.state.pipeline.name, r.state.partition): r.remaining for r in self.tasks.reader.restoring.values()
         }
@@ -201,4 +215,39 @@ class StreamLoop:
             tasks=self.tasks.task_counts(),
             task_states={state.value: states.count(state) for state in TaskState},
             restore_remaining=remaining,
+            stream_time=stream_time,
+            watermarks=watermarks,
         )
+
+
+def topic_watermarks(task: WindowTask, now: float) -> dict[str, int]:
+    """Per source topic of ``task``, its watermark as the task sees it (epoch ms).
+
+    That is the lowest watermark among the topic's partitions that are not
+    idle, the one holding stream time back, or, when every partition of it is
+    idle, the highest. A topic with a busy partition not heard from yet has
+    none. ``now`` is on the task's clock (monotonic seconds), for idleness.
+    """
+    marks = task.watermarks
+    _, active = marks.lowest_active(now)
+    busy = set(active)
+    topics = task.pipeline.config.sources
+    lowest: dict[str, int] = {}
+    highest: dict[str, int] = {}
+    unknown: set[str] = set()
+    for source in marks.expected | marks.marks.keys():
+        index, _ = source_parts(source)
+        topic = topics[index] if index < len(topics) else str(index)
+        mark = marks.marks.get(source)
+        if source in busy:
+            if mark is None:
+                unknown.add(topic)
+            elif topic not in lowest or mark < lowest[topic]:
+                lowest[topic] = mark
+        elif mark is not None and (topic not in highest or mark > highest[topic]):
+            highest[topic] = mark
+    out = dict(highest)
+    out.update(lowest)
+    for topic in unknown:
+        out.pop(topic, None)
+    return out

@@ -62,6 +62,10 @@ class TaskCounts:
     merges: int = 0
     dead_lettered: int = 0
     restored: int = 0
+    #: ``late`` by reason code (``service.core.reasons.LATE_REASONS``).
+    late_reasons: dict[str, int] = field(default_factory=dict)
+    #: ``dead_lettered`` by reason code (``service.core.reasons.DEAD_LETTER_REASONS``).
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: TaskCounts) -> None:
         self.processed += other.processed
@@ -70,6 +74,9 @@ class TaskCounts:
         self.merges += other.merges
         self.dead_lettered += other.dead_lettered
         self.restored += other.restored
+        for mine, theirs in ((self.late_reasons, other.late_reasons), (self.dead_letter_reasons, other.dead_letter_reasons)):
+            for code, count in theirs.items():
+                mine[code] = mine.get(code, 0) + count
 
 
 @dataclass
@@ -87,10 +94,33 @@ class Sample:
     task_states: dict[str, int] = field(default_factory=dict)
     #: (pipeline, partition) -> changelog records still to read.
     restore_remaining: dict[TaskId, int] = field(default_factory=dict)
+    #: (pipeline, partition) -> stream time (event time, epoch ms) of each running window task that has one.
+    stream_time: dict[TaskId, int] = field(default_factory=dict)
+    #: (pipeline, partition, source topic) -> that topic's watermark as the task sees it (epoch ms).
+    watermarks: dict[tuple[str, int, str], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProducerStats:
+    """What librdkafka's last statistics said of the producer (``service.runtime.kafka_stats``)."""
+
+    #: Failed requests (``txerrs``) and retried requests (``txretries``), summed over
+    #: brokers and over every producer this process made: they never go down.
+    errors: int = 0
+    retries: int = 0
+    #: Messages and bytes waiting in the producer's queue (``msg_cnt``, ``msg_size``).
+    queued_messages: int = 0
+    queued_bytes: int = 0
+    #: The transaction state (``eos.txn_state``: ``Ready``, ``InTransaction``...).
+    transaction_state: str | None = None
 
 
 class LoopStats:
-    """Counters and histograms of one stream loop; written only by the loop thread."""
+    """Counters and histograms of one stream loop; written only by the loop thread.
+
+    Except librdkafka's statistics (``kafka_consumer_lag``, ``producer``), which
+    the clients' callbacks replace whole, from whichever thread polls them.
+    """
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -108,13 +138,17 @@ class LoopStats:
         self.rebalances = 0
         self.punctuations = 0
         self.records_sent = 0
-        #: Dead-letter topic -> records the source stage wrote to it.
-        self.source_dead_letters: dict[str, int] = {}
+        #: (dead-letter topic, reason code) -> records the source stage wrote to it.
+        self.source_dead_letters: dict[tuple[str, str], int] = {}
         self.commit_seconds = Buckets(COMMIT_BUCKETS)
         self.transaction_seconds = Buckets(COMMIT_BUCKETS)
         self.emit_delay: dict[str, Buckets] = {}
         #: Totals of tasks that were closed, so counters never go down.
         self.retired: dict[TaskId, TaskCounts] = {}
+        #: librdkafka's consumer lag per partition (committed offset basis), from its statistics.
+        self.kafka_consumer_lag: dict[Where, int] = {}
+        #: librdkafka's producer statistics; None until the first arrive.
+        self.producer: ProducerStats | None = None
         self.sample = Sample()
         self._next_sample = 0.0
         self._sampled_rebalances = 0

@@ -31,6 +31,7 @@ from service.core.extract import parse_event
 from service.core.partitioner import partition_for
 from service.core.pipeline import OutputRecord, Pipeline, dead_letter
 from service.core.processor import WindowProcessor
+from service.core.reasons import OTHER, REASON_CODE_HEADER, UNREADABLE_FRAME, WRONG_PARTITION
 from service.core.source import Route, SourceStage
 from service.core.watermarks import Watermarks, source_id
 from service.errors import BadRecord
@@ -81,7 +82,7 @@ class SourceTask:
         stage: SourceStage,
         partitions: Mapping[str, int],
         collector: RecordCollector,
-        dead_letters: dict[str, int],
+        dead_letters: dict[tuple[str, str], int],
         report_interval: float = REPORT_INTERVAL,
     ) -> None:
         self.topic = topic
@@ -97,7 +98,7 @@ class SourceTask:
             )
             for route in self._routes
         ]
-        #: Dead-letter topic -> records written to it; shared by the source tasks, for metrics.
+        #: (dead-letter topic, reason code) -> records written; shared by the source tasks, for metrics.
         self._dead_letters = dead_letters
         self._report_interval = report_interval
         #: The partition's end was reached after its last record (librdkafka's end-of-partition event).
@@ -129,7 +130,9 @@ class SourceTask:
 
     def _reject(self, record: OutputRecord) -> None:
         self.collector.emit(record)
-        self._dead_letters[record.topic] = self._dead_letters.get(record.topic, 0) + 1
+        code = next((value.decode() for name, value in record.headers if name == REASON_CODE_HEADER), OTHER)
+        where = (record.topic, code)
+        self._dead_letters[where] = self._dead_letters.get(where, 0) + 1
 
     def prepare_commit(self, now: float) -> bool:
         """Report the watermark to every repartition partition this source feeds.
@@ -193,6 +196,8 @@ class WindowTask:
         #: The partition's end was reached after its last record (librdkafka's end-of-partition event).
         self.caught_up = False
         self.dead_lettered = 0
+        #: ``dead_lettered`` by reason code.
+        self.dead_letter_reasons: dict[str, int] = {}
         self.out: list[OutputRecord] = []
         self.processor = WindowProcessor(self.pipeline, state.store, self.out)
         #: The source partitions that feed this task, and how far each has got.
@@ -238,7 +243,7 @@ class WindowTask:
             raw = message.value()
             key = message.key()
             if raw is None:
-                self._dead_letter("unreadable repartition record: no value", message)
+                self._dead_letter("unreadable repartition record: no value", message, UNREADABLE_FRAME)
                 continue
             try:
                 if key is None:
@@ -255,7 +260,7 @@ class WindowTask:
                     process(key, time_ms, loads(body), body, index, self.store.stream_time or time_ms)
                 data = True
             except (struct.error, TypeError, IndexError, orjson.JSONDecodeError) as exc:
-                self._dead_letter(f"unreadable repartition record: {exc}", message)
+                self._dead_letter(f"unreadable repartition record: {exc}", message, UNREADABLE_FRAME)
         self.caught_up = False
         self._advance(now, data)
         self._flush()
@@ -335,7 +340,16 @@ class WindowTask:
 
     def counts(self) -> TaskCounts:
         c = self.processor.counters
-        return TaskCounts(c.processed, c.late, c.emitted, c.merges, self.dead_lettered, self.state_manager.restored_records)
+        return TaskCounts(
+            c.processed,
+            c.late,
+            c.emitted,
+            c.merges,
+            self.dead_lettered,
+            self.state_manager.restored_records,
+            dict(c.late_reasons),
+            dict(self.dead_letter_reasons),
+        )
 
     def close(self) -> None:
         self.state_manager.close()
@@ -348,7 +362,7 @@ class WindowTask:
                 emit(record)
             out.clear()
 
-    def _dead_letter(self, error: str, message: Record) -> None:
+    def _dead_letter(self, error: str, message: Record, code: str) -> None:
         self.out.append(
             dead_letter(
                 self.pipeline.config.dead_letter_topic,
@@ -359,9 +373,11 @@ class WindowTask:
                 message.partition(),
                 message.offset(),
                 self.pipeline.name,
+                code,
             )
         )
         self.dead_lettered += 1
+        self.dead_letter_reasons[code] = self.dead_letter_reasons.get(code, 0) + 1
 
 
 #: Keys whose partition a direct task has checked, at most this many remembered.
@@ -409,7 +425,7 @@ class DirectTask(WindowTask):
                 if key not in verified:
                     self._verify(key, partition)
             except BadRecord as exc:
-                self._dead_letter(str(exc), message)
+                self._dead_letter(str(exc), message, exc.code)
                 continue
             process(key, time_ms, event, raw, index, observe(source, time_ms))  # type: ignore[arg-type]  # raw parsed, so not None
         self._idle_inputs.discard(index)
@@ -423,7 +439,8 @@ class DirectTask(WindowTask):
             raise BadRecord(
                 f"wrong partition: key {key!r} belongs in partition {expected} of {self._partitions} "
                 f"(Kafka's default partitioner), the record is in {partition}; the sources of a pipeline "
-                'grouped by the record key (key = "@key") must be partitioned by that key'
+                'grouped by the record key (key = "@key") must be partitioned by that key',
+                WRONG_PARTITION,
             )
         if len(self._verified) >= VERIFIED_KEYS:
             self._verified.clear()

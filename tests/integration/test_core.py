@@ -106,6 +106,7 @@ def test_late_event_goes_to_the_late_topic_with_its_reason(app):
     assert orjson.loads(record.value) == late
     assert record.key == b"u"
     assert b"more than grace" in record.headers["sessionizer.reason"]
+    assert record.headers["sessionizer.reason_code"] == b"behind_watermark"
     assert record.headers["sessionizer.event_time_ms"] == str(base).encode()
     assert record.headers["sessionizer.pipeline"] == b"sessions"
     reader.close()
@@ -118,20 +119,21 @@ def test_unusable_records_go_to_the_dead_letter_topic_and_the_service_carries_on
     service.wait_started()
     now = int(time.time() * 1000)
     bad = [
-        (b"{not json", "invalid JSON"),
-        (b"[1, 2]", "expected a JSON object"),
-        (orjson.dumps({"ts": now}), "no key"),
-        (orjson.dumps({"user_id": "u", "ts": "yesterday"}), "bad timestamp"),
-        (orjson.dumps({"user_id": {"id": 1}, "ts": now}), "key field 'user_id' has type dict"),
-        (orjson.dumps({"user_id": "u", "ts": now, "stake": "ten"}), "wrong type"),
+        (b"{not json", "invalid JSON", "invalid_json"),
+        (b"[1, 2]", "expected a JSON object", "not_an_object"),
+        (orjson.dumps({"ts": now}), "no key", "no_key"),
+        (orjson.dumps({"user_id": "u", "ts": "yesterday"}), "bad timestamp", "bad_timestamp"),
+        (orjson.dumps({"user_id": {"id": 1}, "ts": now}), "key field 'user_id' has type dict", "bad_key"),
+        (orjson.dumps({"user_id": "u", "ts": now, "stake": "ten"}), "wrong type", "wrong_type"),
     ]
-    produce(app.topic("web"), [raw for raw, _ in bad] + [orjson.dumps({"user_id": "ok", "ts": now, "stake": 5})])
+    produce(app.topic("web"), [raw for raw, _, _ in bad] + [orjson.dumps({"user_id": "ok", "ts": now, "stake": 5})])
     reader = Reader([app.topic("dlq"), app.topic("sessions")])
     dead = reader.wait_for(len(bad), timeout=30, topic=app.topic("dlq"))
     dead.sort(key=lambda r: int(r.headers["sessionizer.offset"]))  # unkeyed: spread over partitions
-    assert [r.value for r in dead] == [raw for raw, _ in bad]
-    for record, (_, reason) in zip(dead, bad):
+    assert [r.value for r in dead] == [raw for raw, _, _ in bad]
+    for record, (_, reason, code) in zip(dead, bad):
         assert reason in record.headers["sessionizer.error"].decode()
+        assert record.headers["sessionizer.reason_code"] == code.encode()
         assert record.headers["sessionizer.topic"] == app.topic("web").encode()
         assert record.headers["sessionizer.partition"] == b"0"
     assert [int(r.headers["sessionizer.offset"]) for r in dead] == list(range(len(bad)))

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import apply_env_overrides, parse_config
 from service.ops.metrics import build_registry
-from service.runtime.stats import LoopStats
+from service.runtime.stats import LoopStats, ProducerStats, TaskCounts
 from tests.helpers import REPO, load_script, sample_config
 
 yaml = pytest.importorskip("yaml")
@@ -87,6 +87,35 @@ def test_image_copies_what_exists_and_what_pip_needs():
             assert (REPO / source).exists(), source
     ignored = (REPO / ".dockerignore").read_text().split()
     assert not any(s in ignored for s in sources)
+
+
+def test_image_carries_what_every_shipped_config_imports():
+    """config/rules.toml names a custom aggregate class: its module is copied and importable from /app."""
+    copied = {shlex.split(copy)[0] for copy in dockerfile("COPY")}
+    environment = dict(e.split("=", 1) for e in dockerfile("ENV") if "=" in e and " " not in e)
+    assert "/app" in environment.get("PYTHONPATH", "").split(":")
+    assert dockerfile("WORKDIR") == ["/app"]
+    modules = set()
+    for path in (REPO / "config").glob("*.toml"):
+        modules.update(re.findall(r'class = "([\w.]+):\w+"', path.read_text()))
+    assert modules  # rules.toml has one
+    for module in modules:
+        top = module.split(".")[0]
+        assert top in copied, f"{module} is not copied into the image"
+        assert (REPO / top).is_dir() or (REPO / f"{top}.py").is_file()
+
+
+def test_image_has_oci_labels():
+    labels = dict(part.split("=", 1) for label in dockerfile("LABEL") for part in shlex.split(label))
+    prefix = "org.opencontainers.image."
+    assert {prefix + k for k in ("title", "description", "source", "licenses", "version")} <= labels.keys()
+    assert labels[prefix + "title"] == PYPROJECT["project"]["name"]
+    assert labels[prefix + "description"] == PYPROJECT["project"]["description"]
+    args = dict(a.split("=", 1) for a in dockerfile("ARG"))
+    assert labels[prefix + "version"] == "${VERSION}" and args["VERSION"] == PYPROJECT["project"]["version"]
+    assert labels[prefix + "source"] == "${SOURCE_URL}" and "SOURCE_URL" in args
+    declared = PYPROJECT["project"].get("license")
+    assert labels[prefix + "licenses"] == (declared if isinstance(declared, str) else "NOASSERTION")
 
 
 # -- docker-compose.yml -----------------------------------------------------------------
@@ -170,10 +199,63 @@ def test_alerts_and_dashboard_use_metrics_that_exist():
     alerts = yaml.safe_load((REPO / "deploy" / "alerts.yml").read_text())
     expressions = [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
     dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "sessionizer.json").read_text())
-    expressions += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    expressions += [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
     used = set().union(*(_referenced_metrics(e) for e in expressions))
     assert len(used) >= 15
     assert used <= exported, used - exported
+
+
+ALERTS = yaml.safe_load((REPO / "deploy" / "alerts.yml").read_text())
+RULES = [rule for group in ALERTS["groups"] for rule in group["rules"]]
+
+
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub makes of a document's headings: lower case, punctuation dropped, spaces to hyphens."""
+    found = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", markdown, re.MULTILINE):
+        found.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+    return found
+
+
+def test_every_alert_has_a_severity_and_a_runbook_that_exists():
+    operations = (REPO / "docs" / "operations.md").read_text()
+    headings = anchors(operations)
+    assert len(RULES) >= 12
+    names = [rule["alert"] for rule in RULES]
+    assert len(names) == len(set(names))
+    for rule in RULES:
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"], name
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"docs/operations.md#runbook-{name.lower()}", name
+        assert url.split("#")[1] in headings, f"{name}: no heading for {url}"
+    # and the runbooks are those of the alerts, no more
+    runbooks = {a for a in headings if a.startswith("runbook-")}
+    assert runbooks == {f"runbook-{name.lower()}" for name in names}
+
+
+def test_alerts_keep_app_id_so_two_applications_alert_apart():
+    for rule in RULES:
+        expr = rule["expr"]
+        if "sessionizer_" not in expr:
+            continue  # up{job="sessionizer"}: per target
+        for grouping in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+            assert "app_id" in [label.strip() for label in grouping.split(",")], (rule["alert"], grouping)
+        # an aggregation without "by" would add applications up
+        for aggregation in re.finditer(r"\b(?:sum|max|min|avg|count)\b\s*(by\s*\()?", expr):
+            assert aggregation.group(1), (rule["alert"], aggregation.group(0))
+        for ignored in re.findall(r"\bignoring\s*\(([^)]*)\)", expr):
+            assert "app_id" not in ignored, rule["alert"]
+
+
+def test_operations_guide_anchor_links_resolve():
+    text = (REPO / "docs" / "operations.md").read_text()
+    headings = anchors(text)
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert links
+    for anchor in links:
+        assert anchor in headings, anchor
 
 
 # -- the operations guide ---------------------------------------------------------------
@@ -190,6 +272,43 @@ def test_operations_guide_lists_every_metric_and_nothing_else():
             name = family.name + ("_total" if family.type == "counter" else "_info" if family.type == "info" else "")
             exported[name] = "gauge" if family.type == "info" else family.type
     assert documented == exported
+
+
+def test_operations_guide_lists_each_metrics_labels_app_id_included():
+    """The Labels column is what the registry exports, and every sessionizer_* series carries app_id."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    documented = {}
+    for match in re.finditer(r"^\| `(sessionizer_[a-z_]+)` \| \w+ \| ([^|]*) \|", text, re.MULTILINE):
+        documented[match.group(1)] = set(re.findall(r"`(\w+)`", match.group(2)))
+    stats = LoopStats()
+    sample = stats.sample
+    sample.tasks[("p", 0)] = TaskCounts()
+    sample.stores[("p", 0)] = (0, 0)
+    sample.restore_remaining[("p", 0)] = 0
+    sample.stream_time[("p", 0)] = 0
+    sample.watermarks[("p", 0, "t")] = 0
+    sample.lag[("t", 0)] = 0
+    stats.consumed[("t", 0)] = 0
+    stats.emit_observer("p")
+    stats.kafka_consumer_lag[("t", 0)] = 0
+    stats.producer = ProducerStats(transaction_state="Ready")
+    exported = _exported_labels(stats)
+    assert set(exported) == set(documented)  # every family has a sample here
+    for name, labels in exported.items():
+        assert "app_id" in labels, name
+        assert documented.get(name) == labels, name
+
+
+def _exported_labels(stats: LoopStats) -> dict[str, set[str]]:
+    """Documented name (``_total``, ``_info``…) -> the label names its samples carry (``le`` aside)."""
+    out: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(generate_latest(build_registry(stats, sample_config())).decode()):
+        if not family.name.startswith("sessionizer"):
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        for sample in family.samples:
+            out.setdefault(name, set()).update(k for k in sample.labels if k != "le")
+    return out
 
 
 def test_operations_guide_links_exist():

@@ -169,10 +169,51 @@ def test_dead_letters_say_where_the_record_came_from(stage):
     where = headers(dead)
     assert where.pop("sessionizer.error").startswith(b"invalid JSON")
     assert where == {
+        "sessionizer.reason_code": b"invalid_json",
         "sessionizer.topic": b"web",
         "sessionizer.partition": b"3",
         "sessionizer.offset": b"42",
     }
+
+
+@pytest.mark.parametrize(
+    ("topic", "raw", "key", "code"),
+    [
+        ("web", None, None, b"invalid_json"),  # a tombstone: no JSON at all
+        ("web", b"{broken", None, b"invalid_json"),
+        ("web", b'"text"', None, b"not_an_object"),
+        ("web", b'{"ts": 1}', None, b"no_key"),
+        ("web", b'{"user_id": null, "ts": 1}', None, b"no_key"),
+        ("web", b'{"user_id": "", "ts": 1}', None, b"bad_key"),
+        ("web", b'{"user_id": [1], "ts": 1}', None, b"bad_key"),
+        ("web", b'{"user_id": "u"}', None, b"bad_timestamp"),  # no time field, no record timestamp
+        ("web", b'{"user_id": "u", "ts": "soon"}', None, b"bad_timestamp"),
+        ("web", b'{"user_id": "u", "ts": true}', None, b"bad_timestamp"),
+    ],
+)
+def test_each_dead_letter_carries_its_reason_code(stage, topic, raw, key, code):
+    sink = Sink()
+    sink.run(stage, topic, raw, key=key)
+    (dead,) = sink.rejected
+    assert headers(dead)["sessionizer.reason_code"] == code
+    assert headers(dead)["sessionizer.error"]  # the text still says the details
+
+
+def test_a_non_number_for_a_numeric_aggregate_is_wrong_type():
+    visits = pipeline(["web"], "user_id", "dlq", SESSION)
+    visits["aggregates"] = {"spent": {"type": "sum", "field": "amount"}}
+    stage = SourceStage(compile_tables({"visits": visits}))
+    sink = Sink()
+    sink.run(stage, "web", orjson.dumps({"user_id": "u", "ts": 1, "amount": "ten"}))
+    (dead,) = sink.rejected
+    assert headers(dead)["sessionizer.reason_code"] == b"wrong_type"
+
+
+def test_reject_all_takes_the_callers_code_or_other(stage):
+    sink = Sink()
+    stage.reject_all(stage.routes("web"), "no topic", b"line", Message("-", 0, 4), sink.reject)
+    stage.reject_all(stage.routes("web"), "bad", b"line", Message("-", 0, 5), sink.reject, "not_an_object")
+    assert [headers(r)["sessionizer.reason_code"] for r in sink.rejected] == [b"other", b"not_an_object"]
 
 
 def test_an_event_already_decoded_is_forwarded_with_the_given_bytes(stage):

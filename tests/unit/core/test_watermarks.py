@@ -159,7 +159,32 @@ def test_a_source_beyond_its_own_grace_is_late_whatever_the_others_do():
         (late,) = harness.late()
         headers = dict(late.headers)
         assert headers["sessionizer.watermark_ms"] == b"1000"
+        assert headers["sessionizer.reason_code"] == b"behind_watermark"
         assert harness.processor.stream_time is None  # nothing moved it yet
+        assert harness.processor.counters.late_reasons == {"behind_watermark": 1}
+    finally:
+        harness.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_an_event_on_time_for_its_source_but_behind_stream_time_is_late_behind_stream_time():
+    config = session_config(gap=f"{GAP}ms", grace=f"{GRACE}ms", time_format="epoch_ms")
+    tmp = Path(tempfile.mkdtemp())
+    harness = Harness(config, tmp / "store")
+    marks = Watermarks([A, B])
+    try:
+        harness.send({"user_id": "k", "ts": 5_000}, watermark=marks.observe(A, 5_000))
+        marks.report(B, None, True, now=0)  # B is idle: stream time follows A alone
+        harness.processor.advance(marks.stream_time(now=0))
+        assert harness.processor.stream_time == 5_000
+        # B comes back with its first event, far behind: on time for B, not for stream time
+        harness.send({"user_id": "k", "ts": 1_000}, watermark=marks.observe(B, 1_000))
+        # and one beyond B's own grace as well: B's own disorder is the reason
+        harness.send({"user_id": "k", "ts": 1_000 - GRACE - 1}, watermark=marks.observe(B, 1_000 - GRACE - 1))
+        codes = [dict(r.headers)["sessionizer.reason_code"] for r in harness.late()]
+        assert codes == [b"behind_stream_time", b"behind_watermark"]
+        assert harness.processor.counters.late == 2
+        assert harness.processor.counters.late_reasons == {"behind_stream_time": 1, "behind_watermark": 1}
     finally:
         harness.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -145,6 +145,8 @@ def test_a_record_in_the_wrong_partition_goes_to_the_dead_letter_topic(instance)
     errors = [dict(r.headers)["sessionizer.error"].decode() for r in dead]
     assert errors[0].startswith("wrong partition: key b'" + elsewhere.decode() + "' belongs in partition 1 of 2")
     assert errors[1].startswith("no key")
+    assert [dict(r.headers)["sessionizer.reason_code"] for r in dead] == [b"wrong_partition", b"no_key"]
+    assert instance.task(0).counts().dead_letter_reasons == {"wrong_partition": 1, "no_key": 1}
     assert [r.value for r in dead] == [record(WEB, 0, elsewhere, T0).value(), record(WEB, 1, elsewhere, T0).value()]
     assert instance.task(0).counts().processed == 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from service.runtime.stats import Buckets, LoopStats
+from service.runtime.stats import Buckets, LoopStats, TaskCounts
 
 
 def test_buckets_are_cumulative_with_le_semantics():
@@ -29,3 +29,11 @@ def test_tick_marks_the_loop_alive_and_asks_for_a_sample_once_a_second():
     assert due == [True, False, True]
     stats.rebalances += 1  # a new assignment is sampled at once
     assert stats.tick(101.2)
+
+
+def test_task_counts_add_up_by_reason_too():
+    total = TaskCounts(late=1, late_reasons={"behind_watermark": 1})
+    total.add(TaskCounts(late=2, late_reasons={"behind_watermark": 1, "behind_stream_time": 1}, dead_letter_reasons={"no_key": 3}))
+    assert total.late == 3
+    assert total.late_reasons == {"behind_watermark": 2, "behind_stream_time": 1}
+    assert total.dead_letter_reasons == {"no_key": 3}

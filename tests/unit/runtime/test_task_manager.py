@@ -286,7 +286,20 @@ def test_an_unreadable_source_record_goes_to_the_dead_letter_topic(instance, clu
     assert record.topic == a.config.pipelines[0].dead_letter_topic
     assert (record.key, record.value) == (b"k", b"not json")
     assert dict(record.headers)["sessionizer.offset"] == b"3"
+    assert dict(record.headers)["sessionizer.reason_code"] == b"invalid_json"
     assert cluster.group_offsets == {(SOURCE, 0): 4}
+    assert a.stats.source_dead_letters == {(record.topic, "invalid_json"): 1}
+
+
+def test_an_unreadable_repartition_record_is_an_unreadable_frame(instance, cluster):
+    a = instance()
+    a.assign((REPARTITION, 0))
+    a.tasks.route([FakeMessage(REPARTITION, 0, 0, key=b"u1", value=b"\x01short")])
+    a.tasks.commit()
+    [record] = [r for r in events(cluster.transactions[0].records) if r.topic == a.config.pipelines[0].dead_letter_topic]
+    assert dict(record.headers)["sessionizer.reason_code"] == b"unreadable_frame"
+    counts = a.tasks.task_counts()[("s", 0)]
+    assert (counts.dead_lettered, counts.dead_letter_reasons) == (1, {"unreadable_frame": 1})
 
 
 def test_a_commit_sends_closed_sessions_changelog_and_offsets_in_one_transaction_in_order(instance, cluster, monkeypatch):

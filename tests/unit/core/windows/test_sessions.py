@@ -82,6 +82,7 @@ def test_event_more_than_grace_behind_stream_time_is_late_and_never_reopens_a_se
     late = h.late()
     assert len(late) == 1 and late[0].topic == "sessionizer-late"
     assert dict(late[0].headers)["sessionizer.reason"].startswith(b"event time")
+    assert dict(late[0].headers)["sessionizer.reason_code"] == b"behind_watermark"  # one source: its watermark is stream time
     assert bounds(h.emitted()) == [(at("14:30"), at("14:30"), 1), (at("14:50"), at("14:50"), 1)]
 
 
