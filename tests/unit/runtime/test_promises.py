@@ -18,6 +18,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from service.config import Config
+from service.core.partitioner import partition_for
 from service.core.pipeline import compile_pipelines
 from service.core.topology import plan
 from service.core.watermarks import source_id
@@ -26,7 +27,7 @@ from service.runtime.collector import RecordCollector
 from service.runtime.frames import DATA, DATA_FRAME, report
 from service.runtime.stats import LoopStats
 from service.runtime.task_manager import TaskManager
-from service.runtime.tasks import TaskState, WindowTask
+from service.runtime.tasks import DirectTask, TaskState, WindowTask
 from tests.fakes import FakeAdmin, FakeCluster, FakeConsumer, FakeMessage, FakeProducer, Produced, eof
 from tests.helpers import config_from_toml
 
@@ -441,3 +442,233 @@ def test_at_least_once_does_not_purge_past_an_offset_commit_that_failed(instance
     a.tasks.commit()
     assert cluster.group_offsets == {(REPARTITION, 0): 1}  # the offset commit did fail
     assert deletions_past_committed(a) == []
+
+
+# -- 5. late records -----------------------------------------------------------------------------
+
+
+def too_late(time_ms: int, grace_ms: int, limit: int) -> bytes:
+    """A session window's reason; ``limit`` is the later of the source's watermark and stream time."""
+    return f"event time {time_ms} is more than grace ({grace_ms} ms) behind stream time {limit}".encode()
+
+
+def test_a_late_record_is_the_original_bytes_with_every_header_exact(instance, cluster):
+    a = instance()
+    a.assign((REPARTITION, 0))
+    # S0 is at T0 + 10m, S1 at T0 + 5m: stream time T0 + 5m.
+    a.tasks.route([data(0, 0, "u1", T0 + 10 * MINUTE, S0), data(0, 1, "u2", T0 + 5 * MINUTE, S1)])
+    # An event of S0 at T0 + 8m: within grace of stream time, but 2 minutes behind its own source's watermark.
+    body = b'{ "ts": 1700000480000,  "user_id":"u3", "note": "caf\\u00e9" }'
+    a.tasks.route([data(0, 2, "u3", T0 + 8 * MINUTE, S0, watermark=T0 + 10 * MINUTE, body=body)])
+    a.tasks.commit()
+
+    [late] = cluster.visible(LATE)
+    assert late.key == b"u3"
+    assert late.value == body
+    assert list(late.headers) == [
+        ("sessionizer.reason", too_late(T0 + 8 * MINUTE, MINUTE, T0 + 10 * MINUTE)),
+        ("sessionizer.pipeline", b"s"),
+        ("sessionizer.event_time_ms", str(T0 + 8 * MINUTE).encode()),
+        ("sessionizer.stream_time_ms", str(T0 + 5 * MINUTE).encode()),
+        ("sessionizer.watermark_ms", str(T0 + 10 * MINUTE).encode()),
+    ]
+    assert a.window().store.peek(b"u3") == []
+
+
+def test_a_late_records_stream_time_header_is_absent_while_stream_time_is_unknown(instance, cluster):
+    a = instance()
+    a.assign((REPARTITION, 0))
+    a.tasks.route([data(0, 0, "u1", T0 + 10 * MINUTE, S0)])  # S1 has said nothing: no stream time
+    body = b'{"user_id" : "u2", "ts" : 1700000000000}'
+    a.tasks.route([data(0, 1, "u2", T0, S0, watermark=T0 + 10 * MINUTE, body=body)])
+    a.tasks.commit()
+    assert a.window().store.stream_time is None
+    [late] = cluster.visible(LATE)
+    assert (late.key, late.value) == (b"u2", body)
+    assert list(late.headers) == [
+        ("sessionizer.reason", too_late(T0, MINUTE, T0 + 10 * MINUTE)),
+        ("sessionizer.pipeline", b"s"),
+        ("sessionizer.event_time_ms", str(T0).encode()),
+        ("sessionizer.watermark_ms", str(T0 + 10 * MINUTE).encode()),
+    ]
+
+
+# -- 6. dead letters -------------------------------------------------------------------------------
+
+
+def dead_letters(cluster: FakeCluster) -> list[Produced]:
+    return cluster.visible(DEAD)
+
+
+def where(record: Produced) -> dict[str, bytes]:
+    """The dead letter's headers but its error."""
+    headers = dict(record.headers)
+    assert len(headers) == len(record.headers), "a header appears twice"
+    headers.pop("sessionizer.error")
+    return headers
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(b"\xff\xfe{not json", b"invalid JSON"), (b'[1, "two"]', b"expected a JSON object"), (None, b"empty value (tombstone)")],
+    ids=["not JSON", "not an object", "tombstone"],
+)
+def test_a_record_the_source_stage_cannot_decode_is_dead_lettered_as_it_was(instance, cluster, value, error):
+    a = instance()
+    a.assign((SOURCE, 1))
+    a.tasks.route([FakeMessage(SOURCE, 1, 7, value=value, key=b"\x00k\xff", timestamp_ms=T0)])
+    a.tasks.commit()
+    [dead] = dead_letters(cluster)
+    assert (dead.key, dead.value) == (b"\x00k\xff", value)
+    assert dict(dead.headers)["sessionizer.error"].startswith(error)
+    assert where(dead) == {"sessionizer.topic": b"events", "sessionizer.partition": b"1", "sessionizer.offset": b"7"}
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (b'{"ts": 1700000000000,  "amount": 1}', b"no key: field 'user_id' is missing or null"),
+        (b'{"user_id": ["u1"], "ts": 1700000000000}', b"key field 'user_id' has type list"),
+        (b'{"user_id": "", "ts": 1700000000000}', b"key field 'user_id' is empty"),
+        (b'{"user_id": "u1", "ts": "yesterday"}', b"bad timestamp in 'ts'"),
+        (b'{"user_id": "u1", "ts": 1700000000000, "amount": "lots"}', b"wrong type: aggregate 'total' needs a number in 'amount', got str"),
+    ],
+    ids=["no key", "key of the wrong type", "empty key", "unreadable time", "non-number aggregate"],
+)
+def test_a_record_the_pipeline_cannot_use_is_dead_lettered_as_it_was_naming_the_pipeline(instance, cluster, value, error):
+    a = instance()
+    a.assign((SOURCE, 0))
+    a.tasks.route([FakeMessage(SOURCE, 0, 12, value=value, key=b"record-key", timestamp_ms=T0)])
+    a.tasks.commit()
+    [dead] = dead_letters(cluster)
+    assert (dead.key, dead.value) == (b"record-key", value)
+    assert dict(dead.headers)["sessionizer.error"].startswith(error)
+    assert where(dead) == {
+        "sessionizer.topic": b"events",
+        "sessionizer.partition": b"0",
+        "sessionizer.offset": b"12",
+        "sessionizer.pipeline": b"s",
+    }
+    assert [r for r in cluster.visible(REPARTITION) if r.key is not None] == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error"),
+    [
+        (b"u1", b"\x01\x02\x03", b"unreadable repartition record"),
+        (b"u1", DATA_FRAME.pack(DATA, T0, T0, S0) + b"{not json", b"unreadable repartition record"),
+        (b"u1", None, b"unreadable repartition record: no value"),
+        (None, b"\x02\x00", b"unreadable repartition record"),
+    ],
+    ids=["short frame", "frame of bytes that are not JSON", "no value", "short report"],
+)
+def test_an_unreadable_repartition_record_is_dead_lettered_as_it_was(instance, cluster, key, value, error):
+    a = instance()
+    a.assign((REPARTITION, 1))
+    a.tasks.route([FakeMessage(REPARTITION, 1, 4, value=value, key=key)])
+    a.tasks.commit()
+    [dead] = dead_letters(cluster)
+    assert (dead.key, dead.value) == (key, value)
+    assert dict(dead.headers)["sessionizer.error"].startswith(error)
+    assert where(dead) == {
+        "sessionizer.topic": REPARTITION.encode(),
+        "sessionizer.partition": b"1",
+        "sessionizer.offset": b"4",
+        "sessionizer.pipeline": b"s",
+    }
+    assert a.window(1).counts().processed == 0
+
+
+# -- a pipeline read directly (key = "@key") --------------------------------------------------------
+
+WEB, MOBILE = "web", "mobile"
+
+
+class DirectInstance:
+    """Pipeline ``s`` grouped by the record key over ``web`` and ``mobile``, two partitions each, read directly."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.cluster = FakeCluster()
+        self.config = config_from_toml(
+            f"""
+[app]
+instance_id = "test"
+state_dir = "{state_dir}"
+[topics]
+partitions = 2
+[pipelines.s]
+sources = ["{WEB}", "{MOBILE}"]
+key = "@key"
+time = "ts"
+time_format = "epoch_ms"
+output = "{OUTPUT}"
+[pipelines.s.window]
+type = "session"
+gap = "10s"
+grace = "1s"
+"""
+        )
+        partitions = {WEB: 2, MOBILE: 2, CHANGELOG: 2}
+        self.consumer = FakeConsumer(self.cluster)
+        self.collector = RecordCollector(lambda: FakeProducer(self.cluster), True)
+        self.tasks = TaskManager(
+            self.config,
+            compile_pipelines(self.config.pipelines),
+            plan(self.config.pipelines, 2, partitions),
+            self.consumer,
+            self.collector,
+            ChangelogReader(FakeConsumer(self.cluster)),
+            FakeAdmin(),
+            LoopStats(),
+            partitions,
+            clock=lambda: 100.0,
+        )
+        self.collector.init()
+        self.tasks.on_assign(self.consumer, [TopicPartition(t, 0) for t in (WEB, MOBILE)])
+        assert isinstance(self.tasks.window_tasks[("s", 0)], DirectTask)
+
+
+@pytest.fixture
+def direct(tmp_path):
+    made = DirectInstance(tmp_path)
+    yield made
+    made.tasks.close()
+
+
+def key_in(partition: int) -> bytes:
+    """A record key Kafka's default partitioner puts in ``partition`` of 2."""
+    return next(k for k in (f"user-{n}".encode() for n in range(100)) if partition_for(k, 2) == partition)
+
+
+def test_a_record_in_the_wrong_partition_of_a_direct_task_is_dead_lettered_as_it_was(direct):
+    key = key_in(1)
+    value = b'{ "ts" : 1700000000000, "page":"caf\\u00e9" }'
+    direct.tasks.route([FakeMessage(MOBILE, 0, 5, value=value, key=key, timestamp_ms=T0)])
+    direct.tasks.commit()
+    [dead] = direct.cluster.visible(DEAD)
+    assert (dead.key, dead.value) == (key, value)
+    assert dict(dead.headers)["sessionizer.error"].startswith(b"wrong partition")
+    assert where(dead) == {
+        "sessionizer.topic": b"mobile",
+        "sessionizer.partition": b"0",
+        "sessionizer.offset": b"5",
+        "sessionizer.pipeline": b"s",
+    }
+
+
+def test_a_direct_tasks_late_record_is_the_original_bytes_with_its_inputs_watermark(direct):
+    key = key_in(0)
+    late_body = b'{"ts":1700000000000 , "x": 1}'
+    direct.tasks.route([FakeMessage(WEB, 0, 0, value=orjson.dumps({"ts": T0 + 5 * SECOND}), key=key, timestamp_ms=T0)])
+    direct.tasks.route([FakeMessage(MOBILE, 0, 0, value=orjson.dumps({"ts": T0 + 3 * SECOND}), key=key, timestamp_ms=T0)])
+    direct.tasks.route([FakeMessage(WEB, 0, 1, value=late_body, key=key, timestamp_ms=T0)])  # 5 s behind web, grace 1 s
+    direct.tasks.commit()
+    [late] = direct.cluster.visible(LATE)
+    assert (late.key, late.value) == (key, late_body)
+    assert list(late.headers) == [
+        ("sessionizer.reason", too_late(T0, SECOND, T0 + 5 * SECOND)),
+        ("sessionizer.pipeline", b"s"),
+        ("sessionizer.event_time_ms", str(T0).encode()),
+        ("sessionizer.stream_time_ms", str(T0 + 3 * SECOND).encode()),
+        ("sessionizer.watermark_ms", str(T0 + 5 * SECOND).encode()),
+    ]
