@@ -55,3 +55,65 @@ def test_bad_keys(event, message):
 def test_bad_values(raw, message):
     with pytest.raises(BadRecord, match=message):
         parse_event(raw)
+
+
+# -- the epoch seconds / milliseconds boundary (1e11) -----------------------------------------------
+
+LAST_SECONDS = 99_999_999_999  # the largest number read as seconds: the year 5138
+FIRST_MS = 100_000_000_000  # the smallest read as milliseconds: 1973-03-03
+
+
+# A top-level field takes the per-event fast path for ints; a nested one goes the general way.
+@pytest.mark.parametrize("path", ["ts", "t.ts"])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (LAST_SECONDS, LAST_SECONDS * 1000),
+        (FIRST_MS, FIRST_MS),
+        (float(LAST_SECONDS), LAST_SECONDS * 1000),
+        (LAST_SECONDS + 0.5, LAST_SECONDS * 1000 + 500),
+        (float(FIRST_MS), FIRST_MS),
+        ("99999999999", LAST_SECONDS * 1000),
+        ("99999999999.25", LAST_SECONDS * 1000 + 250),
+        ("100000000000", FIRST_MS),
+        (" 100000000000 ", FIRST_MS),
+        ("1e11", FIRST_MS),
+        # Negative times (before 1970) are judged by their size (the code compares abs(value) with 1e11).
+        (-1, -1000),
+        (-1.5, -1500),
+        ("-1", -1000),
+        (-LAST_SECONDS, -LAST_SECONDS * 1000),
+        (-FIRST_MS, -FIRST_MS),
+        ("-100000000000", -FIRST_MS),
+        ("1969-12-31T23:59:59Z", -1000),
+        ("1969-12-31T23:59:59.5", -500),
+    ],
+)
+def test_auto_reads_numbers_below_1e11_as_seconds_and_from_1e11_on_as_milliseconds(path, value, expected):
+    event = {"ts": value} if path == "ts" else {"t": {"ts": value}}
+    result = TimeExtractor(path)(event, None)
+    assert result == expected
+    assert type(result) is int
+
+
+@pytest.mark.parametrize("path", ["ts", "t.ts"])
+@pytest.mark.parametrize(
+    "fmt,value,expected",
+    [
+        ("epoch_s", FIRST_MS, FIRST_MS * 1000),
+        ("epoch_s", float(FIRST_MS), FIRST_MS * 1000),
+        ("epoch_s", "100000000000", FIRST_MS * 1000),
+        ("epoch_s", -FIRST_MS, -FIRST_MS * 1000),
+        ("epoch_s", LAST_SECONDS, LAST_SECONDS * 1000),
+        ("epoch_ms", LAST_SECONDS, LAST_SECONDS),
+        ("epoch_ms", float(LAST_SECONDS), LAST_SECONDS),
+        ("epoch_ms", "99999999999", LAST_SECONDS),
+        ("epoch_ms", -1, -1),
+        ("epoch_ms", FIRST_MS, FIRST_MS),
+    ],
+)
+def test_epoch_s_and_epoch_ms_override_the_boundary(path, fmt, value, expected):
+    event = {"ts": value} if path == "ts" else {"t": {"ts": value}}
+    result = TimeExtractor(path, fmt)(event, None)
+    assert result == expected
+    assert type(result) is int
