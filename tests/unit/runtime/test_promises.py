@@ -471,6 +471,7 @@ def test_a_late_record_is_the_original_bytes_with_every_header_exact(instance, c
         ("sessionizer.event_time_ms", str(T0 + 8 * MINUTE).encode()),
         ("sessionizer.stream_time_ms", str(T0 + 5 * MINUTE).encode()),
         ("sessionizer.watermark_ms", str(T0 + 10 * MINUTE).encode()),
+        ("sessionizer.reason_code", b"behind_watermark"),
     ]
     assert a.window().store.peek(b"u3") == []
 
@@ -490,6 +491,7 @@ def test_a_late_records_stream_time_header_is_absent_while_stream_time_is_unknow
         ("sessionizer.pipeline", b"s"),
         ("sessionizer.event_time_ms", str(T0).encode()),
         ("sessionizer.watermark_ms", str(T0 + 10 * MINUTE).encode()),
+        ("sessionizer.reason_code", b"behind_watermark"),
     ]
 
 
@@ -509,11 +511,15 @@ def where(record: Produced) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(
-    ("value", "error"),
-    [(b"\xff\xfe{not json", b"invalid JSON"), (b'[1, "two"]', b"expected a JSON object"), (None, b"empty value (tombstone)")],
+    ("value", "error", "code"),
+    [
+        (b"\xff\xfe{not json", b"invalid JSON", b"invalid_json"),
+        (b'[1, "two"]', b"expected a JSON object", b"not_an_object"),
+        (None, b"empty value (tombstone)", b"invalid_json"),
+    ],
     ids=["not JSON", "not an object", "tombstone"],
 )
-def test_a_record_the_source_stage_cannot_decode_is_dead_lettered_as_it_was(instance, cluster, value, error):
+def test_a_record_the_source_stage_cannot_decode_is_dead_lettered_as_it_was(instance, cluster, value, error, code):
     a = instance()
     a.assign((SOURCE, 1))
     a.tasks.route([FakeMessage(SOURCE, 1, 7, value=value, key=b"\x00k\xff", timestamp_ms=T0)])
@@ -521,21 +527,26 @@ def test_a_record_the_source_stage_cannot_decode_is_dead_lettered_as_it_was(inst
     [dead] = dead_letters(cluster)
     assert (dead.key, dead.value) == (b"\x00k\xff", value)
     assert dict(dead.headers)["sessionizer.error"].startswith(error)
-    assert where(dead) == {"sessionizer.topic": b"events", "sessionizer.partition": b"1", "sessionizer.offset": b"7"}
+    assert where(dead) == {
+        "sessionizer.topic": b"events",
+        "sessionizer.partition": b"1",
+        "sessionizer.offset": b"7",
+        "sessionizer.reason_code": code,
+    }
 
 
 @pytest.mark.parametrize(
-    ("value", "error"),
+    ("value", "error", "code"),
     [
-        (b'{"ts": 1700000000000,  "amount": 1}', b"no key: field 'user_id' is missing or null"),
-        (b'{"user_id": ["u1"], "ts": 1700000000000}', b"key field 'user_id' has type list"),
-        (b'{"user_id": "", "ts": 1700000000000}', b"key field 'user_id' is empty"),
-        (b'{"user_id": "u1", "ts": "yesterday"}', b"bad timestamp in 'ts'"),
-        (b'{"user_id": "u1", "ts": 1700000000000, "amount": "lots"}', b"wrong type: aggregate 'total' needs a number in 'amount', got str"),
+        (b'{"ts": 1700000000000,  "amount": 1}', b"no key: field 'user_id' is missing or null", b"no_key"),
+        (b'{"user_id": ["u1"], "ts": 1700000000000}', b"key field 'user_id' has type list", b"bad_key"),
+        (b'{"user_id": "", "ts": 1700000000000}', b"key field 'user_id' is empty", b"bad_key"),
+        (b'{"user_id": "u1", "ts": "yesterday"}', b"bad timestamp in 'ts'", b"bad_timestamp"),
+        (b'{"user_id": "u1", "ts": 1700000000000, "amount": "lots"}', b"wrong type: aggregate 'total' needs a number in 'amount', got str", b"wrong_type"),
     ],
     ids=["no key", "key of the wrong type", "empty key", "unreadable time", "non-number aggregate"],
 )
-def test_a_record_the_pipeline_cannot_use_is_dead_lettered_as_it_was_naming_the_pipeline(instance, cluster, value, error):
+def test_a_record_the_pipeline_cannot_use_is_dead_lettered_as_it_was_naming_the_pipeline(instance, cluster, value, error, code):
     a = instance()
     a.assign((SOURCE, 0))
     a.tasks.route([FakeMessage(SOURCE, 0, 12, value=value, key=b"record-key", timestamp_ms=T0)])
@@ -548,6 +559,7 @@ def test_a_record_the_pipeline_cannot_use_is_dead_lettered_as_it_was_naming_the_
         "sessionizer.partition": b"0",
         "sessionizer.offset": b"12",
         "sessionizer.pipeline": b"s",
+        "sessionizer.reason_code": code,
     }
     assert [r for r in cluster.visible(REPARTITION) if r.key is not None] == []
 
@@ -575,6 +587,7 @@ def test_an_unreadable_repartition_record_is_dead_lettered_as_it_was(instance, c
         "sessionizer.partition": b"1",
         "sessionizer.offset": b"4",
         "sessionizer.pipeline": b"s",
+        "sessionizer.reason_code": b"unreadable_frame",
     }
     assert a.window(1).counts().processed == 0
 
@@ -653,6 +666,7 @@ def test_a_record_in_the_wrong_partition_of_a_direct_task_is_dead_lettered_as_it
         "sessionizer.partition": b"0",
         "sessionizer.offset": b"5",
         "sessionizer.pipeline": b"s",
+        "sessionizer.reason_code": b"wrong_partition",
     }
 
 
@@ -671,4 +685,5 @@ def test_a_direct_tasks_late_record_is_the_original_bytes_with_its_inputs_waterm
         ("sessionizer.event_time_ms", str(T0).encode()),
         ("sessionizer.stream_time_ms", str(T0 + 3 * SECOND).encode()),
         ("sessionizer.watermark_ms", str(T0 + 5 * SECOND).encode()),
+        ("sessionizer.reason_code", b"behind_watermark"),
     ]
