@@ -162,15 +162,16 @@ class TaskManager:
             self.on_consumed(where, len(group))
         # A partition's end-of-partition event follows its records in the batch,
         # so it is applied after them.
+        now = self.clock()
         for where in ends:
             source = self.source_tasks.get(where)
             if source is not None:
                 source.caught_up = True
             for task, index in self._window_inputs.get(where, ()):
                 if isinstance(task, DirectTask):
-                    task.input_caught_up(index)
+                    task.input_caught_up(index, now)
                 else:
-                    task.caught_up = True
+                    task.reached_end(now)
         if groups:
             self.alignment.align(self.source_tasks.values(), self.running_tasks, self.clock())
 
@@ -233,12 +234,16 @@ class TaskManager:
             source.post_commit()
         for task in prepared:
             task.post_commit()
+        offsets_committed = True
         if not self.config.exactly_once and offsets:
             try:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
+                # Kept for the next commit; meanwhile nothing after the committed offset may be purged.
                 log.warning("offset commit failed; records will be processed again", error=str(exc.args[0]))
-        self.checkpoint.committed()
+                offsets_committed = False
+        if offsets_committed:
+            self.checkpoint.committed()
         self._sent_at_commit = self.collector.sent
         self.stats.records_sent = self.collector.sent
         self._purge()

@@ -205,7 +205,8 @@ class WindowTask:
         self._committed_marks: dict[int, int] = {}
         self._clock = clock
         self._pending: PendingCommit | None = None
-        self._idle_base = (self.store.stream_time, clock())
+        #: (stream time, wall clock) when everything was last found read; None while something is not.
+        self._idle_base: tuple[int | None, float] | None = None
 
     @property
     def name(self) -> str:
@@ -261,16 +262,32 @@ class WindowTask:
                 data = True
             except (struct.error, TypeError, IndexError, orjson.JSONDecodeError) as exc:
                 self._dead_letter(f"unreadable repartition record: {exc}", message, UNREADABLE_FRAME)
-        self.caught_up = False
+        if data:
+            # Events were waiting: not caught up until the next end-of-partition event. Reports
+            # alone (the sources' heartbeats) hide no event and keep the idle clock running.
+            self.caught_up = False
         self._advance(now, data)
         self._flush()
 
     def _advance(self, now: float, data: bool) -> None:
-        """Stream time follows the slowest source; the idle clock restarts when it or the data moved."""
+        """Stream time follows the slowest source; then the idle clock is checked (``_check_idle``)."""
         before = self.store.stream_time
         self.processor.advance(self.watermarks.stream_time(now))
         if data or self.store.stream_time != before:
+            self._idle_base = None  # it moved by events: the clock starts afresh from here, if at all
+        self._check_idle(now)
+
+    def _check_idle(self, now: float) -> None:
+        """Start the idle clock the moment everything is read; stop it the moment something is not."""
+        if not (self.caught_up and self.watermarks.all_idle(now)):
+            self._idle_base = None
+        elif self._idle_base is None:
             self._idle_base = (self.store.stream_time, now)
+
+    def reached_end(self, now: float) -> None:
+        """The partition's end was reached after its last record (librdkafka's end-of-partition event)."""
+        self.caught_up = True
+        self._check_idle(now)
 
     def started(self) -> None:
         """Restoring is over: the sources' watermarks come back, processing begins, the idle clock starts now."""
@@ -279,7 +296,7 @@ class WindowTask:
         if stored is not None:
             self.watermarks.load(orjson.loads(stored))
         self._committed_marks = dict(self.watermarks.marks)
-        self._idle_base = (self.store.stream_time, self._clock())
+        self._idle_base = None
 
     def punctuate(self, now: float) -> None:
         """Idle closing: once everything is read, stream time follows the wall clock.
@@ -292,10 +309,8 @@ class WindowTask:
         live data.
         """
         self._advance(now, data=False)
-        if not self.caught_up or not self.watermarks.all_idle(now):
-            # The idle clock counts only while everything is read: it starts again from here.
-            self._idle_base = (self.store.stream_time, now)
-            return
+        if self._idle_base is None:
+            return  # something is not read, or not known to be: the clock does not run
         base_time, base_wall = self._idle_base
         if base_time is None:
             return
@@ -334,7 +349,7 @@ class WindowTask:
         self.watermarks.marks = dict(self._committed_marks)
         self.watermarks.forget_idleness()
         self.watermarks.changed = False
-        self._idle_base = (self.store.stream_time, self._clock())
+        self._idle_base = None
 
     # -- the rest ---------------------------------------------------------------
 
@@ -454,10 +469,11 @@ class DirectTask(WindowTask):
             for index, topic in enumerate(self.pipeline.config.sources)
         ]
 
-    def input_caught_up(self, index: int) -> None:
+    def input_caught_up(self, index: int, now: float) -> None:
         """The end of input ``index`` was reached after its last record."""
         self._idle_inputs.add(index)
         self.caught_up = len(self._idle_inputs) == len(self.pipeline.config.sources)
+        self._advance(now, data=False)
 
     def _advance(self, now: float, data: bool) -> None:
         # An input read to its end is idle for as long as nothing new arrives:

@@ -359,12 +359,6 @@ def test_an_idle_report_not_renewed_for_more_than_3_s_stops_the_clock(instance):
     assert window.store.stream_time == T0 + 4_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WindowTask.punctuate starts the idle clock at the last punctuation (or data) that found something unread, "
-    "not when the end-of-partition event or the last idle report arrives: up to punctuate_interval of "
-    "not-yet-caught-up time is counted as idle time (docs/semantics.md: 'It starts when everything is')",
-)
 @pytest.mark.parametrize("missing", [("end",), ("idle1",)], ids=["the partition's end", "S1's idle report"])
 def test_the_idle_clock_starts_when_the_last_missing_piece_arrives_not_at_the_punctuation_before(instance, missing):
     a = instance()
@@ -420,12 +414,6 @@ def test_purging_offers_only_committed_repartition_records_and_sessions_still_cl
     assert deletions_past_committed(a) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="at_least_once: TaskManager.commit marks the consumed offsets purgeable and purges even when "
-    "consumer.commit failed (it only logs it), so repartition records after the group's committed offset are "
-    "deleted and are missing when the partition is read again from that offset",
-)
 def test_at_least_once_does_not_purge_past_an_offset_commit_that_failed(instance, cluster, monkeypatch):
     a = instance(guarantee="at_least_once")
     a.assign((REPARTITION, 0))
