@@ -90,7 +90,7 @@ def sessionizer(partitions: int) -> Peer:
         # bench.py's pipeline, whose output topic is <app>-sessions, as peer_run expects.
         config = workdir / "bench.toml"
         config.write_text(
-            bench.CONFIG.format(app=app, state=workdir / "state", guarantee=guarantee, bootstrap=bootstrap, partitions=partitions, topic=source)
+            bench.config_text(app, workdir / "state", guarantee, bootstrap, partitions, source)
         )
         return [sys.executable, "-m", "service", "run", "--config", str(config)]
 
