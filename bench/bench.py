@@ -108,8 +108,19 @@ def by_topic(placed: list[tuple[str, bytes]]) -> dict[str, list[bytes]]:
 
 
 def produce(bootstrap: str, topic: str, events: list[bytes], partitions: int) -> None:
+    produce_placed(bootstrap, [(topic, raw) for raw in events], [topic], partitions)
+
+
+def produce_placed(bootstrap: str, placed: list[tuple[str, bytes]], topics: list[str], partitions: int) -> None:
+    """Creates ``topics`` and produces each event to its topic, keyed by user_id, one producer, in the given order.
+
+    Several topics are written together, as services sending at the same time
+    would have: each record's Kafka timestamp (its produce time) then follows
+    the generated order across topics too, which Quix's alignment relies on.
+    """
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values():
+    new = [NewTopic(topic, num_partitions=partitions, replication_factor=1) for topic in topics]
+    for f in admin.create_topics(new).values():
         f.result(30)
     # Idempotent, so a batch retried on a broker that is still settling cannot
     # land after later ones: reordered beyond grace, its events would be late.
@@ -128,7 +139,7 @@ def produce(bootstrap: str, topic: str, events: list[bytes], partitions: int) ->
         if error is not None:
             failed.append(str(error))
 
-    for raw in events:
+    for topic, raw in placed:
         key = raw[raw.index(b'"user_id":"') + 11 :].split(b'"', 1)[0]
         while True:
             try:
@@ -450,9 +461,7 @@ def make_backlog(shape: str, events: int, users: int) -> Backlog:
 
 
 def produce_backlog(bootstrap: str, backlog: Backlog, partitions: int) -> None:
-    per_topic = by_topic(backlog.placed)
-    for topic in backlog.topics:
-        produce(bootstrap, topic, per_topic.get(topic, []), partitions)
+    produce_placed(bootstrap, backlog.placed, backlog.topics, partitions)
 
 
 def main() -> None:
