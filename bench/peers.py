@@ -19,7 +19,8 @@ sessionizer's ratio to it.
 With --shape three-topics the events are split over three co-partitioned topics
 keyed by user_id (bench/bench.py's three-topics backlog) and read without a
 repartition topic: sessionizer's direct path (key = "@key") against Kafka
-Streams' groupByKey over the three topics. Quix is not run in this shape.
+Streams' groupByKey over the three topics and Quix's concat of the three
+dataframes, grouped by their record keys (no group_by).
 
 Kafka Streams and Quix emit a session only once stream time (per repartition
 partition) has passed it, and stream time stops with the input, so some
@@ -131,11 +132,14 @@ def kafka_streams(threads: int, retention_ms: int, direct: bool = False) -> Peer
     return Peer(name, command, _partition_of(str.encode), emitted, _missing_java, repartitions=not direct)
 
 
-def quix(python: str, commit_interval: float, keys: str, closing: str) -> Peer:
+def quix(python: str, commit_interval: float, keys: str, closing: str, direct: bool = False) -> Peer:
+    """The Quix job; ``direct`` concatenates the co-partitioned sources and groups by their record keys, no repartition topic."""
+
     def command(bootstrap: str, app: str, sources: list[str], output: str, guarantee: str, workdir: Path) -> list[str]:
-        (source,) = sources  # one topic only: the job has no three-topics shape
-        argv = [python, str(QUIX_JOB), "--bootstrap", bootstrap, "--app-id", app, "--source", source, "--output", output,
+        argv = [python, str(QUIX_JOB), "--bootstrap", bootstrap, "--app-id", app, "--source", ",".join(sources), "--output", output,
                 "--guarantee", guarantee.replace("_", "-"), "--commit-interval", str(commit_interval), "--keys", keys, "--closing", closing]  # fmt: skip
+        if direct:
+            argv += ["--group-by", "record-key"]
         return argv
 
     def emitted(end: int, stream_time: int) -> bool:
@@ -147,15 +151,18 @@ def quix(python: str, commit_interval: float, keys: str, closing: str) -> Peer:
         found = subprocess.run([python, "-c", "import quixstreams"], capture_output=True)
         return None if found.returncode == 0 else f"`{python}` cannot import quixstreams (pip install quixstreams: see bench/README.md)"
 
-    # With JSON keys (Quix's default) the repartition key of user_1 is "user_1", quotes included.
-    scope = _partition_of(orjson.dumps if keys == "json" else str.encode) if closing == "partition" else _user
+    # With JSON keys (Quix's default) the repartition key of user_1 is "user_1", quotes included;
+    # direct, the key is the sources' record key, the user id's bytes.
+    json_keys = keys == "json" and not direct
+    scope = _partition_of(orjson.dumps if json_keys else str.encode) if closing == "partition" else _user
     name = (
         "quix"
-        + ("/json-keys" if keys == "json" else "")
+        + ("/json-keys" if json_keys else "")
         + ("/key-closing" if closing == "key" else "")
         + (f"/commit{commit_interval:g}s" if commit_interval != 0.1 else "")
+        + ("/direct" if direct else "")
     )
-    return Peer(name, command, scope, emitted, missing)
+    return Peer(name, command, scope, emitted, missing, repartitions=not direct)
 
 
 @dataclass(frozen=True)
@@ -375,10 +382,8 @@ def main() -> None:
         peers.append(sessionizer(args.partitions, direct))
     if "kafka-streams" in args.systems:
         peers += [kafka_streams(t, r, direct) for t in args.ks_threads for r in args.ks_retention_ms]
-    if "quix" in args.systems and direct:
-        print("skipping quix: no three-topics job (see bench/README.md)")
-    elif "quix" in args.systems:
-        peers += [quix(args.quix_python, v.commit_interval, v.keys, v.closing) for v in args.quix]
+    if "quix" in args.systems:
+        peers += [quix(args.quix_python, v.commit_interval, v.keys, v.closing, direct) for v in args.quix]
     runnable = []
     for peer in peers:
         reason = peer.missing()
