@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import methodcaller
 from typing import Any
 
 import orjson
@@ -34,7 +35,8 @@ def field_getter(path: str) -> Getter:
     """
     parts = path.split(".")
     if len(parts) == 1:
-        return lambda event: event.get(path)
+        getter: Getter = methodcaller("get", path)  # event.get(path), without a Python frame: it runs per event
+        return getter
     if len(parts) == 2:
         # The common nested case (``details.page``), without a loop: it runs per event.
         outer, inner = parts

@@ -47,6 +47,8 @@ class SessionWindows(WindowKindBase[Session]):
         self.gap = gap_ms
         self.grace = grace_ms
         self.aggregates = aggregates
+        #: The aggregates' ``add`` methods, bound once: they run for every event.
+        self._adds = tuple(a.add for a in aggregates)
         self.max_duration = max_duration_ms
         self.max_events = max_events
         self.capped = max_duration_ms is not None or max_events is not None
@@ -139,8 +141,8 @@ class SessionWindows(WindowKindBase[Session]):
             session.end = time_ms
         session.count += 1
         aggs = session.aggs
-        for i, agg in enumerate(self.aggregates):
-            aggs[i] = agg.add(aggs[i], event, time_ms)
+        for i, add in enumerate(self._adds):
+            aggs[i] = add(aggs[i], event, time_ms)
 
     def _absorb(self, target: Session, other: Session) -> None:
         target.start = min(target.start, other.start)
