@@ -1,18 +1,31 @@
 """End-to-end throughput of sessionizer against a bare confluent-kafka consume loop.
 
     python bench/bench.py --events 200000 --bootstrap 127.0.0.1:9092
+    python bench/bench.py --events 200000 --shape three-topics [--path direct|repartition|both]
 
-1. Produces N JSON events (many users, realistic gaps, bounded disorder) to a
-   source topic.
-2. Ceiling: a bare confluent-kafka loop consuming those N records in batches.
-3. The service (a subprocess, exactly-once unless told otherwise) from the
-   moment it is processing until its consumer group has committed every source
-   and repartition offset: events/s end to end. Then it waits until every
-   session is on the output topic and checks the count against offline mode.
+1. Produces N JSON events (many users, realistic gaps, bounded disorder), keyed
+   by user_id, all before the service starts (a backlog replay):
+   - one-topic (the default): to one source topic;
+   - three-topics: each event to web, mobile or backend, drawn at random with
+     a fixed seed, each topic with --partitions partitions.
+2. Ceiling: a bare confluent-kafka loop consuming those N records in batches
+   (over every partition of every source topic).
+3. The service (a subprocess) from the moment it is processing until its
+   consumer group has committed every source offset, and every repartition
+   offset when it has a repartition topic: events/s end to end. Then it waits
+   until every session is on the output topic, checks the count against
+   offline mode, and counts the records on the late topic (a replay must give 0).
+   - one-topic: the pipeline re-keys by user_id through a repartition topic,
+     exactly-once and at-least-once (--guarantee, default both);
+   - three-topics: the same pipeline over the three topics read two ways
+     (--path, default both), exactly-once unless told otherwise: "direct"
+     (key = "@key": task i reads partition i of every topic, no repartition
+     topic) and "repartition" (key = "user_id").
 
 Prints each figure and the ratio service / ceiling, and exactly-once /
-at-least-once. Repeat runs (--runs), interleaved between the guarantees, and
-the median is printed, since shared machines are noisy.
+at-least-once or direct / repartition. Repeat runs (--runs), interleaved
+between the guarantees or paths (one run of each per round), and the median
+is printed, since shared machines are noisy.
 """
 
 from __future__ import annotations
@@ -27,17 +40,23 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from service.commands.process import process_lines  # noqa: E402
 from service.config import load_config  # noqa: E402
-from service.offline import process_lines  # noqa: E402
+
+#: The source topics of the three-topics shape (each name gets the run's suffix).
+THREE_TOPICS = ("web", "mobile", "backend")
+#: The seed that draws each event's topic in the three-topics shape.
+SPLIT_SEED = 7
 
 PAGES = ["/home", "/products", "/product/42", "/cart", "/checkout", "/search", "/account"]
 TYPES = ["page_viewed"] * 6 + ["item_added_to_cart", "payment_processed"]
@@ -74,9 +93,34 @@ def generate(n: int, users: int, seed: int = 1) -> list[bytes]:
     return [raw for _, raw in events]
 
 
+def split(events: list[bytes], topics: list[str], seed: int = SPLIT_SEED) -> list[tuple[str, bytes]]:
+    """Each event with the topic it goes to, drawn at random (a fixed seed), in the generated order."""
+    rng = random.Random(seed)
+    return [(rng.choice(topics), raw) for raw in events]
+
+
+def by_topic(placed: list[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    """Each topic's events, in the generated order."""
+    out: dict[str, list[bytes]] = {}
+    for topic, raw in placed:
+        out.setdefault(topic, []).append(raw)
+    return out
+
+
 def produce(bootstrap: str, topic: str, events: list[bytes], partitions: int) -> None:
+    produce_placed(bootstrap, [(topic, raw) for raw in events], [topic], partitions)
+
+
+def produce_placed(bootstrap: str, placed: list[tuple[str, bytes]], topics: list[str], partitions: int) -> None:
+    """Creates ``topics`` and produces each event to its topic, keyed by user_id, one producer, in the given order.
+
+    Several topics are written together, as services sending at the same time
+    would have: each record's Kafka timestamp (its produce time) then follows
+    the generated order across topics too, which Quix's alignment relies on.
+    """
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values():
+    new = [NewTopic(topic, num_partitions=partitions, replication_factor=1) for topic in topics]
+    for f in admin.create_topics(new).values():
         f.result(30)
     # Idempotent, so a batch retried on a broker that is still settling cannot
     # land after later ones: reordered beyond grace, its events would be late.
@@ -95,7 +139,7 @@ def produce(bootstrap: str, topic: str, events: list[bytes], partitions: int) ->
         if error is not None:
             failed.append(str(error))
 
-    for raw in events:
+    for topic, raw in placed:
         key = raw[raw.index(b'"user_id":"') + 11 :].split(b'"', 1)[0]
         while True:
             try:
@@ -107,8 +151,8 @@ def produce(bootstrap: str, topic: str, events: list[bytes], partitions: int) ->
         raise RuntimeError(f"producing the events failed: {failed[:3]}")
 
 
-def ceiling(bootstrap: str, topic: str, n: int) -> float:
-    """A bare consume loop: the most any Python consumer of this topic can do."""
+def ceiling(bootstrap: str, topics: str | list[str], n: int) -> float:
+    """A bare consume loop: the most any Python consumer of these topics (every partition) can do."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -120,7 +164,7 @@ def ceiling(bootstrap: str, topic: str, n: int) -> float:
             "fetch.queue.backoff.ms": 10,
         }
     )
-    consumer.subscribe([topic])
+    consumer.subscribe([topics] if isinstance(topics, str) else list(topics))
     seen = 0
     started = None
     while seen < n:
@@ -151,8 +195,8 @@ port = 0
 [log]
 level = "warning"
 [pipelines.sessions]
-sources = ["{topic}"]
-key = "user_id"
+sources = [{sources}]
+key = "{key}"
 time = "timestamp"
 output = "{app}-sessions"
 [pipelines.sessions.window]
@@ -163,6 +207,17 @@ grace = "5s"
 types = {{ type = "count_by", field = "type" }}
 amount = {{ type = "sum", field = "details.amount" }}
 """
+
+
+def config_text(
+    app: str, state: object, guarantee: str, bootstrap: str, partitions: int, sources: str | list[str], key: str = "user_id"
+) -> str:
+    """The bench pipeline's configuration: output <app>-sessions; key "user_id" (a repartition topic) or "@key" (direct)."""
+    names = [sources] if isinstance(sources, str) else sources
+    return CONFIG.format(
+        app=app, state=state, guarantee=guarantee, bootstrap=bootstrap, partitions=partitions,
+        sources=", ".join(f'"{name}"' for name in names), key=key,
+    )  # fmt: skip
 
 
 def committed_everything(bootstrap: str, app: str, topics: dict[str, int]) -> bool:
@@ -202,56 +257,148 @@ def count_records(bootstrap: str, topic: str, expected: int, timeout: float) -> 
     return seen
 
 
-def service_run(bootstrap: str, topic: str, n: int, guarantee: str, partitions: int, expected_sessions: int) -> tuple[float, float]:
+def count_all(bootstrap: str, topic: str, patience: float = 120.0) -> int:
+    """The committed records on ``topic``, read to the end of every partition; 0 if it does not exist."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-count-{uuid.uuid4().hex[:6]}",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return 0
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
+        seen = 0
+        at_end: set[int] = set()
+        deadline = time.monotonic() + patience
+        while len(at_end) < len(metadata.partitions):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{topic}: partitions {sorted(set(metadata.partitions) - at_end)} not read to their end")
+            for m in consumer.consume(5000, 0.5):
+                if m.error() is None:
+                    seen += 1
+                    at_end.discard(m.partition())
+                elif m.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(m.partition())
+                else:
+                    raise RuntimeError(m.error())
+        return seen
+    finally:
+        consumer.close()
+
+
+def topic_exists(bootstrap: str, topic: str) -> bool:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    return topic in admin.list_topics(timeout=10).topics
+
+
+@dataclass
+class ServiceRun:
+    #: Events/s from the first offset commit until every source (and repartition) offset is committed.
+    rate: float
+    #: Seconds from the first offset commit until every session is on the output topic.
+    all_out: float
+    #: Records on the late topic and on the dead-letter topic, read to their end once the service has stopped.
+    late: int
+    dead: int
+
+
+def service_run(
+    bootstrap: str,
+    sources: str | list[str],
+    n: int,
+    guarantee: str,
+    partitions: int,
+    expected_sessions: int,
+    key: str = "user_id",
+) -> ServiceRun:
+    """One run of the service on a fresh app id over ``sources``, grouped by ``key`` ("@key" reads them directly).
+
+    Raises RuntimeError, with the service's log, when it exits early, when the
+    output topic does not hold exactly ``expected_sessions`` sessions, or when
+    a direct pipeline has a repartition topic after all.
+    """
+    names = [sources] if isinstance(sources, str) else list(sources)
     app = f"bench-{uuid.uuid4().hex[:6]}"
+    repartition = f"{app}-sessions-repartition"
+    direct = key == "@key"
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
-        config.write_text(
-            CONFIG.format(app=app, state=f"{tmp}/state", guarantee=guarantee, bootstrap=bootstrap, partitions=partitions, topic=topic)
-        )
-        log = open(Path(tmp) / "service.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=log, stderr=log)
+        config.write_text(config_text(app, f"{tmp}/state", guarantee, bootstrap, partitions, names, key))
+        log_path = Path(tmp) / "service.log"
+        with open(log_path, "wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=log, stderr=log)
         try:
-            topics = {topic: partitions, f"{app}-sessions-repartition": partitions}
+            # The direct path has no repartition topic: waiting for its offsets would wait forever.
+            topics = {name: partitions for name in names}
+            if not direct:
+                topics[repartition] = partitions
             # processing starts once the group has formed: the first committed offset shows it
-            while not _any_committed(bootstrap, app, topic, partitions):
+            while not _any_committed(bootstrap, app, names, partitions):
                 if proc.poll() is not None:
-                    raise RuntimeError((Path(tmp) / "service.log").read_text())
+                    raise RuntimeError(log_path.read_text())
                 time.sleep(0.05)
             started = time.perf_counter()
             while not committed_everything(bootstrap, app, topics):
+                if proc.poll() is not None:
+                    raise RuntimeError(log_path.read_text())
                 time.sleep(0.2)
             processed = time.perf_counter() - started
             seen = count_records(bootstrap, f"{app}-sessions", expected_sessions, timeout=180)
             all_out = time.perf_counter() - started
-            if seen != expected_sessions:
-                raise RuntimeError(f"{seen} sessions on the output topic, offline mode computes {expected_sessions}")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
-    return n / processed, all_out
+        # Read to the end once the service has stopped: every record it will ever write is there.
+        sessions = count_all(bootstrap, f"{app}-sessions")
+        late = count_all(bootstrap, f"{app}-late")
+        dead = count_all(bootstrap, f"{app}-dead-letter")
+        problems = []
+        if seen != expected_sessions or sessions != expected_sessions:
+            problems.append(f"{sessions} sessions on the output topic, offline mode computes {expected_sessions}")
+        if direct and topic_exists(bootstrap, repartition):
+            problems.append(f"the direct pipeline has a repartition topic, {repartition}")
+        if problems:
+            raise RuntimeError("; ".join(problems) + f" ({app}); the service's log:\n" + log_path.read_text(errors="replace")[-5000:])
+    return ServiceRun(n / processed, all_out, late, dead)
 
 
-def _any_committed(bootstrap: str, app: str, topic: str, partitions: int) -> bool:
+def _any_committed(bootstrap: str, app: str, topics: str | list[str], partitions: int) -> bool:
+    names = [topics] if isinstance(topics, str) else topics
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": app, "enable.auto.commit": False})
     try:
-        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        committed = consumer.committed([TopicPartition(t, p) for t in names for p in range(partitions)], timeout=10)
         return any(tp.offset >= 0 for tp in committed)
     finally:
         consumer.close()
 
 
-def offline(events: list[bytes], topic: str) -> tuple[list[str], dict[str, int]]:
-    """What ``sessionizer process`` makes of the events: the output lines and the records per topic."""
+def offline(events: list[bytes] | list[tuple[str, bytes]], topic: str | list[str]) -> tuple[list[str], dict[str, int]]:
+    """What ``sessionizer process`` makes of the events: the output lines and the records per topic.
+
+    With several topics, ``events`` are (topic, event) pairs, processed as wrapped
+    lines ``{"topic": t, "value": event}``: offline mode keeps a watermark per
+    topic. Offline mode has no record key, so the pipeline is always keyed by
+    user_id; the direct path's sessions are the same.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "c.toml"
-        config.write_text(CONFIG.format(app="offline", state=tmp, guarantee="exactly_once", bootstrap="x:1", partitions=1, topic=topic))
+        config.write_text(config_text("offline", tmp, "exactly_once", "x:1", 1, topic))
         lines: list[str] = []
-        summary = process_lines(load_config(config, {}), events, lines.append)
+        if isinstance(topic, str):
+            summary = process_lines(load_config(config, {}), events, lines.append)
+        else:
+            wrapped = [b'{"topic":' + orjson.dumps(t) + b',"value":' + raw + b"}" for t, raw in events]
+            summary = process_lines(load_config(config, {}), wrapped, lines.append, wrapped=True)
     return lines, summary.records
 
 
-def expected_sessions(events: list[bytes], topic: str) -> int:
+def expected_sessions(events: list[bytes] | list[tuple[str, bytes]], topic: str | list[str]) -> int:
     records = offline(events, topic)[1]
     late = records.get("offline-late", 0)
     if late:
@@ -259,50 +406,125 @@ def expected_sessions(events: list[bytes], topic: str) -> int:
     return records.get("offline-sessions", 0)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, guarantee: str) -> None:
-    """The options bench.py and peers.py share: broker, data, runs and guarantee."""
+def add_data_arguments(parser: argparse.ArgumentParser, guarantee: str | None) -> None:
+    """The options bench.py and peers.py share: broker, data, shape, runs and guarantee."""
     parser.add_argument("--bootstrap", default=os.environ.get("SESSIONIZER_BENCH_BOOTSTRAP", "127.0.0.1:9092"))
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=5_000)
-    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--partitions", type=int, default=6, help="of each source topic")
+    parser.add_argument("--shape", choices=SHAPES, default="one-topic",
+                        help="one-topic: every event on one topic; three-topics: each event on web, mobile or backend "
+                             "(a random draw, fixed seed), co-partitioned, keyed by user_id")  # fmt: skip
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--guarantee", choices=["exactly_once", "at_least_once", "both"], default=guarantee)
 
 
+SHAPES = ["one-topic", "three-topics"]
+
+
+@dataclass
+class Backlog:
+    """The generated events and where they are produced: before any app starts, so every run replays a backlog."""
+
+    topics: list[str]
+    #: Each event with its topic, in the generated order.
+    placed: list[tuple[str, bytes]]
+
+    @property
+    def events(self) -> list[bytes]:
+        return [raw for _, raw in self.placed]
+
+    @property
+    def offline_input(self) -> tuple[list[bytes] | list[tuple[str, bytes]], str | list[str]]:
+        """``offline``'s arguments: plain events for one topic, (topic, event) pairs for several."""
+        if len(self.topics) == 1:
+            return self.events, self.topics[0]
+        return self.placed, self.topics
+
+    def describe(self) -> str:
+        if len(self.topics) == 1:
+            return f"{len(self.placed)} events"
+        counts = by_topic(self.placed)
+        spread = ", ".join(f"{t} {len(counts.get(t, [])):,}" for t in self.topics)
+        return f"{len(self.placed)} events over {len(self.topics)} topics ({spread})"
+
+
+def make_backlog(shape: str, events: int, users: int) -> Backlog:
+    suffix = uuid.uuid4().hex[:6]
+    generated = generate(events, users)
+    if shape == "one-topic":
+        topic = f"bench-events-{suffix}"
+        return Backlog([topic], [(topic, raw) for raw in generated])
+    topics = [f"bench-{name}-{suffix}" for name in THREE_TOPICS]
+    return Backlog(topics, split(generated, topics))
+
+
+def produce_backlog(bootstrap: str, backlog: Backlog, partitions: int) -> None:
+    produce_placed(bootstrap, backlog.placed, backlog.topics, partitions)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_arguments(parser, guarantee="both")
+    add_data_arguments(parser, guarantee=None)
+    parser.add_argument("--path", choices=["direct", "repartition", "both"], default="both",
+                        help="three-topics only: read the topics directly (key = \"@key\"), through a repartition "
+                             "topic (key = \"user_id\"), or both, interleaved (default)")  # fmt: skip
     args = parser.parse_args()
+    # one-topic compares the guarantees (both by default); three-topics compares the paths, exactly-once by default.
+    guarantee = args.guarantee or ("both" if args.shape == "one-topic" else "exactly_once")
+    guarantees = ["exactly_once", "at_least_once"] if guarantee == "both" else [guarantee]
+    if args.shape == "one-topic":
+        paths = ["repartition"]
+    else:
+        paths = ["direct", "repartition"] if args.path == "both" else [args.path]
 
-    topic = f"bench-events-{uuid.uuid4().hex[:6]}"
-    events = generate(args.events, args.users)
-    sessions = expected_sessions(events, topic)
-    produce(args.bootstrap, topic, events, args.partitions)
-    print(f"{args.events} events, {args.users} users, {sessions} sessions, {args.partitions} partitions, {os.cpu_count()} cores")
+    backlog = make_backlog(args.shape, args.events, args.users)
+    sessions = expected_sessions(*backlog.offline_input)
+    produce_backlog(args.bootstrap, backlog, args.partitions)
+    each = " each" if len(backlog.topics) > 1 else ""
+    print(f"{backlog.describe()}, {args.users} users, {sessions} sessions, {args.partitions} partitions{each}, {os.cpu_count()} cores")
 
-    ceilings = [ceiling(args.bootstrap, topic, args.events) for _ in range(args.runs)]
+    ceilings = [ceiling(args.bootstrap, backlog.topics, args.events) for _ in range(args.runs)]
     ceiling_median = statistics.median(ceilings)
-    print(f"ceiling (bare confluent-kafka consume loop): median {ceiling_median:,.0f} events/s  runs {[round(c) for c in ceilings]}")
+    over = "" if len(backlog.topics) == 1 else f" over the {len(backlog.topics)} topics"
+    print(f"ceiling (bare confluent-kafka consume loop{over}): median {ceiling_median:,.0f} events/s  runs {[round(c) for c in ceilings]}")
 
-    guarantees = ["exactly_once", "at_least_once"] if args.guarantee == "both" else [args.guarantee]
-    rates: dict[str, list[float]] = {g: [] for g in guarantees}
-    totals: dict[str, list[float]] = {g: [] for g in guarantees}
-    # Interleaved: one run of each guarantee, then the next, so a noisy neighbour hurts both alike.
-    for _ in range(args.runs):
+    runs: dict[tuple[str, str], list[ServiceRun]] = {(g, p): [] for g in guarantees for p in paths}
+    # Interleaved: one run of each guarantee and path, then the next, so a noisy neighbour hurts them alike.
+    for round_ in range(args.runs):
         for guarantee in guarantees:
-            rate, total = service_run(args.bootstrap, topic, args.events, guarantee, args.partitions, sessions)
-            rates[guarantee].append(rate)
-            totals[guarantee].append(total)
-    for guarantee in guarantees:
-        median = statistics.median(rates[guarantee])
+            for path in paths:
+                run = service_run(
+                    args.bootstrap, backlog.topics, args.events, guarantee, args.partitions, sessions,
+                    key="@key" if path == "direct" else "user_id",
+                )  # fmt: skip
+                runs[(guarantee, path)].append(run)
+                if args.shape != "one-topic":
+                    print(f"  run {round_ + 1}: {path} {guarantee} {run.rate:,.0f} events/s, all sessions out after {run.all_out:.1f} s, "
+                          f"{run.late} late, {run.dead} dead letters", flush=True)  # fmt: skip
+
+    medians: dict[tuple[str, str], float] = {}
+    for (guarantee, path), done in runs.items():
+        medians[(guarantee, path)] = median = statistics.median(r.rate for r in done)
+        name = "sessionizer" if args.shape == "one-topic" else f"sessionizer {path}"
         print(
-            f"sessionizer {guarantee}: median {median:,.0f} events/s end to end  runs {[round(r) for r in rates[guarantee]]}  "
+            f"{name} {guarantee}: median {median:,.0f} events/s end to end  runs {[round(r.rate) for r in done]}  "
             f"ratio to ceiling {median / ceiling_median:.3f}  "
-            f"(all {sessions} sessions out after median {statistics.median(totals[guarantee]):.1f} s)"
+            f"(all {sessions} sessions out after median {statistics.median(r.all_out for r in done):.1f} s; "
+            f"late records {[r.late for r in done]}, dead letters {[r.dead for r in done]})"
         )
     if len(guarantees) == 2:
-        eos, alo = (statistics.median(rates[g]) for g in guarantees)
-        print(f"exactly_once / at_least_once: {eos / alo:.2f}")
+        for path in paths:
+            eos, alo = (medians[(g, path)] for g in guarantees)
+            print(f"exactly_once / at_least_once{'' if args.shape == 'one-topic' else ' (' + path + ')'}: {eos / alo:.2f}")
+    if len(paths) == 2:
+        for guarantee in guarantees:
+            direct, repartition = (medians[(guarantee, p)] for p in paths)
+            print(f"direct / repartition ({guarantee}): {direct / repartition:.2f}")
+    late = sum(r.late for done in runs.values() for r in done)
+    if late:
+        print(f"FAILED: {late} records on the late topics; a replay of a backlog must give none")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,12 @@ first offset commit until its consumer group has committed every source and
 repartition offset. Prints the median per system, its ratio to the ceiling and
 sessionizer's ratio to it.
 
+With --shape three-topics the events are split over three co-partitioned topics
+keyed by user_id (bench/bench.py's three-topics backlog) and read without a
+repartition topic: sessionizer's direct path (key = "@key") against Kafka
+Streams' groupByKey over the three topics and Quix's concat of the three
+dataframes, grouped by their record keys (no group_by).
+
 Kafka Streams and Quix emit a session only once stream time (per repartition
 partition) has passed it, and stream time stops with the input, so some
 sessions never come out. Each peer's output is therefore checked against the
@@ -46,7 +52,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import bench  # also puts the repository on sys.path, for service.*
-from service.partitioner import partition_for  # noqa: E402
+from service.core.partitioner import partition_for
 
 HERE = Path(__file__).resolve().parent
 KS_DIR = HERE / "peers" / "kafka-streams"
@@ -68,14 +74,18 @@ Session = tuple[str, int, int, int]
 @dataclass(frozen=True)
 class Peer:
     name: str
-    #: The command that runs the job until SIGTERM: (bootstrap, app id, source, output, guarantee, work dir) -> argv.
-    command: Callable[[str, str, str, str, str, Path], list[str]]
+    #: The command that runs the job until SIGTERM: (bootstrap, app id, sources, output, guarantee, work dir) -> argv.
+    command: Callable[[str, str, list[str], str, str, Path], list[str]]
     #: What has one stream time, for a user and a number of partitions: its repartition partition, or the user itself.
     scope: Callable[[str, int], object]
     #: Whether a session ending at ``end`` has been emitted once its scope's stream time is ``stream_time``.
     emitted: Callable[[int, int], bool]
     #: Why the peer cannot run on this machine, or None.
     missing: Callable[[], str | None]
+    #: Whether it goes through a repartition topic; if not, it must not have one.
+    repartitions: bool = True
+    #: Whether it is sessionizer (the numerator of "sessionizer / it"), which also counts its late records.
+    ours: bool = False
 
 
 @dataclass
@@ -85,40 +95,52 @@ class Figures:
     checks: list[str] = field(default_factory=list)
 
 
-def sessionizer(partitions: int) -> Peer:
-    def command(bootstrap: str, app: str, source: str, output: str, guarantee: str, workdir: Path) -> list[str]:
+def sessionizer(partitions: int, direct: bool = False) -> Peer:
+    """bench.py's pipeline; ``direct`` groups by the record key (``key = "@key"``), with no repartition topic."""
+
+    def command(bootstrap: str, app: str, sources: list[str], output: str, guarantee: str, workdir: Path) -> list[str]:
         # bench.py's pipeline, whose output topic is <app>-sessions, as peer_run expects.
         config = workdir / "bench.toml"
-        config.write_text(
-            bench.CONFIG.format(app=app, state=workdir / "state", guarantee=guarantee, bootstrap=bootstrap, partitions=partitions, topic=source)
-        )
+        key = "@key" if direct else "user_id"
+        config.write_text(bench.config_text(app, workdir / "state", guarantee, bootstrap, partitions, sources, key))
         return [sys.executable, "-m", "service", "run", "--config", str(config)]
 
     def emitted(end: int, stream_time: int) -> bool:
         # Once the sources are read to their end, the idle clock closes every session.
         return True
 
-    return Peer("sessionizer", command, _partition_of(str.encode), emitted, lambda: None)
+    name = "sessionizer/direct" if direct else "sessionizer"
+    return Peer(name, command, _partition_of(str.encode), emitted, lambda: None, repartitions=not direct, ours=True)
 
 
-def kafka_streams(threads: int, retention_ms: int) -> Peer:
-    def command(bootstrap: str, app: str, source: str, output: str, guarantee: str, workdir: Path) -> list[str]:
+def kafka_streams(threads: int, retention_ms: int, direct: bool = False) -> Peer:
+    """The Kafka Streams job; ``direct`` is groupByKey on the co-partitioned sources' record keys, no repartition topic."""
+
+    def command(bootstrap: str, app: str, sources: list[str], output: str, guarantee: str, workdir: Path) -> list[str]:
         ks_guarantee = "exactly_once_v2" if guarantee == "exactly_once" else "at_least_once"
-        return ["java", "-jar", str(KS_JAR), "--bootstrap", bootstrap, "--app-id", app, "--source", source, "--output", output,
-                "--guarantee", ks_guarantee, "--threads", str(threads), "--retention-ms", str(retention_ms)]  # fmt: skip
+        return ["java", "-jar", str(KS_JAR), "--bootstrap", bootstrap, "--app-id", app, "--source", ",".join(sources),
+                "--output", output, "--guarantee", ks_guarantee, "--threads", str(threads), "--retention-ms", str(retention_ms),
+                "--group-by", "record-key" if direct else "user_id"]  # fmt: skip
 
     def emitted(end: int, stream_time: int) -> bool:
         # suppress(untilWindowCloses) emits once window end <= stream time - gap - grace.
         return end + GAP_MS + GRACE_MS <= stream_time
 
-    name = f"kafka-streams/{threads}t" + (f"/ret{retention_ms // 1000}s" if retention_ms else "")
-    return Peer(name, command, _partition_of(str.encode), emitted, _missing_java)
+    # Direct, a task reads partition i of every source and its stream time is the largest event time
+    # among them: the scope is still the user's partition.
+    name = f"kafka-streams/{threads}t" + (f"/ret{retention_ms // 1000}s" if retention_ms else "") + ("/direct" if direct else "")
+    return Peer(name, command, _partition_of(str.encode), emitted, _missing_java, repartitions=not direct)
 
 
-def quix(python: str, commit_interval: float, keys: str, closing: str) -> Peer:
-    def command(bootstrap: str, app: str, source: str, output: str, guarantee: str, workdir: Path) -> list[str]:
-        argv = [python, str(QUIX_JOB), "--bootstrap", bootstrap, "--app-id", app, "--source", source, "--output", output,
-                "--guarantee", guarantee.replace("_", "-"), "--commit-interval", str(commit_interval), "--keys", keys, "--closing", closing]  # fmt: skip
+def quix(python: str, commit_interval: float, keys: str, closing: str, direct: bool = False) -> Peer:
+    """The Quix job; ``direct`` concatenates the co-partitioned sources and groups by their record keys, no repartition topic."""
+
+    def command(bootstrap: str, app: str, sources: list[str], output: str, guarantee: str, workdir: Path) -> list[str]:
+        argv = [python, str(QUIX_JOB), "--bootstrap", bootstrap, "--app-id", app, "--source", ",".join(sources), "--output", output]
+        argv += ["--guarantee", guarantee.replace("_", "-"), "--commit-interval", str(commit_interval)]
+        argv += ["--keys", keys, "--closing", closing]
+        if direct:
+            argv += ["--group-by", "record-key"]
         return argv
 
     def emitted(end: int, stream_time: int) -> bool:
@@ -130,15 +152,18 @@ def quix(python: str, commit_interval: float, keys: str, closing: str) -> Peer:
         found = subprocess.run([python, "-c", "import quixstreams"], capture_output=True)
         return None if found.returncode == 0 else f"`{python}` cannot import quixstreams (pip install quixstreams: see bench/README.md)"
 
-    # With JSON keys (Quix's default) the repartition key of user_1 is "user_1", quotes included.
-    scope = _partition_of(orjson.dumps if keys == "json" else str.encode) if closing == "partition" else _user
+    # With JSON keys (Quix's default) the repartition key of user_1 is "user_1", quotes included;
+    # direct, the key is the sources' record key, the user id's bytes.
+    json_keys = keys == "json" and not direct
+    scope = _partition_of(orjson.dumps if json_keys else str.encode) if closing == "partition" else _user
     name = (
         "quix"
-        + ("/json-keys" if keys == "json" else "")
+        + ("/json-keys" if json_keys else "")
         + ("/key-closing" if closing == "key" else "")
         + (f"/commit{commit_interval:g}s" if commit_interval != 0.1 else "")
+        + ("/direct" if direct else "")
     )
-    return Peer(name, command, scope, emitted, missing)
+    return Peer(name, command, scope, emitted, missing, repartitions=not direct)
 
 
 @dataclass(frozen=True)
@@ -187,14 +212,16 @@ def _missing_java() -> str | None:
     return None
 
 
-def offline_sessions(events: list[bytes], topic: str) -> list[Session]:
+def offline_sessions(backlog: bench.Backlog) -> list[Session]:
     """Every session of the data, as offline mode computes it."""
-    return [_session(orjson.loads(line)["value"]) for line in bench.offline(events, topic)[0]]
+    return [_session(orjson.loads(line)["value"]) for line in bench.offline(*backlog.offline_input)[0]]
 
 
 def _session(record: dict) -> Session:
     v = record["value"]
-    return record["user_id"], v["session_start_ms"], v["session_end_ms"], v["event_count"]
+    # sessionizer's direct path names the record key "key" in its envelope.
+    user = record["user_id"] if "user_id" in record else record["key"]
+    return user, v["session_start_ms"], v["session_end_ms"], v["event_count"]
 
 
 def expected_for(peer: Peer, events: list[bytes], sessions: list[Session], partitions: int) -> set[Session]:
@@ -214,10 +241,12 @@ class Run:
     #: Seconds from launching the process until every offset is committed: start-up included.
     launch_to_done: float
     sessions: list[Session]
+    #: Records on sessionizer's late topic once it has stopped (None for the others, which drop late events).
+    late: int | None = None
 
 
 def peer_run(
-    peer: Peer, bootstrap: str, topic: str, n: int, guarantee: str, partitions: int, expected: int, log_dir: Path | None = None
+    peer: Peer, bootstrap: str, sources: list[str], n: int, guarantee: str, partitions: int, expected: int, log_dir: Path | None = None
 ) -> Run:
     """One run of ``peer`` on a fresh app id; waits for ``expected`` sessions on its output topic.
 
@@ -232,17 +261,19 @@ def peer_run(
         log_path = (log_dir or Path(tmp)) / f"{app}.log"
         launched = time.perf_counter()
         with open(log_path, "wb") as log:
-            argv = peer.command(bootstrap, app, topic, output, guarantee, Path(tmp))
+            argv = peer.command(bootstrap, app, sources, output, guarantee, Path(tmp))
             proc = subprocess.Popen(argv, cwd=bench.REPO, stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + START_TIMEOUT
-            while not bench._any_committed(bootstrap, app, topic, partitions):
+            while not bench._any_committed(bootstrap, app, sources, partitions):
                 _check_alive(proc, log_path, deadline)
                 time.sleep(0.05)
             started = time.perf_counter()
             deadline = time.monotonic() + RUN_TIMEOUT
-            repartition = _repartition_topic(admin, app)
-            topics = {topic: partitions, repartition: len(admin.list_topics(repartition, timeout=10).topics[repartition].partitions)}
+            topics = {source: partitions for source in sources}
+            if peer.repartitions:
+                repartition = _repartition_topic(admin, app)
+                topics[repartition] = len(admin.list_topics(repartition, timeout=10).topics[repartition].partitions)
             while not bench.committed_everything(bootstrap, app, topics):
                 _check_alive(proc, log_path, deadline)
                 time.sleep(0.2)
@@ -255,7 +286,13 @@ def peer_run(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    return Run(n / (done - started), done - launched, sessions)
+        if not peer.repartitions:
+            extra = _repartition_topics(admin, app)
+            if extra:
+                raise RuntimeError(f"{app} reads its sources directly, yet has repartition topics {extra}:\n"
+                                   f"{log_path.read_text(errors='replace')[-3000:]}")  # fmt: skip
+    late = bench.count_all(bootstrap, f"{app}-late") if peer.ours else None
+    return Run(n / (done - started), done - launched, sessions, late)
 
 
 def _check_alive(proc: subprocess.Popen, log_path: Path, deadline: float) -> None:
@@ -268,13 +305,17 @@ def _check_alive(proc: subprocess.Popen, log_path: Path, deadline: float) -> Non
 def _repartition_topic(admin: AdminClient, app: str) -> str:
     """sessionizer and Kafka Streams name it <app>-…-repartition, Quix repartition__<app>--<source>--user_id."""
     for _ in range(100):
-        names = [t for t in admin.list_topics(timeout=10).topics if app in t and (t.endswith("-repartition") or t.startswith("repartition__"))]
+        names = _repartition_topics(admin, app)
         if len(names) == 1:
             return names[0]
         if len(names) > 1:
             raise RuntimeError(f"more than one repartition topic for {app}: {names}")
         time.sleep(0.1)
     raise RuntimeError(f"no repartition topic for {app}")
+
+
+def _repartition_topics(admin: AdminClient, app: str) -> list[str]:
+    return [t for t in admin.list_topics(timeout=10).topics if app in t and (t.endswith("-repartition") or t.startswith("repartition__"))]
 
 
 def read_sessions(bootstrap: str, topic: str, partitions: int, expected: int, patience: float = 120.0) -> list[Session]:
@@ -336,13 +377,14 @@ def main() -> None:
     if args.logs:
         args.logs.mkdir(parents=True, exist_ok=True)
 
+    direct = args.shape == "three-topics"
     peers: list[Peer] = []
     if "sessionizer" in args.systems:
-        peers.append(sessionizer(args.partitions))
+        peers.append(sessionizer(args.partitions, direct))
     if "kafka-streams" in args.systems:
-        peers += [kafka_streams(t, r) for t in args.ks_threads for r in args.ks_retention_ms]
+        peers += [kafka_streams(t, r, direct) for t in args.ks_threads for r in args.ks_retention_ms]
     if "quix" in args.systems:
-        peers += [quix(args.quix_python, v.commit_interval, v.keys, v.closing) for v in args.quix]
+        peers += [quix(args.quix_python, v.commit_interval, v.keys, v.closing, direct) for v in args.quix]
     runnable = []
     for peer in peers:
         reason = peer.missing()
@@ -351,14 +393,14 @@ def main() -> None:
         else:
             runnable.append(peer)
 
-    topic = f"bench-events-{uuid.uuid4().hex[:6]}"
-    events = bench.generate(args.events, args.users)
-    sessions = offline_sessions(events, topic)
-    expected = {peer.name: expected_for(peer, events, sessions, args.partitions) for peer in runnable}
-    bench.produce(args.bootstrap, topic, events, args.partitions)
-    print(f"{args.events} events, {args.users} users, {len(sessions)} sessions, {args.partitions} partitions, {os.cpu_count()} cores")
+    backlog = bench.make_backlog(args.shape, args.events, args.users)
+    sessions = offline_sessions(backlog)
+    expected = {peer.name: expected_for(peer, backlog.events, sessions, args.partitions) for peer in runnable}
+    bench.produce_backlog(args.bootstrap, backlog, args.partitions)
+    each = " each" if len(backlog.topics) > 1 else ""
+    print(f"{backlog.describe()}, {args.users} users, {len(sessions)} sessions, {args.partitions} partitions{each}, {os.cpu_count()} cores")
 
-    ceilings = [bench.ceiling(args.bootstrap, topic, args.events) for _ in range(args.runs)]
+    ceilings = [bench.ceiling(args.bootstrap, backlog.topics, args.events) for _ in range(args.runs)]
     ceiling = statistics.median(ceilings)
     print(f"ceiling: runs {[round(c) for c in ceilings]}", flush=True)
 
@@ -371,13 +413,14 @@ def main() -> None:
                 figures = results.setdefault((peer.name, guarantee), Figures())
                 want = expected[peer.name]
                 try:
-                    result = peer_run(peer, args.bootstrap, topic, args.events, guarantee, args.partitions, len(want), args.logs)
+                    result = peer_run(peer, args.bootstrap, backlog.topics, args.events, guarantee, args.partitions, len(want), args.logs)
                 except RuntimeError as exc:
                     print(f"  {guarantee} run {run + 1}: {peer.name} failed: {exc}", flush=True)
                     continue
                 figures.rates.append(result.rate)
                 figures.walls.append(result.launch_to_done)
-                figures.checks.append(check(result.sessions, want, len(sessions)))
+                late = "" if result.late is None else f"; {result.late} late"
+                figures.checks.append(check(result.sessions, want, len(sessions)) + late)
                 print(
                     f"  {guarantee} run {run + 1}: {peer.name} {result.rate:,.0f} events/s, "
                     f"{result.launch_to_done:.1f} s from launch; {figures.checks[-1]}",
@@ -388,15 +431,17 @@ def main() -> None:
     print(f"{'system':<26} {'guarantee':<14} {'events/s':>10} {'/ceiling':>9} {'sessionizer/it':>15} {'launch->done':>13}  runs")
     print(f"{'ceiling (bare loop)':<26} {'-':<14} {ceiling:>10,.0f} {1:>9.3f} {'':>15} {'':>13}  {[round(c) for c in ceilings]}")
     for guarantee in guarantees:
-        ours = results.get(("sessionizer", guarantee))
+        ours_name = next((peer.name for peer in runnable if peer.ours), None)
+        ours = results.get((ours_name, guarantee))
         ours_median = statistics.median(ours.rates) if ours and ours.rates else None
         for (name, g), figures in results.items():
             if g != guarantee or not figures.rates:
                 continue
             median = statistics.median(figures.rates)
-            versus = f"{ours_median / median:.2f}x" if ours_median and name != "sessionizer" else ""
+            versus = f"{ours_median / median:.2f}x" if ours_median and name != ours_name else ""
             wall = f"{statistics.median(figures.walls):.1f} s"
-            print(f"{name:<26} {g:<14} {median:>10,.0f} {median / ceiling:>9.3f} {versus:>15} {wall:>13}  {[round(r) for r in figures.rates]}")
+            runs = [round(r) for r in figures.rates]
+            print(f"{name:<26} {g:<14} {median:>10,.0f} {median / ceiling:>9.3f} {versus:>15} {wall:>13}  {runs}")
     print()
     for (name, g), figures in results.items():
         for line in dict.fromkeys(figures.checks):

@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.config import ConfigError, parse_config  # noqa: E402
-from service.pipeline import Pipeline  # noqa: E402
-from service.processor import WindowProcessor  # noqa: E402
-from service.store import WindowStore  # noqa: E402
+from service.core.pipeline import Pipeline  # noqa: E402
+from service.core.processor import WindowProcessor  # noqa: E402
+from service.state.store import WindowStore  # noqa: E402
 
 PLAIN = """
 [pipelines.s]

@@ -19,14 +19,14 @@ The contract, the same one the built-in aggregates follow:
 - ``dump``/``load`` (optional) turn the state into JSON and back. Without them
   the state itself must be JSON: it goes to RocksDB and the changelog as it is;
 - ``check(event)`` (optional) runs in the source stage and raises
-  ``service.extract.BadRecord`` to send an unusable event to the dead-letter topic.
+  ``service.core.extract.BadRecord`` to send an unusable event to the dead-letter topic.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from service.extract import field_getter
+from service.core.extract import field_getter
 
 
 class TopValues:

@@ -45,9 +45,11 @@ MINUTE = 60_000
 SEED_000 = [
     (WEB, {"event_id": "evt_abc", "timestamp": 1678886400, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/home"}}),
     (WEB, {"event_id": "evt_def", "timestamp": 1678886401, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/products"}}),
-    (MOBILE, {"event_id": "evt_ghi", "timestamp": 1678886405, "user_id": "user_123", "type": "item_added_to_cart", "details": {"item_id": "prod_xyz"}}),
+    (MOBILE, {"event_id": "evt_ghi", "timestamp": 1678886405, "user_id": "user_123", "type": "item_added_to_cart",
+              "details": {"item_id": "prod_xyz"}}),
     (WEB, {"event_id": "evt_jkl", "timestamp": 1678886410, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/cart"}}),
-    (BACKEND, {"event_id": "evt_mno", "timestamp": 1678886412, "user_id": "user_123", "type": "payment_processed", "details": {"order_id": "ord_789"}}),
+    (BACKEND, {"event_id": "evt_mno", "timestamp": 1678886412, "user_id": "user_123", "type": "payment_processed",
+               "details": {"order_id": "ord_789"}}),
 ]
 
 # Seed 004: AllOfR's events on 5 July 2017 (PM), in the order they arrive.
@@ -155,7 +157,7 @@ class Sender:
         self.sent = 0
 
     def ensure_topics(self, topics: list[str], timeout: float = 60) -> None:
-        """Create the source topics if the service has not yet (both may try: that is fine)."""
+        """Create the source topics if nothing has yet (scripts/run.sh and the compose file do; the service never does)."""
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by the other scripts: a project virtualenv in .venv with the package
-# installed (and its test extras when SESSIONIZER_EXTRAS=test).
+# installed, with the extras SESSIONIZER_EXTRAS names (a comma list, as pip takes
+# them: SESSIONIZER_EXTRAS=test,dev installs ".[test,dev]").
 set -euo pipefail
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=$REPO_ROOT/.venv

@@ -18,6 +18,9 @@
 # Environment (defaults in brackets):
 #   KAFKA_PORT [9092]                 client (PLAINTEXT) port
 #   KAFKA_CONTROLLER_PORT [PORT+1]    KRaft controller port
+#   KAFKA_SASL_PORT [none]            also listen with SASL_PLAINTEXT (PLAIN) here, with
+#                                     user "sessionizer", password "sessionizer-secret"
+#                                     (tests of authentication failures)
 #   KAFKA_HOST [127.0.0.1]            listen and advertised host
 #   KAFKA_CACHE_DIR [<repo>/.cache/kafka]   jars, shared by every port
 #   KAFKA_DATA_DIR [$KAFKA_CACHE_DIR/data-$KAFKA_PORT]   one per broker
@@ -33,6 +36,7 @@ LOG4J_CONFIG=$SCRIPT_DIR/kafka/log4j2.properties
 
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
+KAFKA_SASL_PORT=${KAFKA_SASL_PORT:-}
 KAFKA_HOST=${KAFKA_HOST:-127.0.0.1}
 KAFKA_CACHE_DIR=${KAFKA_CACHE_DIR:-$REPO_ROOT/.cache/kafka}
 KAFKA_DATA_DIR=${KAFKA_DATA_DIR:-$KAFKA_CACHE_DIR/data-$KAFKA_PORT}
@@ -104,6 +108,14 @@ kafka_java() {
 
 # ---------------------------------------------------------------- config
 
+# SASL/PLAIN on a listener of its own, when KAFKA_SASL_PORT is set: a local
+# stand-in for a secured cluster (the credentials are test fixtures).
+sasl_properties() {
+  [[ -n $KAFKA_SASL_PORT ]] || return 0
+  echo 'sasl.enabled.mechanisms=PLAIN'
+  echo 'listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="admin-secret" user_admin="admin-secret" user_sessionizer="sessionizer-secret";'
+}
+
 write_server_properties() {
   mkdir -p "$KAFKA_DATA_DIR"
   cat >"$PROPS" <<EOF
@@ -112,11 +124,12 @@ process.roles=broker,controller
 node.id=1
 # Dynamic quorum of one (storage is formatted with --standalone).
 controller.quorum.bootstrap.servers=$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT${KAFKA_SASL_PORT:+,SASL_PLAINTEXT://$KAFKA_HOST:$KAFKA_SASL_PORT}
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT${KAFKA_SASL_PORT:+,SASL_PLAINTEXT://$KAFKA_HOST:$KAFKA_SASL_PORT}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+$(sasl_properties)
 log.dirs=$LOG_DIRS
 
 num.partitions=1

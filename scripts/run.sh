@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the service: installs it, starts the local Kafka broker when none answers
-# at the configured address, creates the topics and runs with the config.
+# at the configured address, creates the config's source topics (the service
+# creates only the topics it writes) and runs with the config.
 #
 #   bash scripts/run.sh [config/sessionizer.toml]
 set -euo pipefail
@@ -24,4 +25,5 @@ if ! (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
       echo "run.sh: no broker answers at $bootstrap" >&2; exit 1 ;;
   esac
 fi
+"$VENV/bin/python" scripts/create_topics.py "$CONFIG"
 exec "$VENV/bin/sessionizer" run --config "$CONFIG"

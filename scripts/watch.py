@@ -15,7 +15,7 @@ from confluent_kafka import Consumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.config import load_config  # noqa: E402
+from service.config import load_config
 
 
 def main() -> None:

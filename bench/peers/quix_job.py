@@ -1,10 +1,13 @@
 """The job of sessionizer's bench pipeline, in Quix Streams (``pip install quixstreams``, 3.x).
 
-    python bench/peers/quix_job.py --bootstrap HOST:PORT --app-id ID --source TOPIC --output TOPIC
+    python bench/peers/quix_job.py --bootstrap HOST:PORT --app-id ID --source TOPIC[,TOPIC...] --output TOPIC
         [--guarantee exactly-once|at-least-once] [--commit-interval 0.1] [--closing partition|key]
-        [--keys str|json]
+        [--keys str|json] [--group-by user_id|record-key]
 
-JSON events from the source topic, re-keyed by ``user_id`` with ``group_by`` (one
+JSON events from the source topics (several are joined with ``concat``), re-keyed
+by ``user_id`` with ``group_by``, or with ``--group-by record-key`` grouped by their
+record key as it is (no repartition topic: the sources must be co-partitioned and
+keyed by user id; Quix then aligns partition i of every topic by timestamp) (one
 ``repartition__…`` topic, whose keys are the user id's bytes with ``--keys str``,
 as Kafka Streams' and sessionizer's are, or Quix's default JSON, quotes included), event time from ``timestamp`` (epoch ms), session
 windows with a 60 s gap and 5 s grace, aggregating the event count, the count
@@ -91,12 +94,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--app-id", required=True, help="consumer group")
-    parser.add_argument("--source", required=True)
+    parser.add_argument("--source", required=True, help="a topic, or several separated by commas")
     parser.add_argument("--output", required=True)
     parser.add_argument("--guarantee", choices=["exactly-once", "at-least-once"], default="exactly-once")
     parser.add_argument("--commit-interval", type=float, default=0.1, help="seconds (Quix's default is 5)")
     parser.add_argument("--closing", choices=["partition", "key"], default="partition")
     parser.add_argument("--keys", choices=["str", "json"], default="str", help="serializer of the repartition keys")
+    parser.add_argument("--group-by", choices=["user_id", "record-key"], default="user_id",
+                        help="re-key by user_id through a repartition topic, or keep the sources' record keys")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="quix-job-") as state_dir:
@@ -109,9 +114,18 @@ def main() -> None:
             state_dir=state_dir,
             loglevel=logging.WARNING,
         )
-        source = app.topic(args.source, value_deserializer="json", timestamp_extractor=event_time)
+        # The record keys matter only when they are the grouping key (the user id's bytes).
+        keys = {"key_deserializer": "str"} if args.group_by == "record-key" else {}
+        sources = [
+            app.topic(name, value_deserializer="json", timestamp_extractor=event_time, **keys)
+            for name in args.source.split(",")
+        ]
         output = app.topic(args.output, value_serializer="json")
-        sdf = app.dataframe(source).group_by("user_id", key_serializer=args.keys, key_deserializer=args.keys)
+        sdf = app.dataframe(sources[0])
+        for other in sources[1:]:
+            sdf = sdf.concat(app.dataframe(other))
+        if args.group_by == "user_id":
+            sdf = sdf.group_by("user_id", key_serializer=args.keys, key_deserializer=args.keys)
         sdf = (
             sdf.session_window(inactivity_gap_ms=GAP_MS, grace_ms=GRACE_MS)
             .agg(count=Count(), types=CountBy("type"), amount=SumAmount())

@@ -7,10 +7,20 @@ settings correctness depends on are set last and cannot be overridden.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from service.config import Config
-from service.logs import kafka_logger
+from service.runtime.client_errors import CLIENT_ERRORS
+
+#: The standard-library logger every client logs through (``service.ops.logs`` renders it).
+KAFKA_LOGGER = "sessionizer.librdkafka"
+
+
+def kafka_logger() -> logging.Logger:
+    """The logger librdkafka clients are given (``logger`` client property)."""
+    return logging.getLogger(KAFKA_LOGGER)
+
 
 # Tuning defaults a user may override.
 _CONSUMER_DEFAULTS = {
@@ -22,6 +32,20 @@ _CONSUMER_DEFAULTS = {
     # queue is full (default 1 s). With batches consumed every few milliseconds
     # that pause starved the loop: 10 ms gave 1.3-1.4x throughput in bench/bench.py.
     "fetch.queue.backoff.ms": "10",
+    # Records fetched ahead, per partition (librdkafka's default is 64 MiB each):
+    # 8 MiB keeps a backlog of many partitions from filling the memory.
+    "queued.max.messages.kbytes": "8192",
+    # librdkafka's statistics, for the metrics (service.runtime.kafka_stats); 0 turns them off.
+    "statistics.interval.ms": "15000",
+}
+# The restore consumer reads whole changelogs as fast as it can: large fetches
+# (1.6-1.9x the records/s of librdkafka's defaults in bench/scale.py), with a
+# bounded prefetch per partition.
+_RESTORE_DEFAULTS = {
+    "fetch.max.bytes": "67108864",
+    "max.partition.fetch.bytes": "16777216",
+    "queued.max.messages.kbytes": "16384",
+    "fetch.wait.max.ms": "10",
 }
 _PRODUCER_DEFAULTS = {
     "linger.ms": "5",
@@ -30,26 +54,35 @@ _PRODUCER_DEFAULTS = {
     # transaction is aborted within 10 s, so whoever takes over its partitions
     # can read past it.
     "transaction.timeout.ms": "10000",
+    # librdkafka's statistics, for the metrics (service.runtime.kafka_stats); 0 turns them off.
+    "statistics.interval.ms": "15000",
 }
 
 
-def _common(config: Config) -> dict[str, Any]:
+def _common(config: Config, kind: str) -> dict[str, Any]:
     props: dict[str, Any] = dict(config.kafka)
-    # librdkafka's own log lines go through structlog (JSON, app id, secrets scrubbed).
+    # librdkafka's own log lines go through structlog (JSON, app id, secrets scrubbed),
+    # and its errors through one reporter that logs each kind once in a while.
     props["logger"] = kafka_logger()
+    props["error_cb"] = CLIENT_ERRORS.callback(kind)
     return props
 
 
-def consumer_config(config: Config) -> dict[str, Any]:
-    """The group member that reads source and repartition topics."""
-    props = _common(config)
+def consumer_config(config: Config, co_partitioned: bool = False) -> dict[str, Any]:
+    """The group member that reads source and repartition topics.
+
+    ``co_partitioned``: some task reads partition i of several topics, which
+    only the range assignor keeps on one member (``service.core.topology``).
+    Its rebalances are eager: every partition is revoked and reassigned.
+    """
+    props = _common(config, "consumer")
     props.update(_CONSUMER_DEFAULTS)
     props.update(config.consumer)
     props.update(
         {
             "group.id": config.app_id,
             "client.id": f"{config.app_id}-{config.instance_id}-consumer",
-            "partition.assignment.strategy": "cooperative-sticky",
+            "partition.assignment.strategy": "range" if co_partitioned else "cooperative-sticky",
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
             "enable.partition.eof": "true",
@@ -61,10 +94,12 @@ def consumer_config(config: Config) -> dict[str, Any]:
 
 def restore_consumer_config(config: Config) -> dict[str, Any]:
     """A consumer with no group, assigned changelog partitions while they restore."""
-    props = _common(config)
+    props = _common(config, "restore consumer")
+    props.update(_RESTORE_DEFAULTS)
     props.update(config.consumer)
     for group_only in ("group.instance.id", "session.timeout.ms", "max.poll.interval.ms", "partition.assignment.strategy"):
         props.pop(group_only, None)
+    props.pop("statistics.interval.ms", None)  # no one reads this consumer's statistics
     props.update(
         {
             "group.id": f"{config.app_id}-restore-unused",
@@ -84,7 +119,7 @@ def producer_config(config: Config) -> dict[str, Any]:
 
     ``murmur2_random`` puts a key in the partition a Java producer would.
     """
-    props = _common(config)
+    props = _common(config, "producer")
     props.update(_PRODUCER_DEFAULTS)
     props.update(config.producer)
     props.update(
@@ -100,7 +135,7 @@ def producer_config(config: Config) -> dict[str, Any]:
 
 
 def admin_config(config: Config) -> dict[str, Any]:
-    props = _common(config)
+    props = _common(config, "admin")
     props["client.id"] = f"{config.app_id}-{config.instance_id}-admin"
     return props
 

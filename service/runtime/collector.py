@@ -8,33 +8,21 @@ which becomes the store's checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, cast
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from service.pipeline import OutputRecord
+from service.core.pipeline import OutputRecord
+from service.errors import CallTimedOut, CommitFailed, DeliveryFailed
+from service.runtime.frames import Record
 
 log = structlog.get_logger("sessionizer.collector")
-
-
-class DeliveryFailed(Exception):
-    """A record could not be written (at-least-once mode): do not commit offsets."""
-
-
-class CommitFailed(Exception):
-    """The transaction did not commit; nothing of it is visible."""
-
-    def __init__(self, error: KafkaError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class StuckCall(Exception):
-    """A librdkafka call did not return within its deadline."""
 
 
 def _within(call: Callable[[], None], deadline: float) -> None:
@@ -43,7 +31,7 @@ def _within(call: Callable[[], None], deadline: float) -> None:
     librdkafka's send_offsets_to_transaction can ignore its timeout and block
     for good when the group coordinator drops out of the metadata, as during a
     broker restart (librdkafka issues #5456 and #5511). The poll loop must not
-    hang with it: on ``StuckCall`` the producer is abandoned and replaced.
+    hang with it: on ``CallTimedOut`` the producer is abandoned and replaced.
     """
     outcome: list[BaseException | None] = []
 
@@ -58,7 +46,7 @@ def _within(call: Callable[[], None], deadline: float) -> None:
     worker.start()
     worker.join(deadline)
     if not outcome:
-        raise StuckCall()
+        raise CallTimedOut()
     if outcome[0] is not None:
         raise outcome[0]
 
@@ -89,6 +77,10 @@ class RecordCollector:
         # at-least-once pays for a delivery callback per record.
         self._report = None if exactly_once else self._checked
         self._stuck = False
+        #: The last commit failed in a way that leaves its outcome unknown (a call
+        #: that hung or timed out): once the producer is fenced it is decided, and
+        #: state must be read back from the changelogs, not assumed rolled back.
+        self.uncertain = False
 
     # -- writing ------------------------------------------------------------
 
@@ -105,9 +97,9 @@ class RecordCollector:
                 self.producer.poll(0.05)
         self.sent += 1
 
-    def send_all(self, records: Iterable[OutputRecord]) -> None:
-        for record in records:
-            self.send(record.topic, record.key, record.value, record.headers or None)
+    def emit(self, record: OutputRecord) -> None:
+        """Produce a record a task made (output, late, dead-letter, derived)."""
+        self.send(record.topic, record.key, record.value, record.headers or None)
 
     def send_changelog(self, topic: str, partition: int, records: list[tuple[bytes, bytes | None]]) -> None:
         """Changelog records of one commit; only the last one reports its offset."""
@@ -170,10 +162,13 @@ class RecordCollector:
         try:
             _within(commit_transaction, deadline=3 * timeout)
         except KafkaException as exc:
-            raise CommitFailed(exc.args[0]) from None
-        except StuckCall:
+            # Retries ran out on a timeout: the broker may have committed it all the same.
+            self.uncertain = exc.args[0].retriable()
+            raise CommitFailed(str(exc.args[0])) from None
+        except CallTimedOut:
             self._stuck = True
-            raise CommitFailed(KafkaError(KafkaError._TIMED_OUT, "transactional call overran its timeout")) from None
+            self.uncertain = True
+            raise CommitFailed("transactional call overran its timeout") from None
         self.producer.begin_transaction()
 
     def abort(self, timeout: float = 30.0) -> None:
@@ -191,10 +186,9 @@ class RecordCollector:
         deadline = time.monotonic() + 300
         while True:
             try:
-                producer = self.producer
-                _within(lambda: producer.abort_transaction(timeout), deadline=timeout + 5)
+                _within(partial(self.producer.abort_transaction, timeout), deadline=timeout + 5)
                 break
-            except StuckCall:
+            except CallTimedOut:
                 self._replace_producer(KafkaError(KafkaError._TIMED_OUT, "abort_transaction hung"))
                 return
             except KafkaException as exc:
@@ -217,10 +211,8 @@ class RecordCollector:
 
     def close(self, timeout: float = 30.0) -> None:
         if self.exactly_once:
-            try:
+            with contextlib.suppress(KafkaException):  # nothing open, or the producer is fenced: nothing to drop
                 self.producer.abort_transaction(timeout)
-            except KafkaException:
-                pass
         self.producer.flush(timeout)
 
     # -- delivery reports -------------------------------------------------------
@@ -233,7 +225,8 @@ class RecordCollector:
         if error is not None:
             self._errors.append(error)
             return
-        self._changelog_ends[(message.topic(), message.partition())] = message.offset() + 1
+        record = cast(Record, message)  # a delivered record has its topic, partition and offset
+        self._changelog_ends[(record.topic(), record.partition())] = record.offset() + 1
 
     def _raise_delivery_errors(self) -> None:
         if self._errors:

@@ -1,71 +1,68 @@
-"""The stream loop: owns the consumer and the producer, like a Kafka Streams StreamThread.
+"""The stream loop: one thread that polls, routes, punctuates and asks for commits.
 
-One iteration: poll a batch, hand each partition's records to its task, step
-any restoring stores, punctuate on the wall clock, and every commit interval
-commit. A commit closes due windows, writes each changed store's changelog
-records, and commits output, changelog, repartition, late and dead-letter
-records together with the consumed offsets: one Kafka transaction under
-exactly-once. Only after the transaction has committed are the stores'
-batches written to RocksDB, so local state never runs ahead of Kafka.
+Like a Kafka Streams ``StreamThread``, it owns the consumer and the
+producer's collector and delegates the rest: the ``TaskManager`` owns the
+tasks and runs each commit, the ``ChangelogReader`` restores stores between
+polls, and ``LoopStats`` records what operators see. One iteration: poll a
+batch, hand it to the tasks, step any restore, answer queries, punctuate on
+the wall clock, and every ``commit_interval`` commit.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from service.config import Config
-from service.metrics import LoopMetrics
-from service.pipeline import Pipeline, compile_pipelines
-from service.queries import QueryInbox
+from service.core.pipeline import Pipeline, compile_pipelines
+from service.core.topology import plan
+from service.core.watermarks import source_parts
+from service.runtime.changelog_reader import ChangelogReader, Progress
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
-from service.runtime.collector import CommitFailed, RecordCollector
+from service.runtime.collector import RecordCollector
+from service.runtime.kafka_stats import ConsumerStatistics, ProducerStatistics
 from service.runtime.punctuator import Punctuator
-from service.runtime.state import StateManager
-from service.runtime.tasks import SourceTask, TaskState, WindowTask
-from service.store import PendingCommit
+from service.runtime.queries import QueryInbox
+from service.runtime.stats import LoopStats, Sample, TaskId, Where
+from service.runtime.task_manager import TaskManager
+from service.runtime.tasks import TaskState, WindowTask
 
 log = structlog.get_logger("sessionizer.loop")
 
-Where = tuple[str, int]
-
-
-def _log_purge_failure(future: object) -> None:
-    error = future.exception()  # type: ignore[attr-defined]
-    if error is not None:
-        log.warning("purging repartition records failed", error=str(error))
-
-
-class ConsumerFailed(RuntimeError):
-    """The consumer reported a fatal error: this process cannot go on; a restart can."""
-
 
 class StreamLoop:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, partitions: Mapping[str, int], stats: LoopStats | None = None) -> None:
         self.config = config
         self.pipelines: tuple[Pipeline, ...] = compile_pipelines(config.pipelines)
-        self._by_repartition = {p.config.repartition_topic: p for p in self.pipelines}
-        self.collector = RecordCollector(lambda: Producer(producer_config(config)), config.exactly_once)
-        self.consumer = Consumer(consumer_config(config))
-        self.state = StateManager(config, Consumer(restore_consumer_config(config)))
-        self.state.on_restored = self._restored
-        self.sources = SourceTask(self.pipelines, self.collector)
-        self.punctuator = Punctuator(config.punctuate_interval_ms / 1000)
-        self.tasks: dict[Where, WindowTask] = {}
-        self.commits = 0
-        self.rebalances = 0
-        self.metrics = LoopMetrics()
+        self.plans = plan(config.pipelines, config.topics.partitions, partitions)
+        for pipeline_plan in self.plans.values():
+            if pipeline_plan.note:
+                log.info("pipeline read through its repartition topic", pipeline=pipeline_plan.name, why=pipeline_plan.note)
+        self.stats = stats or LoopStats()
         self.queries = QueryInbox()
-        self._offsets: dict[Where, int] = {}
-        self._source_caught_up: dict[Where, bool] = {}
-        self._sent_at_commit = 0
-        self._purgeable: dict[Where, int] = {}
-        self._admin = AdminClient(admin_config(config))
-        self._purge_interval = config.topics.purge_interval_ms / 1000
-        self._next_purge = time.monotonic() + self._purge_interval
+        producer_stats = ProducerStatistics(self.stats)
+        self.collector = RecordCollector(
+            lambda: Producer({**producer_config(config), "stats_cb": producer_stats}), config.exactly_once
+        )
+        co_partitioned = any(p.direct for p in self.plans.values())
+        self.consumer = Consumer({**consumer_config(config, co_partitioned), "stats_cb": ConsumerStatistics(self.stats)})
+        self.tasks = TaskManager(
+            config,
+            self.pipelines,
+            self.plans,
+            self.consumer,
+            self.collector,
+            ChangelogReader(Consumer(restore_consumer_config(config))),
+            AdminClient(admin_config(config)),
+            self.stats,
+            partitions,
+        )
+        self.punctuator = Punctuator(config.punctuate_interval_ms / 1000)
+        self._catching_up = Progress("catching up")
         self._running = False
         self._stop_requested = False
 
@@ -73,12 +70,13 @@ class StreamLoop:
 
     @property
     def topics(self) -> list[str]:
-        return self.sources.topics + list(self._by_repartition)
+        return self.tasks.topics
 
     def run(self) -> None:
         """Process until ``stop`` is called; then commit, close the stores and leave the group."""
+        tasks = self.tasks
         self.collector.init()
-        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.consumer.subscribe(self.topics, on_assign=tasks.on_assign, on_revoke=tasks.on_revoke, on_lost=tasks.on_lost)
         log.info("started", topics=self.topics, guarantee=self.config.processing_guarantee)
         interval = self.config.commit_interval_ms / 1000
         next_commit = time.monotonic() + interval
@@ -94,28 +92,36 @@ class StreamLoop:
                     # A failed produce or group call leaves this batch half
                     # done: drop it, as a failed commit would.
                     log.warning("processing failed, aborting and rewinding", error=str(exc.args[0]))
-                    self._abort_and_rewind()
+                    tasks.abort_and_rewind()
             clean = True
         finally:
             self._close(clean)
 
     def _iterate(self, next_commit: float, interval: float) -> float:
         """One poll-process-punctuate(-commit) round; returns the next commit deadline."""
-        restoring = self.state.busy
+        reader = self.tasks.reader
+        restoring = reader.busy
         wait = 0.0 if restoring else max(0.0, next_commit - time.monotonic())
         messages = self.consumer.consume(self.config.poll_batch, wait)
         if messages:
-            self._route(messages)
+            self.tasks.route(messages)
         if restoring:
-            self.state.restore_step(timeout=0.0 if messages else 0.05)
+            reader.step(timeout=0.0 if messages else 0.05)
         self.collector.poll()
         now = time.monotonic()
-        self.metrics.tick(self, now)
-        self.queries.serve(self.tasks)
+        restoring_now = len(reader.restoring)
+        if restoring_now < self.stats.restoring:
+            # Sample before saying so: whoever sees the restore finished sees its counts too.
+            self._sample(now)
+        self.stats.restoring = restoring_now
+        if self.stats.tick(now):
+            self._sample(now)
+        self.queries.serve(self.tasks.window_tasks)
         if self.punctuator.due(now):
-            self._punctuate(now)
+            self.stats.punctuations += 1
+            self.tasks.punctuate(now)
         if now >= next_commit:
-            self.commit()
+            self.tasks.commit()
             return time.monotonic() + interval
         return next_commit
 
@@ -124,13 +130,9 @@ class StreamLoop:
         self._stop_requested = True
 
     @property
-    def running_tasks(self) -> list[WindowTask]:
-        return [t for t in self.tasks.values() if t.state is TaskState.RUNNING]
-
-    @property
     def ready(self) -> bool:
         """Partitions are assigned, restored and processing."""
-        return self._running and bool(self.consumer.assignment()) and not self.state.busy
+        return self._running and bool(self.consumer.assignment()) and not self.tasks.reader.busy
 
     def _close(self, clean: bool) -> None:
         """Leave cleanly after ``stop``; after an error, commit nothing.
@@ -141,245 +143,111 @@ class StreamLoop:
         as the truth.
         """
         self._running = False
-        self.metrics.running = False
+        self.stats.running = False
         self.queries.close()
         if clean:
             try:
-                self.commit()
+                self.tasks.commit()
             except Exception:
                 log.exception("final commit failed")
                 clean = False
         if not clean:
             try:
-                self._abort_and_rewind(lost=True)
+                self.tasks.abort_and_rewind(lost=True)
             except Exception:
                 log.exception("abort failed")
-        self.consumer.close()  # leaves the group; the revoke callback closes the tasks
-        for task in list(self.tasks.values()):
-            task.store.close()
-        self.tasks.clear()
-        self.state.close()
+        self.consumer.close()  # leaves the group; the revoke callback commits and closes the tasks
+        self.tasks.close()
+        self.tasks.reader.close()
         self.collector.close()
-        log.info("stopped", commits=self.commits, clean=clean)
+        log.info("stopped", commits=self.stats.commits, clean=clean)
 
-    # -- processing -------------------------------------------------------------
+    # -- measuring ----------------------------------------------------------------
 
-    def _route(self, messages: list[Message]) -> None:
-        groups: dict[Where, list[Message]] = {}
-        ends: list[Where] = []
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    ends.append((message.topic(), message.partition()))
-                elif error.fatal():
-                    raise ConsumerFailed(str(error))
-                else:
-                    log.warning("consume error", error=str(error))
-                continue
-            where = (message.topic(), message.partition())
-            group = groups.get(where)
-            if group is None:
-                groups[where] = [message]
-            else:
-                group.append(message)
-        for where, group in groups.items():
-            task = self.tasks.get(where)
-            if task is not None:
-                if task.state is not TaskState.RUNNING:
-                    # Fetched before the partition was paused for its restore:
-                    # read them again once the task runs.
-                    self.consumer.seek(TopicPartition(where[0], where[1], group[0].offset()))
-                    continue
-                task.process(group)
-                self._drain(task)
-            elif where in self._source_caught_up:
-                self.sources.process(where[0], group)
-                self._source_caught_up[where] = False
-            else:
-                continue
-            self._offsets[where] = group[-1].offset() + 1
-            self.metrics.count_consumed(where, len(group))
-        # A partition's end-of-partition event follows its records in the batch,
-        # so it is applied after them.
-        for where in ends:
-            task = self.tasks.get(where)
-            if task is not None:
-                task.caught_up = True
-            elif where in self._source_caught_up:
-                self._source_caught_up[where] = True
-
-    def _drain(self, task: WindowTask) -> None:
-        if task.out:
-            self.collector.send_all(task.out)
-            task.out.clear()
-
-    def _punctuate(self, now: float) -> None:
-        for task in self.running_tasks:
-            if self._sources_caught_up(task.pipeline):
-                task.punctuate(now)
-
-    def _sources_caught_up(self, pipeline: Pipeline) -> bool:
-        """Whether every source partition of ``pipeline`` this instance owns has been read to its end."""
-        sources = pipeline.config.sources
-        return all(caught for (topic, _), caught in self._source_caught_up.items() if topic in sources)
-
-    # -- commits ----------------------------------------------------------------
-
-    def commit(self) -> None:
-        """Close due windows and commit state, output and offsets together."""
-        started = time.perf_counter()
-        tasks = self.running_tasks
-        for task in tasks:
-            task.processor.close_due()
-            self._drain(task)
-        pending: list[tuple[WindowTask, PendingCommit]] = []
-        for task in tasks:
-            if task.store.has_changes:
-                changes = task.store.prepare()
-                self.collector.send_changelog(task.pipeline.config.changelog_topic, task.partition, changes.changelog)
-                pending.append((task, changes))
-        if not self._offsets and not pending and self.collector.sent == self._sent_at_commit:
-            return
-        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._offsets.items()]
-        transaction_started = time.perf_counter()
+    def _sample(self, now: float) -> None:
+        """Lag, store sizes and task totals, read in the loop's own thread; a failure is logged, never raised."""
         try:
-            self.collector.commit(offsets, self.consumer.consumer_group_metadata())
-        except CommitFailed as exc:
-            log.warning("commit failed, aborting and rewinding", error=str(exc))
-            self._abort_and_rewind()
+            self.stats.sample = sample = self.take_sample(now)
+        except Exception as exc:  # a metric must never stop the loop
+            log.warning("metrics sampling failed", error=str(exc))
             return
-        transaction_seconds = time.perf_counter() - transaction_started
-        self._apply(pending)
-        if not self.config.exactly_once and offsets:
-            # At-least-once: records are delivered and state is written before
-            # offsets move, so a crash here only repeats work.
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                log.warning("offset commit failed; records will be processed again", error=str(exc.args[0]))
-        for where, offset in self._offsets.items():
-            if where[0] in self._by_repartition:
-                self._purgeable[where] = offset
-        self._offsets.clear()
-        self._sent_at_commit = self.collector.sent
-        self.commits += 1
-        self._purge_repartition()
-        self.metrics.committed(time.perf_counter() - started, transaction_seconds)
+        lag = sum(sample.lag.values())
+        if lag:  # a replay, or a backlog after an outage: say how it goes every 10 s
+            self._catching_up.done = sum(self.stats.consumed.values())
+            running = [t.store.stream_time for t in self.tasks.running_tasks if t.store.stream_time is not None]
+            self._catching_up.report(remaining=lag, stream_time=min(running, default=None))
 
-    def _purge_repartition(self) -> None:
-        """Delete repartition records every commit has moved past, as Kafka Streams does.
+    def take_sample(self, now: float) -> Sample:
+        """Lag is the high watermark librdkafka last saw in a fetch response (the last
+        stable offset under read_committed) minus the consumer's position: no request
+        to the broker is made."""
+        consumer = self.consumer
+        assignment = consumer.assignment()
+        lag: dict[Where, int] = {}
+        if assignment:
+            for tp in consumer.position(assignment):
+                if tp.offset < 0:
+                    continue  # nothing fetched yet
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        windows = list(self.tasks.window_tasks.values())
+        stores = {(t.pipeline.name, t.partition): (t.store.approximate_keys(), t.store.approximate_bytes()) for t in windows}
+        states = [t.state for t in windows]
+        stream_time: dict[TaskId, int] = {}
+        watermarks: dict[tuple[str, int, str], int] = {}
+        for task in windows:
+            if task.state is not TaskState.RUNNING:
+                continue  # a restoring task's stream time is the restore's, not yet the data's
+            if task.store.stream_time is not None:
+                stream_time[task.task_id] = task.store.stream_time
+            for topic, mark in topic_watermarks(task, now).items():
+                watermarks[(task.pipeline.name, task.partition, topic)] = mark
+        remaining = {
+            (r.state.pipeline.name, r.state.partition): r.remaining for r in self.tasks.reader.restoring.values()
+        }
+        self.stats.records_sent = self.collector.sent
+        return Sample(
+            at=now,
+            assigned=len(assignment),
+            lag=lag,
+            stores=stores,
+            tasks=self.tasks.task_counts(),
+            task_states={state.value: states.count(state) for state in TaskState},
+            restore_remaining=remaining,
+            stream_time=stream_time,
+            watermarks=watermarks,
+        )
 
-        Repartition topics keep records forever (a retention would lose events
-        that wait unconsumed); the service deletes what it has committed.
-        """
-        now = time.monotonic()
-        if now < self._next_purge or not self._purgeable:
-            return
-        self._next_purge = now + self._purge_interval
-        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._purgeable.items()]
-        self._purgeable.clear()
-        for future in self._admin.delete_records(offsets).values():
-            future.add_done_callback(_log_purge_failure)
 
-    def _apply(self, pending: list[tuple[WindowTask, PendingCommit]]) -> None:
-        for task, changes in pending:
-            end = self.collector.changelog_end(task.pipeline.config.changelog_topic, task.partition)
-            task.store.apply(changes, end)
+def topic_watermarks(task: WindowTask, now: float) -> dict[str, int]:
+    """Per source topic of ``task``, its watermark as the task sees it (epoch ms).
 
-    def _abort_and_rewind(self, lost: bool = False) -> None:
-        """Undo everything since the last commit: transaction, stores, positions."""
-        self.metrics.aborts += 1
-        self.collector.abort()
-        for task in self.running_tasks:
-            task.rollback()
-        self._offsets.clear()
-        self._sent_at_commit = self.collector.sent
-        # Whatever happened (a broker outage, a lost generation) may have hidden
-        # records: no partition counts as caught up, and no idle time counts,
-        # until a fresh end-of-partition event says so again.
-        for task in self.tasks.values():
-            task.caught_up = False
-        for where in self._source_caught_up:
-            self._source_caught_up[where] = False
-        if not lost:
-            self._seek_to_committed()
-
-    def _seek_to_committed(self, patience: float = 120.0) -> None:
-        """Put every active partition back at its committed offset (retrying while the broker is away)."""
-        active = [
-            TopicPartition(topic, partition)
-            for (topic, partition) in list(self._source_caught_up) + [(t.topic, t.partition) for t in self.running_tasks]
-        ]
-        if not active:
-            return
-        deadline = time.monotonic() + patience
-        while True:
-            try:
-                committed = self.consumer.committed(active, timeout=10)
-                break
-            except KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("reading committed offsets failed, retrying", error=str(exc.args[0]))
-                time.sleep(1.0)
-        for tp in committed:
-            if tp.offset < 0:
-                tp.offset = OFFSET_BEGINNING
-            try:
-                self.consumer.seek(tp)
-            except KafkaException as exc:
-                log.warning("seek failed", topic=tp.topic, partition=tp.partition, error=str(exc.args[0]))
-
-    # -- rebalances -------------------------------------------------------------
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.rebalances += 1
-        log.info("partitions assigned", partitions=[f"{p.topic}-{p.partition}" for p in partitions])
-        consumer.incremental_assign(partitions)
-        new_tasks = []
-        for tp in partitions:
-            where = (tp.topic, tp.partition)
-            pipeline = self._by_repartition.get(tp.topic)
-            if pipeline is None:
-                self._source_caught_up[where] = False
-                continue
-            task = WindowTask(pipeline, tp.topic, tp.partition, self.state.open_store(pipeline, tp.partition))
-            task.processor.on_emit = self.metrics.emit_observer(pipeline.name)
-            self.tasks[where] = task
-            new_tasks.append(task)
-        if new_tasks:
-            consumer.pause([TopicPartition(t.topic, t.partition) for t in new_tasks])
-        for task in new_tasks:
-            self.state.begin(task)
-
-    def _restored(self, task: WindowTask) -> None:
-        if self.tasks.get((task.topic, task.partition)) is not task:
-            return
-        task.started()
-        self.consumer.resume([TopicPartition(task.topic, task.partition)])
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if not partitions:
-            return
-        self.rebalances += 1
-        log.info("partitions revoked", partitions=[f"{p.topic}-{p.partition}" for p in partitions])
-        self.commit()
-        self._forget(partitions)
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.rebalances += 1
-        log.warning("partitions lost", partitions=[f"{p.topic}-{p.partition}" for p in partitions])
-        self._abort_and_rewind(lost=True)
-        self._forget(partitions)
-        self._seek_to_committed()
-
-    def _forget(self, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            where = (tp.topic, tp.partition)
-            self._offsets.pop(where, None)
-            self._source_caught_up.pop(where, None)
-            task = self.tasks.pop(where, None)
-            if task is not None:
-                self.state.cancel(task)
-                task.store.close()
+    That is the lowest watermark among the topic's partitions that are not
+    idle, the one holding stream time back, or, when every partition of it is
+    idle, the highest. A topic with a busy partition not heard from yet has
+    none. ``now`` is on the task's clock (monotonic seconds), for idleness.
+    """
+    marks = task.watermarks
+    _, active = marks.lowest_active(now)
+    busy = set(active)
+    topics = task.pipeline.config.sources
+    lowest: dict[str, int] = {}
+    highest: dict[str, int] = {}
+    unknown: set[str] = set()
+    for source in marks.expected | marks.marks.keys():
+        index, _ = source_parts(source)
+        topic = topics[index] if index < len(topics) else str(index)
+        mark = marks.marks.get(source)
+        if source in busy:
+            if mark is None:
+                unknown.add(topic)
+            elif topic not in lowest or mark < lowest[topic]:
+                lowest[topic] = mark
+        elif mark is not None and (topic not in highest or mark > highest[topic]):
+            highest[topic] = mark
+    out = dict(highest)
+    out.update(lowest)
+    for topic in unknown:
+        out.pop(topic, None)
+    return out

@@ -1,88 +1,174 @@
-"""Tasks: the units of work a Kafka Streams engineer expects.
+"""Tasks: the units of work a Kafka Streams engineer expects, one per partition.
 
-- ``SourceTask`` work is stateless: decode each source record once, and for
-  every pipeline reading that topic, extract key and event time and forward the
-  record to the pipeline's repartition topic keyed by the grouping key, so all
-  events of one key meet in one partition whatever topic they came from.
-  Unusable records go to the dead-letter topic instead.
-- ``WindowTask`` is one partition of one pipeline's repartition topic, with
+- A ``SourceTask`` reads one source partition. Its work is stateless: decode
+  each record once, and for every pipeline reading that topic extract key and
+  event time and forward the record to the pipeline's repartition topic, keyed
+  by the grouping key, so all events of one key meet in one partition whatever
+  topic they came from. Unusable records go to the dead-letter topic instead.
+- A ``WindowTask`` is one partition of one pipeline's repartition topic, with
   its own store and stream time, driving a ``WindowProcessor``.
 
-Repartition records carry the event time and the source's index in front of
-the untouched original bytes (``RepartitionFrame``): the window stage needs no
-second parse of the time, a late event reaches the late topic as it was sent,
-and pairing knows which topic each event came from.
+Both write only through the record collector. Both take part in a commit in
+two steps: ``prepare_commit`` before the transaction, ``post_commit`` after it
+(see ``service.runtime.checkpoint`` for the whole sequence).
+
+What travels between them, framed events and watermark reports, is described
+in ``service.runtime.frames``; how a window task turns its sources'
+watermarks into stream time, in ``service.core.watermarks``.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 
 import orjson
-from confluent_kafka import Message
 
-from service.extract import BadRecord, parse_event
-from service.pipeline import OutputRecord, Pipeline, dead_letter
-from service.processor import WindowProcessor
+from service.core.extract import parse_event
+from service.core.partitioner import partition_for
+from service.core.pipeline import OutputRecord, Pipeline, dead_letter
+from service.core.processor import WindowProcessor
+from service.core.reasons import OTHER, REASON_CODE_HEADER, UNREADABLE_FRAME, WRONG_PARTITION
+from service.core.source import Route, SourceStage
+from service.core.watermarks import Watermarks, source_id
+from service.errors import BadRecord
+from service.runtime import frames
 from service.runtime.collector import RecordCollector
-from service.store import WindowStore
+from service.runtime.frames import DATA, DATA_FRAME, IDLE, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME, Record
+from service.runtime.state_manager import StateManager
+from service.runtime.stats import TaskCounts
+from service.state.store import PendingCommit, WindowStore
 
-#: Event time in epoch ms (signed 64-bit) and the source topic's index in the pipeline.
-RepartitionFrame = struct.Struct(">qB")
-_FRAME = RepartitionFrame.size
-_CREATE_TIME = 1
+#: The store's metadata entry holding the sources' watermarks.
+WATERMARKS = b"watermarks"
+#: How often a source partition reports its watermark when nothing changes (seconds).
+REPORT_INTERVAL = 1.0
+_DATA_SIZE = DATA_FRAME.size
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far this source partition has got for one pipeline reading it.
+
+    Per pipeline, because pipelines may read event time from different fields.
+    """
+
+    repartition_topic: str
+    repartition_partitions: int
+    source: int
+    watermark: int | None = None
+    committed: int | None = None
+    #: (watermark, idle) of the last report sent, and when (monotonic s).
+    reported: tuple[int | None, bool] | None = None
+    reported_at: float = 0.0
 
 
 class SourceTask:
-    """Routes source-topic records of every pipeline to their repartition topics."""
+    """One source partition: routes its records to the repartition topics of every pipeline reading it.
 
-    def __init__(self, pipelines: tuple[Pipeline, ...], collector: RecordCollector) -> None:
+    It also keeps, per pipeline, the partition's watermark (the largest event
+    time read from it). Every frame carries it, and at commits it reports it
+    (and whether the partition is read to its end) to every repartition
+    partition: see ``service.runtime.frames``.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        stage: SourceStage,
+        partitions: Mapping[str, int],
+        collector: RecordCollector,
+        dead_letters: dict[tuple[str, str], int],
+        report_interval: float = REPORT_INTERVAL,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
         self.collector = collector
-        self._routes: dict[str, list[tuple[Pipeline, int]]] = {}
-        for pipeline in pipelines:
-            for index, topic in enumerate(pipeline.config.sources):
-                self._routes.setdefault(topic, []).append((pipeline, index))
-        self.consumed = 0
-        self.dead_lettered = 0
-        #: Dead-letter topic -> records written to it (for metrics).
-        self.dead_letters: dict[str, int] = {}
+        self._stage = stage
+        self._routes = stage.routes(topic)
+        self._progress = [
+            _Progress(
+                route.pipeline.config.repartition_topic,
+                partitions[route.pipeline.config.repartition_topic],
+                source_id(route.index, partition),
+            )
+            for route in self._routes
+        ]
+        #: (dead-letter topic, reason code) -> records written; shared by the source tasks, for metrics.
+        self._dead_letters = dead_letters
+        self._report_interval = report_interval
+        #: The partition's end was reached after its last record (librdkafka's end-of-partition event).
+        self.caught_up = False
 
-    @property
-    def topics(self) -> list[str]:
-        return list(self._routes)
-
-    def process(self, topic: str, messages: list[Message]) -> None:
-        routes = self._routes[topic]
+    def process(self, messages: list[Record]) -> None:
         send = self.collector.send
-        pack = RepartitionFrame.pack
-        for message in messages:
-            raw = message.value()
-            try:
-                event = parse_event(raw)
-            except BadRecord as exc:
-                for dlq in dict.fromkeys(p.config.dead_letter_topic for p, _ in routes):
-                    self._dead_letter(dlq, str(exc), message)
-                continue
-            kind, record_ms = message.timestamp()
-            for pipeline, index in routes:
-                try:
-                    key, time_ms = pipeline.extract(event, record_ms if kind else None)
-                except BadRecord as exc:
-                    self._dead_letter(pipeline.config.dead_letter_topic, str(exc), message, pipeline.name)
-                    continue
-                send(pipeline.config.repartition_topic, key, pack(time_ms, index) + raw)
-        self.consumed += len(messages)
+        pack = DATA_FRAME.pack
+        progress = self._progress
 
-    def _dead_letter(self, topic: str, error: str, message: Message, pipeline: str | None = None) -> None:
-        record = dead_letter(
-            topic, error, message.key(), message.value(), message.topic(), message.partition(), message.offset(), pipeline
-        )
-        self.collector.send_all((record,))
-        self.dead_lettered += 1
-        self.dead_letters[topic] = self.dead_letters.get(topic, 0) + 1
+        def forward(route: Route, key: bytes, time_ms: int, event: object, raw: bytes) -> None:
+            state = progress[route.slot]
+            watermark = state.watermark
+            if watermark is None or time_ms > watermark:
+                state.watermark = watermark = time_ms
+            send(state.repartition_topic, key, pack(DATA, time_ms, watermark, state.source) + raw)
+
+        process = self._stage.process
+        routes = self._routes
+        reject = self._reject
+        for message in messages:
+            kind, record_ms = message.timestamp()
+            process(routes, message.value(), record_ms if kind else None, message, forward, reject)
+        self.caught_up = False
+
+    def watermarks(self) -> list[tuple[str, int | None]]:
+        """(pipeline, this partition's watermark for it), for alignment."""
+        return [(route.pipeline.name, state.watermark) for route, state in zip(self._routes, self._progress)]
+
+    def _reject(self, record: OutputRecord) -> None:
+        self.collector.emit(record)
+        code = next((value.decode() for name, value in record.headers if name == REASON_CODE_HEADER), OTHER)
+        where = (record.topic, code)
+        self._dead_letters[where] = self._dead_letters.get(where, 0) + 1
+
+    def prepare_commit(self, now: float) -> bool:
+        """Report the watermark to every repartition partition this source feeds.
+
+        At once when the partition went idle or busy; when its watermark moved,
+        at most once a report interval (its frames carry it meanwhile); and
+        while it is idle, every report interval, as a heartbeat: a window task
+        that stops hearing that a source is idle counts it as busy again, and
+        waits for it.
+        """
+        idle = self.caught_up
+        for state in self._progress:
+            if state.watermark is None and not idle:
+                continue  # nothing read yet, and more to read: nothing to say
+            due = now - state.reported_at >= self._report_interval
+            if state.reported is None or state.reported[1] != idle:
+                pass  # went idle or busy
+            elif not due or (not idle and state.reported[0] == state.watermark):
+                continue
+            value = frames.report(state.watermark, state.source, idle)
+            for partition in range(state.repartition_partitions):
+                self.collector.send(state.repartition_topic, None, value, partition=partition)
+            state.reported = (state.watermark, idle)
+            state.reported_at = now
+        return False
+
+    def post_commit(self) -> None:
+        for state in self._progress:
+            state.committed = state.watermark
+
+    def rollback(self) -> None:
+        """After an abort the partition is read again from its committed offset, and so is its watermark."""
+        for state in self._progress:
+            state.watermark = state.committed
+            state.reported = None
+        self.caught_up = False
 
 
 class TaskState(Enum):
@@ -90,73 +176,208 @@ class TaskState(Enum):
     RUNNING = "running"
 
 
-@dataclass
 class WindowTask:
-    """One repartition partition of one pipeline: its store, stream time and idle clock."""
+    """One repartition partition of one pipeline: its store, its sources' watermarks, its idle clock."""
 
-    pipeline: Pipeline
-    topic: str
-    partition: int
-    store: WindowStore
-    state: TaskState = TaskState.RESTORING
-    out: list[OutputRecord] = field(default_factory=list)
-    #: The partition's end was reached after its last record (librdkafka's EOF event).
-    caught_up: bool = False
-    restored_records: int = 0
-
-    def __post_init__(self) -> None:
-        self.processor = WindowProcessor(self.pipeline, self.store, self.out)
-        self._idle_base = (self.store.stream_time, time.monotonic())
+    def __init__(
+        self,
+        state: StateManager,
+        topic: str,
+        collector: RecordCollector,
+        sources: Iterable[int] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state_manager = state
+        self.pipeline: Pipeline = state.pipeline
+        self.topic = topic
+        self.partition = state.partition
+        self.collector = collector
+        self.state = TaskState.RESTORING
+        #: The partition's end was reached after its last record (librdkafka's end-of-partition event).
+        self.caught_up = False
         self.dead_lettered = 0
+        #: ``dead_lettered`` by reason code.
+        self.dead_letter_reasons: dict[str, int] = {}
+        self.out: list[OutputRecord] = []
+        self.processor = WindowProcessor(self.pipeline, state.store, self.out)
+        #: The source partitions that feed this task, and how far each has got.
+        self.watermarks = Watermarks(sources)
+        self._committed_marks: dict[int, int] = {}
+        self._clock = clock
+        self._pending: PendingCommit | None = None
+        #: (stream time, wall clock) when everything was last found read; None while something is not.
+        self._idle_base: tuple[int | None, float] | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.pipeline.name}-{self.partition}"
+        return self.state_manager.name
 
-    def process(self, messages: list[Message]) -> None:
+    @property
+    def task_id(self) -> tuple[str, int]:
+        return (self.pipeline.name, self.partition)
+
+    @property
+    def inputs(self) -> list[tuple[str, int]]:
+        """The partitions this task consumes (paused while it restores)."""
+        return [(self.topic, self.partition)]
+
+    @property
+    def store(self) -> WindowStore:
+        return self.state_manager.store
+
+    def reset_store(self) -> None:
+        """Start from empty local state (a full restore from the changelog follows)."""
+        self.processor.store = self.state_manager.reset()
+
+    # -- processing -----------------------------------------------------------
+
+    def process(self, messages: list[Record]) -> None:
+        """Frames go to the processor with their source's watermark; reports update the watermarks."""
         process = self.processor.process
         loads = orjson.loads
-        unpack = RepartitionFrame.unpack_from
+        unpack = DATA_FRAME.unpack_from
+        marks = self.watermarks
+        advance = marks.advance
+        now = self._clock()
+        data = False
         for message in messages:
             raw = message.value()
-            try:
-                time_ms, source = unpack(raw)
-                body = memoryview(raw)[_FRAME:]
-                event = loads(body)
-            except (struct.error, TypeError, orjson.JSONDecodeError) as exc:
-                self._dead_letter(f"unreadable repartition record: {exc}", message)
+            key = message.key()
+            if raw is None:
+                self._dead_letter("unreadable repartition record: no value", message, UNREADABLE_FRAME)
                 continue
-            process(message.key(), time_ms, event, body, source)
-        self.caught_up = False
-        self._idle_base = (self.store.stream_time, time.monotonic())
+            try:
+                if key is None:
+                    _, watermark, source, flags = REPORT_FRAME.unpack(raw)
+                    marks.report(source, None if watermark == NO_WATERMARK else watermark, bool(flags & IDLE), now)
+                    continue
+                if raw[0] == DATA:
+                    _, time_ms, watermark, source = unpack(raw)
+                    body = memoryview(raw)[_DATA_SIZE:]
+                    process(key, time_ms, loads(body), body, source >> 16, advance(source, watermark))
+                else:  # a frame written before watermarks: judged by stream time alone
+                    time_ms, index = LEGACY_FRAME.unpack_from(raw)
+                    body = memoryview(raw)[LEGACY_FRAME.size :]
+                    process(key, time_ms, loads(body), body, index, self.store.stream_time or time_ms)
+                data = True
+            except (struct.error, TypeError, IndexError, orjson.JSONDecodeError) as exc:
+                self._dead_letter(f"unreadable repartition record: {exc}", message, UNREADABLE_FRAME)
+        if data:
+            # Events were waiting: not caught up until the next end-of-partition event. Reports
+            # alone (the sources' heartbeats) hide no event and keep the idle clock running.
+            self.caught_up = False
+        self._advance(now, data)
+        self._flush()
+
+    def _advance(self, now: float, data: bool) -> None:
+        """Stream time follows the slowest source; then the idle clock is checked (``_check_idle``)."""
+        before = self.store.stream_time
+        self.processor.advance(self.watermarks.stream_time(now))
+        if data or self.store.stream_time != before:
+            self._idle_base = None  # it moved by events: the clock starts afresh from here, if at all
+        self._check_idle(now)
+
+    def _check_idle(self, now: float) -> None:
+        """Start the idle clock the moment everything is read; stop it the moment something is not."""
+        if not (self.caught_up and self.watermarks.all_idle(now)):
+            self._idle_base = None
+        elif self._idle_base is None:
+            self._idle_base = (self.store.stream_time, now)
+
+    def reached_end(self, now: float) -> None:
+        """The partition's end was reached after its last record (librdkafka's end-of-partition event)."""
+        self.caught_up = True
+        self._check_idle(now)
 
     def started(self) -> None:
-        """Restoring is over: processing begins and the idle clock starts now."""
+        """Restoring is over: the sources' watermarks come back, processing begins, the idle clock starts now."""
         self.state = TaskState.RUNNING
-        self._idle_base = (self.store.stream_time, time.monotonic())
+        stored = self.store.meta(WATERMARKS)
+        if stored is not None:
+            self.watermarks.load(orjson.loads(stored))
+        self._committed_marks = dict(self.watermarks.marks)
+        self._idle_base = None
 
     def punctuate(self, now: float) -> None:
-        """Idle closing: a caught-up partition's stream time follows the wall clock.
+        """Idle closing: once everything is read, stream time follows the wall clock.
 
-        Stream time moves on by the wall-clock time elapsed since the last
-        event, so a quiet user's session closes without any further event and
-        without dummy events. A partition that still has records to read is
-        driven by event time alone, so replaying old data behaves like live data.
+        When this partition is read to its end and every source feeding it is
+        idle, stream time moves on by the wall-clock time elapsed since the
+        last event, so a quiet user's session closes without any further event
+        and without dummy events. While any source has records to read, stream
+        time is driven by event time alone, so replaying old data behaves like
+        live data.
         """
-        if not self.caught_up:
-            return
+        self._advance(now, data=False)
+        if self._idle_base is None:
+            return  # something is not read, or not known to be: the clock does not run
         base_time, base_wall = self._idle_base
         if base_time is None:
             return
         self.processor.advance(base_time + int((now - base_wall) * 1000))
 
+    # -- commits --------------------------------------------------------------
+
+    def prepare_commit(self) -> bool:
+        """Close due windows, hand their records and this commit's changelog records to the collector."""
+        self.processor.close_due()
+        self._flush()
+        store = self.store
+        if self.watermarks.take_changed():
+            store.put_meta(WATERMARKS, orjson.dumps(self.watermarks.dump()))
+        if not store.has_changes:
+            return False
+        self._pending = store.prepare()
+        self.collector.send_changelog(self.pipeline.config.changelog_topic, self.partition, self._pending.changelog)
+        return True
+
+    def post_commit(self) -> None:
+        """The transaction committed: write the batch to RocksDB with the changelog offset it reached."""
+        if self._pending is None:
+            return
+        end = self.collector.changelog_end(self.pipeline.config.changelog_topic, self.partition)
+        self.store.apply(self._pending, end)
+        self._pending = None
+        self._committed_marks = dict(self.watermarks.marks)
+
     def rollback(self) -> None:
         """Back to the last commit; the idle clock restarts, so time spent failing is not idle time."""
         self.store.rollback()
         self.out.clear()
-        self._idle_base = (self.store.stream_time, time.monotonic())
+        self._pending = None
+        self.caught_up = False
+        self.watermarks.marks = dict(self._committed_marks)
+        self.watermarks.forget_idleness()
+        self.watermarks.changed = False
+        self._idle_base = None
 
-    def _dead_letter(self, error: str, message: Message) -> None:
+    # -- the rest ---------------------------------------------------------------
+
+    def counts(self) -> TaskCounts:
+        c = self.processor.counters
+        return TaskCounts(
+            c.processed,
+            c.late,
+            c.emitted,
+            c.merges,
+            self.dead_lettered,
+            self.state_manager.restored_records,
+            dict(c.late_reasons),
+            dict(self.dead_letter_reasons),
+        )
+
+    def close(self) -> None:
+        self.state_manager.close()
+
+    def _flush(self) -> None:
+        out = self.out
+        if out:
+            emit = self.collector.emit
+            for record in out:
+                emit(record)
+            out.clear()
+
+    def _dead_letter(self, error: str, message: Record, code: str) -> None:
         self.out.append(
             dead_letter(
                 self.pipeline.config.dead_letter_topic,
@@ -167,6 +388,100 @@ class WindowTask:
                 message.partition(),
                 message.offset(),
                 self.pipeline.name,
+                code,
             )
         )
         self.dead_lettered += 1
+        self.dead_letter_reasons[code] = self.dead_letter_reasons.get(code, 0) + 1
+
+
+#: Keys whose partition a direct task has checked, at most this many remembered.
+VERIFIED_KEYS = 100_000
+
+
+class DirectTask(WindowTask):
+    """Partition i of every source of a pipeline grouped by the record key, read without a repartition topic.
+
+    The sources are co-partitioned (``service.core.topology``), so the task
+    is its own source stage: it decodes each record, checks that its key
+    belongs in this partition, keeps each input's watermark itself, and a
+    record found in the wrong partition goes to the dead-letter topic instead
+    of into another key's store.
+    """
+
+    def __init__(
+        self, state: StateManager, collector: RecordCollector, partitions: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        sources = state.pipeline.config.sources
+        super().__init__(state, sources[0], collector, [source_id(i, state.partition) for i in range(len(sources))], clock)
+        self._partitions = partitions
+        self._verified: set[bytes] = set()
+        #: Indexes (in the pipeline's sources) of the inputs read to their end.
+        self._idle_inputs: set[int] = set()
+
+    @property
+    def inputs(self) -> list[tuple[str, int]]:
+        return [(topic, self.partition) for topic in self.pipeline.config.sources]
+
+    def process_input(self, index: int, messages: list[Record]) -> None:
+        """Records of source ``index``: decoded, keyed by the record key, checked, processed."""
+        source = source_id(index, self.partition)
+        extract = self.pipeline.extract
+        process = self.processor.process
+        observe = self.watermarks.observe
+        verified = self._verified
+        partition = self.partition
+        for message in messages:
+            raw = message.value()
+            try:
+                event = parse_event(raw)
+                kind, record_ms = message.timestamp()
+                key, time_ms = extract(event, record_ms if kind else None, message.key())
+                if key not in verified:
+                    self._verify(key, partition)
+            except BadRecord as exc:
+                self._dead_letter(str(exc), message, exc.code)
+                continue
+            process(key, time_ms, event, raw, index, observe(source, time_ms))  # type: ignore[arg-type]  # raw parsed, so not None
+        self._idle_inputs.discard(index)
+        self.caught_up = False
+        self._advance(self._clock(), True)
+        self._flush()
+
+    def _verify(self, key: bytes, partition: int) -> None:
+        expected = partition_for(key, self._partitions)
+        if expected != partition:
+            raise BadRecord(
+                f"wrong partition: key {key!r} belongs in partition {expected} of {self._partitions} "
+                f"(Kafka's default partitioner), the record is in {partition}; the sources of a pipeline "
+                'grouped by the record key (key = "@key") must be partitioned by that key',
+                WRONG_PARTITION,
+            )
+        if len(self._verified) >= VERIFIED_KEYS:
+            self._verified.clear()
+        self._verified.add(key)
+
+    def input_watermarks(self, now: float) -> list[tuple[tuple[str, int], int | None, bool]]:
+        """(input, its watermark, read to its end) for each input, for alignment."""
+        marks = self.watermarks.marks
+        return [
+            ((topic, self.partition), marks.get(source_id(index, self.partition)), index in self._idle_inputs)
+            for index, topic in enumerate(self.pipeline.config.sources)
+        ]
+
+    def input_caught_up(self, index: int, now: float) -> None:
+        """The end of input ``index`` was reached after its last record."""
+        self._idle_inputs.add(index)
+        self.caught_up = len(self._idle_inputs) == len(self.pipeline.config.sources)
+        self._advance(now, data=False)
+
+    def _advance(self, now: float, data: bool) -> None:
+        # An input read to its end is idle for as long as nothing new arrives:
+        # this task reads it itself, so its idleness never goes stale.
+        for index in self._idle_inputs:
+            self.watermarks.report(source_id(index, self.partition), None, True, now)
+        super()._advance(now, data)
+
+    def rollback(self) -> None:
+        super().rollback()
+        self._idle_inputs.clear()

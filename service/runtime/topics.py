@@ -1,8 +1,15 @@
-"""Creating the topics the service reads and writes, and checking the ones that exist."""
+"""Creating the topics the service writes, and checking the ones it reads.
+
+Source topics belong to their producers: their partition count, replication
+and retention are the producers' choice, so the service never creates one. A
+missing source topic stops it at start-up with the topic's name, where
+creating it would hide a typo or fix a partition count nobody chose.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -10,6 +17,8 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from service.config import Config
+from service.core.topology import PipelinePlan, plan
+from service.errors import ConfigError
 
 log = structlog.get_logger("sessionizer.topics")
 
@@ -21,20 +30,27 @@ class TopicSpec:
     config: dict[str, str]
 
 
-def planned_topics(config: Config) -> list[TopicSpec]:
-    """Every topic the configuration uses, with how it should be created."""
+def planned_topics(config: Config, plans: Mapping[str, PipelinePlan] | None = None) -> list[TopicSpec]:
+    """Every topic the service writes, with how it is created when missing (``topics.create``).
+
+    Never a source topic, unless the service writes it too (one pipeline's
+    output read by another). A pipeline read straight from co-partitioned
+    sources has no repartition topic, and its changelog has its sources'
+    partition count.
+    """
     n = config.topics.partitions
     specs: dict[str, TopicSpec] = {}
 
-    def add(name: str, topic_config: dict[str, str] | None = None) -> None:
-        specs.setdefault(name, TopicSpec(name, n, topic_config or {}))
+    def add(name: str, topic_config: dict[str, str] | None = None, partitions: int = n) -> None:
+        specs.setdefault(name, TopicSpec(name, partitions, topic_config or {}))
 
     for pipeline in config.pipelines:
-        for source in pipeline.sources:
-            add(source)
-        # Records are deleted by the service once consumed (purge), never by age.
-        add(pipeline.repartition_topic, {"cleanup.policy": "delete", "retention.ms": "-1"})
-        add(pipeline.changelog_topic, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"})
+        plan = plans.get(pipeline.name) if plans else None
+        if plan is None or not plan.direct:
+            # Records are deleted by the service once consumed (purge), never by age.
+            add(pipeline.repartition_topic, {"cleanup.policy": "delete", "retention.ms": "-1"})
+        partitions = plan.partitions if plan is not None else n
+        add(pipeline.changelog_topic, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}, partitions)
         add(pipeline.output.topic)
         for topic in pipeline.derived_topics():
             add(topic)
@@ -48,38 +64,72 @@ def internal_topics(config: Config) -> list[str]:
 
 
 def ensure_topics(admin: AdminClient, config: Config, timeout: float = 30.0) -> dict[str, int]:
-    """Create what is missing (when ``topics.create``); return partitions per topic.
+    """Check the source topics, create what the service writes and is missing (when ``topics.create``); return partitions per topic.
 
-    A changelog must have as many partitions as the repartition topic it
-    shadows, or restored state would land in the wrong task: that is checked.
+    Sources come first: how a pipeline is read (directly or through a
+    repartition topic) depends on their partition counts. A missing source
+    topic is an error (``missing_sources``), except one the service writes
+    itself, which is created first. A changelog must have as many partitions
+    as the pipeline has tasks, or restored state would land in the wrong
+    task: that is checked.
     """
-    specs = planned_topics(config)
     existing = _partition_counts(admin, timeout)
-    missing = [s for s in specs if s.name not in existing]
-    if missing and not config.topics.create:
-        raise RuntimeError("missing topics and [topics] create = false: " + ", ".join(s.name for s in missing))
-    if missing:
-        new = [
-            NewTopic(s.name, num_partitions=s.partitions, replication_factor=config.topics.replication_factor, config=s.config)
-            for s in missing
-        ]
-        for name, future in admin.create_topics(new, request_timeout=timeout).items():
-            try:
-                future.result(timeout)
-                log.info("topic created", topic=name)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
-        existing = _wait_for(admin, [s.name for s in specs], timeout)
+    problems = missing_sources(config, existing)
+    if problems:
+        raise ConfigError(problems)
+    written_sources = [s for s in planned_topics(config) if s.name in config.source_topics()]
+    existing = _create(admin, config, [s for s in written_sources if s.name not in existing], existing, timeout)
+    plans = plan(config.pipelines, config.topics.partitions, existing)
+    specs = planned_topics(config, plans)
+    existing = _create(admin, config, [s for s in specs if s.name not in existing], existing, timeout)
     for pipeline in config.pipelines:
-        repartition = existing[pipeline.repartition_topic]
+        tasks = plans[pipeline.name].partitions
+        if plans[pipeline.name].direct:
+            shadowed = f"its sources ({tasks} partitions each)"
+        else:
+            tasks = existing[pipeline.repartition_topic]
+            shadowed = f"{pipeline.repartition_topic} ({tasks})"
         changelog = existing[pipeline.changelog_topic]
-        if repartition != changelog:
-            raise RuntimeError(
-                f"{pipeline.changelog_topic} has {changelog} partitions but {pipeline.repartition_topic} has "
-                f"{repartition}; they must match (see 'Replay and rebuild' in the README)"
+        if changelog != tasks:
+            raise ConfigError(
+                [
+                    f"{pipeline.changelog_topic} has {changelog} partitions but {shadowed} need {tasks}; "
+                    "they must match (see 'Replay and rebuild' in the README)"
+                ]
             )
     return existing
+
+
+def missing_sources(config: Config, existing: Collection[str]) -> list[str]:
+    """One problem per source topic that does not exist (and that the service does not write itself)."""
+    written = {spec.name for spec in planned_topics(config)}
+    problems = []
+    for topic in config.source_topics():
+        if topic in existing or topic in written:
+            continue
+        readers = [repr(p.name) for p in config.pipelines if topic in p.sources]
+        of = f"pipeline {readers[0]}" if len(readers) == 1 else f"pipelines {', '.join(readers)}"
+        problems.append(f"source topic {topic!r} of {of} does not exist")
+    return problems
+
+
+def _create(admin: AdminClient, config: Config, missing: list[TopicSpec], existing: dict[str, int], timeout: float) -> dict[str, int]:
+    if not missing:
+        return existing
+    if not config.topics.create:
+        raise ConfigError(["missing topics and [topics] create = false: " + ", ".join(s.name for s in missing)])
+    new = [
+        NewTopic(s.name, num_partitions=s.partitions, replication_factor=config.topics.replication_factor, config=s.config)
+        for s in missing
+    ]
+    for name, future in admin.create_topics(new, request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            log.info("topic created", topic=name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return _wait_for(admin, list(existing) + [s.name for s in missing], timeout)
 
 
 def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:

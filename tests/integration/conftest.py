@@ -60,6 +60,7 @@ bootstrap_servers = "{bootstrap()}"
 
 [topics]
 partitions = {partitions}
+replication_factor = 1
 dead_letter = "{app_id}-dlq"
 late = "{app_id}-late"
 {topics_extra}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,6 +134,46 @@ class Reader:
         self.consumer.close()
 
 
+def read_all(topics: Iterable[str], timeout: float = 120) -> list[Record]:
+    """Every committed record of ``topics``, read to the end of each partition (``read_committed``).
+
+    Call it when no transaction can still be open (the services stopped), so
+    that the end reached is the end: nothing read later could add a record.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap(),
+            "group.id": unique("read-all"),
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(timeout=30)
+        partitions = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in metadata.topics[t].partitions]
+        ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=30)[1] for tp in partitions}
+        remaining = {where for where, end in ends.items() if end > 0}
+        consumer.assign(partitions)
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout
+        while remaining:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {sorted(remaining)} to their ends {ends} within {timeout} s")
+            for m in consumer.consume(1000, 0.5):
+                where = (m.topic(), m.partition())
+                if m.error() is not None:
+                    if m.error().code() != KafkaError._PARTITION_EOF:
+                        raise AssertionError(str(m.error()))
+                    if m.offset() >= ends[where]:
+                        remaining.discard(where)
+                    continue
+                records.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), dict(m.headers() or [])))
+        return records
+    finally:
+        consumer.close()
+
+
 def end_offsets(topic: str, partitions: int) -> list[int]:
     consumer = Consumer({"bootstrap.servers": bootstrap(), "group.id": unique("probe")})
     try:
@@ -155,16 +195,16 @@ class Service:
 
     def start(self) -> Service:
         self.starts += 1
-        log = open(self.log_path, "ab")
-        log.write(f"--- start {self.starts} ---\n".encode())
-        log.flush()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "run", "--config", str(self.config_path), "--instance-id", self.instance_id],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            log.write(f"--- start {self.starts} ---\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "run", "--config", str(self.config_path), "--instance-id", self.instance_id],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
         return self
 
     def log(self) -> str:

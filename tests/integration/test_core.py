@@ -7,29 +7,10 @@ import time
 
 import orjson
 
+from service.commands.process import process_lines
 from service.config import load_config
-from service.offline import process_lines
+from tests.helpers import config_toml, pipeline, session_body
 from tests.integration.harness import Reader, create_topics, murmur2_partition, produce, wait_until
-
-
-def session_body(app, sources, *, gap="400ms", grace="3s", extra="", aggregates="") -> str:
-    names = ", ".join(f'"{app.topic(s)}"' for s in sources)
-    return f"""
-[pipelines.sessions]
-sources = [{names}]
-key = "user_id"
-time = "ts"
-output = "{app.topic('sessions')}"
-
-[pipelines.sessions.window]
-type = "session"
-gap = "{gap}"
-grace = "{grace}"
-{extra}
-
-[pipelines.sessions.aggregates]
-{aggregates}
-"""
 
 
 def by_user(value):
@@ -67,10 +48,12 @@ def test_three_source_topics_give_one_record_per_user_session(app):
     split = {s: [] for s in sources}
     for event in events:
         split[rng.choice(sources)].append(event)
-    service = app.service().start()
-    service.wait_started()
     for source, items in split.items():
         produce(app.topic(source), items)  # unkeyed: spread over all source partitions
+    # Produced before the service starts: a backlog of three topics read at
+    # different speeds, which per-source watermarks keep on time.
+    service = app.service().start()
+    service.wait_started()
 
     reader = Reader([app.topic("sessions"), app.topic("late")])
     got = reader.wait_for(40 * 3, timeout=60, topic=app.topic("sessions"))
@@ -123,6 +106,7 @@ def test_late_event_goes_to_the_late_topic_with_its_reason(app):
     assert orjson.loads(record.value) == late
     assert record.key == b"u"
     assert b"more than grace" in record.headers["sessionizer.reason"]
+    assert record.headers["sessionizer.reason_code"] == b"behind_watermark"
     assert record.headers["sessionizer.event_time_ms"] == str(base).encode()
     assert record.headers["sessionizer.pipeline"] == b"sessions"
     reader.close()
@@ -135,20 +119,21 @@ def test_unusable_records_go_to_the_dead_letter_topic_and_the_service_carries_on
     service.wait_started()
     now = int(time.time() * 1000)
     bad = [
-        (b"{not json", "invalid JSON"),
-        (b"[1, 2]", "expected a JSON object"),
-        (orjson.dumps({"ts": now}), "no key"),
-        (orjson.dumps({"user_id": "u", "ts": "yesterday"}), "bad timestamp"),
-        (orjson.dumps({"user_id": {"id": 1}, "ts": now}), "key field 'user_id' has type dict"),
-        (orjson.dumps({"user_id": "u", "ts": now, "stake": "ten"}), "wrong type"),
+        (b"{not json", "invalid JSON", "invalid_json"),
+        (b"[1, 2]", "expected a JSON object", "not_an_object"),
+        (orjson.dumps({"ts": now}), "no key", "no_key"),
+        (orjson.dumps({"user_id": "u", "ts": "yesterday"}), "bad timestamp", "bad_timestamp"),
+        (orjson.dumps({"user_id": {"id": 1}, "ts": now}), "key field 'user_id' has type dict", "bad_key"),
+        (orjson.dumps({"user_id": "u", "ts": now, "stake": "ten"}), "wrong type", "wrong_type"),
     ]
-    produce(app.topic("web"), [raw for raw, _ in bad] + [orjson.dumps({"user_id": "ok", "ts": now, "stake": 5})])
+    produce(app.topic("web"), [raw for raw, _, _ in bad] + [orjson.dumps({"user_id": "ok", "ts": now, "stake": 5})])
     reader = Reader([app.topic("dlq"), app.topic("sessions")])
     dead = reader.wait_for(len(bad), timeout=30, topic=app.topic("dlq"))
     dead.sort(key=lambda r: int(r.headers["sessionizer.offset"]))  # unkeyed: spread over partitions
-    assert [r.value for r in dead] == [raw for raw, _ in bad]
-    for record, (_, reason) in zip(dead, bad):
+    assert [r.value for r in dead] == [raw for raw, _, _ in bad]
+    for record, (_, reason, code) in zip(dead, bad):
         assert reason in record.headers["sessionizer.error"].decode()
+        assert record.headers["sessionizer.reason_code"] == code.encode()
         assert record.headers["sessionizer.topic"] == app.topic("web").encode()
         assert record.headers["sessionizer.partition"] == b"0"
     assert [int(r.headers["sessionizer.offset"]) for r in dead] == list(range(len(bad)))
@@ -159,18 +144,8 @@ def test_unusable_records_go_to_the_dead_letter_topic_and_the_service_carries_on
 
 
 def test_two_pipelines_in_one_service(app):
-    body = session_body(app, ["web"], gap="500ms", grace="1s") + f"""
-[pipelines.rolling]
-sources = ["{app.topic('web')}"]
-key = "user_id"
-time = "ts"
-output = "{app.topic('rolling')}"
-
-[pipelines.rolling.window]
-type = "tumbling"
-size = "1s"
-grace = "500ms"
-"""
+    rolling = pipeline([app.topic("web")], {"type": "tumbling", "size": "1s", "grace": "500ms"}, output=app.topic("rolling"))
+    body = session_body(app, ["web"], gap="500ms", grace="1s") + config_toml({"rolling": rolling})
     app.configure(body)
     create_topics([app.topic("web")])
     service = app.service().start()
@@ -197,7 +172,14 @@ def test_repartitioning_puts_each_key_where_a_java_producer_would(app):
     produce(app.topic("mobile"), [{"user_id": u, "ts": now} for u in users])
     repartition = f"{app.id}-sessions-repartition"
     reader = Reader([repartition])
-    records = reader.wait_for(60, timeout=30)
+
+    def events() -> list:
+        reader.poll(0.3)
+        # keyless records are the source partitions' watermark reports (service.runtime.frames)
+        return [r for r in reader.records if r.key is not None]
+
+    records = wait_until(lambda: len(events()) >= 60 and events(), 30, "60 repartitioned events")
+    assert len(records) == 60
     for record in records:
         assert record.partition == murmur2_partition(record.key, 4), record.key
     # both topics' events of a user met in one partition

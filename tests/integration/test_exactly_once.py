@@ -45,7 +45,7 @@ def test_kill_9_at_random_moments_emits_every_session_exactly_once(app):
     kills = 0
     wiped = 0
     while workload.running and kills < 6:
-        wait_until(lambda: not workload.running or workload.progress() > (kills + 1) / 7.5, 120, "workload progress")
+        wait_until(lambda kills=kills: not workload.running or workload.progress() > (kills + 1) / 7.5, 120, "workload progress")
         if not workload.running:
             break
         time.sleep(rng.uniform(0, 2))
@@ -111,7 +111,7 @@ def test_at_least_once_loses_nothing(app):
     service.wait_started()
     workload.start()
     for kill in range(3):
-        wait_until(lambda: workload.progress() > (kill + 1) / 4.5, 120, "workload progress")
+        wait_until(lambda kill=kill: workload.progress() > (kill + 1) / 4.5, 120, "workload progress")
         service.kill()
         service.start()
     workload.join(timeout=600)
@@ -137,7 +137,6 @@ def _covers(reader, topic, expected) -> bool:
     emitted: dict[str, list] = {}
     for user, start, end, count, _ in _sessions(reader, topic):
         emitted.setdefault(user, []).append((start, end, count))
-    for user, start, end, count, _ in expected:
-        if not any(s <= start and e >= end and c >= count for s, e, c in emitted.get(user, [])):
-            return False
-    return True
+    return all(
+        any(s <= start and e >= end and c >= count for s, e, c in emitted.get(user, [])) for user, start, end, count, _ in expected
+    )

@@ -13,11 +13,12 @@ import orjson
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.commands.process import process_lines
 from service.config import load_config
-from service.offline import process_lines
-from service.partitioner import partition_for
+from service.core.partitioner import partition_for
+from tests.helpers import session_body
 from tests.integration.harness import Reader, Service, bootstrap, create_topics, produce, wait_until
-from tests.integration.test_core import by_user, generate, session_body, sessions_of
+from tests.integration.test_core import by_user, generate, sessions_of
 
 SECRET = "Pa55-w0rd-never-logged"
 
@@ -92,12 +93,21 @@ def test_metrics_move_as_events_flow_and_probes_answer(app):
     assert metrics["sessionizer_punctuations_total"] >= 1
     assert metrics["sessionizer_rebalances_total"] >= 1
     assert metrics["sessionizer_records_sent_total"] >= 200 + 50 + 2
-    assert metrics['sessionizer_tasks{state="running"}'] == 3
+    assert metrics[f'sessionizer_tasks{{app_id="{app.id}",state="running"}}'] == 3
     assert metrics["sessionizer_assigned_partitions"] == 6
     lag = [k for k in metrics if k.startswith("sessionizer_consumer_lag_records{")]
     assert len(lag) == 6  # three source and three repartition partitions
     assert any(k.startswith("sessionizer_state_bytes{") for k in metrics)
     assert metrics["process_cpu_seconds_total"] > 0
+    # every series of ours says whose it is; dead letters and late events say why
+    assert all(f'app_id="{app.id}"' in k for k in metrics if k.startswith("sessionizer") and "{" in k)
+    dead = {k.split('reason="')[1].split('"')[0]: v for k, v in metrics.items() if k.startswith("sessionizer_dead_letter_records_total{")}
+    assert {reason: count for reason, count in dead.items() if count} == {"invalid_json": 1, "not_an_object": 1}
+    # each running window task's stream time, close behind the wall clock for live data
+    lags = [v for k, v in metrics.items() if k.startswith("sessionizer_event_time_lag_seconds{")]
+    assert len(lags) == 3 and all(-5 < lag < 60 for lag in lags), lags
+    assert len([k for k in metrics if k.startswith("sessionizer_stream_time_seconds{")]) == 3
+    assert any(k.startswith("sessionizer_source_watermark_seconds{") and f'source="{app.topic("web")}"' in k for k in metrics)
     wait_until(lambda: scrape(port)["sessionizer_consumer_lag_records"] == 0, 10, "no lag")
     status, health = get(port, "/healthz")
     assert status == 200 and health["status"] == "ok"
@@ -140,25 +150,27 @@ def test_readyz_is_false_while_restoring_and_true_after(app):
 
 
 def test_sigterm_mid_stream_then_restart_loses_and_repeats_nothing(app):
+    """SIGTERM while sessions are open, more events while it is down, then a restart.
+
+    Deterministic: the stop comes once the first half is processed (a barrier
+    on the metrics), not at a moment raced against the service's speed.
+    """
     config_path = app.configure(session_body(app, ["web"], gap="400ms", grace="5s"))
     create_topics([app.topic("web")])
     events = generate(users=3000, sessions=3, per_session=5)  # 45 000 events, 9 000 sessions
-    produce(app.topic("web"), events, key=by_user)  # the whole stream waits before the service starts
+    half = len(events) // 2
+    produce(app.topic("web"), events[:half], key=by_user)  # a backlog waiting before the service starts
     service = app.service().start()
     port = http_port(service)
-
-    def processing():
-        processed = scrape(port)["sessionizer_events_processed_total"]
-        return 0 < processed < len(events)
-
-    wait_until(processing, 60, "the service to be part-way through the stream", interval=0.02)
-    assert service.stop() == 0  # SIGTERM
+    wait_until(lambda: scrape(port)["sessionizer_events_processed_total"] == half, 60, "the first half to be processed")
+    assert service.stop() == 0  # SIGTERM, with sessions still open
     first_run = service.log().split("--- start 1 ---")[-1]
     assert '"stopped"' in first_run and '"clean": true' in first_run
     # it left the group on the way out, rather than timing out of it
     admin = AdminClient({"bootstrap.servers": bootstrap()})
     group = admin.describe_consumer_groups([app.id])[app.id].result(10)
     assert group.members == []
+    produce(app.topic("web"), events[half:], key=by_user)  # arrives while the service is down
 
     service.start()
     reader = Reader([app.topic("sessions")])
@@ -212,7 +224,8 @@ def test_open_session_query_seed_004(app):
     assert (window["start_ms"], window["end_ms"]) == (at("3:03"), at("3:37"))
     assert window["closes_at_ms"] == at("3:37") + 25 * 60_000
     assert window["value"]["types"] == {"put-item-in-cart": 3, "remove-item-from-cart": 1, "preview-item": 1, "checkout": 1}
-    assert scrape(port)["sessionizer_session_merges_total"] == 1
+    # counters are sampled by the loop once a second
+    wait_until(lambda: scrape(port)["sessionizer_session_merges_total"] == 1, 10, "the merge to be counted")
 
     status, body = get(port, "/sessions/nobody")
     assert status == 200 and body["pipelines"][0]["windows"] == []
@@ -295,3 +308,32 @@ def test_no_secret_reaches_the_logs(app):
     assert configuration["level"] == "info" and configuration["app_id"] == app.id
     debug_lines = [line for line in log.splitlines() if '"level": "debug"' in line]
     assert debug_lines  # debug logging was on, and still nothing leaked
+
+
+def test_librdkafka_statistics_reach_the_metrics(app):
+    app.configure(session_body(app, ["web"]))
+    create_topics([app.topic("web")])
+    every_half_second = {
+        "SESSIONIZER__KAFKA__CONSUMER__STATISTICS_INTERVAL_MS": "500",
+        "SESSIONIZER__KAFKA__PRODUCER__STATISTICS_INTERVAL_MS": "500",
+    }
+    service = app.service(env=every_half_second).start()
+    service.wait_started()
+    port = http_port(service)
+    produce(app.topic("web"), [{"user_id": "u", "ts": int(time.time() * 1000)}], key=by_user)
+
+    def transaction_state():
+        metrics = scrape(port)
+        states = {k: v for k, v in metrics.items() if k.startswith("sessionizer_kafka_transaction_state{")}
+        return states if metrics["sessionizer_kafka_transaction_state"] == 1 else None
+
+    states = wait_until(transaction_state, 30, "the producer's statistics")
+    (current,) = [k for k, v in states.items() if v == 1]
+    assert f'app_id="{app.id}"' in current
+    assert any(state in current for state in ('"Ready"', '"InTransaction"', '"BeginCommit"', '"CommittingTransaction"'))
+    metrics = scrape(port)
+    assert metrics["sessionizer_kafka_producer_errors_total"] == 0
+    assert f'sessionizer_kafka_producer_queue_messages{{app_id="{app.id}"}}' in metrics
+    # under exactly-once librdkafka's consumer never learns the committed offsets: no lag of its own
+    assert not any(k.startswith("sessionizer_kafka_consumer_lag_records{") for k in metrics)
+    assert "unreadable librdkafka statistics" not in service.log()  # both clients' documents were read

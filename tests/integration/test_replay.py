@@ -8,8 +8,9 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
+from tests.helpers import session_body
 from tests.integration.harness import REPO, Reader, bootstrap, create_topics, produce, wait_until
-from tests.integration.test_core import by_user, session_body
+from tests.integration.test_core import by_user
 
 
 def sessionizer(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess:

@@ -7,58 +7,25 @@ import time
 
 import orjson
 
+from service.commands.process import process_lines
 from service.config import load_config
-from service.offline import process_lines
+from tests.helpers import CART, PAY, SEED_000, calls_pipeline, config_toml, pipeline, rule, session_window
 from tests.integration.harness import Reader, create_topics, produce, wait_until
-
-SEED_000 = [
-    {"event_id": "evt_abc", "timestamp": 1678886400, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/home"}},
-    {"event_id": "evt_def", "timestamp": 1678886401, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/products"}},
-    {"event_id": "evt_ghi", "timestamp": 1678886405, "user_id": "user_123", "type": "item_added_to_cart", "details": {"item_id": "prod_xyz"}},
-    {"event_id": "evt_jkl", "timestamp": 1678886410, "user_id": "user_123", "type": "page_viewed", "details": {"page": "/cart"}},
-    {"event_id": "evt_mno", "timestamp": 1678886412, "user_id": "user_123", "type": "payment_processed", "details": {"order_id": "ord_789"}},
-]
 
 
 def shop_body(app, *, gap="1s", grace="500ms") -> str:
-    return f"""
-[pipelines.shop]
-sources = ["{app.topic('web')}", "{app.topic('mobile')}"]
-key = "user_id"
-time = "timestamp"
-output = "{app.topic('sessions')}"
-
-[pipelines.shop.window]
-type = "session"
-gap = "{gap}"
-grace = "{grace}"
-
-[pipelines.shop.aggregates]
-has_checkout = {{ type = "any", field = "type", equals = "payment_processed" }}
-top_pages = {{ type = "custom", class = "examples.aggregates:TopValues", params = {{ field = "details.page", n = 2 }} }}
-
-[pipelines.shop.rules.purchase_completed]
-type = "sequence"
-first = {{ field = "type", equals = "item_added_to_cart" }}
-then = {{ field = "type", equals = "payment_processed" }}
-within = "5m"
-topic = "{app.topic('purchases')}"
-keep = ["event_id", "details"]
-
-[pipelines.shop.rules.abandoned_cart]
-type = "absence"
-first = {{ field = "type", equals = "item_added_to_cart" }}
-then = {{ field = "type", equals = "payment_processed" }}
-topic = "{app.topic('coupons')}"
-
-[pipelines.shop.rules.slow_checkout]
-type = "absence"
-first = {{ field = "type", equals = "item_added_to_cart" }}
-then = {{ field = "type", equals = "payment_processed" }}
-within = "300ms"
-topic = "{app.topic('nudges')}"
-keep = ["event_id"]
+    rules = {
+        "purchase_completed": rule("sequence", CART, PAY, app.topic("purchases"), within="5m", keep=["event_id", "details"]),
+        "abandoned_cart": rule("absence", CART, PAY, app.topic("coupons")),
+        "slow_checkout": rule("absence", CART, PAY, app.topic("nudges"), within="300ms", keep=["event_id"]),
+    }
+    aggregates = """
+has_checkout = { type = "any", field = "type", equals = "payment_processed" }
+top_pages = { type = "custom", class = "examples.aggregates:TopValues", params = { field = "details.page", n = 2 } }
 """
+    sources = [app.topic("web"), app.topic("mobile")]
+    shop = pipeline(sources, session_window(gap, grace), time="timestamp", output=app.topic("sessions"), aggregates=aggregates, rules=rules)
+    return config_toml({"shop": shop})
 
 
 def by_user(value):
@@ -152,20 +119,7 @@ def test_purchases_survive_a_crash_and_a_restore_from_the_changelog_exactly_once
 
 
 def calls_body(app) -> str:
-    return f"""
-[pipelines.calls]
-sources = ["{app.topic('analytics')}", "{app.topic('metrics')}"]
-key = ["user1", "user2"]
-time = "timestamp"
-output = "{app.topic('calls')}"
-
-[pipelines.calls.window]
-type = "session"
-gap = "1s"
-grace = "3s"
-
-[pipelines.calls.pairing]
-"""
+    return config_toml({"calls": calls_pipeline(app.topic("analytics"), app.topic("metrics"), app.topic("calls"), gap="1s", grace="3s")})
 
 
 def test_seed_003_pairing_of_two_topics(app):

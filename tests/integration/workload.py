@@ -19,8 +19,9 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
+from service.commands.process import process_lines
 from service.config import load_config
-from service.offline import process_lines
+from tests.helpers import session_body
 from tests.integration.harness import Reader, bootstrap, create_topics
 
 SOURCES = ("web", "mobile", "backend")
@@ -28,22 +29,7 @@ Session = tuple[str, int, int, int, int]  # user, start, end, events, sum of amo
 
 
 def pipeline_body(app, gap: str = "1500ms", grace: str = "20s") -> str:
-    names = ", ".join(f'"{app.topic(s)}"' for s in SOURCES)
-    return f"""
-[pipelines.sessions]
-sources = [{names}]
-key = "user_id"
-time = "ts"
-output = "{app.topic('sessions')}"
-
-[pipelines.sessions.window]
-type = "session"
-gap = "{gap}"
-grace = "{grace}"
-
-[pipelines.sessions.aggregates]
-amount = {{ type = "sum", field = "amount" }}
-"""
+    return session_body(app, SOURCES, gap=gap, grace=grace, aggregates='amount = { type = "sum", field = "amount" }')
 
 
 @dataclass
@@ -139,7 +125,7 @@ def _session(value: dict) -> Session:
 
 def read_sessions(reader: Reader, topic: str, expected: int, timeout: float) -> list[Session]:
     """Everything on the output topic (read_committed) once at least ``expected`` records are there."""
-    records = reader.wait_for(expected, timeout=timeout, topic=topic)
+    reader.wait_for(expected, timeout=timeout, topic=topic)
     reader.poll(3)  # anything extra (a duplicate) would arrive too
     return sorted(_session(r.json()) for r in reader.of(topic))
 

@@ -14,6 +14,7 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.Comparator;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 import java.util.TreeMap;
@@ -34,6 +35,8 @@ import org.apache.kafka.streams.Topology;
 import org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler;
 import org.apache.kafka.streams.kstream.Consumed;
 import org.apache.kafka.streams.kstream.Grouped;
+import org.apache.kafka.streams.kstream.KGroupedStream;
+import org.apache.kafka.streams.kstream.KStream;
 import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.Produced;
 import org.apache.kafka.streams.kstream.SessionWindows;
@@ -46,16 +49,18 @@ import org.apache.kafka.streams.state.Stores;
 /**
  * The job of sessionizer's bench pipeline, in Kafka Streams.
  *
- * <p>JSON events from the source topic, re-keyed by {@code user_id} (one repartition topic,
- * {@code <app-id>-by-user-repartition}), event time from {@code timestamp} (epoch ms), session
+ * <p>JSON events from the source topics, re-keyed by {@code user_id} (one repartition topic,
+ * {@code <app-id>-by-user-repartition}), or with {@code --group-by record-key} grouped by their
+ * record key as it is ({@code groupByKey}, no repartition topic: the sources must be co-partitioned
+ * and keyed by user id), event time from {@code timestamp} (epoch ms), session
  * windows with a 60 s gap and 5 s grace, aggregating the event count, the count per {@code type}
  * and the sum of {@code details.amount}. {@code suppress(untilWindowCloses)} emits one JSON record
  * per session once stream time has passed its end + gap + grace.
  *
  * <pre>
- * java -jar target/session-job.jar --bootstrap HOST:PORT --app-id ID --source TOPIC \
+ * java -jar target/session-job.jar --bootstrap HOST:PORT --app-id ID --source TOPIC[,TOPIC...] \
  *     --output TOPIC [--guarantee exactly_once_v2|at_least_once] [--threads 1] \
- *     [--store rocksdb|memory] [--retention-ms MS]
+ *     [--store rocksdb|memory] [--retention-ms MS] [--group-by user_id|record-key]
  * </pre>
  *
  * Runs until SIGTERM. Logging goes to slf4j-nop; state changes and fatal errors go to stderr.
@@ -80,7 +85,8 @@ public final class SessionJob {
 
         Duration retention = Duration.ofMillis(Long.parseLong(args.getOrDefault("retention-ms", "0")));
         KafkaStreams streams = new KafkaStreams(
-                topology(required(args, "source"), required(args, "output"), args.getOrDefault("store", "rocksdb"), retention),
+                topology(List.of(required(args, "source").split(",")), required(args, "output"),
+                        args.getOrDefault("store", "rocksdb"), retention, args.getOrDefault("group-by", "user_id")),
                 props);
         CountDownLatch stopped = new CountDownLatch(1);
         streams.setStateListener((now, before) -> {
@@ -108,8 +114,10 @@ public final class SessionJob {
      * The job. {@code store} is "rocksdb" (the default store) or "memory"; a {@code retention}
      * above zero keeps closed sessions that long (in event time) instead of gap + grace, which
      * makes the RocksDB store's segments longer (retention / 2, at least 60 s) and so fewer.
+     * {@code groupBy} is "user_id" (re-key through a repartition topic) or "record-key" (the
+     * sources' own keys, co-partitioned: no repartition topic).
      */
-    static Topology topology(String source, String output, String store, Duration retention) {
+    static Topology topology(List<String> sources, String output, String store, Duration retention, String groupBy) {
         Serde<JsonNode> events = Serdes.serdeFrom(new JsonSerializer(), new JsonDeserializer());
         Duration kept = retention.isZero() ? GAP.plus(GRACE) : retention;
         Materialized<String, Session, SessionStore<Bytes, byte[]>> sessions = switch (store) {
@@ -118,10 +126,15 @@ public final class SessionJob {
             default -> throw new IllegalArgumentException("--store is rocksdb or memory, not " + store);
         };
         StreamsBuilder builder = new StreamsBuilder();
-        builder.stream(source, Consumed.with(Serdes.String(), events).withTimestampExtractor(new EventTime()))
-                .selectKey((key, event) -> event.path("user_id").asText())
-                .groupByKey(Grouped.with("by-user", Serdes.String(), events))
-                .windowedBy(SessionWindows.ofInactivityGapAndGrace(GAP, GRACE))
+        KStream<String, JsonNode> stream =
+                builder.stream(sources, Consumed.with(Serdes.String(), events).withTimestampExtractor(new EventTime()));
+        KGroupedStream<String, JsonNode> grouped = switch (groupBy) {
+            case "user_id" -> stream.selectKey((key, event) -> event.path("user_id").asText())
+                    .groupByKey(Grouped.with("by-user", Serdes.String(), events));
+            case "record-key" -> stream.groupByKey(Grouped.with(Serdes.String(), events));
+            default -> throw new IllegalArgumentException("--group-by is user_id or record-key, not " + groupBy);
+        };
+        grouped.windowedBy(SessionWindows.ofInactivityGapAndGrace(GAP, GRACE))
                 .aggregate(
                         Session::new,
                         (user, event, session) -> session.add(event),

@@ -1,0 +1,1 @@
+"""What each ``sessionizer`` subcommand does; ``service.cli`` only parses arguments."""

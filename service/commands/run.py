@@ -1,0 +1,90 @@
+"""``sessionizer run``: the service, a consumer-group member with its HTTP port."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from types import FrameType
+
+import structlog
+
+from service import __version__
+from service.config import Config
+from service.config.dump import effective_config
+from service.config.secrets import secret_values
+from service.errors import ServiceStopping
+from service.ops.logs import configure_logging
+from service.ops.metrics import build_registry
+from service.ops.queries import SessionQueries
+from service.ops.web import OpsServer
+from service.runtime.loop import StreamLoop
+from service.runtime.startup import start
+from service.runtime.stats import LoopStats
+
+
+def run(config: Config) -> int:
+    """The HTTP port answers from the start (``/healthz`` alive, ``/readyz`` saying why not ready);
+    then the broker is reached, with retries, and the loop runs until a signal stops it."""
+    configure_logging(
+        config.log_level,
+        config.log_format,
+        secrets=secret_values(config),
+        app_id=config.app_id,
+        instance_id=config.instance_id,
+    )
+    structlog.get_logger("sessionizer").info("configuration", version=__version__, config=effective_config(config))
+    stats = LoopStats()
+    server = OpsServer(config, stats, build_registry(stats, config))
+    server.start()
+    stop = _Stop()
+    _handle_signals(stop)
+    try:
+        try:
+            started = start(config, stats, stopping=lambda: stop.requested)
+        except ServiceStopping:
+            return 0
+        loop = started.loop
+        server.sessions = SessionQueries(config, loop.pipelines, started.partitions, loop.queries, started.owners, loop.plans)
+        stop.loop = loop
+        loop.run()
+    finally:
+        server.close()
+    return 0
+
+
+class _Stop:
+    """What the first signal stops: start-up while it waits for the broker, then the loop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._loop: StreamLoop | None = None
+
+    @property
+    def loop(self) -> StreamLoop | None:
+        return self._loop
+
+    @loop.setter
+    def loop(self, loop: StreamLoop) -> None:
+        self._loop = loop
+        if self.requested:
+            loop.stop()
+
+    def __call__(self) -> None:
+        self.requested = True
+        if self._loop is not None:
+            self._loop.stop()
+
+
+def _handle_signals(stop: Callable[[], None]) -> None:
+    """First SIGTERM/SIGINT: finish the batch, commit, leave the group. Second: exit at once."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

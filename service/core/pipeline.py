@@ -1,0 +1,125 @@
+"""A pipeline's config compiled into the objects that run it, online or offline."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from service.config import OutputConfig, PipelineConfig
+from service.core.aggregates import Aggregate, build_aggregates
+from service.core.extract import BadRecord, KeyExtractor, TimeExtractor
+from service.core.reasons import OTHER, REASON_CODE_HEADER
+from service.core.rules import Rule, build_rules
+from service.core.windows import WindowKind, build_window_kind
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """A record for some topic. The runtime produces it; offline mode writes it as a line."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class Envelope:
+    """Renders a closed window as the output record's value.
+
+    ``envelope`` (the default) is seed 001's shape::
+
+        {"event": "session", "user_id": "u1", "timestamp": "2023-03-15 13:20:00",
+         "value": {"session_start_ms": …, "session_end_ms": …, "event_count": …,
+                   "duration_ms": …, <aggregates>}, "user_attributes": {}}
+
+    ``flat`` puts the key fields and values at the top level.
+    """
+
+    def __init__(self, output: OutputConfig, keys: KeyExtractor) -> None:
+        self.output = output
+        self.keys = keys
+
+    def render(self, key: bytes, bounds: tuple[int, int], values: dict[str, Any]) -> bytes:
+        moment = bounds[0] if self.output.timestamp == "start" else bounds[1]
+        return self.render_event(key, self.output.event, moment, values)
+
+    def render_event(self, key: bytes, event: str, moment_ms: int, values: dict[str, Any]) -> bytes:
+        """The same shape for any event name and moment: rules' derived records use it too."""
+        record: dict[str, Any] = {"event": event}
+        record.update(self.keys.fields(key))
+        record["timestamp"] = format_utc(moment_ms)
+        if self.output.format == "flat":
+            record.update(values)
+        else:
+            record["value"] = values
+            record["user_attributes"] = {}
+        return orjson.dumps(record)
+
+
+def dead_letter(
+    topic: str,
+    error: str,
+    key: bytes | None,
+    value: bytes | None,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    pipeline: str | None = None,
+    code: str = OTHER,
+) -> OutputRecord:
+    """A record that cannot be used, kept as it was, with why and where it came from.
+
+    The original key and value bytes are the record's key and value; the context
+    travels in headers, the way Kafka Connect's dead-letter queues do it.
+    ``code`` is the reason from the fixed set of ``service.core.reasons``.
+    """
+    headers = [
+        ("sessionizer.error", error.encode()),
+        (REASON_CODE_HEADER, code.encode()),
+        ("sessionizer.topic", source_topic.encode()),
+        ("sessionizer.partition", str(partition).encode()),
+        ("sessionizer.offset", str(offset).encode()),
+    ]
+    if pipeline is not None:
+        headers.append(("sessionizer.pipeline", pipeline.encode()))
+    return OutputRecord(topic, key, value, tuple(headers))
+
+
+def format_utc(ms: int) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` in UTC, as ksqlDB's TIMESTAMPTOSTRING(…, 'UTC')."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000))
+
+
+class Pipeline:
+    """Everything one ``[pipelines.<name>]`` table turns into."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.key = KeyExtractor(config.key)
+        self.time = TimeExtractor(config.time, config.time_format)
+        self.aggregates: tuple[Aggregate, ...] = build_aggregates(config.aggregates)
+        self.rules: tuple[Rule, ...] = build_rules(config)
+        self.window: WindowKind = build_window_kind(config.window, self.aggregates, self.rules)
+        self.envelope = Envelope(config.output, self.key)
+        #: A pairing pipeline's closed session becomes the paired record, not a summary.
+        self.emits_summary = config.pairing is None
+        self._checks = tuple(a.check for a in self.aggregates if a.check is not None)
+
+    def extract(self, event: dict[str, Any], record_ms: int | None, record_key: bytes | None = None) -> tuple[bytes, int]:
+        """Key and event time of a decoded event; raises ``BadRecord`` for an unusable one."""
+        key = self.key(event, record_key)
+        time_ms = self.time(event, record_ms)
+        for check in self._checks:
+            check(event)
+        return key, time_ms
+
+
+def compile_pipelines(configs: tuple[PipelineConfig, ...]) -> tuple[Pipeline, ...]:
+    return tuple(Pipeline(c) for c in configs)
+
+
+__all__ = ["BadRecord", "Envelope", "OutputRecord", "Pipeline", "compile_pipelines", "dead_letter", "format_utc"]

@@ -1,0 +1,220 @@
+"""The changelog reader: brings each task's store up to date before the task processes anything.
+
+When local state is present, only the changelog beyond its checkpoint is read;
+when it is missing, unreadable, or its checkpoint does not fit the changelog
+(the topic was recreated), the store is wiped and rebuilt from the start.
+Because a store only ever holds committed state (see ``service.state.store``),
+a crash leaves it consistent and the tail suffices.
+
+Restoring never blocks the poll loop: the loop calls ``step`` between polls,
+so group heartbeats and rebalances carry on during a long restore, and a
+partition revoked mid-restore is simply dropped (a known wedge in other Python
+stream libraries). Kafka Streams calls this the ``StoreChangelogReader``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from service.errors import RestoreFailed
+from service.runtime.frames import Record
+from service.runtime.state_manager import StateManager
+
+log = structlog.get_logger("sessionizer.state")
+
+RESTORE_BATCH = 50_000
+#: Seconds between two "restore progress" lines while a restore runs.
+PROGRESS_INTERVAL = 10.0
+#: Answers a partition's leader gives while it is not serving yet (a topic just
+#: created, a broker just restarted): asking again shortly succeeds.
+NOT_SERVING_YET = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+}
+
+Where = tuple[str, int]
+
+
+class Progress:
+    """A line every ``PROGRESS_INTERVAL`` seconds while long work goes on: done, rate, what is left, when it ends."""
+
+    def __init__(self, event: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.event = event
+        self.done = 0
+        self._clock = clock
+        self._since = (clock(), 0)
+
+    def report(self, remaining: int, stream_time: int | None = None, **fields: object) -> None:
+        now = self._clock()
+        at, done_then = self._since
+        if now - at < PROGRESS_INTERVAL:
+            return
+        rate = (self.done - done_then) / (now - at)
+        self._since = (now, self.done)
+        log.info(
+            self.event,
+            records_done=self.done,
+            records_per_second=round(rate),
+            records_remaining=remaining,
+            eta_seconds=round(remaining / rate) if rate > 0 else None,
+            event_time_reached=_iso(stream_time),
+            **fields,
+        )
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+@dataclass
+class Restoration:
+    state: StateManager
+    end: int
+    position: int
+    started: float
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.end - self.position)
+
+
+class ChangelogReader:
+    """Restores stores from their changelogs with one consumer that belongs to no group."""
+
+    def __init__(self, consumer: Consumer, on_restored: Callable[[StateManager], None] = lambda state: None) -> None:
+        self.consumer = consumer
+        self.restoring: dict[Where, Restoration] = {}
+        #: Called with each state manager once its store is up to date.
+        self.on_restored = on_restored
+        self._progress = Progress("restore progress")
+
+    def begin(self, state: StateManager, reset: Callable[[], None] | None = None) -> None:
+        """Start restoring ``state``'s store; it is handed to ``on_restored`` when up to date.
+
+        ``reset`` wipes the store when its checkpoint does not fit the changelog
+        (the task's own method, so the task sees its new store); by default the
+        state manager resets itself.
+        """
+        changelog = state.changelog
+        low, high = self._offsets(TopicPartition(changelog, state.partition))
+        checkpoint = state.store.checkpoint
+        if checkpoint is None or checkpoint < low or checkpoint > high:
+            if checkpoint is not None:
+                log.warning(
+                    "checkpoint does not fit the changelog, restoring fully",
+                    pipeline=state.pipeline.name,
+                    partition=state.partition,
+                    checkpoint=checkpoint,
+                    low=low,
+                    high=high,
+                )
+                (reset or state.reset)()
+            checkpoint = low
+        mode = "tail" if state.store.checkpoint is not None else "full"
+        if checkpoint >= high:
+            log.info("state up to date", pipeline=state.pipeline.name, partition=state.partition, checkpoint=checkpoint)
+            self.on_restored(state)
+            return
+        log.info(
+            "restoring state",
+            pipeline=state.pipeline.name,
+            partition=state.partition,
+            mode=mode,
+            changelog=changelog,
+            start=checkpoint,
+            end=high,
+        )
+        self.restoring[(changelog, state.partition)] = Restoration(state, high, checkpoint, time.monotonic())
+        self._assign()
+
+    def _offsets(self, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=timeout)
+                return low, high
+            except KafkaException as exc:
+                if exc.args[0].code() not in NOT_SERVING_YET or time.monotonic() > deadline:
+                    raise RestoreFailed(f"cannot read the offsets of {tp.topic}[{tp.partition}]: {exc.args[0]}") from None
+                time.sleep(0.1)
+
+    def cancel(self, state: StateManager) -> None:
+        """Stop restoring a revoked task's store; what was restored so far stays, checkpointed."""
+        if self.restoring.pop((state.changelog, state.partition), None) is not None:
+            self._assign()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.restoring)
+
+    def step(self, timeout: float = 0.0) -> None:
+        """Apply one batch of changelog records to the stores being restored."""
+        if not self.restoring:
+            return
+        messages = cast(list[Record], self.consumer.consume(RESTORE_BATCH, timeout))
+        by_partition: dict[Where, list[Record]] = {}
+        finished: set[Where] = set()
+        for message in messages:
+            where = (message.topic(), message.partition())
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    finished.add(where)
+                else:
+                    log.warning("changelog read error", error=str(error))
+                continue
+            by_partition.setdefault(where, []).append(message)
+        for where, batch in by_partition.items():
+            restoration = self.restoring.get(where)
+            if restoration is None:
+                continue
+            next_offset = batch[-1].offset() + 1
+            state = restoration.state
+            applied = state.store.restore(batch, next_offset)
+            state.restored_records += applied
+            self._progress.done += applied
+            restoration.position = next_offset
+        if self.restoring:
+            self._progress.report(
+                remaining=sum(r.remaining for r in self.restoring.values()),
+                partitions=len(self.restoring),
+                stream_time=max((r.state.store.stream_time or 0 for r in self.restoring.values()), default=0) or None,
+            )
+        for where in list(self.restoring):
+            restoration = self.restoring[where]
+            if where in finished or restoration.position >= restoration.end:
+                self._finish(where, restoration)
+
+    def _finish(self, where: Where, restoration: Restoration) -> None:
+        del self.restoring[where]
+        self._assign()
+        state = restoration.state
+        if restoration.position > (state.store.checkpoint or 0):
+            state.store.restore((), restoration.position)
+        log.info(
+            "state restored",
+            pipeline=state.pipeline.name,
+            partition=state.partition,
+            records=state.restored_records,
+            seconds=round(time.monotonic() - restoration.started, 3),
+            stream_time=state.store.stream_time,
+        )
+        self.on_restored(state)
+
+    def _assign(self) -> None:
+        self.consumer.assign(
+            [TopicPartition(r.state.changelog, r.state.partition, r.position or OFFSET_BEGINNING) for r in self.restoring.values()]
+        )
+
+    def close(self) -> None:
+        self.consumer.close()

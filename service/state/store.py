@@ -1,0 +1,355 @@
+"""Window state of one partition of one pipeline: RocksDB behind a write-back cache.
+
+Layout (three column families):
+
+- ``default``: grouping key -> 8-byte close time + JSON list of the key's open windows
+- ``index``: 8-byte close time + grouping key -> empty. Windows due to close are a
+  range scan up to stream time, so closing never walks the whole store. An
+  index entry can outlive its key's close time (a restore writes without
+  reading); the scan checks each against the key's value and drops the stale.
+- ``meta``: stream time, task metadata (the sources' watermarks), and the
+  changelog offset the local state reflects (the checkpoint)
+
+The memory of every store of a process is bounded and shared (``service.state.memory``).
+
+Writes go to the cache and become a batch at commit time: one RocksDB write
+batch and one changelog record per changed key, however many events touched it.
+The batch is written to RocksDB only after the Kafka transaction that carries
+its changelog records has committed, and in the same write as the new
+checkpoint. Local state therefore always equals some committed changelog
+prefix: after a crash only the changelog tail beyond the checkpoint is replayed,
+and an aborted transaction is undone by dropping the cache.
+
+This module knows RocksDB, not Kafka: changelog records leave as plain
+``(key, value)`` pairs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import orjson
+from rocksdict import Rdict, ReadOptions, WriteBatch
+
+from service.core.closing import closed
+from service.core.windows import WindowKind
+from service.state.memory import ENTRY_OVERHEAD, StoreMemory, default_memory, entry_bytes
+
+_OFFSET = 2**63
+# Changelog keys carry a one-byte kind so meta entries cannot collide with user keys.
+WINDOW_PREFIX = b"w"
+META_PREFIX = b"m"
+_STREAM_TIME = b"stream_time"
+_CHECKPOINT = b"checkpoint"
+
+
+def encode_time(ms: int) -> bytes:
+    """Signed milliseconds as 8 bytes that sort like the numbers."""
+    return (ms + _OFFSET).to_bytes(8, "big")
+
+
+def decode_time(data: bytes) -> int:
+    return int.from_bytes(data[:8], "big") - _OFFSET
+
+
+@dataclass(slots=True)
+class Entry:
+    """A key's open windows, decoded, and the close time the index holds for it."""
+
+    windows: list[Any]
+    stored_close: int | None = None
+    close: int | None = None
+    #: Estimated memory while cached (``service.state.memory.entry_bytes``).
+    size: int = 0
+
+
+@dataclass
+class PendingCommit:
+    """What one commit changes: changelog records to send, a batch to write once committed."""
+
+    changelog: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    batch: WriteBatch = field(default_factory=lambda: WriteBatch(raw_mode=True))
+    #: Each changed entry, with its new close time and size.
+    entries: list[tuple[Entry, int | None, int]] = field(default_factory=list)
+
+
+class KeyValue(Protocol):
+    """A changelog record as the consumer hands it over (a ``confluent_kafka.Message`` is one)."""
+
+    def key(self) -> bytes | None: ...
+
+    def value(self) -> bytes | None: ...
+
+
+class WindowStore:
+    def __init__(self, path: Path, kind: WindowKind, cache_max_keys: int = 100_000, memory: StoreMemory | None = None) -> None:
+        self.path = path
+        self.kind = kind
+        self.cache_max_keys = cache_max_keys
+        self.memory = memory or default_memory()
+        path.mkdir(parents=True, exist_ok=True)
+        self._db = _open(path, self.memory)
+        self.memory.opened()
+        self._index = self._db.get_column_family("index")
+        self._meta = self._db.get_column_family("meta")
+        self._index_cf = self._db.get_column_family_handle("index")
+        self._meta_cf = self._db.get_column_family_handle("meta")
+        self._cache: dict[bytes, Entry] = {}
+        #: Estimated memory of the cached entries.
+        self.cached_bytes = 0
+        self._dirty: dict[bytes, Entry] = {}
+        #: Index entries found stale by ``due``, deleted with the next commit.
+        self._stale: list[bytes] = []
+        self.stream_time: int | None = self._read_stream_time()
+        self._committed_stream_time = self.stream_time
+        #: Task metadata written with the next commit (e.g. source watermarks), by name.
+        self._meta_changes: dict[bytes, bytes] = {}
+
+    # -- reads and writes through the cache -------------------------------------
+
+    def entry(self, key: bytes) -> Entry:
+        """The key's windows, loaded once and then served from memory."""
+        entry = self._cache.get(key)
+        if entry is None:
+            raw = self._db.get(key)
+            if raw is None:
+                entry = Entry([], size=ENTRY_OVERHEAD)
+            else:
+                entry = Entry(self.kind.load(orjson.loads(memoryview(raw)[8:])), decode_time(raw), size=entry_bytes(len(raw)))
+            self.cached_bytes += entry.size
+            self._cache[key] = entry
+        return entry
+
+    def touch(self, key: bytes, entry: Entry) -> None:
+        """Mark a changed entry; it is written at the next commit."""
+        self._dirty[key] = entry
+
+    def peek(self, key: bytes) -> list[Any]:
+        """The key's windows without caching them (for queries)."""
+        entry = self._cache.get(key)
+        if entry is not None:
+            return entry.windows
+        raw = self._db.get(key)
+        return [] if raw is None else self.kind.load(orjson.loads(memoryview(raw)[8:]))
+
+    def due(self, stream_time: int) -> list[bytes]:
+        """Keys holding at least one window that is closed at ``stream_time``."""
+        keys = []
+        for key, entry in self._dirty.items():
+            entry.close = self.kind.next_close(entry.windows) if entry.windows else None
+            if entry.close is not None and closed(entry.close, stream_time):
+                keys.append(key)
+        options = ReadOptions()
+        options.set_iterate_upper_bound(encode_time(stream_time))
+        for index_key in _raw_keys(self._index.keys(read_opt=options)):
+            key = index_key[8:]
+            if key in self._dirty:
+                continue
+            if self.entry(key).stored_close != decode_time(index_key):
+                self._stale.append(index_key)  # written by a restore, for a close time since changed
+                continue
+            keys.append(key)
+        return keys
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key with open windows (committed state plus this commit's changes)."""
+        for key in _raw_keys(self._db.keys()):
+            if key not in self._dirty:
+                yield key
+        for key, entry in self._dirty.items():
+            if entry.windows:
+                yield key
+
+    # -- commits --------------------------------------------------------------
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._dirty or self._meta_changes or self._stale) or self.stream_time != self._committed_stream_time
+
+    def meta(self, name: bytes) -> bytes | None:
+        """A task's metadata entry as last committed (or restored)."""
+        return self._meta_changes.get(name) or self._meta.get(name)
+
+    def put_meta(self, name: bytes, value: bytes) -> None:
+        """Set a metadata entry; it goes to RocksDB and the changelog with the next commit."""
+        self._meta_changes[name] = value
+
+    def prepare(self) -> PendingCommit:
+        """Turn this commit's changes into changelog records and a write batch."""
+        pending = PendingCommit()
+        batch = pending.batch
+        index_cf = self._index_cf
+        for key, entry in self._dirty.items():
+            windows = entry.windows
+            close = self.kind.next_close(windows) if windows else None
+            if close is None:
+                value = None
+                size = 0
+                batch.delete(key)
+            else:
+                value = encode_time(close) + orjson.dumps(self.kind.dump(windows))
+                size = entry_bytes(len(value))
+                batch.put(key, value)
+            if entry.stored_close != close:
+                if entry.stored_close is not None:
+                    batch.delete(encode_time(entry.stored_close) + key, index_cf)
+                if close is not None:
+                    batch.put(encode_time(close) + key, b"", index_cf)
+            pending.changelog.append((WINDOW_PREFIX + key, value))
+            pending.entries.append((entry, close, size))
+        for index_key in self._stale:
+            batch.delete(index_key, index_cf)
+        if self.stream_time is not None and self.stream_time != self._committed_stream_time:
+            encoded = encode_time(self.stream_time)
+            batch.put(_STREAM_TIME, encoded, self._meta_cf)
+            pending.changelog.append((META_PREFIX + _STREAM_TIME, encoded))
+        for name, value in self._meta_changes.items():
+            batch.put(name, value, self._meta_cf)
+            pending.changelog.append((META_PREFIX + name, value))
+        return pending
+
+    def apply(self, pending: PendingCommit, checkpoint: int | None) -> None:
+        """Write a committed batch, with the changelog offset it brings local state to."""
+        if checkpoint is not None:
+            pending.batch.put(_CHECKPOINT, checkpoint.to_bytes(8, "big"), self._meta_cf)
+        if not pending.batch.is_empty():
+            self._db.write(pending.batch)
+        for entry, close, size in pending.entries:
+            entry.stored_close = close
+            self.cached_bytes += size - entry.size
+            entry.size = size
+        for key, entry in list(self._dirty.items()):
+            if not entry.windows and self._cache.pop(key, None) is not None:
+                self.cached_bytes -= entry.size
+        self._dirty.clear()
+        self._stale.clear()
+        self._meta_changes.clear()
+        self._committed_stream_time = self.stream_time
+        self._evict()
+
+    def rollback(self) -> None:
+        """Forget every change since the last commit (the transaction aborted)."""
+        for key in self._dirty:
+            entry = self._cache.pop(key, None)
+            if entry is not None:
+                self.cached_bytes -= entry.size
+        self._dirty.clear()
+        self._stale.clear()
+        self._meta_changes.clear()
+        self.stream_time = self._committed_stream_time
+
+    def _evict(self) -> None:
+        """Drop the longest-cached entries while over this store's share of the cache (or its key limit)."""
+        budget = self.memory.cache_share()
+        excess_keys = len(self._cache) - self.cache_max_keys
+        if self.cached_bytes <= budget and excess_keys <= 0:
+            return
+        cache = self._cache
+        for key in list(cache):
+            if self.cached_bytes <= budget and excess_keys <= 0:
+                break
+            self.cached_bytes -= cache.pop(key).size
+            excess_keys -= 1
+
+    # -- changelog restore ----------------------------------------------------
+
+    @property
+    def checkpoint(self) -> int | None:
+        raw = self._meta.get(_CHECKPOINT)
+        return None if raw is None else int.from_bytes(raw, "big")
+
+    def restore(self, records: Iterable[KeyValue], checkpoint: int) -> int:
+        """Apply changelog records read from Kafka, in one write; returns how many were applied.
+
+        No record is read back: each window record is written with its index
+        entry, and an index entry left behind by a later record of the same key
+        is dropped when a scan meets it (``due``). A restore therefore costs a
+        few Python operations per record and one RocksDB write per batch.
+        """
+        batch = WriteBatch(raw_mode=True)
+        put, delete = batch.put, batch.delete
+        index_cf, meta_cf = self._index_cf, self._meta_cf
+        window, meta = WINDOW_PREFIX[0], META_PREFIX[0]
+        count = 0
+        for record in records:
+            count += 1
+            changelog_key = record.key()
+            if not changelog_key:
+                continue  # the service writes no keyless changelog record
+            value = record.value()
+            kind, key = changelog_key[0], changelog_key[1:]
+            if kind == window:
+                if value is None:
+                    delete(key)
+                else:
+                    put(key, value)
+                    put(value[:8] + key, b"", index_cf)
+            elif kind == meta:
+                if value is None:
+                    delete(key, meta_cf)
+                else:
+                    put(key, value, meta_cf)
+        put(_CHECKPOINT, checkpoint.to_bytes(8, "big"), meta_cf)
+        self._db.write(batch)
+        if self._cache:
+            self._cache.clear()
+            self.cached_bytes = 0
+        self.stream_time = self._committed_stream_time = self._read_stream_time()
+        return count
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def approximate_keys(self) -> int:
+        return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+
+    def approximate_bytes(self) -> int:
+        return int(self._db.property_int_value("rocksdb.total-sst-files-size") or 0) + int(
+            self._db.property_int_value("rocksdb.size-all-mem-tables") or 0
+        )
+
+    def close(self) -> None:
+        """Close RocksDB; the column-family views hold the database open, so drop them too."""
+        self.memory.closed()
+        self._db.close()
+        del self._index, self._meta, self._index_cf, self._meta_cf, self._db
+
+    def _read_stream_time(self) -> int | None:
+        raw = self._meta.get(_STREAM_TIME)
+        return None if raw is None else decode_time(raw)
+
+
+def _open(path: Path, memory: StoreMemory) -> Rdict:
+    options = memory.options()
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    families = {"index": memory.options(), "meta": memory.options()}
+    return Rdict(str(path), options, column_families=families)
+
+
+def _raw_keys(keys: Iterable[Any]) -> Iterable[bytes]:
+    """A raw-mode store's keys, which are bytes: rocksdict types keys for every mode (str, int, ...)."""
+    return cast(Iterable[bytes], keys)
+
+
+def wipe(path: Path) -> None:
+    """Delete a store's files (before a full restore from the changelog)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def open_store(
+    path: Path, kind: WindowKind, cache_max_keys: int, memory: StoreMemory | None = None
+) -> tuple[WindowStore, str | None]:
+    """Open the store at ``path``; a corrupt or foreign directory is wiped and opened empty.
+
+    Returns the store and, when it had to be wiped, why (the caller logs it and
+    restores the store from its changelog).
+    """
+    try:
+        return WindowStore(path, kind, cache_max_keys, memory), None
+    except Exception as exc:  # rocksdict raises plain exceptions for unreadable directories
+        wipe(path)
+        return WindowStore(path, kind, cache_max_keys, memory), str(exc)

@@ -1,0 +1,444 @@
+"""Small hand-written stand-ins for the Kafka clients, for unit tests of the runtime.
+
+No broker and no ``unittest.mock``: each fake does the little the runtime asks
+of it, remembers what it was asked, and can be told to fail.
+
+``FakeCluster`` is what the broker would hold: the records readers can see,
+each partition's next offset, the group's committed offsets, the committed and
+aborted transactions, and a ``journal`` of the calls whose order matters
+(produce, flush, offsets, commit, abort). A producer and consumers built on
+one cluster see each other's commits, as they would through a broker.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
+
+Where = tuple[str, int]
+
+#: How long a hung call blocks at most, so a test that forgets ``release`` still ends.
+HANG_LIMIT = 30.0
+
+
+class FakeMessage:
+    """A record as ``confluent_kafka.Message`` shows it: accessors, no attributes."""
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        timestamp_ms: int | None = None,
+        error: KafkaError | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self._topic = topic
+        self._partition = partition
+        self._offset = offset
+        self._value = value
+        self._key = key
+        self._timestamp_ms = timestamp_ms
+        self._error = error
+        self._headers = headers
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+    def timestamp(self) -> tuple[int, int]:
+        """``(TIMESTAMP_CREATE_TIME, ms)``, or ``(TIMESTAMP_NOT_AVAILABLE, -1)`` without one."""
+        return (1, self._timestamp_ms) if self._timestamp_ms is not None else (0, -1)
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+    def __repr__(self) -> str:
+        return f"FakeMessage({self._topic}[{self._partition}]@{self._offset}, key={self._key!r}, error={self._error})"
+
+
+def eof(topic: str, partition: int, offset: int) -> FakeMessage:
+    """librdkafka's end-of-partition event: ``offset`` is the partition's end."""
+    return FakeMessage(topic, partition, offset, error=KafkaError(KafkaError._PARTITION_EOF))
+
+
+@dataclass(frozen=True)
+class Produced:
+    """A record a producer wrote, at the offset the fake broker gave it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class Transaction:
+    """One transaction's records and consumed offsets, committed or aborted."""
+
+    records: list[Produced] = field(default_factory=list)
+    offsets: dict[Where, int] = field(default_factory=dict)
+
+
+class FakeCluster:
+    """The broker's side: logs, visible records, group offsets, transactions, and a call journal."""
+
+    def __init__(self) -> None:
+        #: Records a read_committed consumer can see, in the order they became visible.
+        self.records: list[Produced] = []
+        self.transactions: list[Transaction] = []
+        self.aborted: list[Transaction] = []
+        #: The consumer group's committed offsets (from a transaction or ``Consumer.commit``).
+        self.group_offsets: dict[Where, int] = {}
+        #: Calls in the order they happened: "produce <topic>", "flush", "send_offsets_to_transaction", ...
+        self.journal: list[str] = []
+        self._next: dict[Where, int] = {}
+
+    def append(self, where: Where) -> int:
+        """Give the next offset of a partition's log (a record or a transaction marker takes one)."""
+        offset = self._next.get(where, 0)
+        self._next[where] = offset + 1
+        return offset
+
+    def end(self, where: Where) -> int:
+        """The high watermark: the offset the next write to the partition gets."""
+        return self._next.get(where, 0)
+
+    def visible(self, topic: str) -> list[Produced]:
+        return [r for r in self.records if r.topic == topic]
+
+    def messages(self, topic: str) -> list[FakeMessage]:
+        """The topic's visible records as a consumer would receive them."""
+        return [FakeMessage(r.topic, r.partition, r.offset, r.value, r.key, headers=list(r.headers)) for r in self.visible(topic)]
+
+
+class FakeProducer:
+    """A producer writing to a ``FakeCluster``, transactional once ``init_transactions`` ran.
+
+    Offsets are given at ``produce``; delivery reports are served by ``poll``,
+    ``flush`` and ``commit_transaction``, as librdkafka serves them. Inside a
+    transaction the records wait in ``open`` until the commit makes them
+    visible; an abort drops them and their pending reports. Either ends with a
+    marker that takes one offset in every partition the transaction wrote.
+    ``partition=-1`` (let the partitioner choose) writes to partition 0.
+
+    ``fail(call, error)`` makes the next ``call`` raise ``error``; a fatal error
+    sticks, so every later call raises it too, like a fenced producer's.
+    ``hang(call)`` makes the next ``call`` block until ``release()``, then fail.
+    ``hang_after_commit()`` makes the next ``commit_transaction`` commit, then
+    block like a hung call: the broker committed but the answer never came.
+    ``fail_deliveries(error)`` reports the next records as not delivered.
+    """
+
+    def __init__(self, cluster: FakeCluster | None = None) -> None:
+        self.cluster = cluster if cluster is not None else FakeCluster()
+        self.transactional = False
+        self.in_transaction = False
+        self.init_calls = 0
+        #: Records of the open transaction.
+        self.open = Transaction()
+        self.fatal_error: KafkaError | None = None
+        self.hung = threading.Event()
+        self._release = threading.Event()
+        self._failures: dict[str, list[KafkaError]] = {}
+        self._hanging: set[str] = set()
+        self._hang_after_commit = False
+        self._delivery_failures: list[KafkaError] = []
+        self._undelivered: list[tuple[Callable[..., None] | None, Produced, KafkaError | None]] = []
+
+    # -- telling it what to do ---------------------------------------------------
+
+    def fail(self, call: str, error: KafkaError) -> None:
+        self._failures.setdefault(call, []).append(error)
+
+    def hang(self, call: str) -> None:
+        self._hanging.add(call)
+
+    def hang_after_commit(self) -> None:
+        self._hang_after_commit = True
+
+    def release(self) -> None:
+        """Let a hung call return (with an error: its caller gave up on it)."""
+        self._release.set()
+
+    def fail_deliveries(self, error: KafkaError, count: int = 1) -> None:
+        self._delivery_failures += [error] * count
+
+    # -- the Producer API ---------------------------------------------------------
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int = -1,
+        on_delivery: Callable[..., None] | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        **_: Any,
+    ) -> None:
+        if self.fatal_error is not None:
+            raise KafkaException(self.fatal_error)
+        if self.transactional and not self.in_transaction:
+            raise KafkaException(KafkaError(KafkaError._STATE, "produce outside a transaction"))
+        self.cluster.journal.append(f"produce {topic}")
+        partition = max(partition, 0)
+        error = self._delivery_failures.pop(0) if self._delivery_failures else None
+        offset = -1 if error is not None else self.cluster.append((topic, partition))
+        record = Produced(topic, partition, offset, key, value, tuple(headers or ()))
+        if error is None and self.transactional:
+            self.open.records.append(record)
+        self._undelivered.append((on_delivery, record, error))
+
+    def poll(self, timeout: float | None = None) -> int:
+        return self._deliver()
+
+    def flush(self, timeout: float | None = None) -> int:
+        self.cluster.journal.append("flush")
+        self._deliver()
+        return 0
+
+    def __len__(self) -> int:
+        return len(self._undelivered)
+
+    def init_transactions(self, timeout: float | None = None) -> None:
+        self._call("init_transactions")
+        self.transactional = True
+        self.init_calls += 1
+
+    def begin_transaction(self) -> None:
+        self._call("begin_transaction")
+        if self.in_transaction:
+            raise KafkaException(KafkaError(KafkaError._STATE, "a transaction is already open"))
+        self.in_transaction = True
+        self.open = Transaction()
+
+    def send_offsets_to_transaction(self, offsets: list[TopicPartition], group_metadata: object, timeout: float | None = None) -> None:
+        self._call("send_offsets_to_transaction")
+        self._require_transaction()
+        if not isinstance(group_metadata, FakeGroupMetadata):
+            raise KafkaException(KafkaError(KafkaError._INVALID_ARG, "not a consumer's group metadata"))
+        for tp in offsets:
+            self.open.offsets[(tp.topic, tp.partition)] = tp.offset
+
+    def commit_transaction(self, timeout: float | None = None) -> None:
+        self._call("commit_transaction")
+        self._require_transaction()
+        self._deliver()
+        self._end_transaction()
+        self.cluster.records += self.open.records
+        self.cluster.group_offsets.update(self.open.offsets)
+        self.cluster.transactions.append(self.open)
+        if self._hang_after_commit:
+            self._hang_after_commit = False
+            self._hanging.add("commit_transaction")
+            self._call("commit_transaction")
+
+    def abort_transaction(self, timeout: float | None = None) -> None:
+        self._call("abort_transaction")
+        self._require_transaction()
+        self._undelivered.clear()
+        self._end_transaction()
+        self.cluster.aborted.append(self.open)
+
+    # -- inside -------------------------------------------------------------------
+
+    def _call(self, name: str) -> None:
+        self.cluster.journal.append(name)
+        if self.fatal_error is not None:
+            raise KafkaException(self.fatal_error)
+        if name in self._hanging:
+            self._hanging.discard(name)
+            self.hung.set()
+            self._release.wait(HANG_LIMIT)
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{name} hung"))
+        failures = self._failures.get(name)
+        if failures:
+            error = failures.pop(0)
+            if error.fatal():
+                self.fatal_error = error
+            raise KafkaException(error)
+
+    def _require_transaction(self) -> None:
+        if not self.in_transaction:
+            raise KafkaException(KafkaError(KafkaError._STATE, "no open transaction"))
+
+    def _end_transaction(self) -> None:
+        for where in dict.fromkeys((r.topic, r.partition) for r in self.open.records):
+            self.cluster.append(where)  # the commit or abort marker
+        self.in_transaction = False
+
+    def _deliver(self) -> int:
+        reports, self._undelivered = self._undelivered, []
+        for callback, record, error in reports:
+            if error is None and not self.transactional:
+                self.cluster.records.append(record)
+            if callback is not None:
+                callback(error, FakeMessage(record.topic, record.partition, record.offset, record.value, record.key, error=error))
+        return len(reports)
+
+
+class FakeGroupMetadata:
+    """What ``consumer_group_metadata()`` returns, for ``send_offsets_to_transaction``."""
+
+
+class FakeConsumer:
+    """A consumer over a ``FakeCluster``: records are queued with ``feed`` and handed out by ``consume``.
+
+    ``consume`` returns queued messages of assigned, unpaused partitions in the
+    order they were fed; the others stay queued. Committed offsets live in the
+    cluster, so a transaction's offsets are what ``committed`` answers.
+    Watermarks are the cluster's log ``(0, end)`` unless set in ``watermarks``.
+    """
+
+    def __init__(self, cluster: FakeCluster | None = None) -> None:
+        self.cluster = cluster if cluster is not None else FakeCluster()
+        self.queue: list[FakeMessage] = []
+        self.paused: set[Where] = set()
+        #: Every partition paused and resumed, in order.
+        self.pauses: list[Where] = []
+        self.resumes: list[Where] = []
+        #: Every seek: (topic, partition, offset).
+        self.seeks: list[tuple[str, int, int]] = []
+        self.positions: dict[Where, int] = {}
+        self.watermarks: dict[Where, tuple[int, int]] = {}
+        self.closed = False
+        self._assigned: dict[Where, None] = {}
+
+    def feed(self, *messages: FakeMessage) -> None:
+        self.queue += messages
+
+    # -- assignment -------------------------------------------------------------
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in self._assigned]
+
+    def incremental_assign(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned[(tp.topic, tp.partition)] = None
+
+    def incremental_unassign(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.pop((tp.topic, tp.partition), None)
+            self.paused.discard((tp.topic, tp.partition))
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        self._assigned = {}
+        self.paused.clear()
+        for tp in partitions:
+            self._assigned[(tp.topic, tp.partition)] = None
+            self.positions[(tp.topic, tp.partition)] = tp.offset
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            self.paused.add((tp.topic, tp.partition))
+            self.pauses.append((tp.topic, tp.partition))
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            self.paused.discard((tp.topic, tp.partition))
+            self.resumes.append((tp.topic, tp.partition))
+
+    def seek(self, partition: TopicPartition) -> None:
+        where = (partition.topic, partition.partition)
+        if where not in self._assigned:
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION, f"{where} is not assigned"))
+        self.seeks.append((partition.topic, partition.partition, partition.offset))
+        self.positions[where] = partition.offset
+
+    # -- offsets ----------------------------------------------------------------
+
+    def committed(self, partitions: list[TopicPartition], timeout: float | None = None) -> list[TopicPartition]:
+        offsets = self.cluster.group_offsets
+        return [TopicPartition(tp.topic, tp.partition, offsets.get((tp.topic, tp.partition), OFFSET_INVALID)) for tp in partitions]
+
+    def commit(
+        self, message: object = None, offsets: list[TopicPartition] | None = None, asynchronous: bool = True
+    ) -> list[TopicPartition]:
+        self.cluster.journal.append("consumer.commit")
+        for tp in offsets or []:
+            self.cluster.group_offsets[(tp.topic, tp.partition)] = tp.offset
+        return list(offsets or [])
+
+    def consumer_group_metadata(self) -> FakeGroupMetadata:
+        return FakeGroupMetadata()
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), OFFSET_INVALID)) for tp in partitions]
+
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float | None = None, cached: bool = False) -> tuple[int, int]:
+        where = (partition.topic, partition.partition)
+        return self.watermarks.get(where, (0, self.cluster.end(where)))
+
+    # -- reading ----------------------------------------------------------------
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        out: list[FakeMessage] = []
+        kept: list[FakeMessage] = []
+        for message in self.queue:
+            where = (message.topic(), message.partition())
+            if len(out) < num_messages and where in self._assigned and where not in self.paused:
+                out.append(message)
+                if message.error() is None:
+                    self.positions[where] = message.offset() + 1
+            else:
+                kept.append(message)
+        self.queue = kept
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeFuture:
+    """An already finished ``concurrent.futures.Future``."""
+
+    def __init__(self, error: KafkaError | None = None) -> None:
+        self._error = error
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> None:
+        if self._error is not None:
+            raise KafkaException(self._error)
+
+    def exception(self, timeout: float | None = None) -> KafkaException | None:
+        return None if self._error is None else KafkaException(self._error)
+
+    def add_done_callback(self, callback: Callable[[FakeFuture], None]) -> None:
+        callback(self)
+
+
+class FakeAdmin:
+    """An admin client whose ``delete_records`` records the offsets; ``error`` fails every deletion."""
+
+    def __init__(self, error: KafkaError | None = None) -> None:
+        self.error = error
+        #: Every deletion asked for: (topic, partition, delete before this offset).
+        self.deleted: list[tuple[str, int, int]] = []
+
+    def delete_records(self, offsets: list[TopicPartition], **_: Any) -> dict[TopicPartition, FakeFuture]:
+        self.deleted += [(tp.topic, tp.partition, tp.offset) for tp in offsets]
+        return {tp: FakeFuture(self.error) for tp in offsets}

@@ -1,0 +1,152 @@
+"""A backlog: every event produced before the service starts, as operators replay topics.
+
+Events of many users spread over several source topics. Within each topic
+they are produced in event-time order with a jitter smaller than grace, so
+every source partition's own disorder is within grace: nothing may be late,
+however fast or slow the service reads each partition. A topic can lag (its
+event times trail the others' by minutes) or be empty.
+
+What came out is checked against the independent oracle (``tests.oracle``)
+and against ``sessionizer process`` over the same events.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from service.commands.process import process_lines
+from service.config import load_config
+from tests import oracle
+from tests.integration.harness import Record, bootstrap, create_topics
+
+GAP_MS = 2_000
+GRACE_MS = 1_000
+#: Jitter of the production order, in event time: below grace, so each partition's disorder is within it.
+JITTER_MS = 700
+
+
+@dataclass
+class Backlog:
+    #: topic -> events in production order
+    by_topic: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [e for events in self.by_topic.values() for e in events]
+
+    def __len__(self) -> int:
+        return sum(len(events) for events in self.by_topic.values())
+
+    def expected(self, key: str = "user_id") -> list[oracle.Session]:
+        return oracle.sessions(((e[key], e["ts"], e["amount"]) for e in self.events), GAP_MS)
+
+    def wrapped_lines(self) -> list[bytes]:
+        """The events for ``sessionizer process --wrapped``: topic by topic, each in production order."""
+        return [orjson.dumps({"topic": topic, "value": e}) for topic, events in self.by_topic.items() for e in events]
+
+
+def generate(
+    topics: list[str],
+    users: int = 1_500,
+    sessions: int = 4,
+    per_session: tuple[int, int] = (2, 6),
+    seed: int = 1,
+    lag_ms: dict[str, int] | None = None,
+    empty: tuple[str, ...] = (),
+    start_ms: int = 1_700_000_000_000,
+) -> Backlog:
+    """Sessions of a few events 100-600 ms apart, separated by 3-20 s: each event to a random non-empty topic.
+
+    A topic in ``lag_ms`` has every event time moved back by that much: read
+    from the start, its partitions' event time trails the others' all along.
+    """
+    rng = random.Random(seed)
+    lag_ms = lag_ms or {}
+    busy = [t for t in topics if t not in empty]
+    staged: dict[str, list[tuple[int, dict[str, Any]]]] = {t: [] for t in topics}
+    for u in range(users):
+        clock = start_ms + rng.randrange(0, 60_000)
+        for _ in range(sessions):
+            for _ in range(rng.randint(*per_session)):
+                clock += rng.randrange(100, 600)
+                topic = rng.choice(busy)
+                ts = clock - lag_ms.get(topic, 0)
+                event = {"user_id": f"user-{u}", "ts": ts, "amount": rng.randrange(1, 100)}
+                staged[topic].append((ts + rng.randrange(0, JITTER_MS), event))
+            clock += rng.randrange(GAP_MS + 1_000, 20_000)
+    backlog = Backlog()
+    for topic in topics:
+        staged[topic].sort(key=lambda item: item[0])
+        backlog.by_topic[topic] = [event for _, event in staged[topic]]
+    return backlog
+
+
+def produce(backlog: Backlog, partitions: int = 6, keyed: bool = True) -> None:
+    """Create the topics and produce every event, in order, idempotently.
+
+    ``keyed``: the record key is the user id, placed by Kafka's default
+    (murmur2) partitioner, so the topics are co-partitioned by user.
+    Otherwise every record goes to a random partition.
+    """
+    create_topics(list(backlog.by_topic), partitions=partitions)
+    producer = Producer(
+        {"bootstrap.servers": bootstrap(), "partitioner": "murmur2_random", "linger.ms": 20, "enable.idempotence": True}
+    )
+    rng = random.Random(7)
+    for topic, events in backlog.by_topic.items():
+        for event in events:
+            raw = orjson.dumps(event)
+            while True:
+                try:
+                    if keyed:
+                        producer.produce(topic, raw, event["user_id"].encode())
+                    else:
+                        producer.produce(topic, raw, partition=rng.randrange(partitions))
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+    assert producer.flush(120) == 0
+
+
+def emitted(records: list[Record], key: str = "user_id") -> list[oracle.Session]:
+    """The sessions on an output topic, as the oracle writes them."""
+    out = []
+    for record in records:
+        value = orjson.loads(record.value)
+        v = value["value"]
+        out.append(oracle.Session(value[key], v["session_start_ms"], v["session_end_ms"], v["event_count"], v["amount"]))
+    return sorted(out)
+
+
+def offline(config_path: Path, backlog: Backlog, output_topic: str, key: str = "user_id") -> list[oracle.Session]:
+    """What ``sessionizer process --wrapped`` makes of the same events."""
+    out: list[dict[str, Any]] = []
+    process_lines(load_config(config_path, {}), backlog.wrapped_lines(), lambda line: out.append(orjson.loads(line)), wrapped=True)
+    late = [r for r in out if r["topic"].endswith("-late")]
+    assert not late, f"offline mode found {len(late)} late events"
+    sessions = []
+    for r in out:
+        if r["topic"] != output_topic:
+            continue
+        v = r["value"]["value"]
+        sessions.append(oracle.Session(r["value"][key], v["session_start_ms"], v["session_end_ms"], v["event_count"], v["amount"]))
+    return sorted(sessions)
+
+
+def assert_same(got: list[oracle.Session], expected: list[oracle.Session]) -> None:
+    """Each expected session exactly once, nothing else."""
+    duplicates = [s for s, n in Counter(got).items() if n > 1]
+    missing = Counter(expected) - Counter(got)
+    extra = Counter(got) - Counter(expected)
+    assert not duplicates, f"{len(duplicates)} sessions emitted more than once, e.g. {duplicates[:3]}"
+    assert not missing and not extra, (
+        f"{sum(missing.values())} expected sessions missing (e.g. {list(missing)[:3]}), "
+        f"{sum(extra.values())} unexpected (e.g. {list(extra)[:3]})"
+    )

@@ -1,0 +1,196 @@
+"""Direct tasks: a pipeline grouped by the record key reads its co-partitioned sources itself.
+
+Against the fake clients of ``tests.fakes``: no broker, real RocksDB stores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import TopicPartition
+
+from service.core.partitioner import partition_for
+from service.core.pipeline import compile_pipelines
+from service.core.topology import plan
+from service.runtime.changelog_reader import ChangelogReader
+from service.runtime.collector import RecordCollector
+from service.runtime.stats import LoopStats
+from service.runtime.task_manager import WAITING, TaskManager
+from service.runtime.tasks import DirectTask, TaskState
+from tests.fakes import FakeAdmin, FakeCluster, FakeConsumer, FakeMessage, FakeProducer, eof
+from tests.helpers import config_from_toml
+
+WEB, MOBILE = "web", "mobile"
+OUTPUT = "out"
+T0 = 1_700_000_000_000
+SECOND = 1_000
+
+
+def config(state_dir: Path):
+    return config_from_toml(
+        f"""
+[app]
+instance_id = "test"
+state_dir = "{state_dir}"
+[topics]
+partitions = 2
+[pipelines.s]
+sources = ["{WEB}", "{MOBILE}"]
+key = "@key"
+time = "ts"
+time_format = "epoch_ms"
+output = "{OUTPUT}"
+[pipelines.s.window]
+type = "session"
+gap = "10s"
+grace = "1s"
+"""
+    )
+
+
+class Instance:
+    def __init__(self, tmp_path: Path) -> None:
+        self.cluster = FakeCluster()
+        self.config = config(tmp_path)
+        partitions = {WEB: 2, MOBILE: 2, "sessionizer-s-changelog": 2}
+        self.plans = plan(self.config.pipelines, 2, partitions)
+        self.consumer = FakeConsumer(self.cluster)
+        self.collector = RecordCollector(lambda: FakeProducer(self.cluster), True)
+        self.now = 100.0
+        self.tasks = TaskManager(
+            self.config,
+            compile_pipelines(self.config.pipelines),
+            self.plans,
+            self.consumer,
+            self.collector,
+            ChangelogReader(FakeConsumer(self.cluster)),
+            FakeAdmin(),
+            LoopStats(),
+            partitions,
+            clock=lambda: self.now,
+        )
+        self.collector.init()
+
+    def assign(self, *partitions: tuple[str, int]) -> None:
+        self.tasks.on_assign(self.consumer, [TopicPartition(t, p) for t, p in partitions])
+
+    def task(self, partition: int = 0) -> DirectTask:
+        task = self.tasks.window_tasks[("s", partition)]
+        assert isinstance(task, DirectTask)
+        return task
+
+
+@pytest.fixture
+def instance(tmp_path):
+    made = Instance(tmp_path)
+    yield made
+    made.tasks.close()
+
+
+def keys_in(partition: int, count: int) -> list[bytes]:
+    """User keys Kafka's default partitioner puts in ``partition`` of 2."""
+    found = []
+    n = 0
+    while len(found) < count:
+        key = f"user-{n}".encode()
+        if partition_for(key, 2) == partition:
+            found.append(key)
+        n += 1
+    return found
+
+
+def record(topic: str, offset: int, key: bytes, at_ms: int, partition: int = 0) -> FakeMessage:
+    return FakeMessage(topic, partition, offset, key=key, value=orjson.dumps({"ts": at_ms, "from": topic}), timestamp_ms=at_ms)
+
+
+def test_the_pipeline_is_read_directly_with_the_range_assignor(instance):
+    assert instance.plans["s"].direct
+    assert instance.tasks.eager
+    assert instance.tasks.topics == [WEB, MOBILE]  # no repartition topic
+
+
+def test_a_direct_task_runs_only_once_every_input_is_assigned_here(instance):
+    instance.assign((WEB, 0))
+    assert instance.tasks.window_tasks == {}
+    assert instance.tasks.alignment._reasons[(WEB, 0)] == {WAITING}
+    instance.assign((MOBILE, 0))
+    task = instance.task(0)
+    assert task.state is TaskState.RUNNING  # empty changelog: restored at once
+    assert task.inputs == [(WEB, 0), (MOBILE, 0)]
+    assert instance.consumer.paused == set()
+
+
+def test_records_of_both_inputs_meet_in_one_session_with_the_record_key(instance):
+    instance.assign((WEB, 0), (MOBILE, 0))
+    key, other = keys_in(0, 2)
+    instance.tasks.route([record(WEB, 0, key, T0), record(MOBILE, 0, key, T0 + 2 * SECOND)])
+    # both inputs move on a minute: stream time passes the session's close time
+    instance.tasks.route([record(WEB, 1, other, T0 + 60 * SECOND), record(MOBILE, 1, other, T0 + 60 * SECOND)])
+    instance.tasks.commit()
+    [output] = instance.cluster.visible(OUTPUT)
+    value = orjson.loads(output.value)
+    assert output.key == key
+    assert value["key"] == key.decode()  # the envelope names the record key "key"
+    assert (value["value"]["session_start_ms"], value["value"]["event_count"]) == (T0, 2)
+
+
+def test_a_record_in_the_wrong_partition_goes_to_the_dead_letter_topic(instance):
+    instance.assign((WEB, 0), (MOBILE, 0))
+    [elsewhere] = keys_in(1, 1)
+    instance.tasks.route([record(WEB, 0, elsewhere, T0), record(WEB, 1, None, T0)])  # type: ignore[arg-type]
+    instance.tasks.commit()
+    dead = instance.cluster.visible(instance.config.pipelines[0].dead_letter_topic)
+    errors = [dict(r.headers)["sessionizer.error"].decode() for r in dead]
+    assert errors[0].startswith("wrong partition: key b'" + elsewhere.decode() + "' belongs in partition 1 of 2")
+    assert errors[1].startswith("no key")
+    assert [dict(r.headers)["sessionizer.reason_code"] for r in dead] == [b"wrong_partition", b"no_key"]
+    assert instance.task(0).counts().dead_letter_reasons == {"wrong_partition": 1, "no_key": 1}
+    assert [r.value for r in dead] == [record(WEB, 0, elsewhere, T0).value(), record(WEB, 1, elsewhere, T0).value()]
+    assert instance.task(0).counts().processed == 0
+
+
+def test_stream_time_is_the_slower_inputs_and_its_events_are_on_time(instance):
+    instance.assign((WEB, 0), (MOBILE, 0))
+    [a, b] = keys_in(0, 2)
+    task = instance.task(0)
+    # web is read a minute ahead of mobile
+    instance.tasks.route([record(WEB, 0, a, T0 + 60 * SECOND)])
+    assert task.store.stream_time is None  # mobile has said nothing yet
+    instance.tasks.route([record(MOBILE, 0, b, T0)])
+    assert task.store.stream_time == T0
+    instance.tasks.route([record(MOBILE, 1, b, T0 + 5 * SECOND)])  # a minute behind web: not late
+    instance.tasks.commit()
+    late = instance.cluster.visible(instance.config.pipelines[0].late_topic)
+    assert late == []
+    assert task.store.stream_time == T0 + 5 * SECOND
+    assert instance.cluster.visible(OUTPUT) == []  # b's session waits for mobile's watermark
+
+
+def test_inputs_read_to_their_end_let_the_wall_clock_close_windows(instance):
+    instance.assign((WEB, 0), (MOBILE, 0))
+    [a] = keys_in(0, 1)
+    task = instance.task(0)
+    instance.tasks.route([record(WEB, 0, a, T0), eof(WEB, 0, 1)])
+    instance.now += 60
+    instance.tasks.punctuate(instance.now)
+    assert task.store.stream_time is None, "mobile is not known to be empty: it may hold anything"
+    instance.tasks.route([eof(MOBILE, 0, 0)])
+    instance.tasks.punctuate(instance.now)
+    assert task.store.stream_time == T0, "everything is read: the largest watermark"
+    instance.now += 20  # the idle clock runs from the moment everything was read
+    instance.tasks.punctuate(instance.now)
+    assert task.store.stream_time == T0 + 20 * SECOND
+    instance.tasks.commit()
+    assert len(instance.cluster.visible(OUTPUT)) == 1
+
+
+def test_an_input_far_ahead_is_paused_until_the_slower_one_catches_up(instance):
+    instance.assign((WEB, 0), (MOBILE, 0))
+    [a] = keys_in(0, 1)
+    drift = instance.config.max_drift_ms
+    instance.tasks.route([record(MOBILE, 0, a, T0), record(WEB, 0, a, T0 + drift + SECOND)])
+    assert instance.consumer.paused == {(WEB, 0)}
+    instance.tasks.route([record(MOBILE, 1, a, T0 + 2 * SECOND)])
+    assert instance.consumer.paused == set()

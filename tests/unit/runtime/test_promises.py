@@ -1,0 +1,677 @@
+"""Promises of docs/semantics.md that had no test of their own, checked over the fake clients.
+
+A TaskManager drives real RocksDB stores over ``tests.fakes``, with the
+instance's own wall clock (``Instance.now``): nothing sleeps. Pipeline ``s``
+reads the two partitions of ``events`` through a two-partition repartition
+topic, so every window task has two sources, ``S0`` and ``S1``. Sessions close
+10 minutes after their last event, with a minute of grace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from service.config import Config
+from service.core.partitioner import partition_for
+from service.core.pipeline import compile_pipelines
+from service.core.topology import plan
+from service.core.watermarks import source_id
+from service.runtime.changelog_reader import ChangelogReader
+from service.runtime.collector import RecordCollector
+from service.runtime.frames import DATA, DATA_FRAME, report
+from service.runtime.stats import LoopStats
+from service.runtime.task_manager import TaskManager
+from service.runtime.tasks import DirectTask, TaskState, WindowTask
+from tests.fakes import FakeAdmin, FakeCluster, FakeConsumer, FakeMessage, FakeProducer, Produced, eof
+from tests.helpers import config_from_toml
+
+SOURCE = "events"
+REPARTITION = "sessionizer-s-repartition"
+CHANGELOG = "sessionizer-s-changelog"
+OUTPUT = "out"
+LATE = "sessionizer-late"
+DEAD = "sessionizer-dead-letter"
+
+T0 = 1_700_000_000_000
+SECOND = 1_000
+MINUTE = 60_000
+#: The two sources of every window task: partitions 0 and 1 of ``events``.
+S0, S1 = source_id(0, 0), source_id(0, 1)
+
+ABORTABLE = KafkaError(KafkaError.INVALID_TXN_STATE, "transaction must be aborted", txn_requires_abort=True)
+
+
+def runtime_config(state_dir: Path, guarantee: str) -> Config:
+    return config_from_toml(
+        f"""
+[app]
+instance_id = "test"
+state_dir = "{state_dir}"
+processing_guarantee = "{guarantee}"
+
+[pipelines.s]
+sources = ["{SOURCE}"]
+key = "user_id"
+time = "ts"
+time_format = "epoch_ms"
+output = "{OUTPUT}"
+[pipelines.s.window]
+type = "session"
+gap = "10m"
+grace = "1m"
+[pipelines.s.aggregates]
+total = {{ type = "sum", field = "amount" }}
+"""
+    )
+
+
+class RecordingAdmin(FakeAdmin):
+    """Remembers, with every deletion asked for, the group's committed offset at that moment."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        super().__init__()
+        self.cluster = cluster
+        #: (topic, partition, delete before, the group's committed offset then)
+        self.asked: list[tuple[str, int, int, int | None]] = []
+
+    def delete_records(self, offsets: list[TopicPartition], **kwargs: Any) -> Any:
+        for tp in offsets:
+            self.asked.append((tp.topic, tp.partition, tp.offset, self.cluster.group_offsets.get((tp.topic, tp.partition))))
+        return super().delete_records(offsets, **kwargs)
+
+
+class Instance:
+    """One service instance: a TaskManager over fakes on a shared cluster, stores under ``state_dir``."""
+
+    def __init__(self, cluster: FakeCluster, state_dir: Path, guarantee: str = "exactly_once") -> None:
+        self.cluster = cluster
+        self.config = runtime_config(state_dir, guarantee)
+        self.producers: list[FakeProducer] = []
+        self.collector = RecordCollector(self._new_producer, self.config.exactly_once)
+        self.consumer = FakeConsumer(cluster)
+        self.restore_consumer = FakeConsumer(cluster)
+        self.admin = RecordingAdmin(cluster)
+        partitions = {SOURCE: 2, REPARTITION: 2, CHANGELOG: 2}
+        #: The instance's wall clock (monotonic seconds); tests move it on.
+        self.now = 1_000.0
+        self.tasks = TaskManager(
+            self.config,
+            compile_pipelines(self.config.pipelines),
+            plan(self.config.pipelines, 2, partitions),
+            self.consumer,
+            self.collector,
+            ChangelogReader(self.restore_consumer),
+            self.admin,
+            LoopStats(),
+            partitions,
+            clock=lambda: self.now,
+        )
+        self.collector.init()
+
+    def _new_producer(self) -> FakeProducer:
+        self.producers.append(FakeProducer(self.cluster))
+        return self.producers[-1]
+
+    @property
+    def producer(self) -> FakeProducer:
+        return self.producers[-1]
+
+    def assign(self, *partitions: tuple[str, int]) -> None:
+        self.tasks.on_assign(self.consumer, [TopicPartition(t, p) for t, p in partitions])
+
+    def window(self, partition: int = 0) -> WindowTask:
+        return self.tasks.window_tasks[("s", partition)]
+
+    def purge_due(self) -> None:
+        """The purge interval has passed (purging reads the process's clock, not the instance's)."""
+        self.tasks._next_purge = 0.0
+
+    def close(self) -> None:
+        self.tasks.close()
+        for producer in self.producers:
+            producer.release()
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster()
+
+
+@pytest.fixture
+def instance(cluster, tmp_path):
+    """Instances on one cluster; each ``make(name)`` has its own state directory."""
+    made: list[Instance] = []
+
+    def make(name: str = "a", guarantee: str = "exactly_once") -> Instance:
+        made.append(Instance(cluster, tmp_path / name, guarantee))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()
+
+
+def event(user: str, at_ms: int) -> bytes:
+    return orjson.dumps({"user_id": user, "ts": at_ms})
+
+
+def data(
+    partition: int, offset: int, user: str, at_ms: int, source: int = S0, watermark: int | None = None, body: bytes | None = None
+) -> FakeMessage:
+    """A framed event in repartition ``partition`` from ``source``, carrying that source's watermark (its own time by default)."""
+    frame = DATA_FRAME.pack(DATA, at_ms, at_ms if watermark is None else watermark, source)
+    return FakeMessage(REPARTITION, partition, offset, key=user.encode(), value=frame + (body or event(user, at_ms)), timestamp_ms=at_ms)
+
+
+def said(partition: int, offset: int, source: int, watermark: int | None, idle: bool = True) -> FakeMessage:
+    """A watermark report of ``source`` read from repartition ``partition``."""
+    return FakeMessage(REPARTITION, partition, offset, key=None, value=report(watermark, source, idle))
+
+
+def sessions(records: Iterable[Produced]) -> list[tuple[bytes | None, int, int, int]]:
+    """(key, start, end, count) of each output record."""
+    out = []
+    for r in records:
+        assert r.value is not None
+        value = orjson.loads(r.value)["value"]
+        out.append((r.key, value["session_start_ms"], value["session_end_ms"], value["event_count"]))
+    return out
+
+
+# -- 1. stream time and watermarks come back from the changelog, per partition -------------------
+
+
+def test_each_partitions_stream_time_and_watermarks_are_restored_from_the_changelog_into_an_empty_state_dir(instance, cluster):
+    a = instance("a")
+    a.assign((REPARTITION, 0), (REPARTITION, 1))
+    # Partition 0: S1 is the slower source, stream time T0 + 1m.
+    a.tasks.route([data(0, 0, "u1", T0 + 4 * MINUTE, S0), data(0, 1, "u2", T0 + MINUTE, S1)])
+    # Partition 1: S0 is the slower one, stream time T0 + 7m.
+    a.tasks.route([data(1, 0, "u3", T0 + 7 * MINUTE, S0), data(1, 1, "u4", T0 + 9 * MINUTE, S1)])
+    assert (a.window(0).store.stream_time, a.window(1).store.stream_time) == (T0 + MINUTE, T0 + 7 * MINUTE)
+    a.tasks.commit()
+    assert {r.partition for r in cluster.visible(CHANGELOG)} == {0, 1}
+
+    b = instance("b")  # another instance, with nothing on its disk
+    b.assign((REPARTITION, 0), (REPARTITION, 1))
+    tasks = [b.window(0), b.window(1)]
+    assert [t.state for t in tasks] == [TaskState.RESTORING, TaskState.RESTORING]
+    assert [t.store.stream_time for t in tasks] == [None, None]
+    b.restore_consumer.feed(
+        *cluster.messages(CHANGELOG), eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))), eof(CHANGELOG, 1, cluster.end((CHANGELOG, 1)))
+    )
+    b.tasks.reader.step()
+
+    assert [t.state for t in tasks] == [TaskState.RUNNING, TaskState.RUNNING]
+    assert [t.store.stream_time for t in tasks] == [T0 + MINUTE, T0 + 7 * MINUTE]
+    assert [t.watermarks.marks for t in tasks] == [
+        {S0: T0 + 4 * MINUTE, S1: T0 + MINUTE},
+        {S0: T0 + 7 * MINUTE, S1: T0 + 9 * MINUTE},
+    ]
+    # Idleness is not kept: every source is busy until it says otherwise.
+    assert [t.watermarks.idle_since for t in tasks] == [{}, {}]
+    # Stream time goes on from them: S1 moves to T0 + 5m on partition 0, and S0's restored
+    # T0 + 4m is now the slowest (without it, stream time would wait for S0; with partition 1's, T0 + 7m).
+    b.tasks.route([data(0, 2, "u5", T0 + 5 * MINUTE, S1)])
+    assert b.window(0).store.stream_time == T0 + 4 * MINUTE
+
+
+# -- 2. the idle clock -------------------------------------------------------------------------------
+
+
+class Feed:
+    """What the window task of repartition partition 0 reads next, at consecutive offsets."""
+
+    def __init__(self, a: Instance, offset: int = 0) -> None:
+        self.a = a
+        self.offset = offset
+
+    def route(self, *kinds: str) -> None:
+        """``"idle0"``/``"busy0"``: a report of S0 (and so for S1); ``"end"``: the partition's end after them."""
+        batch: list[FakeMessage] = []
+        for kind in kinds:
+            if kind == "end":
+                batch.append(eof(REPARTITION, 0, self.offset))
+                continue
+            source = S0 if kind.endswith("0") else S1
+            batch.append(said(0, self.offset, source, T0, idle=kind.startswith("idle")))
+            self.offset += 1
+        self.a.tasks.route(batch)
+
+    def everything_read(self) -> None:
+        self.route("idle0", "idle1", "end")
+
+
+def started(a: Instance) -> tuple[WindowTask, Feed]:
+    """u1's event from S0 and u2's from S1, both at T0, read and committed: stream time T0."""
+    a.assign((REPARTITION, 0))
+    window = a.window()
+    a.tasks.route([data(0, 0, "u1", T0, S0), data(0, 1, "u2", T0, S1)])
+    a.tasks.commit()
+    assert window.store.stream_time == T0
+    return window, Feed(a, 2)
+
+
+def test_the_idle_clock_does_not_run_while_the_repartition_partition_is_not_read_to_its_end(instance):
+    a = instance()
+    window, feed = started(a)
+    for _ in range(30):  # half a minute; both sources say every second that they are idle
+        a.now += 1
+        feed.route("idle0", "idle1")
+        a.tasks.punctuate(a.now)
+        assert window.store.stream_time == T0
+
+
+@pytest.mark.parametrize("other", ["busy1", None], ids=["S1 says it is busy", "S1 says nothing"])
+def test_the_idle_clock_does_not_run_while_a_source_has_not_said_it_is_idle(instance, other):
+    a = instance()
+    window, feed = started(a)
+    for _ in range(30):
+        a.now += 1
+        feed.route("idle0", *([other] if other else []), "end")
+        a.tasks.punctuate(a.now)
+        assert window.store.stream_time == T0
+
+
+def test_once_everything_is_read_stream_time_moves_by_exactly_the_wall_time_elapsed(instance, cluster):
+    a = instance()
+    window, feed = started(a)
+    a.now += 5
+    a.tasks.punctuate(a.now)  # not everything read yet: nothing counts
+    assert window.store.stream_time == T0
+    feed.everything_read()
+    a.now += 0.5
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 500
+    for _ in range(4):
+        a.now += 0.75
+        feed.everything_read()  # the sources' heartbeats
+        a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 3_500
+    # Ten minutes on (gap 10m, grace 1m) u1's and u2's sessions are closed by the wall clock alone.
+    for _ in range(11 * 60):
+        a.now += 1
+        feed.everything_read()
+        a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 3_500 + 11 * MINUTE
+    a.tasks.commit()
+    assert sorted(sessions(cluster.visible(OUTPUT))) == [(b"u1", T0, T0, 1), (b"u2", T0, T0, 1)]
+
+
+def test_after_a_failed_commit_the_idle_clock_starts_again_from_the_moment_everything_is_read_again(instance, cluster):
+    a = instance()
+    window, feed = started(a)
+    feed.everything_read()
+    for _ in range(10):  # ten idle seconds: stream time T0 + 10 s, not committed yet
+        a.now += 1
+        a.tasks.punctuate(a.now)
+        feed.everything_read()
+    assert window.store.stream_time == T0 + 10 * SECOND
+
+    a.producer.fail("commit_transaction", ABORTABLE)
+    a.tasks.commit()
+    assert len(cluster.aborted) == 1
+    assert window.store.stream_time == T0, "rolled back to the committed stream time"
+    assert not window.caught_up
+
+    # A minute of outage and re-reading: the reports come again, the partition's end not yet.
+    feed.offset = 2  # rewound to the committed offset
+    for _ in range(60):
+        a.now += 1
+        a.tasks.punctuate(a.now)
+        feed.route("idle0", "idle1")
+        assert window.store.stream_time == T0
+    a.tasks.punctuate(a.now)
+    feed.everything_read()  # everything is read again, from here on
+    a.now += 2.5
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 2_500, "only the time since everything was read again counts"
+
+
+def test_an_idle_report_not_renewed_for_more_than_3_s_stops_the_clock(instance):
+    a = instance()
+    window, feed = started(a)
+    a.tasks.punctuate(a.now)
+    feed.everything_read()
+    a.now += 3
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 3_000, "a report 3 s old still counts"
+    # S1 goes on reporting; S0 stops (its reader is down): its last report is stale after 3 s.
+    a.now += 0.5
+    feed.route("idle1", "end")
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 3_000
+    for _ in range(60):
+        a.now += 1
+        feed.route("idle1", "end")
+        a.tasks.punctuate(a.now)
+        assert window.store.stream_time == T0 + 3_000
+    # S0 is back: the clock starts again from its report, the minute of silence does not count.
+    feed.everything_read()
+    a.now += 1
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 4_000
+
+
+@pytest.mark.parametrize("missing", [("end",), ("idle1",)], ids=["the partition's end", "S1's idle report"])
+def test_the_idle_clock_starts_when_the_last_missing_piece_arrives_not_at_the_punctuation_before(instance, missing):
+    a = instance()
+    window, feed = started(a)
+    a.now += 1
+    present = [kind for kind in ("idle0", "idle1", "end") if kind not in missing]
+    feed.route(*present)
+    a.tasks.punctuate(a.now)  # something is missing: the clock does not run
+    assert window.store.stream_time == T0
+    a.now += 0.75
+    feed.everything_read()  # the missing piece arrives: everything is read from here
+    a.now += 0.25
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 250
+
+
+# -- 3. purging repartition records --------------------------------------------------------------
+
+
+def deletions_past_committed(a: Instance) -> list[tuple[str, int, int, int | None]]:
+    return [asked for asked in a.admin.asked if asked[3] is None or asked[2] > asked[3]]
+
+
+def test_purging_offers_only_committed_repartition_records_and_sessions_still_close_after_it(instance, cluster):
+    a = instance()
+    a.assign((REPARTITION, 0), (REPARTITION, 1))
+    a.purge_due()
+    a.tasks.route([data(0, 0, "u1", T0), data(0, 1, "u1", T0 + MINUTE), eof(REPARTITION, 0, 2)])
+    a.tasks.commit()
+    assert a.admin.deleted == [(REPARTITION, 0, 2)]
+
+    # Consumed, not committed: nothing is offered, even with the purge due.
+    second = [data(0, 2, "u2", T0 + 2 * MINUTE), data(0, 3, "u2", T0 + 3 * MINUTE)]
+    a.tasks.route([*second, data(1, 0, "u3", T0)])
+    a.purge_due()
+    assert a.admin.deleted == [(REPARTITION, 0, 2)]
+    # The commit fails: still nothing new is purged, now or at the next commit of another partition.
+    a.producer.fail("commit_transaction", ABORTABLE)
+    a.tasks.commit()
+    assert a.admin.deleted == [(REPARTITION, 0, 2)]
+    assert a.tasks.checkpoint.purgeable == {}
+    a.tasks.route([data(1, 0, "u3", T0)])  # partition 1 is read again first
+    a.purge_due()
+    a.tasks.commit()
+    assert a.admin.deleted == [(REPARTITION, 0, 2), (REPARTITION, 1, 1)]
+
+    # After the purges, partition 0's later records still close sessions.
+    a.tasks.route([*second, data(0, 4, "u4", T0 + 30 * MINUTE), said(0, 5, S1, T0 + 30 * MINUTE, idle=False)])
+    a.purge_due()
+    a.tasks.commit()
+    assert a.admin.deleted[-1] == (REPARTITION, 0, 6)
+    assert sorted(sessions(cluster.visible(OUTPUT))) == [(b"u1", T0, T0 + MINUTE, 2), (b"u2", T0 + 2 * MINUTE, T0 + 3 * MINUTE, 2)]
+    assert deletions_past_committed(a) == []
+
+
+def test_at_least_once_does_not_purge_past_an_offset_commit_that_failed(instance, cluster, monkeypatch):
+    a = instance(guarantee="at_least_once")
+    a.assign((REPARTITION, 0))
+    a.tasks.route([data(0, 0, "u1", T0)])
+    a.tasks.commit()
+    assert cluster.group_offsets == {(REPARTITION, 0): 1}
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalance in progress"))
+
+    monkeypatch.setattr(a.consumer, "commit", refuse)
+    a.tasks.route([data(0, 1, "u1", T0 + MINUTE), data(0, 2, "u1", T0 + 2 * MINUTE)])
+    a.purge_due()
+    a.tasks.commit()
+    assert cluster.group_offsets == {(REPARTITION, 0): 1}  # the offset commit did fail
+    assert deletions_past_committed(a) == []
+
+
+# -- 5. late records -----------------------------------------------------------------------------
+
+
+def too_late(time_ms: int, grace_ms: int, limit: int) -> bytes:
+    """A session window's reason; ``limit`` is the later of the source's watermark and stream time."""
+    return f"event time {time_ms} is more than grace ({grace_ms} ms) behind stream time {limit}".encode()
+
+
+def test_a_late_record_is_the_original_bytes_with_every_header_exact(instance, cluster):
+    a = instance()
+    a.assign((REPARTITION, 0))
+    # S0 is at T0 + 10m, S1 at T0 + 5m: stream time T0 + 5m.
+    a.tasks.route([data(0, 0, "u1", T0 + 10 * MINUTE, S0), data(0, 1, "u2", T0 + 5 * MINUTE, S1)])
+    # An event of S0 at T0 + 8m: within grace of stream time, but 2 minutes behind its own source's watermark.
+    body = b'{ "ts": 1700000480000,  "user_id":"u3", "note": "caf\\u00e9" }'
+    a.tasks.route([data(0, 2, "u3", T0 + 8 * MINUTE, S0, watermark=T0 + 10 * MINUTE, body=body)])
+    a.tasks.commit()
+
+    [late] = cluster.visible(LATE)
+    assert late.key == b"u3"
+    assert late.value == body
+    assert list(late.headers) == [
+        ("sessionizer.reason", too_late(T0 + 8 * MINUTE, MINUTE, T0 + 10 * MINUTE)),
+        ("sessionizer.pipeline", b"s"),
+        ("sessionizer.event_time_ms", str(T0 + 8 * MINUTE).encode()),
+        ("sessionizer.stream_time_ms", str(T0 + 5 * MINUTE).encode()),
+        ("sessionizer.watermark_ms", str(T0 + 10 * MINUTE).encode()),
+        ("sessionizer.reason_code", b"behind_watermark"),
+    ]
+    assert a.window().store.peek(b"u3") == []
+
+
+def test_a_late_records_stream_time_header_is_absent_while_stream_time_is_unknown(instance, cluster):
+    a = instance()
+    a.assign((REPARTITION, 0))
+    a.tasks.route([data(0, 0, "u1", T0 + 10 * MINUTE, S0)])  # S1 has said nothing: no stream time
+    body = b'{"user_id" : "u2", "ts" : 1700000000000}'
+    a.tasks.route([data(0, 1, "u2", T0, S0, watermark=T0 + 10 * MINUTE, body=body)])
+    a.tasks.commit()
+    assert a.window().store.stream_time is None
+    [late] = cluster.visible(LATE)
+    assert (late.key, late.value) == (b"u2", body)
+    assert list(late.headers) == [
+        ("sessionizer.reason", too_late(T0, MINUTE, T0 + 10 * MINUTE)),
+        ("sessionizer.pipeline", b"s"),
+        ("sessionizer.event_time_ms", str(T0).encode()),
+        ("sessionizer.watermark_ms", str(T0 + 10 * MINUTE).encode()),
+        ("sessionizer.reason_code", b"behind_watermark"),
+    ]
+
+
+# -- 6. dead letters -------------------------------------------------------------------------------
+
+
+def dead_letters(cluster: FakeCluster) -> list[Produced]:
+    return cluster.visible(DEAD)
+
+
+def where(record: Produced) -> dict[str, bytes]:
+    """The dead letter's headers but its error."""
+    headers = dict(record.headers)
+    assert len(headers) == len(record.headers), "a header appears twice"
+    headers.pop("sessionizer.error")
+    return headers
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "code"),
+    [
+        (b"\xff\xfe{not json", b"invalid JSON", b"invalid_json"),
+        (b'[1, "two"]', b"expected a JSON object", b"not_an_object"),
+        (None, b"empty value (tombstone)", b"invalid_json"),
+    ],
+    ids=["not JSON", "not an object", "tombstone"],
+)
+def test_a_record_the_source_stage_cannot_decode_is_dead_lettered_as_it_was(instance, cluster, value, error, code):
+    a = instance()
+    a.assign((SOURCE, 1))
+    a.tasks.route([FakeMessage(SOURCE, 1, 7, value=value, key=b"\x00k\xff", timestamp_ms=T0)])
+    a.tasks.commit()
+    [dead] = dead_letters(cluster)
+    assert (dead.key, dead.value) == (b"\x00k\xff", value)
+    assert dict(dead.headers)["sessionizer.error"].startswith(error)
+    assert where(dead) == {
+        "sessionizer.topic": b"events",
+        "sessionizer.partition": b"1",
+        "sessionizer.offset": b"7",
+        "sessionizer.reason_code": code,
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "code"),
+    [
+        (b'{"ts": 1700000000000,  "amount": 1}', b"no key: field 'user_id' is missing or null", b"no_key"),
+        (b'{"user_id": ["u1"], "ts": 1700000000000}', b"key field 'user_id' has type list", b"bad_key"),
+        (b'{"user_id": "", "ts": 1700000000000}', b"key field 'user_id' is empty", b"bad_key"),
+        (b'{"user_id": "u1", "ts": "yesterday"}', b"bad timestamp in 'ts'", b"bad_timestamp"),
+        (b'{"user_id": "u1", "ts": 1700000000000, "amount": "lots"}', b"wrong type: aggregate 'total' needs a number in 'amount', got str", b"wrong_type"),
+    ],
+    ids=["no key", "key of the wrong type", "empty key", "unreadable time", "non-number aggregate"],
+)
+def test_a_record_the_pipeline_cannot_use_is_dead_lettered_as_it_was_naming_the_pipeline(instance, cluster, value, error, code):
+    a = instance()
+    a.assign((SOURCE, 0))
+    a.tasks.route([FakeMessage(SOURCE, 0, 12, value=value, key=b"record-key", timestamp_ms=T0)])
+    a.tasks.commit()
+    [dead] = dead_letters(cluster)
+    assert (dead.key, dead.value) == (b"record-key", value)
+    assert dict(dead.headers)["sessionizer.error"].startswith(error)
+    assert where(dead) == {
+        "sessionizer.topic": b"events",
+        "sessionizer.partition": b"0",
+        "sessionizer.offset": b"12",
+        "sessionizer.pipeline": b"s",
+        "sessionizer.reason_code": code,
+    }
+    assert [r for r in cluster.visible(REPARTITION) if r.key is not None] == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error"),
+    [
+        (b"u1", b"\x01\x02\x03", b"unreadable repartition record"),
+        (b"u1", DATA_FRAME.pack(DATA, T0, T0, S0) + b"{not json", b"unreadable repartition record"),
+        (b"u1", None, b"unreadable repartition record: no value"),
+        (None, b"\x02\x00", b"unreadable repartition record"),
+    ],
+    ids=["short frame", "frame of bytes that are not JSON", "no value", "short report"],
+)
+def test_an_unreadable_repartition_record_is_dead_lettered_as_it_was(instance, cluster, key, value, error):
+    a = instance()
+    a.assign((REPARTITION, 1))
+    a.tasks.route([FakeMessage(REPARTITION, 1, 4, value=value, key=key)])
+    a.tasks.commit()
+    [dead] = dead_letters(cluster)
+    assert (dead.key, dead.value) == (key, value)
+    assert dict(dead.headers)["sessionizer.error"].startswith(error)
+    assert where(dead) == {
+        "sessionizer.topic": REPARTITION.encode(),
+        "sessionizer.partition": b"1",
+        "sessionizer.offset": b"4",
+        "sessionizer.pipeline": b"s",
+        "sessionizer.reason_code": b"unreadable_frame",
+    }
+    assert a.window(1).counts().processed == 0
+
+
+# -- a pipeline read directly (key = "@key") --------------------------------------------------------
+
+WEB, MOBILE = "web", "mobile"
+
+
+class DirectInstance:
+    """Pipeline ``s`` grouped by the record key over ``web`` and ``mobile``, two partitions each, read directly."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.cluster = FakeCluster()
+        self.config = config_from_toml(
+            f"""
+[app]
+instance_id = "test"
+state_dir = "{state_dir}"
+[topics]
+partitions = 2
+[pipelines.s]
+sources = ["{WEB}", "{MOBILE}"]
+key = "@key"
+time = "ts"
+time_format = "epoch_ms"
+output = "{OUTPUT}"
+[pipelines.s.window]
+type = "session"
+gap = "10s"
+grace = "1s"
+"""
+        )
+        partitions = {WEB: 2, MOBILE: 2, CHANGELOG: 2}
+        self.consumer = FakeConsumer(self.cluster)
+        self.collector = RecordCollector(lambda: FakeProducer(self.cluster), True)
+        self.tasks = TaskManager(
+            self.config,
+            compile_pipelines(self.config.pipelines),
+            plan(self.config.pipelines, 2, partitions),
+            self.consumer,
+            self.collector,
+            ChangelogReader(FakeConsumer(self.cluster)),
+            FakeAdmin(),
+            LoopStats(),
+            partitions,
+            clock=lambda: 100.0,
+        )
+        self.collector.init()
+        self.tasks.on_assign(self.consumer, [TopicPartition(t, 0) for t in (WEB, MOBILE)])
+        assert isinstance(self.tasks.window_tasks[("s", 0)], DirectTask)
+
+
+@pytest.fixture
+def direct(tmp_path):
+    made = DirectInstance(tmp_path)
+    yield made
+    made.tasks.close()
+
+
+def key_in(partition: int) -> bytes:
+    """A record key Kafka's default partitioner puts in ``partition`` of 2."""
+    return next(k for k in (f"user-{n}".encode() for n in range(100)) if partition_for(k, 2) == partition)
+
+
+def test_a_record_in_the_wrong_partition_of_a_direct_task_is_dead_lettered_as_it_was(direct):
+    key = key_in(1)
+    value = b'{ "ts" : 1700000000000, "page":"caf\\u00e9" }'
+    direct.tasks.route([FakeMessage(MOBILE, 0, 5, value=value, key=key, timestamp_ms=T0)])
+    direct.tasks.commit()
+    [dead] = direct.cluster.visible(DEAD)
+    assert (dead.key, dead.value) == (key, value)
+    assert dict(dead.headers)["sessionizer.error"].startswith(b"wrong partition")
+    assert where(dead) == {
+        "sessionizer.topic": b"mobile",
+        "sessionizer.partition": b"0",
+        "sessionizer.offset": b"5",
+        "sessionizer.pipeline": b"s",
+        "sessionizer.reason_code": b"wrong_partition",
+    }
+
+
+def test_a_direct_tasks_late_record_is_the_original_bytes_with_its_inputs_watermark(direct):
+    key = key_in(0)
+    late_body = b'{"ts":1700000000000 , "x": 1}'
+    direct.tasks.route([FakeMessage(WEB, 0, 0, value=orjson.dumps({"ts": T0 + 5 * SECOND}), key=key, timestamp_ms=T0)])
+    direct.tasks.route([FakeMessage(MOBILE, 0, 0, value=orjson.dumps({"ts": T0 + 3 * SECOND}), key=key, timestamp_ms=T0)])
+    direct.tasks.route([FakeMessage(WEB, 0, 1, value=late_body, key=key, timestamp_ms=T0)])  # 5 s behind web, grace 1 s
+    direct.tasks.commit()
+    [late] = direct.cluster.visible(LATE)
+    assert (late.key, late.value) == (key, late_body)
+    assert list(late.headers) == [
+        ("sessionizer.reason", too_late(T0, SECOND, T0 + 5 * SECOND)),
+        ("sessionizer.pipeline", b"s"),
+        ("sessionizer.event_time_ms", str(T0).encode()),
+        ("sessionizer.stream_time_ms", str(T0 + 3 * SECOND).encode()),
+        ("sessionizer.watermark_ms", str(T0 + 5 * SECOND).encode()),
+        ("sessionizer.reason_code", b"behind_watermark"),
+    ]

@@ -1,0 +1,666 @@
+"""TaskManager against fake Kafka clients and real RocksDB stores: commits, rebalances, failures.
+
+One session pipeline reads ``events``; sessions close 10 minutes after their
+last event (no grace). Every instance here shares one ``FakeCluster``, which
+stands for the broker: its journal gives the order of the calls, its
+transactions what became visible together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import KafkaError, TopicPartition
+
+from service.config import Config
+from service.core.pipeline import compile_pipelines
+from service.core.topology import plan
+from service.core.watermarks import source_id
+from service.runtime.changelog_reader import ChangelogReader
+from service.runtime.collector import RecordCollector
+from service.runtime.frames import DATA, DATA_FRAME, report
+from service.runtime.stats import LoopStats
+from service.runtime.task_manager import TaskManager
+from service.runtime.tasks import SourceTask, TaskState, WindowTask
+from service.state.store import WindowStore
+from tests.fakes import FakeAdmin, FakeCluster, FakeConsumer, FakeMessage, FakeProducer, eof
+from tests.helpers import config_from_toml
+
+SOURCE = "events"
+REPARTITION = "sessionizer-s-repartition"
+CHANGELOG = "sessionizer-s-changelog"
+OUTPUT = "out"
+
+T0 = 1_700_000_000_000
+MINUTE = 60_000
+
+ABORTABLE = KafkaError(KafkaError.INVALID_TXN_STATE, "transaction must be aborted", txn_requires_abort=True)
+
+
+def runtime_config(state_dir: Path, guarantee: str, extra: str = "") -> Config:
+    return config_from_toml(
+        f"""
+{extra}
+[app]
+instance_id = "test"
+state_dir = "{state_dir}"
+processing_guarantee = "{guarantee}"
+
+[pipelines.s]
+sources = ["{SOURCE}"]
+key = "user_id"
+time = "ts"
+time_format = "epoch_ms"
+output = "{OUTPUT}"
+[pipelines.s.window]
+type = "session"
+gap = "10m"
+grace = "0s"
+"""
+    )
+
+
+class Instance:
+    """One service instance: a TaskManager over fakes on a shared cluster, stores under ``state_dir``."""
+
+    def __init__(self, cluster: FakeCluster, state_dir: Path, guarantee: str = "exactly_once", extra: str = "") -> None:
+        self.cluster = cluster
+        self.config = runtime_config(state_dir, guarantee, extra)
+        self.producers: list[FakeProducer] = []
+        self.collector = RecordCollector(self._new_producer, self.config.exactly_once)
+        self.consumer = FakeConsumer(cluster)
+        self.restore_consumer = FakeConsumer(cluster)
+        self.admin = FakeAdmin()
+        self.stats = LoopStats()
+        partitions = {SOURCE: 1, REPARTITION: 2, CHANGELOG: 2}
+        #: The instance's wall clock (monotonic seconds); tests move it on.
+        self.now = 1_000.0
+        self.tasks = TaskManager(
+            self.config,
+            compile_pipelines(self.config.pipelines),
+            plan(self.config.pipelines, 2, partitions),
+            self.consumer,
+            self.collector,
+            ChangelogReader(self.restore_consumer),
+            self.admin,
+            self.stats,
+            partitions,
+            clock=lambda: self.now,
+        )
+        self.collector.init()
+
+    def _new_producer(self) -> FakeProducer:
+        producer = FakeProducer(self.cluster)
+        self.producers.append(producer)
+        return producer
+
+    @property
+    def producer(self) -> FakeProducer:
+        return self.producers[-1]
+
+    def assign(self, *partitions: tuple[str, int]) -> None:
+        self.tasks.on_assign(self.consumer, [TopicPartition(t, p) for t, p in partitions])
+
+    def revoke(self, *partitions: tuple[str, int]) -> None:
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        self.tasks.on_revoke(self.consumer, tps)
+        self.consumer.incremental_unassign(tps)  # what the client does after the callback
+
+    def lose(self, *partitions: tuple[str, int]) -> None:
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        self.tasks.on_lost(self.consumer, tps)
+        self.consumer.incremental_unassign(tps)
+
+    def window(self, partition: int = 0) -> WindowTask:
+        return self.tasks.window_tasks[("s", partition)]
+
+    def close(self) -> None:
+        self.tasks.close()
+        for producer in self.producers:
+            producer.release()
+
+
+@pytest.fixture
+def cluster():
+    return FakeCluster()
+
+
+@pytest.fixture
+def instance(cluster, tmp_path):
+    """Instances on one cluster; each ``make(name)`` has its own state directory."""
+    made: list[Instance] = []
+
+    def make(name: str = "a", guarantee: str = "exactly_once", extra: str = "") -> Instance:
+        made.append(Instance(cluster, tmp_path / name, guarantee, extra))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()
+
+
+def event(user: str, at_ms: int) -> bytes:
+    return orjson.dumps({"user_id": user, "ts": at_ms})
+
+
+def source_record(offset: int, user: str, at_ms: int) -> FakeMessage:
+    return FakeMessage(SOURCE, 0, offset, value=event(user, at_ms), timestamp_ms=at_ms)
+
+
+def repartition_record(offset: int, user: str, at_ms: int) -> FakeMessage:
+    return FakeMessage(
+        REPARTITION, 0, offset, key=user.encode(), value=frame(at_ms, at_ms) + event(user, at_ms), timestamp_ms=at_ms
+    )
+
+
+def frame(at_ms: int, watermark: int) -> bytes:
+    """A data frame from source partition 0 of the pipeline's only source."""
+    return DATA_FRAME.pack(DATA, at_ms, watermark, source_id(0, 0))
+
+
+def events(records):
+    """The records that are not watermark reports (reports have no key, see service.runtime.frames)."""
+    return [r for r in records if not (r.topic == REPARTITION and r.key is None)]
+
+
+def reports(records):
+    return [r for r in records if r.topic == REPARTITION and r.key is None]
+
+
+def sessions(records) -> list[tuple[bytes, int, int, int]]:
+    """(key, start, end, count) of each output record."""
+    out = []
+    for r in records:
+        value = orjson.loads(r.value)["value"]
+        out.append((r.key, value["session_start_ms"], value["session_end_ms"], value["event_count"]))
+    return out
+
+
+def journal_spy(store: WindowStore, journal: list[str], monkeypatch) -> None:
+    """Write "store.apply" into the cluster's journal when the store writes a committed batch."""
+    apply = store.apply
+
+    def spy(pending, checkpoint):
+        journal.append("store.apply")
+        apply(pending, checkpoint)
+
+    monkeypatch.setattr(store, "apply", spy)
+
+
+# u1 has a session of two events; u2's event 20 minutes on closes it (10 minutes gap, no grace).
+FIRST_BATCH = [
+    repartition_record(0, "u1", T0),
+    repartition_record(1, "u1", T0 + MINUTE),
+    repartition_record(2, "u2", T0 + 20 * MINUTE),
+]
+
+
+# -- assignment and restoring ------------------------------------------------------
+
+
+def test_assignment_makes_a_task_per_partition_and_restores_window_partitions_while_paused(instance):
+    a = instance()
+    a.assign((SOURCE, 0), (SOURCE, 1), (REPARTITION, 0), (REPARTITION, 1))
+
+    assert set(a.tasks.source_tasks) == {(SOURCE, 0), (SOURCE, 1)}
+    assert all(isinstance(t, SourceTask) for t in a.tasks.source_tasks.values())
+    assert set(a.tasks.window_tasks) == {("s", 0), ("s", 1)}
+    assert all(isinstance(t, WindowTask) for t in a.tasks.window_tasks.values())
+    assert {(tp.topic, tp.partition) for tp in a.consumer.assignment()} == {
+        (SOURCE, 0),
+        (SOURCE, 1),
+        (REPARTITION, 0),
+        (REPARTITION, 1),
+    }
+    # Window partitions are paused for the restore; an empty changelog (watermarks 0, 0)
+    # restores at once, and they are resumed. Source partitions are never paused.
+    assert a.consumer.pauses == [(REPARTITION, 0), (REPARTITION, 1)]
+    assert sorted(a.consumer.resumes) == [(REPARTITION, 0), (REPARTITION, 1)]
+    assert a.consumer.paused == set()
+    assert [t.state for t in a.tasks.window_tasks.values()] == [TaskState.RUNNING, TaskState.RUNNING]
+    assert not a.tasks.reader.busy
+
+
+def test_a_new_instance_restores_committed_state_from_the_changelog_before_processing(instance, cluster):
+    a = instance("a")
+    a.assign((REPARTITION, 0))
+    a.tasks.route(FIRST_BATCH[:2])
+    a.tasks.commit()
+    assert len(cluster.visible(CHANGELOG)) == 3  # u1's sessions, stream time, the sources' watermarks
+
+    b = instance("b")  # its own, empty state directory
+    b.assign((REPARTITION, 0))
+    task = b.window()
+    assert task.state is TaskState.RESTORING
+    assert b.consumer.paused == {(REPARTITION, 0)}
+    assert [(tp.topic, tp.partition) for tp in b.restore_consumer.assignment()] == [(CHANGELOG, 0)]
+
+    # A record fetched before the pause is not processed: its partition is sought back to it.
+    b.tasks.route([repartition_record(2, "u2", T0 + 20 * MINUTE)])
+    assert b.consumer.seeks == [(REPARTITION, 0, 2)]
+    assert not b.tasks.checkpoint
+    assert task.counts().processed == 0
+
+    b.restore_consumer.feed(*cluster.messages(CHANGELOG), eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))))
+    b.tasks.reader.step()
+
+    assert task.state is TaskState.RUNNING
+    assert b.consumer.paused == set()
+    assert task.store.peek(b"u1") == a.window().store.peek(b"u1")
+    assert len(task.store.peek(b"u1")) == 1
+    assert task.store.stream_time == T0 + MINUTE
+    assert task.counts().restored == 3  # u1's sessions, stream time, the sources' watermarks
+
+
+# -- routing and committing ----------------------------------------------------------
+
+
+def test_a_source_record_goes_to_the_repartition_topic_keyed_by_its_grouping_key_with_the_frame(instance, cluster):
+    a = instance()
+    a.assign((SOURCE, 0))
+    a.tasks.route([source_record(7, "u1", T0)])
+    a.tasks.commit()
+
+    [transaction] = cluster.transactions
+    [record] = events(transaction.records)
+    assert record.topic == REPARTITION
+    assert record.key == b"u1"
+    assert record.value == frame(T0, T0) + event("u1", T0)
+    assert transaction.offsets == {(SOURCE, 0): 8}
+    # In the same transaction, after the frame: the source's watermark, to every repartition partition.
+    assert [(r.partition, r.value) for r in reports(transaction.records)] == [
+        (p, report(T0, source_id(0, 0), idle=False)) for p in (0, 1)
+    ]
+    # Source offsets are never purged: the topic is not ours.
+    assert a.tasks.checkpoint.purgeable == {}
+
+
+def test_an_unreadable_source_record_goes_to_the_dead_letter_topic(instance, cluster):
+    a = instance()
+    a.assign((SOURCE, 0))
+    a.tasks.route([FakeMessage(SOURCE, 0, 3, value=b"not json", key=b"k")])
+    a.tasks.commit()
+    [record] = events(cluster.transactions[0].records)
+    assert record.topic == a.config.pipelines[0].dead_letter_topic
+    assert (record.key, record.value) == (b"k", b"not json")
+    assert dict(record.headers)["sessionizer.offset"] == b"3"
+    assert dict(record.headers)["sessionizer.reason_code"] == b"invalid_json"
+    assert cluster.group_offsets == {(SOURCE, 0): 4}
+    assert a.stats.source_dead_letters == {(record.topic, "invalid_json"): 1}
+
+
+def test_an_unreadable_repartition_record_is_an_unreadable_frame(instance, cluster):
+    a = instance()
+    a.assign((REPARTITION, 0))
+    a.tasks.route([FakeMessage(REPARTITION, 0, 0, key=b"u1", value=b"\x01short")])
+    a.tasks.commit()
+    [record] = [r for r in events(cluster.transactions[0].records) if r.topic == a.config.pipelines[0].dead_letter_topic]
+    assert dict(record.headers)["sessionizer.reason_code"] == b"unreadable_frame"
+    counts = a.tasks.task_counts()[("s", 0)]
+    assert (counts.dead_lettered, counts.dead_letter_reasons) == (1, {"unreadable_frame": 1})
+
+
+def test_a_commit_sends_closed_sessions_changelog_and_offsets_in_one_transaction_in_order(instance, cluster, monkeypatch):
+    a = instance()
+    a.assign((REPARTITION, 0))
+    task = a.window()
+    journal_spy(task.store, cluster.journal, monkeypatch)
+
+    a.tasks.route(FIRST_BATCH)
+    assert cluster.records == []
+    a.tasks.commit()
+
+    [transaction] = cluster.transactions
+    outputs = [r for r in transaction.records if r.topic == OUTPUT]
+    changelog = [r for r in transaction.records if r.topic == CHANGELOG]
+    assert sessions(outputs) == [(b"u1", T0, T0 + MINUTE, 2)]
+    # One changelog record per changed key (u1 closed: a tombstone), then stream time and the sources' watermarks.
+    assert [(r.key, r.value is None) for r in changelog] == [
+        (b"wu1", True),
+        (b"wu2", False),
+        (b"mstream_time", False),
+        (b"mwatermarks", False),
+    ]
+    assert transaction.offsets == {(REPARTITION, 0): 3}
+
+    # The checkpoint docstring's order: output and changelog records, offsets, commit, then the store.
+    journal = cluster.journal
+    last_output = max(i for i, call in enumerate(journal) if call == f"produce {OUTPUT}")
+    changelog_calls = [i for i, call in enumerate(journal) if call == f"produce {CHANGELOG}"]
+    assert last_output < changelog_calls[0]
+    assert changelog_calls[-1] < journal.index("send_offsets_to_transaction")
+    assert journal.index("send_offsets_to_transaction") < journal.index("commit_transaction")
+    assert journal.index("commit_transaction") < journal.index("store.apply")
+
+    # The store holds the committed state, checkpointed at the changelog's last record.
+    assert task.store.checkpoint == changelog[-1].offset + 1
+    assert task.store.peek(b"u1") == []
+    assert len(task.store.peek(b"u2")) == 1
+    assert a.tasks.checkpoint.purgeable == {(REPARTITION, 0): 3}
+    assert not a.tasks.checkpoint
+    assert a.stats.commits == 1
+
+
+def test_committed_state_is_on_disk_when_the_store_is_reopened(instance):
+    a = instance()
+    a.assign((REPARTITION, 0))
+    path = a.window().state_manager.path
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.commit()
+    a.tasks.close()
+
+    store = WindowStore(path, a.tasks.pipelines[0].window)
+    try:
+        assert store.peek(b"u1") == []
+        [session] = store.peek(b"u2")
+        assert (session.start, session.end, session.count) == (T0 + 20 * MINUTE, T0 + 20 * MINUTE, 1)
+        assert store.stream_time == T0 + 20 * MINUTE
+        assert store.checkpoint == 4
+    finally:
+        store.close()
+
+
+def test_a_commit_with_nothing_new_writes_nothing(instance, cluster):
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    a.tasks.commit()
+    assert "commit_transaction" not in cluster.journal
+    assert a.stats.commits == 0
+
+
+def test_at_least_once_commits_offsets_after_the_records_and_the_state(instance, cluster, monkeypatch):
+    a = instance(guarantee="at_least_once")
+    a.assign((REPARTITION, 0))
+    journal_spy(a.window().store, cluster.journal, monkeypatch)
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.commit()
+
+    journal = cluster.journal
+    assert journal.index("flush") < journal.index("store.apply") < journal.index("consumer.commit")
+    assert "commit_transaction" not in journal
+    assert sessions(cluster.visible(OUTPUT)) == [(b"u1", T0, T0 + MINUTE, 2)]
+    assert cluster.group_offsets == {(REPARTITION, 0): 3}
+    assert a.window().store.checkpoint == 4
+
+
+def test_purging_deletes_committed_repartition_records(instance):
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    a.tasks._next_purge = 0.0  # the purge interval has passed
+    a.tasks.route([source_record(0, "u9", T0), *FIRST_BATCH])
+    a.tasks.commit()
+    assert a.admin.deleted == [(REPARTITION, 0, 3)]
+    assert a.tasks.checkpoint.purgeable == {}
+
+
+# -- failures --------------------------------------------------------------------------
+
+
+def test_a_failed_commit_aborts_rolls_back_and_seeks_every_partition_to_its_committed_offset(instance, cluster):
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    task = a.window()
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.commit()
+    assert cluster.group_offsets == {(REPARTITION, 0): 3}
+
+    # u3 opens a session and u4's event 45 minutes on closes u2's and u3's: nothing of it commits.
+    second = [repartition_record(3, "u3", T0 + 21 * MINUTE), repartition_record(4, "u4", T0 + 45 * MINUTE)]
+    a.tasks.route([source_record(0, "u5", T0), *second])
+    a.producer.fail("commit_transaction", ABORTABLE)
+    a.tasks.commit()
+
+    assert len(cluster.transactions) == 1
+    assert len(cluster.aborted) == 1
+    assert sessions(cluster.visible(OUTPUT)) == [(b"u1", T0, T0 + MINUTE, 2)]
+    # The store is back at the last commit.
+    assert task.store.peek(b"u3") == []
+    assert task.store.peek(b"u4") == []
+    assert len(task.store.peek(b"u2")) == 1
+    assert task.store.stream_time == T0 + 20 * MINUTE
+    assert task.store.checkpoint == 4
+    assert not a.tasks.checkpoint
+    # Every partition goes back to its committed offset (the source has none yet: where it started).
+    assert sorted(a.consumer.seeks) == [(SOURCE, 0, 0), (REPARTITION, 0, 3)]
+    assert a.stats.aborts == 1
+
+    # Read again, the same records commit once.
+    a.tasks.route([source_record(0, "u5", T0), *second])
+    a.tasks.commit()
+    assert sorted(sessions(cluster.visible(OUTPUT))) == [
+        (b"u1", T0, T0 + MINUTE, 2),
+        (b"u2", T0 + 20 * MINUTE, T0 + 20 * MINUTE, 1),
+        (b"u3", T0 + 21 * MINUTE, T0 + 21 * MINUTE, 1),
+    ]
+    assert len(events(cluster.visible(REPARTITION))) == 1
+    assert cluster.group_offsets == {(SOURCE, 0): 1, (REPARTITION, 0): 5}
+
+
+def test_a_commit_that_hung_but_went_through_is_read_back_from_the_changelog(instance, cluster):
+    """The broker committed, the answer never came: after the abort the store must hold that commit.
+
+    Rolling back would lose its state changes while its output and offsets
+    stand; so the task restores its changelog's tail before going on.
+    """
+    a = instance()
+    a.assign((REPARTITION, 0))
+    task = a.window()
+    a.tasks.commit_timeout = 0.01
+    a.producer.hang_after_commit()
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.commit()  # hangs after committing: CommitFailed, abort, producer replaced
+    a.producers[0].release()
+    assert len(cluster.transactions) == 1  # it did commit
+    assert len(a.producers) == 2
+    assert task.state is TaskState.RESTORING
+    assert task.store.peek(b"u2") == []  # rolled back for now...
+    a.restore_consumer.feed(*cluster.messages(CHANGELOG), eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))))
+    a.tasks.reader.step()
+    assert task.state is TaskState.RUNNING
+    assert len(task.store.peek(b"u2")) == 1  # ...and read back from the changelog
+    assert task.store.stream_time == T0 + 20 * MINUTE
+    # The records it consumed are not read again: their offsets committed with them.
+    assert a.consumer.seeks == [(REPARTITION, 0, 3)]
+
+
+def test_a_rewind_without_committed_offsets_goes_back_to_where_reading_started(instance):
+    """With auto.offset.reset = "latest" the first read is at the end: a failed first commit rewinds there, not to the start."""
+    a = instance(extra='[kafka.consumer]\n"auto.offset.reset" = "latest"')
+    a.assign((SOURCE, 0))
+    # The consumer started at the end of the topic (offset 1000), as "latest" says.
+    a.tasks.route([source_record(1000, "u1", T0)])
+    a.producer.fail("commit_transaction", ABORTABLE)
+    a.tasks.commit()
+    [(topic, partition, offset)] = a.consumer.seeks
+    assert (topic, partition) == (SOURCE, 0)
+    assert offset == 1000, "rewound elsewhere than where the consumer started reading"
+
+
+def test_a_fatal_commit_error_replaces_the_producer_and_the_next_commit_goes_through(instance, cluster):
+    a = instance()
+    a.assign((REPARTITION, 0))
+    a.tasks.route(FIRST_BATCH)
+    a.producer.fail("commit_transaction", KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+    a.tasks.commit()
+    assert len(a.producers) == 2
+    assert cluster.records == []
+    assert a.window().store.peek(b"u2") == []
+
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.commit()
+    assert sessions(cluster.visible(OUTPUT)) == [(b"u1", T0, T0 + MINUTE, 2)]
+
+
+# -- rebalances ---------------------------------------------------------------------------
+
+
+def test_revoking_commits_then_closes_the_revoked_tasks(instance, cluster):
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0), (REPARTITION, 1))
+    path = a.window(0).state_manager.path
+    a.tasks.route([source_record(0, "u9", T0), *FIRST_BATCH])
+
+    a.revoke((SOURCE, 0), (REPARTITION, 0))
+
+    [transaction] = cluster.transactions
+    assert transaction.offsets == {(SOURCE, 0): 1, (REPARTITION, 0): 3}
+    assert sessions(r for r in transaction.records if r.topic == OUTPUT) == [(b"u1", T0, T0 + MINUTE, 2)]
+    assert set(a.tasks.source_tasks) == set()
+    assert set(a.tasks.window_tasks) == {("s", 1)}
+    # The revoked store was closed (RocksDB lets it be opened again) holding the commit.
+    store = WindowStore(path, a.tasks.pipelines[0].window)
+    try:
+        assert len(store.peek(b"u2")) == 1
+    finally:
+        store.close()
+
+
+def test_a_revoked_partitions_counts_are_kept_when_it_is_assigned_again(instance, cluster):
+    a = instance()
+    a.assign((REPARTITION, 0))
+    a.tasks.route(FIRST_BATCH[:2])
+    a.tasks.commit()
+    assert a.tasks.task_counts()[("s", 0)].processed == 2
+
+    a.revoke((REPARTITION, 0))
+    assert a.tasks.window_tasks == {}
+    assert a.tasks.task_counts()[("s", 0)].processed == 2
+
+    a.assign((REPARTITION, 0))
+    # The store is checkpointed at the changelog's last record; the commit marker follows.
+    a.restore_consumer.feed(eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))))
+    a.tasks.reader.step()
+    assert a.window().state is TaskState.RUNNING
+    assert a.tasks.task_counts()[("s", 0)].processed == 2
+
+    a.tasks.route([FIRST_BATCH[2]])
+    assert a.tasks.task_counts()[("s", 0)].processed == 3
+    assert a.tasks.task_counts()[("s", 0)].emitted == 0
+    a.tasks.commit()
+    assert a.tasks.task_counts()[("s", 0)].emitted == 1
+
+
+def test_a_partition_revoked_mid_restore_is_dropped(instance, cluster):
+    a = instance("a")
+    a.assign((REPARTITION, 0))
+    a.tasks.route(FIRST_BATCH[:2])
+    a.tasks.commit()
+
+    b = instance("b")
+    b.assign((REPARTITION, 0))
+    assert b.tasks.reader.busy
+    b.restore_consumer.feed(*cluster.messages(CHANGELOG)[:1])
+    b.tasks.reader.step()
+    assert b.tasks.reader.busy
+
+    b.revoke((REPARTITION, 0))
+
+    assert not b.tasks.reader.busy
+    assert b.restore_consumer.assignment() == []
+    assert b.tasks.window_tasks == {}
+    assert b.tasks.task_counts()[("s", 0)].restored == 1
+    assert len(cluster.transactions) == 1  # nothing new to commit
+
+
+def test_a_commit_failing_on_revoke_rolls_back_and_still_closes_the_tasks(instance, cluster):
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    path = a.window().state_manager.path
+    a.tasks.route([source_record(0, "u9", T0), *FIRST_BATCH])
+    a.producer.fail("commit_transaction", ABORTABLE)
+
+    a.revoke((SOURCE, 0), (REPARTITION, 0))
+
+    assert cluster.transactions == []
+    assert len(cluster.aborted) == 1
+    assert a.tasks.window_tasks == {} and a.tasks.source_tasks == {}
+    assert not a.tasks.checkpoint
+    store = WindowStore(path, a.tasks.pipelines[0].window)
+    try:
+        assert store.peek(b"u2") == []
+        assert store.checkpoint is None
+    finally:
+        store.close()
+
+
+def test_losing_partitions_aborts_without_committing(instance, cluster):
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    path = a.window().state_manager.path
+    a.tasks.route([source_record(0, "u9", T0), *FIRST_BATCH])
+
+    a.lose((REPARTITION, 0))
+
+    assert "commit_transaction" not in cluster.journal
+    assert cluster.transactions == []
+    assert len(cluster.aborted) == 1
+    assert cluster.records == []
+    assert a.tasks.window_tasks == {}
+    assert set(a.tasks.source_tasks) == {(SOURCE, 0)}
+    assert not a.tasks.checkpoint
+    # The partition still held is read again from where it started (nothing is committed yet).
+    assert a.consumer.seeks == [(SOURCE, 0, 0)]
+    # Nothing of the lost batch reached the store; the task's counts are kept.
+    assert a.tasks.task_counts()[("s", 0)].processed == 3
+    store = WindowStore(path, a.tasks.pipelines[0].window)
+    try:
+        assert store.peek(b"u1") == []
+        assert store.stream_time is None
+    finally:
+        store.close()
+
+
+# -- end of partition and punctuation ------------------------------------------------------
+
+
+def test_end_of_partition_events_mark_tasks_caught_up_until_more_records_come(instance):
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    source = a.tasks.source_tasks[(SOURCE, 0)]
+    window = a.window()
+    assert not source.caught_up and not window.caught_up
+
+    a.tasks.route([eof(SOURCE, 0, 0), eof(REPARTITION, 0, 0)])
+    assert source.caught_up and window.caught_up
+
+    a.tasks.route([source_record(0, "u1", T0), repartition_record(0, "u1", T0)])
+    assert not source.caught_up and not window.caught_up
+
+    # In one batch, the end follows the records: it is applied after them.
+    a.tasks.route([source_record(1, "u1", T0), eof(SOURCE, 0, 2)])
+    assert source.caught_up
+
+
+def test_wall_clock_punctuation_moves_stream_time_only_when_the_task_and_its_sources_are_caught_up(instance, cluster):
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    window = a.window()
+
+    a.tasks.route([repartition_record(0, "u1", T0), eof(REPARTITION, 0, 1)])
+    a.now += 3600
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0, "no source has said it is read to its end"
+
+    # The source partition reaches its end: at the next commit it reports itself
+    # idle to every repartition partition, and the window task reads that report.
+    a.tasks.route([eof(SOURCE, 0, 0)])
+    a.tasks.commit()
+    [idle_report, _] = reports(cluster.visible(REPARTITION))
+    a.tasks.route([FakeMessage(REPARTITION, 0, 1, key=None, value=idle_report.value), eof(REPARTITION, 0, 2)])
+    a.now += 1
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 1000, "stream time follows the wall clock from the last event on"
+    a.now += 3600  # an hour on, with the source's heartbeat still arriving
+    a.tasks.route([FakeMessage(REPARTITION, 0, 2, key=None, value=idle_report.value), eof(REPARTITION, 0, 3)])
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == T0 + 3601 * 1000
+    a.tasks.commit()
+    assert sessions(cluster.visible(OUTPUT)) == [(b"u1", T0, T0, 1)]
+
+    # Idleness not heard again goes stale: the wall clock stops driving stream time.
+    before = window.store.stream_time
+    a.now += 10
+    a.tasks.punctuate(a.now)
+    assert window.store.stream_time == before
