@@ -314,7 +314,7 @@ class StateConfig:
 
     #: Decoded windows kept in memory between commits (the write-back cache), for all stores together.
     cache_bytes: int = 64 * 2**20
-    #: RocksDB's block cache, shared by all stores; index and filter blocks are charged to it.
+    #: RocksDB's block cache for data blocks, shared by all stores (bloom filters stay with their tables).
     block_cache_bytes: int = 64 * 2**20
     #: RocksDB's memtables, all stores together (a write-buffer manager).
     write_buffer_bytes: int = 64 * 2**20
