@@ -21,7 +21,6 @@ from tests.integration.harness import (
     produce,
     stop_and_read,
     unique,
-    wait_until,
 )
 from tests.integration.workload import Workload, assert_exact, collect, expected_sessions, pipeline_body
 
@@ -208,32 +207,33 @@ def test_two_pipelines_in_one_service(app):
 
 
 def test_repartitioning_puts_each_key_where_a_java_producer_would(app):
-    app.configure(session_body(app, ["web", "mobile"]), partitions=4)
+    # No purge while the test runs: the repartition topic is read whole at the end.
+    app.configure(session_body(app, ["web", "mobile"]), partitions=4, topics_extra='purge_interval = "1h"')
     create_topics([app.topic("web"), app.topic("mobile")], partitions=4)
-    service = app.service().start()
-    service.wait_started()
     now = int(time.time() * 1000)
     users = [f"user_{i}" for i in range(30)]
-    produce(app.topic("web"), [{"user_id": u, "ts": now} for u in users])
-    produce(app.topic("mobile"), [{"user_id": u, "ts": now} for u in users])
+    events = [{"user_id": u, "ts": now} for u in users]
+    produce(app.topic("web"), events)  # unkeyed, before the service starts: a backlog spread over the partitions
+    produce(app.topic("mobile"), events)
+    service = app.service().start()
+    service.wait_started()
+    reader = Reader([app.topic("sessions")])
+    reader.wait_for(len(users), timeout=60)
+    reader.close()
     repartition = f"{app.id}-sessions-repartition"
-    reader = Reader([repartition])
-
-    def events() -> list:
-        reader.poll(0.3)
-        # keyless records are the source partitions' watermark reports (service.runtime.frames)
-        return [r for r in reader.records if r.key is not None]
-
-    records = wait_until(lambda: len(events()) >= 60 and events(), 30, "60 repartitioned events")
-    assert len(records) == 60
+    got = stop_and_read([service], [repartition, app.topic("sessions"), app.topic("late")])
+    # keyless records are the source partitions' watermark reports (service.runtime.frames)
+    records = [r for r in got[repartition] if r.key is not None]
+    assert len(records) == 60  # each event once
     for record in records:
         assert record.partition == murmur2_partition(record.key, 4), record.key
-    # both topics' events of a user met in one partition
+    # both topics' events of a user met in one partition, and in one session
     partitions = {}
     for record in records:
         partitions.setdefault(record.key, set()).add(record.partition)
     assert all(len(p) == 1 for p in partitions.values())
-    reader.close()
+    assert sessions_of(got[app.topic("sessions")]) == expected_of(events * 2, 400)
+    assert conserved(got[app.topic("sessions")], got[app.topic("late")], events * 2)
 
 
 def test_consumed_repartition_records_are_purged(app):
