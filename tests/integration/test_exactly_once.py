@@ -101,16 +101,35 @@ def test_scaling_from_one_to_three_replicas_and_back(app):
     assert '"partitions revoked"' in first.log(), "the first replica gave partitions away when the others joined"
 
 
+#: Grace for the broker-restart test: it must cover how long producers hold events back
+#: through the outage (docs/semantics.md, "Choosing grace").
+RESTART_GRACE_S = 45
+#: What the outage may take at most for that to hold, leaving the producers 15 s to deliver
+#: what they held once the broker is back.
+MAX_OUTAGE_S = RESTART_GRACE_S - 15
+#: A producer that gives up on a silent broker's requests and reconnects within a second, so the
+#: events it held through the outage reach the topics promptly once the broker is back
+#: (librdkafka's defaults wait up to 30 s for a request and 10 s between reconnections).
+PROMPT_PRODUCER = {"request.timeout.ms": 5_000, "reconnect.backoff.max.ms": 1_000, "retry.backoff.max.ms": 1_000}
+
+
 def test_broker_restart_mid_stream(app):
-    """The broker goes away for longer than grace. Events produced meanwhile wait in
-    the producers and reach the topics late; the idle clock must not run while
-    nothing can be read, or those events would be judged against a stream time
-    the wall clock moved on during the outage. Nothing may be late, and the
-    output is exact."""
+    """The broker goes away and comes back mid-stream: the output is exact, nothing is late.
+
+    Events produced during the outage wait in the producers and reach the topics after it,
+    partition by partition: a partition whose backlog comes later than another's was idle
+    meanwhile, and its events are judged against the stream time the others moved on
+    ("behind_stream_time", docs/semantics.md, Limitations). So grace must cover the outage,
+    as it must in production; the test checks that premise (the measured outage) instead
+    of hoping for it. A grace shorter than the outage does not hold: 5 s against a 50 s
+    outage, and 15 s against a 37 s one, each sent one to two thousand events to the late
+    topic that way.
+    (That the idle clock stops while nothing can be read, whatever grace, is the unit test
+    test_promises.py::test_after_a_failed_commit_the_idle_clock_starts_again_...)
+    """
     script = os.environ.get("SESSIONIZER_TEST_KAFKA_SCRIPT", str(REPO / "scripts" / "kafka.sh"))
-    grace_s = 5  # above the workload's 1 s disorder, below any broker restart
-    app.configure(pipeline_body(app, grace=f"{grace_s}s"), partitions=6, app_extra=APP_EXTRA)
-    workload = Workload(app, events=80_000, users=3_000, rate=1_500, seed=3)
+    app.configure(pipeline_body(app, grace=f"{RESTART_GRACE_S}s"), partitions=6, app_extra=APP_EXTRA)
+    workload = Workload(app, events=80_000, users=3_000, rate=1_500, seed=3, producer_config=PROMPT_PRODUCER)
     workload.create_topics()
     service = app.service().start()
     service.wait_started()
@@ -119,9 +138,9 @@ def test_broker_restart_mid_stream(app):
     began = time.monotonic()
     subprocess.run(["bash", script, "restart"], check=True, timeout=180)
     outage = time.monotonic() - began
-    print(f"broker outage {outage:.1f} s, grace {grace_s} s")
+    print(f"broker outage {outage:.1f} s, grace {RESTART_GRACE_S} s")
     assert workload.running, "the workload must produce through the outage"
-    assert grace_s < outage, f"the outage ({outage:.1f} s) must outlast grace ({grace_s} s) for the test to mean anything"
+    assert outage < MAX_OUTAGE_S, f"the broker took {outage:.0f} s to restart: more than grace ({RESTART_GRACE_S} s) can cover"
     workload.join(timeout=600)
     expected = expected_sessions(app.config_path, workload.produced)
     got = collect(app, [service], len(expected))

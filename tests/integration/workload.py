@@ -50,6 +50,8 @@ class Workload:
     rate: int
     seed: int = 1
     produced: list[bytes] = field(default_factory=list)
+    #: librdkafka settings added to the producer's
+    producer_config: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -86,7 +88,13 @@ class Workload:
         # Idempotent, as Java producers are by default: retries after a broker
         # restart keep each partition's order.
         producer = Producer(
-            {"bootstrap.servers": bootstrap(), "linger.ms": 20, "message.timeout.ms": 600_000, "enable.idempotence": True}
+            {
+                "bootstrap.servers": bootstrap(),
+                "linger.ms": 20,
+                "message.timeout.ms": 600_000,
+                "enable.idempotence": True,
+                **self.producer_config,
+            }
         )
         topics = [self.app.topic(s) for s in SOURCES]
         tick = 0.05
