@@ -194,3 +194,17 @@ def test_an_input_far_ahead_is_paused_until_the_slower_one_catches_up(instance):
     assert instance.consumer.paused == {(WEB, 0)}
     instance.tasks.route([record(MOBILE, 1, a, T0 + 2 * SECOND)])
     assert instance.consumer.paused == set()
+
+
+def test_an_input_that_has_delivered_nothing_holds_the_others_back_for_at_most_max_task_idle(instance):
+    instance.assign((WEB, 0), (MOBILE, 0))
+    [a] = keys_in(0, 1)
+    patience = instance.config.max_task_idle_ms / 1000
+    instance.tasks.route([record(WEB, 0, a, T0)])
+    assert instance.consumer.paused == {(WEB, 0)}, "mobile, not known to be empty, may hold older events: web waits"
+    instance.now += patience - 0.1
+    instance.tasks.punctuate(instance.now)
+    assert instance.consumer.paused == {(WEB, 0)}
+    instance.now += 0.2
+    instance.tasks.punctuate(instance.now)
+    assert instance.consumer.paused == set(), "after max_task_idle the others go on"

@@ -615,6 +615,24 @@ def test_losing_partitions_aborts_without_committing(instance, cluster):
 # -- end of partition and punctuation ------------------------------------------------------
 
 
+def test_a_source_reports_at_once_when_it_goes_idle_then_once_a_second_while_it_stays_idle(instance, cluster):
+    a = instance()
+    a.assign((SOURCE, 0))
+    a.tasks.route([source_record(7, "u1", T0)])
+    a.tasks.commit()  # with new data: the busy report (test_a_source_record_goes_to_the_repartition_topic_...)
+    a.tasks.route([eof(SOURCE, 0, 8)])
+    a.tasks.commit()
+    idle = [(p, report(T0, source_id(0, 0), idle=True)) for p in (0, 1)]
+    assert [(r.partition, r.value) for r in reports(cluster.transactions[-1].records)] == idle, "at once, to every repartition partition"
+    committed = len(cluster.transactions)
+    a.now += 0.5
+    a.tasks.commit()
+    assert len(cluster.transactions) == committed, "nothing to say within the second"
+    a.now += 0.5
+    a.tasks.commit()
+    assert [(r.partition, r.value) for r in reports(cluster.transactions[-1].records)] == idle, "the heartbeat, a second on"
+
+
 def test_end_of_partition_events_mark_tasks_caught_up_until_more_records_come(instance):
     a = instance()
     a.assign((SOURCE, 0), (REPARTITION, 0))
