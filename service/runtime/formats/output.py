@@ -378,12 +378,46 @@ def _field_at(pointer: str, shape: RecordShape, serialization: str) -> str | Non
     return ".".join(names) or None
 
 
+def _proto_changed(previous: str | None, text: str) -> list[str]:
+    """Fields whose type differs between two versions of a generated ``.proto`` (the registry names only the message)."""
+    if not previous:
+        return []
+    from service.runtime.formats.protobuf import file_descriptor
+
+    def types(source: str) -> dict[str, tuple[int, str, int]]:
+        out: dict[str, tuple[int, str, int]] = {}
+
+        def walk(messages: Any, prefix: str) -> None:
+            for message in messages:
+                for field in message.field:
+                    out[f"{prefix}{message.name}.{field.name}"] = (field.type, field.type_name.rsplit(".", 1)[-1], field.label)
+                walk(message.nested_type, f"{prefix}{message.name}.")
+
+        for message in file_descriptor(source, "x.proto").message_type:
+            walk(message.nested_type, "")  # the record's own fields are named without its message
+            for field in message.field:
+                out[field.name] = (field.type, field.type_name.rsplit(".", 1)[-1], field.label)
+        return out
+
+    before, after = types(previous), types(text)
+    return [name for name, kind in after.items() if name in before and before[name] != kind]
+
+
 def incompatible(
-    pipeline: PipelineConfig, registered_subject: str, shape: RecordShape, serialization: str, error: Exception
+    pipeline: PipelineConfig,
+    registered_subject: str,
+    shape: RecordShape,
+    serialization: str,
+    error: Exception,
+    previous: str | None = None,
 ) -> ConfigError:
     """One line naming the field the registry refused, when it says which (its text is the registry's own)."""
     message = getattr(error, "error_message", None) or str(error)
     fields = [f for f in (_field_at(p, shape, serialization) for p in _POINTER.findall(message)) if f]
+    if serialization == "protobuf":
+        changed = _proto_changed(previous, schema_text(shape, serialization, previous))
+        fields = [name.replace(f"{shape.name}_value.", "value.", 1) for name in changed]
+    fields = [f for f in fields if not any(other.startswith(f + ".") for other in fields)]  # the deepest only
     what = f"field {', '.join(dict.fromkeys(fields))}" if fields else "a field"
     detail = message.split("list of diff types:")[-1].strip() if "list of diff types:" in message else message
     return ConfigError(
@@ -431,7 +465,7 @@ def register_outputs(config: Config, client: Any) -> list[tuple[PipelineConfig, 
             except Exception as exc:
                 status = getattr(exc, "http_status_code", None)
                 if status in (409, 422):
-                    raise incompatible(pipeline, name, shape, serialization, exc) from None
+                    raise incompatible(pipeline, name, shape, serialization, exc, previous) from None
                 raise RegistryUnavailable(f"schema registry: registering subject {name!r} failed: {describe(exc)}") from None
             log.info("output schema registered", pipeline=pipeline.name, record=shape.origin, subject=name, schema_id=schema_id)
             out.append((pipeline, Registered(shape, serialization, name, schema_id, text)))
