@@ -162,7 +162,9 @@ class TaskManager:
             else:
                 group.append(message)
         if self.schemas is not None:
-            groups = self._admit(groups)
+            groups, waiting = self._admit(groups)
+            if waiting:  # their end-of-partition events came after records not processed yet
+                ends = [where for where in ends if where not in waiting]
         for where, group in groups.items():
             if not self._process(where, group):
                 continue
@@ -184,21 +186,31 @@ class TaskManager:
         if groups:
             self.alignment.align(self.source_tasks.values(), self.running_tasks, self.clock())
 
-    def _admit(self, groups: dict[Where, list[Record]]) -> dict[Where, list[Record]]:
+    def _admit(self, groups: dict[Where, list[Record]]) -> tuple[dict[Where, list[Record]], set[Where]]:
         """Each partition's records up to the first whose schema the registry has not given yet.
 
         That partition is put back at that record and paused until the schema
         is fetched (``service.runtime.formats.gate``); nothing after it is processed first.
         """
         admitted = {}
+        waiting = set()
         for where, group in groups.items():
             count = self.schemas.admit(where, group)
             if count < len(group):
                 self.consumer.seek(TopicPartition(where[0], where[1], group[count].offset()))
                 self.alignment.hold([where], WAITING_FOR_SCHEMA)
+                waiting.add(where)
+                # Records wait: the partition is not read to its end, so it must not count as
+                # idle (stream time would run on with the wall clock and make them late).
+                source = self.source_tasks.get(where)
+                if source is not None:
+                    source.caught_up = False
+                for task, index in self._window_inputs.get(where, ()):
+                    if isinstance(task, DirectTask):
+                        task.input_waiting(index)
             if count:
                 admitted[where] = group[:count] if count < len(group) else group
-        return admitted
+        return admitted, waiting
 
     def poll_schemas(self) -> None:
         """Resume the partitions whose next record's schema has arrived (every loop iteration)."""

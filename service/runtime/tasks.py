@@ -518,6 +518,11 @@ class DirectTask(WindowTask):
             for index, topic in enumerate(self.pipeline.config.sources)
         ]
 
+    def input_waiting(self, index: int) -> None:
+        """Input ``index`` has records waiting (for the schema registry): it is not idle, whatever it was."""
+        self._idle_inputs.discard(index)
+        self.caught_up = False
+
     def input_caught_up(self, index: int, now: float) -> None:
         """The end of input ``index`` was reached after its last record."""
         self._idle_inputs.add(index)
