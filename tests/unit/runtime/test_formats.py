@@ -546,7 +546,7 @@ def test_formats_of_a_json_only_config_need_nothing():
 # -- through the task manager: the gate, decoded frames, window tasks ------------------------------------------
 
 
-def test_an_avro_source_waits_for_its_schema_then_reaches_the_window_tasks_as_decoded_frames(client, cluster, instance, monkeypatch):
+def test_an_avro_source_waits_for_its_schema_then_reaches_the_window_tasks_as_decoded_frames(client, cluster, instance, monkeypatch):  # noqa: F811
     from service.runtime.frames import DECODED, DECODED_FRAME
     from tests.unit.runtime.test_task_manager import MINUTE, REPARTITION, SOURCE, T0, events, sessions
 
