@@ -30,6 +30,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        if "schema_registry" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.registry)
 
 
 class Registry:
