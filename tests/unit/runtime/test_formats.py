@@ -583,3 +583,67 @@ def test_an_avro_source_waits_for_its_schema_then_reaches_the_window_tasks_as_de
         a.tasks.route([FakeMessage(REPARTITION, record.partition, record.offset, key=record.key, value=record.value, timestamp_ms=T0)])
     a.tasks.commit()
     assert sessions(cluster.visible("out")) == [(b"u1", T0, T0 + MINUTE, 2)]
+
+
+def test_offline_mode_reads_base64_lines_of_framed_records(client, monkeypatch, tmp_path):
+    from service.commands.process import process_lines
+
+    schema = {"type": "record", "name": "E", "fields": [{"name": "user_id", "type": "string"}, {"name": "ts", "type": "long"}]}
+    schema_id = client.add(schema)
+    monkeypatch.setattr(Registry, "from_config", classmethod(lambda cls, config: Registry(client)))
+    config = config_from_toml(
+        '[schema_registry]\nurl = "http://registry"\n[sources.in]\nformat = "avro"\n'
+        '[pipelines.p]\nsources = ["in"]\nkey = "user_id"\ntime = "ts"\noutput = "out"\n[pipelines.p.window]\ntype = "session"\ngap = "1m"\n'
+    )
+    frames = [avro_frame(schema_id, schema, {"user_id": "u1", "ts": 1_700_000_000_000 + n * 1000}) for n in range(3)]
+    lines = [base64.b64encode(f) for f in frames] + [b"not base64!", base64.b64encode(header(99) + frames[0][5:])]
+    out: list[dict] = []
+    process_lines(config, lines, lambda line: out.append(orjson.loads(line)), topic="in")
+    (session,) = [r["value"] for r in out if r["topic"] == "out"]
+    assert session["value"]["event_count"] == 3
+    assert sorted(r["headers"]["sessionizer.reason_code"] for r in out if r["topic"].endswith("dead-letter")) == ["bad_framing", "unknown_schema"]
+    wrapped = [orjson.dumps({"topic": "in", "value": base64.b64encode(f).decode()}) for f in frames]
+    out.clear()
+    process_lines(config, wrapped, lambda line: out.append(orjson.loads(line)), wrapped=True)
+    assert [r["value"]["value"]["event_count"] for r in out if r["topic"] == "out"] == [3]
+
+
+def test_a_direct_pipeline_groups_avro_keys_by_their_text_and_checks_partitions_by_their_bytes(client, monkeypatch, tmp_path):
+    from service.core.partitioner import partition_for
+    from tests.unit.runtime.test_direct import MOBILE, OUTPUT, WEB, Instance, config
+
+    string_id = client.add('"string"')
+    monkeypatch.setattr(Registry, "from_config", classmethod(lambda cls, config: Registry(client)))
+    plain = config(tmp_path)
+    text = f'[schema_registry]\nurl = "http://registry"\n[sources.{WEB}]\nkey_format = "avro"\n[sources.{MOBILE}]\nkey_format = "avro"\n'
+    monkeypatch.setattr("tests.unit.runtime.test_direct.config", lambda state_dir: config_from_toml(text + _toml_of(plain, state_dir)))
+    made = Instance(tmp_path)
+    try:
+        made.tasks.schemas._executor = InlineExecutor()
+        made.assign((WEB, 0), (MOBILE, 0), (WEB, 1), (MOBILE, 1))
+        keys = [avro_frame(string_id, "string", f"user-{n}") for n in range(40)]
+        key = next(k for k in keys if partition_for(k, 2) == 0)
+        wrong = next(k for k in keys if partition_for(k, 2) == 1)
+        batch = [
+            FakeMessage(WEB, 0, 0, key=key, value=orjson.dumps({"ts": 1_700_000_000_000}), timestamp_ms=1),
+            FakeMessage(WEB, 0, 1, key=wrong, value=orjson.dumps({"ts": 1_700_000_001_000}), timestamp_ms=1),
+        ]
+        made.tasks.route(batch)
+        made.tasks.poll_schemas()
+        made.tasks.route(batch)
+        task = made.task(0)
+        assert task.dead_letter_reasons == {"wrong_partition": 1}
+        expected = key[5:]  # the Avro string: a length byte, then the text
+        assert list(task.store.keys()) == [expected[1:]]
+        task.processor.close_all()
+        made.tasks.commit()
+        (record,) = made.cluster.visible(OUTPUT)
+        assert record.key == expected[1:] and orjson.loads(record.value)["key"] == "user-" + expected[1:].decode().split("-")[1]
+    finally:
+        made.tasks.close()
+
+
+def _toml_of(config_obj, state_dir) -> str:
+    from service.config.dump import effective_config, to_toml
+
+    return to_toml(effective_config(config_obj)).replace(str(config_obj.state_dir), str(state_dir))
