@@ -129,7 +129,10 @@ class SourceStage:
             self.reject_all(routes, str(exc), raw, origin, reject, exc.code)
             return
         assert raw is not None  # it decoded
-        self.process_event(routes, event, raw, record_ms, origin, forward, reject, key_decode)
+        if key_decode is None:
+            self.process_event(routes, event, raw, record_ms, origin, forward, reject)
+        else:
+            self.process_event(routes, event, raw, record_ms, origin, forward, reject, key_decode)
 
     def process_event(
         self,

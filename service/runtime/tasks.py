@@ -121,13 +121,18 @@ class SourceTask:
                 state.watermark = watermark = time_ms
             send(state.repartition_topic, key, pack(DATA, time_ms, watermark, state.source) + raw)
 
-        forward_one = forward if decode is parse_event else self._decoded_forward()
         process = self._stage.process
         routes = self._routes
         reject = self._reject
-        for message in messages:
-            kind, record_ms = message.timestamp()
-            process(routes, message.value(), record_ms if kind else None, message, forward_one, reject, decode, key_decode)
+        if decode is parse_event and key_decode is None:  # JSON: the path as it always was
+            for message in messages:
+                kind, record_ms = message.timestamp()
+                process(routes, message.value(), record_ms if kind else None, message, forward, reject)
+        else:
+            forward_one = forward if decode is parse_event else self._decoded_forward()
+            for message in messages:
+                kind, record_ms = message.timestamp()
+                process(routes, message.value(), record_ms if kind else None, message, forward_one, reject, decode, key_decode)
         self.caught_up = False
 
     def _decoded_forward(self) -> Callable[[Route, bytes, int, object, bytes], None]:
