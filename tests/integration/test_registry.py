@@ -477,3 +477,29 @@ def test_kill_9_with_avro_in_and_out_is_exactly_once(app, schema_registry):
     assert not duplicates, f"{len(duplicates)} sessions emitted twice"
     bl.assert_same(got_sessions, expected)
     assert oracle.conserved(got_sessions, late=0, produced=len(events))
+
+
+@pytest.mark.parametrize("serialization", ["avro", "protobuf", "json_schema"])
+def test_output_schemas_evolve_when_an_aggregate_is_added_and_an_incompatible_change_is_refused(app, schema_registry, serialization):
+    """Against the real registry's compatibility rule (BACKWARD): start-up registration, a compatible v2, a refused v3."""
+    from service.config import load_config
+    from service.errors import ConfigError
+    from service.runtime.formats import Formats
+
+    def config(aggregates: str):
+        app.configure(
+            body(app, schema_registry, {"sessions": {"sources": "web", "serialization": serialization, "aggregates": aggregates}}, {})
+        )
+        return load_config(app.config_path, {})
+
+    v1 = Formats(config(AGGREGATES))
+    v1.register_outputs()
+    v2 = Formats(config(AGGREGATES + 'last_page = { type = "last", field = "details.page" }\n'))
+    v2.register_outputs()
+    assert v2.registered[0][1].schema_id != v1.registered[0][1].schema_id, "a new version of the subject"
+    assert v2.registered[0][1].subject == v1.registered[0][1].subject == f"{app.topic('sessions')}-value"
+    incompatible = AGGREGATES.replace('pages = { type = "count_by", field = "details.page" }', 'pages = { type = "any", field = "type", equals = "x" }')
+    with pytest.raises(ConfigError) as info:
+        Formats(config(incompatible)).register_outputs()
+    (problem,) = info.value.problems
+    assert problem.startswith(f"pipelines.sessions.output: the {serialization} schema of output changes field value.pages"), problem
