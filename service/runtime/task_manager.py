@@ -192,10 +192,12 @@ class TaskManager:
         That partition is put back at that record and paused until the schema
         is fetched (``service.runtime.formats.gate``); nothing after it is processed first.
         """
+        gate = self.schemas
+        assert gate is not None  # called only with one
         admitted = {}
         waiting = set()
         for where, group in groups.items():
-            count = self.schemas.admit(where, group)
+            count = gate.admit(where, group)
             if count < len(group):
                 self.consumer.seek(TopicPartition(where[0], where[1], group[count].offset()))
                 self.alignment.hold([where], WAITING_FOR_SCHEMA)

@@ -14,7 +14,7 @@ configurations run as before.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,6 +24,10 @@ from service.core.pipeline import Pipeline
 from service.errors import ConfigError
 from service.runtime.formats.registry import Registry
 from service.runtime.stats import LoopStats
+
+if TYPE_CHECKING:  # their libraries are imported only when a format is used
+    from service.runtime.formats.gate import SchemaGate
+    from service.runtime.formats.output import Encode, Registered
 
 __all__ = ["Formats", "Registry"]
 
@@ -79,7 +83,7 @@ class Formats:
             registry = Registry.from_config(config.schema_registry)
         self.registry = registry
         #: Output schemas registered at start-up (``register_outputs``), by pipeline.
-        self.registered: list[tuple[PipelineConfig, Any]] | None = None
+        self.registered: list[tuple[PipelineConfig, Registered]] | None = None
         self.decoders: dict[str, Decode] = {}
         self.key_decoders: dict[str, KeyDecode] = {}
         #: topic -> (its values need schemas from the registry, its keys do)
@@ -127,7 +131,7 @@ class Formats:
             self.register_outputs()
         from service.runtime.formats.output import encoder
 
-        by_pipeline: dict[str, dict[tuple[str, str], Any]] = {}
+        by_pipeline: dict[str, dict[tuple[str, str], Encode]] = {}
         for pipeline_config, registered in self.registered or []:
             shape = registered.shape
             events = by_pipeline.setdefault(pipeline_config.name, {})
@@ -138,7 +142,7 @@ class Formats:
         for pipeline in pipelines:
             pipeline.envelope.use_encoders(by_pipeline.get(pipeline.name, {}))
 
-    def gate(self, stats: LoopStats) -> Any:
+    def gate(self, stats: LoopStats) -> SchemaGate | None:
         """The ``SchemaGate`` for the topics whose records carry schema ids; None when none do."""
         if not self.gated or self.registry is None:
             return None
