@@ -52,6 +52,16 @@ class BrokerError(SessionizerError):
     exit_code = 3
 
 
+class RegistryUnavailable(SessionizerError):
+    """The schema registry did not answer, or answered with an error that is not "no such schema".
+
+    Not bad input: a record whose schema cannot be fetched now waits (its partition
+    paused, retried with a backoff) and is never dead-lettered for it.
+    """
+
+    exit_code = 3
+
+
 class CommitFailed(SessionizerError):
     """A commit did not happen: under exactly-once nothing of its transaction is visible.
 

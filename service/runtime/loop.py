@@ -24,6 +24,7 @@ from service.core.watermarks import source_parts
 from service.runtime.changelog_reader import ChangelogReader, Progress
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
 from service.runtime.collector import RecordCollector
+from service.runtime.formats import Formats
 from service.runtime.kafka_stats import ConsumerStatistics, ProducerStatistics
 from service.runtime.punctuator import Punctuator
 from service.runtime.queries import QueryInbox
@@ -35,9 +36,13 @@ log = structlog.get_logger("sessionizer.loop")
 
 
 class StreamLoop:
-    def __init__(self, config: Config, partitions: Mapping[str, int], stats: LoopStats | None = None) -> None:
+    def __init__(
+        self, config: Config, partitions: Mapping[str, int], stats: LoopStats | None = None, formats: Formats | None = None
+    ) -> None:
         self.config = config
         self.pipelines: tuple[Pipeline, ...] = compile_pipelines(config.pipelines)
+        formats = formats if formats is not None else Formats(config)
+        formats.attach_encoders(self.pipelines)
         self.plans = plan(config.pipelines, config.topics.partitions, partitions)
         for pipeline_plan in self.plans.values():
             if pipeline_plan.note:
@@ -60,6 +65,7 @@ class StreamLoop:
             AdminClient(admin_config(config)),
             self.stats,
             partitions,
+            formats=formats,
         )
         self.punctuator = Punctuator(config.punctuate_interval_ms / 1000)
         self._catching_up = Progress("catching up")
@@ -105,6 +111,7 @@ class StreamLoop:
         messages = self.consumer.consume(self.config.poll_batch, wait)
         if messages:
             self.tasks.route(messages)
+        self.tasks.poll_schemas()
         if restoring:
             reader.step(timeout=0.0 if messages else 0.05)
         self.collector.poll()

@@ -149,6 +149,12 @@ class LoopStats:
         self.kafka_consumer_lag: dict[Where, int] = {}
         #: librdkafka's producer statistics; None until the first arrive.
         self.producer: ProducerStats | None = None
+        #: Schema lookups that failed because the registry was down, slow or erring (not "no such schema").
+        self.schema_registry_errors = 0
+        #: Partitions paused until the registry gives their next record's schema.
+        self.schema_registry_waiting = 0
+        #: Why some of them wait longer than a lookup takes (the last failure), for /readyz; None otherwise.
+        self.schema_registry_problem: str | None = None
         self.sample = Sample()
         self._next_sample = 0.0
         self._sampled_rebalances = 0

@@ -41,6 +41,7 @@ from service.runtime.alignment import RESTORING, Alignment
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.checkpoint import Checkpoint
 from service.runtime.collector import RecordCollector
+from service.runtime.formats import Formats
 from service.runtime.frames import Record
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import LoopStats, TaskCounts, TaskId
@@ -52,6 +53,8 @@ log = structlog.get_logger("sessionizer.tasks")
 Where = tuple[str, int]
 #: Why a direct task's input is paused: another of its inputs is assigned elsewhere.
 WAITING = "waiting for its co-partitioned inputs"
+#: Why a partition is paused: its next record's schema is being fetched from the registry.
+WAITING_FOR_SCHEMA = "waiting for the schema registry"
 
 
 def _log_purge_failure(future: Future[object]) -> None:
@@ -73,6 +76,7 @@ class TaskManager:
         stats: LoopStats,
         partitions: Mapping[str, int],
         clock: Callable[[], float] = time.monotonic,
+        formats: Formats | None = None,
     ) -> None:
         self.config = config
         #: The wall clock (monotonic seconds) tasks and commits read; tests pass their own.
@@ -92,7 +96,10 @@ class TaskManager:
         repartitioned = [p for p in pipelines if not plans[p.name].direct]
         self._direct = [p for p in pipelines if plans[p.name].direct]
         self._by_repartition = {p.config.repartition_topic: p for p in repartitioned}
-        self._stage = SourceStage(repartitioned)
+        #: How topics that are not JSON are decoded, and the gate that makes their partitions wait for the registry.
+        self.formats = formats if formats is not None else Formats(config)
+        self.schemas = self.formats.gate(stats)
+        self._stage = SourceStage(repartitioned, self.formats.decoders, self.formats.key_decoders)
         #: Source topic -> (direct pipeline, the topic's index in its sources)
         self._direct_readers: dict[str, list[tuple[Pipeline, int]]] = {}
         for pipeline in self._direct:
@@ -154,6 +161,10 @@ class TaskManager:
                 groups[where] = [message]
             else:
                 group.append(message)
+        if self.schemas is not None:
+            groups, waiting = self._admit(groups)
+            if waiting:  # their end-of-partition events came after records not processed yet
+                ends = [where for where in ends if where not in waiting]
         for where, group in groups.items():
             if not self._process(where, group):
                 continue
@@ -174,6 +185,41 @@ class TaskManager:
                     task.reached_end(now)
         if groups:
             self.alignment.align(self.source_tasks.values(), self.running_tasks, self.clock())
+
+    def _admit(self, groups: dict[Where, list[Record]]) -> tuple[dict[Where, list[Record]], set[Where]]:
+        """Each partition's records up to the first whose schema the registry has not given yet.
+
+        That partition is put back at that record and paused until the schema
+        is fetched (``service.runtime.formats.gate``); nothing after it is processed first.
+        """
+        gate = self.schemas
+        assert gate is not None  # called only with one
+        admitted = {}
+        waiting = set()
+        for where, group in groups.items():
+            count = gate.admit(where, group)
+            if count < len(group):
+                self.consumer.seek(TopicPartition(where[0], where[1], group[count].offset()))
+                self.alignment.hold([where], WAITING_FOR_SCHEMA)
+                waiting.add(where)
+                # Records wait: the partition is not read to its end, so it must not count as
+                # idle (stream time would run on with the wall clock and make them late).
+                source = self.source_tasks.get(where)
+                if source is not None:
+                    source.caught_up = False
+                for task, index in self._window_inputs.get(where, ()):
+                    if isinstance(task, DirectTask):
+                        task.input_waiting(index)
+            if count:
+                admitted[where] = group[:count] if count < len(group) else group
+        return admitted, waiting
+
+    def poll_schemas(self) -> None:
+        """Resume the partitions whose next record's schema has arrived (every loop iteration)."""
+        if self.schemas is not None:
+            resumed = self.schemas.poll()
+            if resumed:
+                self.alignment.release(resumed, WAITING_FOR_SCHEMA)
 
     def _process(self, where: Where, group: list[Record]) -> bool:
         """Give one partition's records to its readers; False when none may read them yet."""
@@ -351,7 +397,16 @@ class TaskManager:
                 inputs = [(topic, tp.partition) for topic in direct.config.sources]
                 if task_id not in self.window_tasks and all(i in self.assigned for i in inputs):
                     state = StateManager(self.config, direct, tp.partition, self.memory)
-                    new_tasks.append(DirectTask(state, self.collector, self.plans[direct.name].partitions, self.clock))
+                    new_tasks.append(
+                        DirectTask(
+                            state,
+                            self.collector,
+                            self.plans[direct.name].partitions,
+                            self.clock,
+                            self.formats.decoders,
+                            self.formats.key_decoders,
+                        )
+                    )
         for task in new_tasks:
             task.processor.on_emit = self.stats.emit_observer(task.pipeline.name)
             self.window_tasks[task.task_id] = task
@@ -410,6 +465,8 @@ class TaskManager:
         self.seek_to_committed()
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
+        if self.schemas is not None:
+            self.schemas.forget((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             where = (tp.topic, tp.partition)
             self.assigned.discard(where)
@@ -443,6 +500,8 @@ class TaskManager:
         """Close every remaining store (after the consumer left the group)."""
         for task in list(self.window_tasks.values()):
             self._close(task)
+        if self.schemas is not None:
+            self.schemas.close()
         self.window_tasks.clear()
         self._window_inputs.clear()
         self.source_tasks.clear()
