@@ -228,6 +228,11 @@ class LoopCollector(Collector):
             value=metrics.aborts,
         )
         yield CounterMetricFamily(
+            "sessionizer_redelivered_records_dropped",
+            "Records the consumer handed over again after they were processed; dropped so they count once.",
+            value=metrics.redelivered,
+        )
+        yield CounterMetricFamily(
             "sessionizer_records_sent",
             "Records produced: repartition, output, changelog, late and dead-letter.",
             value=metrics.records_sent,

@@ -138,6 +138,8 @@ class LoopStats:
         self.rebalances = 0
         self.punctuations = 0
         self.records_sent = 0
+        #: Records the consumer handed over again that were processed already, and dropped.
+        self.redelivered = 0
         #: (dead-letter topic, reason code) -> records the source stage wrote to it.
         self.source_dead_letters: dict[tuple[str, str], int] = {}
         self.commit_seconds = Buckets(COMMIT_BUCKETS)

@@ -113,6 +113,10 @@ class TaskManager:
         #: The first offset read from each partition since it was assigned: where a rewind
         #: goes when the group has no committed offset for it yet.
         self._first_offsets: dict[Where, int] = {}
+        #: The next offset each partition should hand over: after the last record
+        #: processed, or where it was last sought. Records below it are re-deliveries.
+        self._positions: dict[Where, int] = {}
+        self._redelivery_logged = 0.0
         self.checkpoint = Checkpoint(self._by_repartition)
         self.alignment = Alignment(consumer, config.max_drift_ms, config.max_task_idle_ms / 1000)
         self._sent_at_commit = 0
@@ -161,6 +165,8 @@ class TaskManager:
                 groups[where] = [message]
             else:
                 group.append(message)
+        if self._positions:
+            groups = self._drop_redelivered(groups)
         if self.schemas is not None:
             groups, waiting = self._admit(groups)
             if waiting:  # their end-of-partition events came after records not processed yet
@@ -169,6 +175,7 @@ class TaskManager:
             if not self._process(where, group):
                 continue
             self._first_offsets.setdefault(where, group[0].offset())
+            self._positions[where] = group[-1].offset() + 1
             self.checkpoint.advance(where, group[-1].offset() + 1)
             self.on_consumed(where, len(group))
         # A partition's end-of-partition event follows its records in the batch,
@@ -186,6 +193,44 @@ class TaskManager:
         if groups:
             self.alignment.align(self.source_tasks.values(), self.running_tasks, self.clock())
 
+    def _drop_redelivered(self, groups: dict[Where, list[Record]]) -> dict[Where, list[Record]]:
+        """Each partition's records from its position on: what was processed already is not processed twice.
+
+        librdkafka can hand a partition's records over again after a pause and a
+        resume close to an assignment (the fetcher restarts from a stale
+        position; seen with 2.16). Counting them again would break exactly-once,
+        so they are dropped here, and a partition that is wholly behind is sought
+        back to where it should be.
+        """
+        kept: dict[Where, list[Record]] = {}
+        dropped = 0
+        for where, group in groups.items():
+            position = self._positions.get(where)
+            if position is None or group[0].offset() >= position:
+                kept[where] = group
+                continue
+            fresh = [m for m in group if m.offset() >= position]
+            dropped += len(group) - len(fresh)
+            if fresh:
+                kept[where] = fresh
+            else:
+                self._seek(where, position)
+        if dropped:
+            self.stats.redelivered += dropped
+            now = time.monotonic()
+            if now - self._redelivery_logged >= 10.0:
+                self._redelivery_logged = now
+                log.warning("records handed over again were dropped", records=dropped, total=self.stats.redelivered)
+        return kept
+
+    def _seek(self, where: Where, offset: int) -> None:
+        """Read a partition again from ``offset``: the next record processed from it is that one."""
+        self._positions[where] = offset
+        try:
+            self.consumer.seek(TopicPartition(where[0], where[1], offset))
+        except KafkaException as exc:
+            log.warning("seek failed", topic=where[0], partition=where[1], error=str(exc.args[0]))
+
     def _admit(self, groups: dict[Where, list[Record]]) -> tuple[dict[Where, list[Record]], set[Where]]:
         """Each partition's records up to the first whose schema the registry has not given yet.
 
@@ -199,7 +244,7 @@ class TaskManager:
         for where, group in groups.items():
             count = gate.admit(where, group)
             if count < len(group):
-                self.consumer.seek(TopicPartition(where[0], where[1], group[count].offset()))
+                self._seek(where, group[count].offset())
                 self.alignment.hold([where], WAITING_FOR_SCHEMA)
                 waiting.add(where)
                 # Records wait: the partition is not read to its end, so it must not count as
@@ -228,7 +273,7 @@ class TaskManager:
             if task.state is not TaskState.RUNNING:
                 # Fetched before the partition was paused for a restore: read
                 # them again once the task runs.
-                self.consumer.seek(TopicPartition(where[0], where[1], group[0].offset()))
+                self._seek(where, group[0].offset())
                 return False
         source = self.source_tasks.get(where)
         if source is None and not readers:
@@ -359,10 +404,7 @@ class TaskManager:
                 if first is None:
                     continue
                 tp.offset = first
-            try:
-                self.consumer.seek(tp)
-            except KafkaException as exc:
-                log.warning("seek failed", topic=tp.topic, partition=tp.partition, error=str(exc.args[0]))
+            self._seek((tp.topic, tp.partition), tp.offset)
 
     # -- rebalances -------------------------------------------------------------
 
@@ -471,6 +513,7 @@ class TaskManager:
             where = (tp.topic, tp.partition)
             self.assigned.discard(where)
             self._first_offsets.pop(where, None)
+            self._positions.pop(where, None)
             self.checkpoint.forget(where)
             self.alignment.forget(where)
             self.source_tasks.pop(where, None)

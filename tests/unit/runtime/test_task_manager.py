@@ -612,6 +612,47 @@ def test_losing_partitions_aborts_without_committing(instance, cluster):
         store.close()
 
 
+def test_records_handed_over_again_are_processed_once_and_a_partition_wholly_behind_is_sought_forward(instance, cluster):
+    """librdkafka 2.16 re-delivered a partition from its start after a pause and resume near an assignment.
+
+    Seen on a real broker (three source topics, alignment pausing a partition
+    that had run ahead): without this, those records were counted twice.
+    """
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    window = a.window()
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.route([source_record(0, "u5", T0), source_record(1, "u5", T0)])
+
+    # The same records again, and a batch that straddles the position.
+    a.tasks.route(FIRST_BATCH)
+    assert a.consumer.seeks == [(REPARTITION, 0, 3)], "wholly behind: sought to where it should be"
+    a.tasks.route([source_record(1, "u5", T0), source_record(2, "u6", T0)])
+    a.tasks.route([repartition_record(3, "u3", T0 + 21 * MINUTE)])
+    a.tasks.commit()
+
+    assert window.counts().processed == 4
+    assert a.stats.redelivered == 4
+    assert cluster.group_offsets == {(SOURCE, 0): 3, (REPARTITION, 0): 4}
+    # Source offsets 0, 1 and 2 went to the repartition topic once each.
+    assert [r.key for r in events(cluster.visible(REPARTITION))] == [b"u5", b"u5", b"u6"]
+    assert sessions(cluster.visible(OUTPUT)) == [(b"u1", T0, T0 + MINUTE, 2)]
+
+
+def test_a_seek_back_reads_the_records_again(instance, cluster):
+    """Not every offset below the last one processed is a re-delivery: after a rewind they must be read."""
+    a = instance()
+    a.assign((REPARTITION, 0))
+    a.tasks.route(FIRST_BATCH)
+    a.producer.fail("commit_transaction", ABORTABLE)
+    a.tasks.commit()  # aborted: sought back to 0 (nothing committed)
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.commit()
+    assert a.stats.redelivered == 0
+    assert sessions(cluster.visible(OUTPUT)) == [(b"u1", T0, T0 + MINUTE, 2)]
+    assert cluster.group_offsets == {(REPARTITION, 0): 3}
+
+
 # -- end of partition and punctuation ------------------------------------------------------
 
 
