@@ -62,6 +62,18 @@ class RegistryUnavailable(SessionizerError):
     exit_code = 3
 
 
+class Fenced(SessionizerError):
+    """Another live process with this instance id took over its transactional id: this one steps down.
+
+    Two processes with one instance id is a deployment mistake (a pod
+    rescheduled while the old one is frozen, not dead). The one whose producer
+    is fenced while the other is in the consumer group stops, so the newer one
+    is never fenced back.
+    """
+
+    exit_code = 4
+
+
 class CommitFailed(SessionizerError):
     """A commit did not happen: under exactly-once nothing of its transaction is visible.
 

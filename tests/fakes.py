@@ -211,6 +211,9 @@ class FakeProducer:
             self.open.records.append(record)
         self._undelivered.append((on_delivery, record, error))
 
+    def purge(self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True) -> None:
+        self._undelivered = []
+
     def poll(self, timeout: float | None = None) -> int:
         return self._deliver()
 

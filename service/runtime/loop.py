@@ -26,6 +26,7 @@ from service.runtime.clients import admin_config, consumer_config, producer_conf
 from service.runtime.collector import RecordCollector
 from service.runtime.formats import Formats
 from service.runtime.kafka_stats import ConsumerStatistics, ProducerStatistics
+from service.runtime.owners import same_instance_elsewhere
 from service.runtime.punctuator import Punctuator
 from service.runtime.queries import QueryInbox
 from service.runtime.stats import LoopStats, Sample, TaskId, Where
@@ -55,6 +56,8 @@ class StreamLoop:
         )
         co_partitioned = any(p.direct for p in self.plans.values())
         self.consumer = Consumer({**consumer_config(config, co_partitioned), "stats_cb": ConsumerStatistics(self.stats)})
+        admin = AdminClient(admin_config(config))
+        self.collector.successor = lambda: same_instance_elsewhere(admin, config, self._member_id())
         self.tasks = TaskManager(
             config,
             self.pipelines,
@@ -62,7 +65,7 @@ class StreamLoop:
             self.consumer,
             self.collector,
             ChangelogReader(Consumer(restore_consumer_config(config))),
-            AdminClient(admin_config(config)),
+            admin,
             self.stats,
             partitions,
             formats=formats,
@@ -131,6 +134,13 @@ class StreamLoop:
             self.tasks.commit()
             return time.monotonic() + interval
         return next_commit
+
+    def _member_id(self) -> str | None:
+        """This consumer's id in the group; None when it has none (not joined, or closed)."""
+        try:
+            return self.consumer.memberid() or None
+        except (RuntimeError, KafkaException):
+            return None
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and shut down cleanly (also before ``run``)."""
