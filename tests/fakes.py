@@ -219,6 +219,8 @@ class FakeProducer:
 
     def flush(self, timeout: float | None = None) -> int:
         self.cluster.journal.append("flush")
+        if self.fatal_error is not None:  # as librdkafka's flush does on a fenced producer
+            raise KafkaException(self.fatal_error)
         self._deliver()
         return 0
 

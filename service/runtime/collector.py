@@ -251,9 +251,9 @@ class RecordCollector:
     def close(self, timeout: float = 30.0) -> None:
         if self.stepped_down:
             # A fenced producer can deliver nothing: drop what it holds instead of waiting on it.
-            with contextlib.suppress(KafkaException, NotImplementedError):
+            with contextlib.suppress(KafkaException):
                 self.producer.purge()
-            self.producer.flush(min(timeout, 5.0))
+                self.producer.flush(min(timeout, 5.0))
             return
         if self.exactly_once:
             with contextlib.suppress(KafkaException):  # nothing open, or the producer is fenced: nothing to drop
