@@ -127,6 +127,12 @@ def produce_placed(bootstrap: str, placed: list[tuple[str, bytes]], topics: list
     would have: each record's Kafka timestamp (its produce time) then follows
     the generated order across topics too, which Quix's alignment relies on.
     """
+    records = [(topic, raw[raw.index(b'"user_id":"') + 11 :].split(b'"', 1)[0], raw) for topic, raw in placed]
+    produce_in_order(bootstrap, records, topics, partitions)
+
+
+def produce_in_order(bootstrap: str, records: list[tuple[str, bytes, bytes]], topics: list[str], partitions: int) -> None:
+    """Creates ``topics`` and produces each (topic, key, value), in order, keyed as a Java producer would."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     new = [NewTopic(topic, num_partitions=partitions, replication_factor=1) for topic in topics]
     for f in admin.create_topics(new).values():
@@ -148,11 +154,10 @@ def produce_placed(bootstrap: str, placed: list[tuple[str, bytes]], topics: list
         if error is not None:
             failed.append(str(error))
 
-    for topic, raw in placed:
-        key = raw[raw.index(b'"user_id":"') + 11 :].split(b'"', 1)[0]
+    for topic, key, value in records:
         while True:
             try:
-                producer.produce(topic, raw, key, on_delivery=delivered)
+                producer.produce(topic, value, key, on_delivery=delivered)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -662,27 +667,7 @@ def avro_main(args: argparse.Namespace) -> None:
 
 def produce_keyed(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], partitions: int) -> None:
     """``records`` (key, value) to a new topic, in order, keyed as a Java producer would."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values():
-        f.result(30)
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 50,
-            "batch.size": 1_000_000,
-            "partitioner": "murmur2_random",
-            "enable.idempotence": True,
-        }
-    )
-    for key, value in records:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    if producer.flush(120):
-        raise RuntimeError("producing the Avro events failed")
+    produce_in_order(bootstrap, [(topic, key, value) for key, value in records], [topic], partitions)
 
 
 if __name__ == "__main__":

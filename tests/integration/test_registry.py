@@ -21,10 +21,8 @@ import io
 import json
 import os
 import random
-import shutil
 import signal
 import time
-from collections import Counter
 from typing import Any
 
 import orjson
@@ -227,8 +225,8 @@ def test_avro_in_and_out_gives_the_sessions_json_gives(app, schema_registry):
     avro_values = [outputs.decode(r.value) for r in got[app.topic("avro")]]
     assert all(r.value[:1] == b"\x00" for r in got[app.topic("avro")]), "the Avro pipeline writes framed records"
     json_values = [orjson.loads(r.value) for r in got[app.topic("json")]]
-    bl.assert_same(sessions(avro_values), expected)
-    bl.assert_same(sessions(json_values), expected)
+    oracle.assert_each_once(sessions(avro_values), expected)
+    oracle.assert_each_once(sessions(json_values), expected)
     canonical = lambda values: sorted(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in values)  # noqa: E731
     assert canonical(normalized(v) for v in avro_values) == canonical(json_values)
     # The pages were read through the nested record's dotted path.
@@ -282,7 +280,7 @@ def test_protobuf_in_from_a_proto_text_schema(app, schema_registry):
     got = run(app, {"sessions": len(expected)})
     assert got[app.topic("late")] == [] and got[app.topic("dlq")] == []
     values = [orjson.loads(r.value) for r in got[app.topic("sessions")]]
-    bl.assert_same(sessions(values), expected)
+    oracle.assert_each_once(sessions(values), expected)
     assert {type(v["value"]["first_page"]) for v in values} == {str}
 
 
@@ -312,7 +310,7 @@ def test_json_schema_in_validated_and_protobuf_out(app, schema_registry):
     got = run(app, {"sessions": len(expected)})
     outputs = Outputs(schema_registry)
     values = [outputs.decode(r.value) for r in got[app.topic("sessions")]]
-    bl.assert_same(sessions(values), expected)
+    oracle.assert_each_once(sessions(values), expected)
     dead = got[app.topic("dlq")]
     assert [r.headers["sessionizer.reason_code"] for r in dead] == [b"bad_body"]
     assert dead[0].value == breaking
@@ -342,7 +340,7 @@ def test_schema_evolution_mid_stream(app, schema_registry):
     assert got[app.topic("late")] == [] and got[app.topic("dlq")] == []
     outputs = Outputs(schema_registry)
     values = [outputs.decode(r.value) for r in got[app.topic("sessions")]]
-    bl.assert_same(sessions(values), expected)
+    oracle.assert_each_once(sessions(values), expected)
     # Each session's distinct countries, from the events it holds: v1 events have none.
     by_user: dict[str, list[dict]] = {}
     for event in events:
@@ -373,7 +371,7 @@ def test_unknown_schema_id_corrupt_body_and_bad_framing_go_to_the_dead_letter_to
     app.configure(body(app, schema_registry, {"sessions": {"sources": "web"}}, {"web": "avro"}), partitions=6)
     expected = backlog.expected()
     got = run(app, {"sessions": len(expected)})
-    bl.assert_same(sessions([orjson.loads(r.value) for r in got[app.topic("sessions")]]), expected)
+    oracle.assert_each_once(sessions([orjson.loads(r.value) for r in got[app.topic("sessions")]]), expected)
     dead = got[app.topic("dlq")]
     assert sorted((r.value, r.headers["sessionizer.reason_code"]) for r in dead) == sorted(bad.items())
     for record in dead:
@@ -436,7 +434,7 @@ def test_a_frozen_registry_pauses_partitions_and_loses_nothing(app, schema_regis
     assert got[app.topic("dlq")] == [], "a registry outage is not bad input"
     assert got[app.topic("late")] == []
     outputs = Outputs(schema_registry)
-    bl.assert_same(sessions([outputs.decode(r.value) for r in got[app.topic("sessions")]]), expected)
+    oracle.assert_each_once(sessions([outputs.decode(r.value) for r in got[app.topic("sessions")]]), expected)
     assert '"schema registry unavailable; partitions wait for it"' in service.log()
     assert '"schema registry answered again"' in service.log()
 
@@ -456,26 +454,13 @@ def test_kill_9_with_avro_in_and_out_is_exactly_once(app, schema_registry):
     expected = backlog.expected()
     service = app.service().start()
     service.wait_started()
-    reader = Reader([app.topic("sessions")])
-    try:
-        for kill in range(2):
-            reader.wait_for(len(expected) * (kill + 1) // 4, timeout=240, topic=app.topic("sessions"))
-            service.kill()
-            if kill == 1:
-                shutil.rmtree(app.state_dir / app.id / "i1")
-            service.start()
-            service.wait_started(timeout=120)
-        reader.wait_for(len(expected), timeout=300, topic=app.topic("sessions"))
-    finally:
-        reader.close()
+    bl.kill_while_replaying(app, service, len(expected), kills=2)
     assert service.stop() == 0
     got = read(app, ["sessions"])
     assert got[app.topic("late")] == [] and got[app.topic("dlq")] == []
     outputs = Outputs(schema_registry)
     got_sessions = sessions([outputs.decode(r.value) for r in got[app.topic("sessions")]])
-    duplicates = [s for s, n in Counter(got_sessions).items() if n > 1]
-    assert not duplicates, f"{len(duplicates)} sessions emitted twice"
-    bl.assert_same(got_sessions, expected)
+    oracle.assert_each_once(got_sessions, expected)
     assert oracle.conserved(got_sessions, late=0, produced=len(events))
 
 

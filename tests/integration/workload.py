@@ -16,7 +16,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +133,7 @@ def expected_sessions(config_path: Path, produced: list[bytes]) -> list[Session]
     assert not late, f"offline mode found {len(late)} late events: the workload's disorder exceeds grace"
     assert summary.lines == len(produced)
     offline = sorted(_session(r["value"]) for r in out if r["topic"].endswith("-sessions"))
-    assert_exactly_once(offline, expected)  # offline mode and the oracle agree
+    oracle.assert_each_once(offline, expected)  # offline mode and the oracle agree
     return [tuple(s) for s in expected]
 
 
@@ -172,16 +171,6 @@ def assert_exact(app, got: dict[str, list[Record]], expected: list[Session], pro
     assert late == [], f"{len(late)} events went to the late topic, e.g. {late[0].headers if late else None}"
     assert got[app.topic("dlq")] == []
     sessions = sessions_in(got[app.topic("sessions")])
-    assert_exactly_once(sessions, expected)
+    oracle.assert_each_once(sessions, expected)
     assert oracle.conserved([oracle.Session(*s) for s in sessions], late=len(late), produced=produced)
 
-
-def assert_exactly_once(got: list[Session], expected: list[Session]) -> None:
-    duplicates = [s for s, n in Counter(got).items() if n > 1]
-    missing = Counter(expected) - Counter(got)
-    extra = Counter(got) - Counter(expected)
-    assert not duplicates, f"{len(duplicates)} sessions emitted more than once, e.g. {duplicates[:3]}"
-    assert not missing and not extra, (
-        f"{sum(missing.values())} expected sessions missing (e.g. {list(missing)[:3]}), "
-        f"{sum(extra.values())} unexpected (e.g. {list(extra)[:3]})"
-    )

@@ -88,19 +88,7 @@ class SchemaGate:
         values, keys = needs
         ready = self._ready
         for index, message in enumerate(group):
-            if values:
-                raw = message.value()
-                if (
-                    raw is not None
-                    and len(raw) >= HEADER_SIZE
-                    and raw[0] == 0
-                    and raw[:HEADER_SIZE] not in ready
-                    and not self._resolved(raw)
-                ):
-                    self._wait(where, raw)
-                    return index
-            if keys:
-                raw = message.key()
+            for raw in (message.value() if values else None, message.key() if keys else None):
                 if (
                     raw is not None
                     and len(raw) >= HEADER_SIZE
