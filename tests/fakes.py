@@ -304,6 +304,28 @@ class FakeProducer:
         return len(reports)
 
 
+class Producers:
+    """A producer factory, as ``RecordCollector`` takes one: every producer it made, all on one cluster."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+        self.made: list[FakeProducer] = []
+
+    def __call__(self) -> FakeProducer:
+        producer = FakeProducer(self.cluster)
+        self.made.append(producer)
+        return producer
+
+    @property
+    def current(self) -> FakeProducer:
+        return self.made[-1]
+
+    def release(self) -> None:
+        """Let every producer's hung call return, so none outlives the test."""
+        for producer in self.made:
+            producer.release()
+
+
 class FakeGroupMetadata:
     """What ``consumer_group_metadata()`` returns, for ``send_offsets_to_transaction``."""
 

@@ -7,7 +7,7 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from service.errors import CommitFailed, DeliveryFailed, Fenced
 from service.runtime.collector import RecordCollector
-from tests.fakes import FakeCluster, FakeGroupMetadata, FakeProducer
+from tests.fakes import FakeCluster, FakeGroupMetadata, Producers
 
 SOURCE = "events"
 CHANGELOG = "app-s-changelog"
@@ -17,29 +17,12 @@ ABORTABLE = KafkaError(KafkaError.INVALID_TXN_STATE, "transaction must be aborte
 FATAL = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
 
 
-class Producers:
-    """The collector's producer factory: every producer it made, all on one cluster."""
-
-    def __init__(self) -> None:
-        self.cluster = FakeCluster()
-        self.made: list[FakeProducer] = []
-
-    def __call__(self) -> FakeProducer:
-        producer = FakeProducer(self.cluster)
-        self.made.append(producer)
-        return producer
-
-    @property
-    def current(self) -> FakeProducer:
-        return self.made[-1]
-
-
 @pytest.fixture
 def producers():
-    made = Producers()
+    """The collector's producer factory: every producer it made, all on one cluster."""
+    made = Producers(FakeCluster())
     yield made
-    for producer in made.made:
-        producer.release()
+    made.release()
 
 
 def exactly_once(producers: Producers) -> RecordCollector:

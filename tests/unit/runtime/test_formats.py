@@ -553,7 +553,7 @@ def test_an_avro_source_waits_for_its_schema_then_reaches_the_window_tasks_as_de
     schema = {"type": "record", "name": "E", "fields": [{"name": "user_id", "type": "string"}, {"name": "ts", "type": "long"}]}
     schema_id = client.add(schema)
     monkeypatch.setattr(Registry, "from_config", classmethod(lambda cls, config: Registry(client)))
-    a = instance(extra=f'[schema_registry]\nurl = "http://registry"\n[sources.{SOURCE}]\nformat = "avro"\n')
+    a = instance(schema_registry={"url": "http://registry"}, sources={SOURCE: {"format": "avro"}})
     a.tasks.schemas._executor = InlineExecutor()
     a.assign((SOURCE, 0), (REPARTITION, 0), (REPARTITION, 1))
     frames = [avro_frame(schema_id, schema, {"user_id": "u1", "ts": T0 + n * MINUTE}) for n in range(2)]
@@ -610,14 +610,13 @@ def test_offline_mode_reads_base64_lines_of_framed_records(client, monkeypatch, 
 
 def test_a_direct_pipeline_groups_avro_keys_by_their_text_and_checks_partitions_by_their_bytes(client, monkeypatch, tmp_path):
     from service.core.partitioner import partition_for
-    from tests.unit.runtime.test_direct import MOBILE, OUTPUT, WEB, Instance, config
+    from tests.unit.runtime.instances import MOBILE, OUTPUT, WEB, direct_instance
 
     string_id = client.add('"string"')
     monkeypatch.setattr(Registry, "from_config", classmethod(lambda cls, config: Registry(client)))
-    plain = config(tmp_path)
-    text = f'[schema_registry]\nurl = "http://registry"\n[sources.{WEB}]\nkey_format = "avro"\n[sources.{MOBILE}]\nkey_format = "avro"\n'
-    monkeypatch.setattr("tests.unit.runtime.test_direct.config", lambda state_dir: config_from_toml(text + _toml_of(plain, state_dir)))
-    made = Instance(tmp_path)
+    made = direct_instance(
+        tmp_path, schema_registry={"url": "http://registry"}, sources={WEB: {"key_format": "avro"}, MOBILE: {"key_format": "avro"}}
+    )
     try:
         made.tasks.schemas._executor = InlineExecutor()
         made.assign((WEB, 0), (MOBILE, 0), (WEB, 1), (MOBILE, 1))
@@ -631,7 +630,7 @@ def test_a_direct_pipeline_groups_avro_keys_by_their_text_and_checks_partitions_
         made.tasks.route(batch)
         made.tasks.poll_schemas()
         made.tasks.route(batch)
-        task = made.task(0)
+        task = made.direct_task(0)
         assert task.dead_letter_reasons == {"wrong_partition": 1}
         expected = key[5:]  # the Avro string: a length byte, then the text
         assert list(task.store.keys()) == [expected[1:]]
@@ -640,10 +639,5 @@ def test_a_direct_pipeline_groups_avro_keys_by_their_text_and_checks_partitions_
         (record,) = made.cluster.visible(OUTPUT)
         assert record.key == expected[1:] and orjson.loads(record.value)["key"] == "user-" + expected[1:].decode().split("-")[1]
     finally:
-        made.tasks.close()
+        made.close()
 
-
-def _toml_of(config_obj, state_dir) -> str:
-    from service.config.dump import effective_config, to_toml
-
-    return to_toml(effective_config(config_obj)).replace(str(config_obj.state_dir), str(state_dir))
