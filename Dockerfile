@@ -11,7 +11,8 @@ WORKDIR /app
 # pyproject names README.md as the package's readme, so pip needs it to build.
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN pip install . && rm -rf build *.egg-info
+# With the registry extra: Avro, Protobuf and JSON Schema sources and outputs (docs/formats.md).
+RUN pip install ".[registry]" && rm -rf build *.egg-info
 COPY config ./config
 # config/rules.toml names a custom aggregate class, examples.aggregates:TopValues:
 # it is imported from /app (PYTHONPATH), where your own classes can go too.

@@ -22,8 +22,17 @@
      (key = "@key": task i reads partition i of every topic, no repartition
      topic) and "repartition" (key = "user_id").
 
+With ``--format avro`` (one-topic only) the same events are also produced as
+Avro in Confluent's wire format to a second topic, their schema registered in
+the registry ``--schema-registry`` names, and every run is made twice, one
+with JSON in and out and one with Avro in and Avro out, interleaved; the
+per-event decode cost of Avro (the service's decoder) and of orjson is
+measured on the same events first::
+
+    python bench/bench.py --format avro --schema-registry http://127.0.0.1:8081/apis/ccompat/v7
+
 Prints each figure and the ratio service / ceiling, and exactly-once /
-at-least-once or direct / repartition. Repeat runs (--runs), interleaved
+at-least-once, direct / repartition or avro / json. Repeat runs (--runs), interleaved
 between the guarantees or paths (one run of each per round), and the median
 is printed, since shared machines are noisy.
 """
@@ -118,6 +127,12 @@ def produce_placed(bootstrap: str, placed: list[tuple[str, bytes]], topics: list
     would have: each record's Kafka timestamp (its produce time) then follows
     the generated order across topics too, which Quix's alignment relies on.
     """
+    records = [(topic, raw[raw.index(b'"user_id":"') + 11 :].split(b'"', 1)[0], raw) for topic, raw in placed]
+    produce_in_order(bootstrap, records, topics, partitions)
+
+
+def produce_in_order(bootstrap: str, records: list[tuple[str, bytes, bytes]], topics: list[str], partitions: int) -> None:
+    """Creates ``topics`` and produces each (topic, key, value), in order, keyed as a Java producer would."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     new = [NewTopic(topic, num_partitions=partitions, replication_factor=1) for topic in topics]
     for f in admin.create_topics(new).values():
@@ -139,11 +154,10 @@ def produce_placed(bootstrap: str, placed: list[tuple[str, bytes]], topics: list
         if error is not None:
             failed.append(str(error))
 
-    for topic, raw in placed:
-        key = raw[raw.index(b'"user_id":"') + 11 :].split(b'"', 1)[0]
+    for topic, key, value in records:
         while True:
             try:
-                producer.produce(topic, raw, key, on_delivery=delivered)
+                producer.produce(topic, value, key, on_delivery=delivered)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -210,14 +224,91 @@ amount = {{ type = "sum", field = "details.amount" }}
 
 
 def config_text(
-    app: str, state: object, guarantee: str, bootstrap: str, partitions: int, sources: str | list[str], key: str = "user_id"
+    app: str,
+    state: object,
+    guarantee: str,
+    bootstrap: str,
+    partitions: int,
+    sources: str | list[str],
+    key: str = "user_id",
+    registry: str | None = None,
 ) -> str:
-    """The bench pipeline's configuration: output <app>-sessions; key "user_id" (a repartition topic) or "@key" (direct)."""
+    """The bench pipeline's configuration: output <app>-sessions; key "user_id" (a repartition topic) or "@key" (direct).
+
+    With ``registry``, the sources are Avro and so is the output.
+    """
     names = [sources] if isinstance(sources, str) else sources
-    return CONFIG.format(
+    text = CONFIG.format(
         app=app, state=state, guarantee=guarantee, bootstrap=bootstrap, partitions=partitions,
         sources=", ".join(f'"{name}"' for name in names), key=key,
     )  # fmt: skip
+    if registry is None:
+        return text
+    text = text.replace(f'output = "{app}-sessions"\n', "")
+    text += f'[pipelines.sessions.output]\ntopic = "{app}-sessions"\nserialization = "avro"\n'
+    text += f'[schema_registry]\nurl = "{registry}"\n'
+    return text + "".join(f'[sources."{name}"]\nformat = "avro"\n' for name in names)
+
+
+#: The bench events in Avro: the fields ``generate`` writes.
+AVRO_EVENT = {
+    "type": "record",
+    "name": "BenchEvent",
+    "namespace": "sessionizer.bench",
+    "fields": [
+        {"name": "event_id", "type": "string"},
+        {"name": "user_id", "type": "string"},
+        {"name": "timestamp", "type": "long"},
+        {"name": "type", "type": "string"},
+        {"name": "details", "type": {"type": "record", "name": "Details", "fields": [
+            {"name": "page", "type": "string"}, {"name": "amount", "type": "long"}]}},
+    ],
+}  # fmt: skip
+
+
+def avro_frames(events: list[bytes], registry: str, topic: str) -> list[bytes]:
+    """The events as Avro in Confluent's wire format, with ``AVRO_EVENT`` registered as ``<topic>-value``."""
+    import io
+    import json
+
+    import fastavro
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    client = SchemaRegistryClient({"url": registry, "timeout": 10})
+    schema_id = client.register_schema(f"{topic}-value", Schema(json.dumps(AVRO_EVENT), "AVRO"))
+    parsed = fastavro.parse_schema(AVRO_EVENT)
+    prefix = b"\x00" + schema_id.to_bytes(4, "big")
+    frames = []
+    for raw in events:
+        out = io.BytesIO()
+        out.write(prefix)
+        fastavro.schemaless_writer(out, parsed, orjson.loads(raw))
+        frames.append(out.getvalue())
+    return frames
+
+
+def decode_costs(events: list[bytes], frames: list[bytes], registry: str, rounds: int = 7) -> dict[str, list[float]]:
+    """µs per event of each way of reading one event, every way over the same events, rounds interleaved."""
+    from service.config.schema import SchemaRegistryConfig
+    from service.runtime.formats import avro
+    from service.runtime.formats.registry import Registry
+
+    decode = avro.decoder(Registry.from_config(SchemaRegistryConfig(registry)))
+    decode(frames[0])  # the schema fetched once, as the service does
+    loads, dumps = orjson.loads, orjson.dumps
+    decoded = [decode(f) for f in frames]
+    ways = {
+        "orjson.loads (JSON in)": lambda: [loads(e) for e in events],
+        "Avro decode (header, schema by id, fastavro)": lambda: [decode(f) for f in frames],
+        "orjson.dumps of the decoded event (decoded frame)": lambda: [dumps(e) for e in decoded],
+    }
+    costs: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, way in ways.items():
+            started = time.perf_counter()
+            way()
+            costs[name].append((time.perf_counter() - started) / len(events) * 1e6)
+    return costs
 
 
 def committed_everything(bootstrap: str, app: str, topics: dict[str, int]) -> bool:
@@ -316,6 +407,7 @@ def service_run(
     partitions: int,
     expected_sessions: int,
     key: str = "user_id",
+    registry: str | None = None,
 ) -> ServiceRun:
     """One run of the service on a fresh app id over ``sources``, grouped by ``key`` ("@key" reads them directly).
 
@@ -329,7 +421,7 @@ def service_run(
     direct = key == "@key"
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
-        config.write_text(config_text(app, f"{tmp}/state", guarantee, bootstrap, partitions, names, key))
+        config.write_text(config_text(app, f"{tmp}/state", guarantee, bootstrap, partitions, names, key, registry))
         log_path = Path(tmp) / "service.log"
         with open(log_path, "wb") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=log, stderr=log)
@@ -469,7 +561,15 @@ def main() -> None:
     parser.add_argument("--path", choices=["direct", "repartition", "both"], default="both",
                         help="three-topics only: read the topics directly (key = \"@key\"), through a repartition "
                              "topic (key = \"user_id\"), or both, interleaved (default)")  # fmt: skip
+    parser.add_argument("--format", choices=["json", "avro"], default="json",
+                        help="avro: also run with Avro in and out, next to JSON (one-topic only; needs --schema-registry)")  # fmt: skip
+    parser.add_argument("--schema-registry", default=os.environ.get("SESSIONIZER_BENCH_REGISTRY", "http://127.0.0.1:8081/apis/ccompat/v7"))
     args = parser.parse_args()
+    if args.format == "avro":
+        if args.shape != "one-topic":
+            parser.error("--format avro runs the one-topic shape")
+        avro_main(args)
+        return
     # one-topic compares the guarantees (both by default); three-topics compares the paths, exactly-once by default.
     guarantee = args.guarantee or ("both" if args.shape == "one-topic" else "exactly_once")
     guarantees = ["exactly_once", "at_least_once"] if guarantee == "both" else [guarantee]
@@ -525,6 +625,49 @@ def main() -> None:
     if late:
         print(f"FAILED: {late} records on the late topics; a replay of a backlog must give none")
         sys.exit(1)
+
+
+def avro_main(args: argparse.Namespace) -> None:
+    """JSON in and out against Avro in and out, the same events, runs interleaved (exactly-once unless told)."""
+    guarantee = args.guarantee if args.guarantee not in (None, "both") else "exactly_once"
+    backlog = make_backlog("one-topic", args.events, args.users)
+    (json_topic,) = backlog.topics
+    avro_topic = json_topic.replace("bench-events-", "bench-avro-")
+    sessions = expected_sessions(*backlog.offline_input)
+    frames = avro_frames(backlog.events, args.schema_registry, avro_topic)
+    print(f"{backlog.describe()}, {args.users} users, {sessions} sessions, {args.partitions} partitions, {os.cpu_count()} cores")
+    json_bytes = sum(map(len, backlog.events)) / len(backlog.events)
+    avro_bytes = sum(map(len, frames)) / len(frames)
+    print(f"average record: JSON {json_bytes:.0f} B, Avro frame {avro_bytes:.0f} B")
+    sample = min(len(frames), 100_000)
+    for name, costs in decode_costs(backlog.events[:sample], frames[:sample], args.schema_registry).items():
+        print(f"  {name}: min {min(costs):.2f} µs/event, median {statistics.median(costs):.2f}")
+    produce_backlog(args.bootstrap, backlog, args.partitions)
+    keys = [raw[raw.index(b'"user_id":"') + 11 :].split(b'"', 1)[0] for raw in backlog.events]
+    produce_keyed(args.bootstrap, avro_topic, list(zip(keys, frames)), args.partitions)
+    runs: dict[str, list[ServiceRun]] = {"json": [], "avro": []}
+    for round_ in range(args.runs):
+        for fmt, topic in (("json", json_topic), ("avro", avro_topic)):
+            run = service_run(
+                args.bootstrap, topic, args.events, guarantee, args.partitions, sessions,
+                registry=args.schema_registry if fmt == "avro" else None,
+            )  # fmt: skip
+            runs[fmt].append(run)
+            print(f"  run {round_ + 1}: {fmt} in and out, {guarantee}: {run.rate:,.0f} events/s, "
+                  f"all sessions out after {run.all_out:.1f} s, {run.late} late, {run.dead} dead letters", flush=True)  # fmt: skip
+    medians = {fmt: statistics.median(r.rate for r in done) for fmt, done in runs.items()}
+    for fmt, done in runs.items():
+        print(f"sessionizer {fmt} in and out, {guarantee}: median {medians[fmt]:,.0f} events/s  runs {[round(r.rate) for r in done]}")
+    print(f"avro / json: {medians['avro'] / medians['json']:.2f}")
+    bad = sum(r.late + r.dead for done in runs.values() for r in done)
+    if bad:
+        print(f"FAILED: {bad} records on the late and dead-letter topics; a replay of a backlog must give none")
+        sys.exit(1)
+
+
+def produce_keyed(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], partitions: int) -> None:
+    """``records`` (key, value) to a new topic, in order, keyed as a Java producer would."""
+    produce_in_order(bootstrap, [(topic, key, value) for key, value in records], [topic], partitions)
 
 
 if __name__ == "__main__":

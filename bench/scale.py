@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -153,6 +154,22 @@ def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=out, stderr=out)
 
 
+def run_until(config: Path, log: Path, done: Callable[[], bool], every: float) -> tuple[float, float]:
+    """Run the service until ``done()`` (asked every ``every`` seconds), then stop it: (seconds taken, peak RSS MiB)."""
+    proc = start(config, log)
+    try:
+        started = time.perf_counter()
+        while not done():
+            if proc.poll() is not None:
+                raise RuntimeError(log.read_text()[-3000:])
+            time.sleep(every)
+        elapsed = time.perf_counter() - started
+        return elapsed, peak_rss_mib(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(300)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap", default=os.environ.get("SESSIONIZER_BENCH_BOOTSTRAP", "127.0.0.1:9092"))
@@ -186,18 +203,7 @@ def main() -> None:
         if args.key != "@key":
             topics[f"{app}-sessions-repartition"] = args.partitions
 
-        proc = start(config, log)
-        try:
-            started = time.perf_counter()
-            while not committed_all(args.bootstrap, app, topics):
-                if proc.poll() is not None:
-                    raise RuntimeError(log.read_text()[-3000:])
-                time.sleep(0.5)
-            elapsed = time.perf_counter() - started
-            rss = peak_rss_mib(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(300)
+        elapsed, rss = run_until(config, log, lambda: committed_all(args.bootstrap, app, topics), every=0.5)
         size = disk_mib(state)
         print(
             json.dumps(
@@ -213,18 +219,7 @@ def main() -> None:
 
         shutil.rmtree(state)
         records = changelog_records(args.bootstrap, f"{app}-sessions-changelog", args.partitions)
-        proc = start(config, log)
-        try:
-            started = time.perf_counter()
-            while not ready(port):
-                if proc.poll() is not None:
-                    raise RuntimeError(log.read_text()[-3000:])
-                time.sleep(0.05)
-            restore = time.perf_counter() - started
-            rss = peak_rss_mib(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(300)
+        restore, rss = run_until(config, log, lambda: ready(port), every=0.05)
         print(
             json.dumps(
                 {

@@ -19,6 +19,15 @@ the service's image and on a laptop alike::
 
     python scripts/demo_events.py                                  # 127.0.0.1:9092
     python scripts/demo_events.py --bootstrap kafka:9092 --scenario random --users 50
+
+``--format avro`` sends the same events as Avro in Confluent's wire format,
+with ``DEMO_EVENT_SCHEMA`` registered under ``<topic>-value`` in the registry
+``--schema-registry`` names (this needs the ``registry`` extra, as the image
+has). The service then reads them with, for each topic,
+``[sources."web_events"] format = "avro"`` and ``[schema_registry] url``
+(docs/formats.md)::
+
+    python scripts/demo_events.py --format avro --schema-registry http://localhost:8081/apis/ccompat/v7
 """
 
 from __future__ import annotations
@@ -51,6 +60,33 @@ SEED_000 = [
     (BACKEND, {"event_id": "evt_mno", "timestamp": 1678886412, "user_id": "user_123", "type": "payment_processed",
                "details": {"order_id": "ord_789"}}),
 ]
+
+#: Every demo event in Avro: fields an event lacks are null (their defaults).
+DEMO_EVENT_SCHEMA = {
+    "type": "record",
+    "name": "DemoEvent",
+    "namespace": "sessionizer.demo",
+    "fields": [
+        {"name": "event_id", "type": ["null", "string"], "default": None},
+        {"name": "user_id", "type": "string"},
+        {"name": "timestamp", "type": "long"},
+        {"name": "type", "type": "string"},
+        {
+            "name": "details",
+            "type": [
+                "null",
+                {
+                    "type": "record",
+                    "name": "Details",
+                    "fields": [
+                        {"name": n, "type": ["null", "string"], "default": None} for n in ("page", "item_id", "order_id")
+                    ],
+                },
+            ],
+            "default": None,
+        },
+    ],
+}
 
 # Seed 004: AllOfR's events on 5 July 2017 (PM), in the order they arrive.
 ALLOFR = [
@@ -144,10 +180,43 @@ def _visit_event(rng: random.Random, visitor: Visitor) -> tuple[str, dict[str, A
     return topic, event
 
 
-class Sender:
-    """Produces JSON events keyed by user id, partitioned as a Java producer would."""
+class AvroFramer:
+    """Events as Avro in Confluent's wire format: ``DEMO_EVENT_SCHEMA`` registered once per topic (``<topic>-value``)."""
 
-    def __init__(self, bootstrap: str, partitions: int) -> None:
+    def __init__(self, registry_url: str) -> None:
+        import json
+
+        import fastavro
+        from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+        self._client = SchemaRegistryClient({"url": registry_url, "timeout": 10})
+        self._schema = Schema(json.dumps(DEMO_EVENT_SCHEMA), "AVRO")
+        self._parsed = fastavro.parse_schema(DEMO_EVENT_SCHEMA)
+        self._write = fastavro.schemaless_writer
+        self._headers: dict[str, bytes] = {}
+
+    def __call__(self, topic: str, event: dict[str, Any]) -> bytes:
+        import io
+
+        prefix = self._headers.get(topic)
+        if prefix is None:
+            schema_id = self._client.register_schema(f"{topic}-value", self._schema)
+            prefix = self._headers[topic] = b"\x00" + schema_id.to_bytes(4, "big")
+        out = io.BytesIO()
+        out.write(prefix)
+        self._write(out, self._parsed, event)
+        return out.getvalue()
+
+
+def json_framer(topic: str, event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+class Sender:
+    """Produces events (JSON, or Avro with ``frame``) keyed by user id, partitioned as a Java producer would."""
+
+    def __init__(self, bootstrap: str, partitions: int, frame=json_framer) -> None:
+        self.frame = frame
         # Idempotent: a retried batch cannot land after a later one and make its events late.
         self.producer = Producer(
             {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 20, "enable.idempotence": True}
@@ -180,7 +249,7 @@ class Sender:
     def send(self, topic: str, event: dict[str, Any]) -> None:
         while True:
             try:
-                self.producer.produce(topic, orjson.dumps(event), event["user_id"].encode())
+                self.producer.produce(topic, self.frame(topic, event), event["user_id"].encode())
                 break
             except BufferError:
                 self.producer.poll(0.1)
@@ -209,12 +278,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=6, help="partitions of source topics it creates")
     parser.add_argument("--keep-times", action="store_true", help="send seed 000 with its 2023 timestamps")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable traffic")
+    parser.add_argument("--format", choices=["json", "avro"], default="json", help="how events are written (avro: see above)")
+    parser.add_argument("--schema-registry", default="http://127.0.0.1:8081", help="registry URL for --format avro")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sender = Sender(args.bootstrap, args.partitions)
+    sender = Sender(args.bootstrap, args.partitions, AvroFramer(args.schema_registry) if args.format == "avro" else json_framer)
     sender.ensure_topics([WEB, MOBILE, BACKEND])
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))

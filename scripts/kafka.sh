@@ -33,6 +33,8 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 POM=$SCRIPT_DIR/kafka/pom.xml
 LOG4J_CONFIG=$SCRIPT_DIR/kafka/log4j2.properties
+# shellcheck source-path=SCRIPTDIR source=lib/process.sh
+source "$SCRIPT_DIR/lib/process.sh"
 
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
@@ -49,57 +51,36 @@ JARS_DIR=$KAFKA_CACHE_DIR/jars
 JARS_MARKER=$JARS_DIR/.complete
 PROPS=$KAFKA_DATA_DIR/server.properties
 LOG_DIRS=$KAFKA_DATA_DIR/logs
-BROKER_LOG=$KAFKA_DATA_DIR/broker.log
+LOG_FILE=$KAFKA_DATA_DIR/broker.log
 PID_FILE=$KAFKA_DATA_DIR/broker.pid
 BOOTSTRAP=$KAFKA_HOST:$KAFKA_PORT
 
-say() { echo "kafka.sh[$KAFKA_PORT]: $*"; }
-die() { echo "kafka.sh[$KAFKA_PORT]: error: $*" >&2; exit 1; }
-
-need() {
-  command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH ($2)"
-}
+# For scripts/lib/process.sh.
+LOG_PREFIX="kafka.sh[$KAFKA_PORT]"
+LOG_TAIL_LINES=50
+LOG_ERROR_REGEX='^\[[^]]*\] (ERROR|FATAL) '
 
 # ---------------------------------------------------------------- jars
-
-pom_hash() {
-  sha256sum "$POM" | cut -d' ' -f1
-}
 
 jars_ready() {
   [[ -f $JARS_MARKER ]] && grep -qx "pom-sha256=$(pom_hash)" "$JARS_MARKER"
 }
 
+# FILL_FN of fetch_once: copy the broker's jars into $1, mvn output to $2.
+copy_jars() {
+  mvn -B -q -f "$POM" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$1" </dev/null >"$2" 2>&1
+}
+
+jars_summary() {
+  say "jars ready ($(find "$JARS_DIR" -name '*.jar' | wc -l) files)"
+}
+
 # Copy the broker's jars from Maven Central into $JARS_DIR, unless the marker
 # says they were already copied from this very pom.
 ensure_jars() {
-  jars_ready && return 0
-  need mvn "Maven is needed once, to fetch the Kafka jars"
-  mkdir -p "$KAFKA_CACHE_DIR"
-  # Brokers on other ports share the jar cache: take a lock so two first
-  # starts at once do not both write it.
-  exec 8>"$KAFKA_CACHE_DIR/jars.lock"
-  flock 8
-  if ! jars_ready; then
-    say "fetching Kafka jars with Maven into $JARS_DIR"
-    # Copy into a fresh folder and swap it in only when mvn succeeded, so a
-    # failed or interrupted fetch never leaves a half-filled jar dir behind.
-    local tmp=$JARS_DIR.tmp.$$
-    rm -rf -- "$tmp"
-    local mvn_log=$KAFKA_CACHE_DIR/mvn.log
-    if ! mvn -B -q -f "$POM" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$tmp" </dev/null >"$mvn_log" 2>&1; then
-      rm -rf -- "$tmp"
-      tail -n 50 "$mvn_log" >&2
-      die "mvn could not fetch the Kafka jars (full output in $mvn_log)"
-    fi
-    echo "pom-sha256=$(pom_hash)" >"$tmp/.complete"
-    rm -rf -- "$JARS_DIR"
-    mv -- "$tmp" "$JARS_DIR"
-    say "jars ready ($(find "$JARS_DIR" -name '*.jar' | wc -l) files)"
-  fi
-  flock -u 8
-  exec 8>&-
+  fetch_once "$JARS_DIR" "the Kafka jars" "fetching Kafka jars with Maven into $JARS_DIR" \
+    jars_ready copy_jars jars_summary
 }
 
 kafka_java() {
@@ -182,18 +163,9 @@ format_storage_once() {
 
 # ---------------------------------------------------------------- process
 
-# Pid of our broker, if it is alive. The cmdline check guards against a stale
-# pid file whose pid was reused, and treats a zombie (empty cmdline) as dead.
-broker_pid() {
-  [[ -f $PID_FILE ]] || return 1
-  local pid
-  pid=$(<"$PID_FILE")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ -r /proc/$pid/cmdline ]] || return 1
-  # 2>/dev/null before the < so a process that vanished in between is quiet.
-  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "kafka.Kafka $PROPS" \
-    || return 1
-  echo "$pid"
+# Pid of our broker, if it is alive.
+service_pid() {
+  managed_pid "kafka.Kafka $PROPS"
 }
 
 port_open() {
@@ -215,7 +187,7 @@ sys.exit(0 if admin.list_topics(timeout=3).brokers else 1)
 EOF
 }
 
-broker_answers() {
+service_answers() {
   # The port check comes first because it fails at once when nothing
   # listens, where the metadata request would wait for its timeout.
   port_open || return 1
@@ -224,77 +196,31 @@ broker_answers() {
   else
     # Fallback without the client: the broker logged that it finished
     # starting (KafkaRaftServer logs "Kafka Server started").
-    grep -q 'started (kafka.server' "$BROKER_LOG" 2>/dev/null
+    grep -q 'started (kafka.server' "$LOG_FILE" 2>/dev/null
   fi
 }
 
 launch() {
   need java "Java 17 or newer is needed to run Kafka"
   # Keep the previous run's log for post-mortems of crash tests.
-  [[ -f $BROKER_LOG ]] && mv -f -- "$BROKER_LOG" "$BROKER_LOG.1"
+  [[ -f $LOG_FILE ]] && mv -f -- "$LOG_FILE" "$LOG_FILE.1"
   # setsid + nohup: the broker gets its own session, so it outlives this
   # shell and any terminal or CI step that started it.
   setsid nohup java "-Xmx$KAFKA_HEAP" -cp "$JARS_DIR/*" \
     -Dlog4j2.configurationFile="file:$LOG4J_CONFIG" \
-    kafka.Kafka "$PROPS" >"$BROKER_LOG" 2>&1 </dev/null &
+    kafka.Kafka "$PROPS" >"$LOG_FILE" 2>&1 </dev/null &
   echo $! >"$PID_FILE"
-}
-
-show_log_tail() {
-  echo "---- last 50 lines of $BROKER_LOG ----" >&2
-  tail -n 50 "$BROKER_LOG" >&2 2>/dev/null || true
-  # The cause is often further up, before a stack trace and the shutdown.
-  echo "---- first ERROR lines ----" >&2
-  grep -E '^\[[^]]*\] (ERROR|FATAL) ' "$BROKER_LOG" 2>/dev/null | head -n 5 >&2 || true
-}
-
-wait_until_answering() {
-  local pid=$1
-  local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if broker_answers; then
-      return 0
-    fi
-    # By pid, not broker_pid: right after launch the child may not have
-    # exec'd java yet, so its command line does not show kafka.Kafka.
-    if ! pid_running "$pid"; then
-      show_log_tail
-      die "broker process exited during startup"
-    fi
-    sleep 0.5
-  done
-  show_log_tail
-  stop_broker
-  die "broker did not answer on $BOOTSTRAP within ${KAFKA_START_TIMEOUT}s (stopped it)"
-}
-
-# A dead broker not yet reaped by its parent stays a zombie: it holds no
-# sockets or files any more, so it counts as gone.
-pid_running() {
-  local state
-  state=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null) || return 1
-  [[ -n $state && $state != Z ]]
-}
-
-wait_for_exit() {
-  local pid=$1 seconds=$2
-  local deadline=$((SECONDS + seconds))
-  while ((SECONDS < deadline)); do
-    pid_running "$pid" || return 0
-    sleep 0.2
-  done
-  return 1
 }
 
 # ---------------------------------------------------------------- commands
 
 start_broker() {
   local t0=$SECONDS pid
-  if broker_answers; then
+  if service_answers; then
     say "already running at $BOOTSTRAP; nothing to do"
     return 0
   fi
-  if pid=$(broker_pid); then
+  if pid=$(service_pid); then
     # Launched earlier (perhaps by a start that is still waiting): wait for it.
     say "broker process $pid exists but does not answer yet; waiting"
   else
@@ -303,56 +229,16 @@ start_broker() {
     format_storage_once
     launch
     pid=$(<"$PID_FILE")
-    say "launched pid $pid, log $BROKER_LOG"
+    say "launched pid $pid, log $LOG_FILE"
   fi
-  wait_until_answering "$pid"
+  wait_until_answering "$pid" "$KAFKA_START_TIMEOUT" 0.5 \
+    "broker process exited during startup" \
+    "broker did not answer on $BOOTSTRAP within ${KAFKA_START_TIMEOUT}s (stopped it)"
   say "ready at $BOOTSTRAP after $((SECONDS - t0))s"
 }
 
-stop_broker() {
-  local pid
-  if ! pid=$(broker_pid); then
-    rm -f -- "$PID_FILE"
-    say "not running"
-    return 0
-  fi
-  say "stopping pid $pid (SIGTERM, up to ${STOP_TIMEOUT}s)"
-  kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_for_exit "$pid" "$STOP_TIMEOUT"; then
-    say "still running after ${STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_for_exit "$pid" 10 || die "pid $pid survived SIGKILL"
-  fi
-  rm -f -- "$PID_FILE"
-  say "stopped"
-}
-
-kill_broker() {
-  local pid
-  if ! pid=$(broker_pid); then
-    rm -f -- "$PID_FILE"
-    say "not running"
-    return 0
-  fi
-  kill -KILL "$pid" 2>/dev/null || true
-  wait_for_exit "$pid" 10 || die "pid $pid survived SIGKILL"
-  rm -f -- "$PID_FILE"
-  say "killed pid $pid"
-}
-
 status_broker() {
-  local pid=none
-  pid=$(broker_pid) || pid=none
-  if broker_answers; then
-    say "running, pid $pid, bootstrap $BOOTSTRAP, data $KAFKA_DATA_DIR"
-    return 0
-  fi
-  if [[ $pid != none ]]; then
-    say "not answering (pid $pid alive: starting or hung), bootstrap $BOOTSTRAP"
-  else
-    say "not running, bootstrap $BOOTSTRAP"
-  fi
-  return 1
+  status_service "bootstrap $BOOTSTRAP" "not answering" ", data $KAFKA_DATA_DIR"
 }
 
 wipe_broker() {
@@ -364,18 +250,9 @@ wipe_broker() {
     / | "$(realpath -m -- "$REPO_ROOT")" | "$(realpath -m -- "$KAFKA_CACHE_DIR")")
       die "refusing to delete '$KAFKA_DATA_DIR'" ;;
   esac
-  stop_broker
+  stop_service
   rm -rf -- "$KAFKA_DATA_DIR"
   say "deleted $KAFKA_DATA_DIR"
-}
-
-show_logs() {
-  [[ -f $BROKER_LOG ]] || die "no broker log at $BROKER_LOG"
-  if [[ ${1:-} == -f ]]; then
-    tail -n 100 -F "$BROKER_LOG"
-  else
-    tail -n 100 "$BROKER_LOG"
-  fi
 }
 
 usage() {
@@ -389,13 +266,13 @@ main() {
   have_python_client && HAVE_PYTHON_CLIENT=yes
   case $1 in
     start) start_broker ;;
-    stop) stop_broker ;;
-    kill) kill_broker ;;
+    stop) stop_service ;;
+    kill) kill_service ;;
     status) status_broker ;;
-    restart) stop_broker && start_broker ;;
+    restart) stop_service && start_broker ;;
     wipe) wipe_broker ;;
     jars) ensure_jars ;;
-    logs) show_logs "${2:-}" ;;
+    logs) show_logs broker "${2:-}" ;;
     *) usage ;;
   esac
 }

@@ -37,6 +37,8 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 POM=$SCRIPT_DIR/registry/pom.xml
+# shellcheck source-path=SCRIPTDIR source=lib/process.sh
+source "$SCRIPT_DIR/lib/process.sh"
 
 REGISTRY_HOST=127.0.0.1
 REGISTRY_PORT=${REGISTRY_PORT:-8081}
@@ -57,12 +59,10 @@ PID_FILE=$REGISTRY_RUN_DIR/registry.pid
 API_URL=http://$REGISTRY_HOST:$REGISTRY_PORT/apis/ccompat/v7
 READY_URL=http://$REGISTRY_HOST:$REGISTRY_MANAGEMENT_PORT/health/ready
 
-say() { echo "registry.sh[$REGISTRY_PORT]: $*"; }
-die() { echo "registry.sh[$REGISTRY_PORT]: error: $*" >&2; exit 1; }
-
-need() {
-  command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH ($2)"
-}
+# For scripts/lib/process.sh.
+LOG_PREFIX="registry.sh[$REGISTRY_PORT]"
+LOG_TAIL_LINES=40
+LOG_ERROR_REGEX=' ERROR '
 
 [[ $REGISTRY_PORT =~ ^[0-9]+$ ]] || die "REGISTRY_PORT must be a number, not '$REGISTRY_PORT'"
 [[ $REGISTRY_MANAGEMENT_PORT =~ ^[0-9]+$ ]] \
@@ -118,55 +118,40 @@ find_java() {
 }
 
 no_java() {
-  echo "registry.sh[$REGISTRY_PORT]: $1" >&2
+  echo "$LOG_PREFIX: $1" >&2
   exit "$EXIT_NO_JAVA"
 }
 
 # ---------------------------------------------------------------- bundle
 
-pom_hash() {
-  sha256sum "$POM" | cut -d' ' -f1
-}
-
 bundle_ready() {
   [[ -f $APP_MARKER && -f $RUN_JAR ]] && grep -qx "pom-sha256=$(pom_hash)" "$APP_MARKER"
+}
+
+# FILL_FN of fetch_once: unpack the bundle into $1, mvn output to $2. The
+# plugin's markers go to a fresh folder too, or it would skip the unpack as
+# already done.
+unpack_bundle() {
+  local markers=$REGISTRY_CACHE_DIR/markers.tmp.$$ status=0
+  rm -rf -- "$markers"
+  mvn -B -q -f "$POM" dependency:unpack \
+    -Dregistry.unpack.dir="$1" -Dregistry.markers.dir="$markers" \
+    </dev/null >"$2" 2>&1 || status=$?
+  rm -rf -- "$markers"
+  ((status == 0)) || return "$status"
+  [[ -f $1/quarkus-run.jar ]] || { rm -rf -- "$1"; die "the bundle has no quarkus-run.jar"; }
+}
+
+bundle_summary() {
+  say "bundle ready ($(du -sh "$APP_DIR" | cut -f1))"
 }
 
 # Unpack the server bundle from Maven Central into $APP_DIR, unless the marker
 # says it was already unpacked from this very pom.
 ensure_bundle() {
-  bundle_ready && return 0
-  need mvn "Maven is needed once, to fetch the registry bundle"
-  mkdir -p "$REGISTRY_CACHE_DIR"
-  # Registries on other ports share the bundle: take a lock so two first
-  # starts at once do not both write it.
-  exec 8>"$REGISTRY_CACHE_DIR/app.lock"
-  flock 8
-  if ! bundle_ready; then
-    say "fetching the registry bundle with Maven into $APP_DIR (about 160 MB, once)"
-    # Unpack into a fresh folder and swap it in only when mvn succeeded, so a
-    # failed or interrupted fetch never leaves a half-filled app dir behind.
-    # The plugin's markers go to a fresh folder too, or it would skip the
-    # unpack as already done.
-    local tmp=$APP_DIR.tmp.$$ markers=$REGISTRY_CACHE_DIR/markers.tmp.$$
-    rm -rf -- "$tmp" "$markers"
-    local mvn_log=$REGISTRY_CACHE_DIR/mvn.log
-    if ! mvn -B -q -f "$POM" dependency:unpack \
-        -Dregistry.unpack.dir="$tmp" -Dregistry.markers.dir="$markers" \
-        </dev/null >"$mvn_log" 2>&1; then
-      rm -rf -- "$tmp" "$markers"
-      tail -n 50 "$mvn_log" >&2
-      die "mvn could not fetch the registry bundle (full output in $mvn_log)"
-    fi
-    rm -rf -- "$markers"
-    [[ -f $tmp/quarkus-run.jar ]] || { rm -rf -- "$tmp"; die "the bundle has no quarkus-run.jar"; }
-    echo "pom-sha256=$(pom_hash)" >"$tmp/.complete"
-    rm -rf -- "$APP_DIR"
-    mv -- "$tmp" "$APP_DIR"
-    say "bundle ready ($(du -sh "$APP_DIR" | cut -f1))"
-  fi
-  flock -u 8
-  exec 8>&-
+  fetch_once "$APP_DIR" "the registry bundle" \
+    "fetching the registry bundle with Maven into $APP_DIR (about 160 MB, once)" \
+    bundle_ready unpack_bundle bundle_summary
 }
 
 # ---------------------------------------------------------------- process
@@ -178,42 +163,14 @@ http_get() {
 
 # Ready means: the health check says UP and the Confluent-compatible API
 # answers on the client port (so a stranger on one of the ports is no match).
-registry_answers() {
+service_answers() {
   http_get "$READY_URL" | grep -q '"status" *: *"UP"' || return 1
   http_get "$API_URL/config" >/dev/null
 }
 
-# Pid of our registry, if it is alive. The cmdline check guards against a stale
-# pid file whose pid was reused, and treats a zombie (empty cmdline) as dead.
-registry_pid() {
-  [[ -f $PID_FILE ]] || return 1
-  local pid
-  pid=$(<"$PID_FILE")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ -r /proc/$pid/cmdline ]] || return 1
-  # 2>/dev/null before the < so a process that vanished in between is quiet.
-  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" \
-    | grep -qF -- "-Dquarkus.http.port=$REGISTRY_PORT " || return 1
-  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "-jar $RUN_JAR" || return 1
-  echo "$pid"
-}
-
-# A dead process not yet reaped by its parent stays a zombie: it holds no
-# sockets any more, so it counts as gone.
-pid_running() {
-  local state
-  state=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null) || return 1
-  [[ -n $state && $state != Z ]]
-}
-
-wait_for_exit() {
-  local pid=$1 seconds=$2
-  local deadline=$((SECONDS + seconds))
-  while ((SECONDS < deadline)); do
-    pid_running "$pid" || return 0
-    sleep 0.2
-  done
-  return 1
+# Pid of our registry, if it is alive.
+service_pid() {
+  managed_pid "-Dquarkus.http.port=$REGISTRY_PORT " "-jar $RUN_JAR"
 }
 
 launch() {
@@ -237,39 +194,11 @@ launch() {
   echo $! >"$PID_FILE"
 }
 
-show_log_tail() {
-  echo "---- last 40 lines of $LOG_FILE ----" >&2
-  tail -n 40 "$LOG_FILE" >&2 2>/dev/null || true
-  # The cause is often further up, before a stack trace and the shutdown.
-  echo "---- first ERROR lines ----" >&2
-  grep -E ' ERROR ' "$LOG_FILE" 2>/dev/null | head -n 5 >&2 || true
-}
-
-wait_until_ready() {
-  local pid=$1
-  local deadline=$((SECONDS + REGISTRY_START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if registry_answers; then
-      return 0
-    fi
-    # By pid, not registry_pid: right after launch the child may not have
-    # exec'd java yet, so its command line does not show the jar.
-    if ! pid_running "$pid"; then
-      show_log_tail
-      die "registry process exited during startup (ports $REGISTRY_PORT and $REGISTRY_MANAGEMENT_PORT free?)"
-    fi
-    sleep 0.3
-  done
-  show_log_tail
-  stop_registry
-  die "registry not ready at $READY_URL within ${REGISTRY_START_TIMEOUT}s (stopped it)"
-}
-
 # ---------------------------------------------------------------- commands
 
 start_registry() {
   local t0=$SECONDS pid
-  if registry_answers; then
+  if service_answers; then
     say "already running; nothing to do"
     say "ready at $API_URL"
     return 0
@@ -279,12 +208,12 @@ start_registry() {
   mkdir -p "$REGISTRY_RUN_DIR"
   exec 9>"$REGISTRY_RUN_DIR/start.lock"
   flock -w $((REGISTRY_START_TIMEOUT + 600)) 9 || die "another start holds $REGISTRY_RUN_DIR/start.lock"
-  if registry_answers; then
+  if service_answers; then
     say "already running; nothing to do"
     say "ready at $API_URL"
     return 0
   fi
-  if pid=$(registry_pid); then
+  if pid=$(service_pid); then
     # Launched earlier (by a start that gave up or was interrupted): wait for it.
     say "registry process $pid exists but is not ready yet; waiting"
   else
@@ -296,65 +225,16 @@ start_registry() {
     pid=$(<"$PID_FILE")
     say "launched pid $pid with $JAVA_BIN, log $LOG_FILE"
   fi
-  wait_until_ready "$pid"
+  wait_until_answering "$pid" "$REGISTRY_START_TIMEOUT" 0.3 \
+    "registry process exited during startup (ports $REGISTRY_PORT and $REGISTRY_MANAGEMENT_PORT free?)" \
+    "registry not ready at $READY_URL within ${REGISTRY_START_TIMEOUT}s (stopped it)"
   flock -u 9
   exec 9>&-
   say "ready at $API_URL after $((SECONDS - t0))s"
 }
 
-stop_registry() {
-  local pid
-  if ! pid=$(registry_pid); then
-    rm -f -- "$PID_FILE"
-    say "not running"
-    return 0
-  fi
-  say "stopping pid $pid (SIGTERM, up to ${STOP_TIMEOUT}s)"
-  kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_for_exit "$pid" "$STOP_TIMEOUT"; then
-    say "still running after ${STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_for_exit "$pid" 10 || die "pid $pid survived SIGKILL"
-  fi
-  rm -f -- "$PID_FILE"
-  say "stopped"
-}
-
-kill_registry() {
-  local pid
-  if ! pid=$(registry_pid); then
-    rm -f -- "$PID_FILE"
-    say "not running"
-    return 0
-  fi
-  kill -KILL "$pid" 2>/dev/null || true
-  wait_for_exit "$pid" 10 || die "pid $pid survived SIGKILL"
-  rm -f -- "$PID_FILE"
-  say "killed pid $pid"
-}
-
 status_registry() {
-  local pid=none
-  pid=$(registry_pid) || pid=none
-  if registry_answers; then
-    say "running, pid $pid, url $API_URL"
-    return 0
-  fi
-  if [[ $pid != none ]]; then
-    say "not ready (pid $pid alive: starting or hung), url $API_URL"
-  else
-    say "not running, url $API_URL"
-  fi
-  return 1
-}
-
-show_logs() {
-  [[ -f $LOG_FILE ]] || die "no registry log at $LOG_FILE"
-  if [[ ${1:-} == -f ]]; then
-    tail -n 100 -F "$LOG_FILE"
-  else
-    tail -n 100 "$LOG_FILE"
-  fi
+  status_service "url $API_URL" "not ready"
 }
 
 usage() {
@@ -366,13 +246,13 @@ main() {
   [[ $# -ge 1 ]] || usage
   case $1 in
     start) start_registry ;;
-    stop) stop_registry ;;
-    kill) kill_registry ;;
+    stop) stop_service ;;
+    kill) kill_service ;;
     status) status_registry ;;
-    restart) stop_registry && start_registry ;;
+    restart) stop_service && start_registry ;;
     fetch) ensure_bundle ;;
     java) find_java && echo "$JAVA_BIN" ;;
-    logs) show_logs "${2:-}" ;;
+    logs) show_logs registry "${2:-}" ;;
     *) usage ;;
   esac
 }

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, runs ruff and mypy (settings in
 # pyproject.toml), starts a throwaway Kafka broker (its own port and data
-# directory), runs unit and integration tests, stops it.
+# directory) and a schema registry (scripts/registry.sh, its own port), runs
+# unit and integration tests, stops them. Without a JDK of 21 or newer the
+# registry cannot run: its tests are then reported as skipped, with the reason.
 #
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh -m "not chaos"  # any pytest arguments
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-SESSIONIZER_EXTRAS=test,dev source scripts/env.sh
+SESSIONIZER_EXTRAS=test,dev,registry source scripts/env.sh
 
 # Lint and type checks first: they need no broker, and a failure stops the run.
 if ! "$VENV/bin/python" -m ruff check service tests bench scripts; then
@@ -24,12 +26,34 @@ export KAFKA_PORT=${SESSIONIZER_TEST_KAFKA_PORT:-19092}
 export KAFKA_SASL_PORT=${SESSIONIZER_TEST_KAFKA_SASL_PORT:-$((KAFKA_PORT + 2))}
 KAFKA_DATA_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sessionizer-test-kafka.XXXXXX")
 export KAFKA_DATA_DIR
+export SESSIONIZER_TEST_REGISTRY_PORT=${SESSIONIZER_TEST_REGISTRY_PORT:-19181}
+registry_started=
 cleanup() {
   bash scripts/kafka.sh stop >/dev/null 2>&1 || true
   rm -rf "$KAFKA_DATA_DIR"
+  if [ -n "$registry_started" ]; then
+    REGISTRY_PORT=$SESSIONIZER_TEST_REGISTRY_PORT bash scripts/registry.sh stop >/dev/null 2>&1 || true
+  fi
 }
 trap cleanup EXIT
 bash scripts/kafka.sh start
+
+# The schema registry, for tests/integration/test_registry.py. `registry.sh java`
+# exits 3 when no JDK >= 21 is found: those tests then skip with its reason.
+set +e
+java_reason=$(REGISTRY_PORT=$SESSIONIZER_TEST_REGISTRY_PORT bash scripts/registry.sh java 2>&1 >/dev/null)
+java_status=$?
+set -e
+if [ "$java_status" -eq 3 ]; then
+  export SESSIONIZER_TEST_REGISTRY_SKIP=${java_reason#*: }
+  echo "test.sh: no schema registry: $SESSIONIZER_TEST_REGISTRY_SKIP (its tests will be skipped)" >&2
+elif [ "$java_status" -ne 0 ]; then
+  echo "test.sh: registry.sh java failed: $java_reason" >&2
+  exit 1
+else
+  registry_started=1
+  REGISTRY_PORT=$SESSIONIZER_TEST_REGISTRY_PORT bash scripts/registry.sh start
+fi
 
 export SESSIONIZER_TEST_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 export SESSIONIZER_TEST_SASL_BOOTSTRAP=127.0.0.1:$KAFKA_SASL_PORT

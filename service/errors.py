@@ -21,7 +21,10 @@ class ConfigError(SessionizerError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        if len(problems) == 1:  # one problem, one line
+            super().__init__(f"invalid configuration: {problems[0]}")
+        else:
+            super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class UsageError(SessionizerError):
@@ -47,6 +50,28 @@ class BrokerError(SessionizerError):
     """The broker or a client reported a fatal error: this process cannot go on, a restart can."""
 
     exit_code = 3
+
+
+class RegistryUnavailable(SessionizerError):
+    """The schema registry did not answer, or answered with an error that is not "no such schema".
+
+    Not bad input: a record whose schema cannot be fetched now waits (its partition
+    paused, retried with a backoff) and is never dead-lettered for it.
+    """
+
+    exit_code = 3
+
+
+class Fenced(SessionizerError):
+    """Another live process with this instance id took over its transactional id: this one steps down.
+
+    Two processes with one instance id is a deployment mistake (a pod
+    rescheduled while the old one is frozen, not dead). The one whose producer
+    is fenced while the other is in the consumer group stops, so the newer one
+    is never fenced back.
+    """
+
+    exit_code = 4
 
 
 class CommitFailed(SessionizerError):

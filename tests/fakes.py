@@ -211,11 +211,16 @@ class FakeProducer:
             self.open.records.append(record)
         self._undelivered.append((on_delivery, record, error))
 
+    def purge(self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True) -> None:
+        self._undelivered = []
+
     def poll(self, timeout: float | None = None) -> int:
         return self._deliver()
 
     def flush(self, timeout: float | None = None) -> int:
         self.cluster.journal.append("flush")
+        if self.fatal_error is not None:  # as librdkafka's flush does on a fenced producer
+            raise KafkaException(self.fatal_error)
         self._deliver()
         return 0
 
@@ -297,6 +302,28 @@ class FakeProducer:
             if callback is not None:
                 callback(error, FakeMessage(record.topic, record.partition, record.offset, record.value, record.key, error=error))
         return len(reports)
+
+
+class Producers:
+    """A producer factory, as ``RecordCollector`` takes one: every producer it made, all on one cluster."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+        self.made: list[FakeProducer] = []
+
+    def __call__(self) -> FakeProducer:
+        producer = FakeProducer(self.cluster)
+        self.made.append(producer)
+        return producer
+
+    @property
+    def current(self) -> FakeProducer:
+        return self.made[-1]
+
+    def release(self) -> None:
+        """Let every producer's hung call return, so none outlives the test."""
+        for producer in self.made:
+            producer.release()
 
 
 class FakeGroupMetadata:

@@ -139,6 +139,22 @@ keep = ["type"]
 """,
     MINIMAL_CONFIG.replace('sources = ["in"]', 'sources = ["a", "b"]').replace('key = "user_id"', 'key = ["user1", "user2"]')
     + '[pipelines.p.pairing]\ntime_field = "ts"\nlone_topic = "lone"\n',
+    MINIMAL_CONFIG.replace('output = "out"', "").replace('key = "user_id"', 'key = "@key"')
+    + """[pipelines.p.output]
+topic = "out"
+serialization = "avro"
+subject_strategy = "topic_record"
+[schema_registry]
+url = "http://registry:8081"
+timeout = "3s"
+retry_backoff = "500ms"
+retry_backoff_max = "20s"
+"basic.auth.user.info" = "svc:s3cret"
+[sources.in]
+format = "json_schema"
+key_format = "avro"
+validate = true
+""",
 ]
 
 # Every table and most keys set, secrets among them: for dumps and for start-up errors.

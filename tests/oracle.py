@@ -9,7 +9,8 @@ reference and cancel out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
 from typing import NamedTuple
 
 
@@ -45,3 +46,15 @@ def sessions(events: Iterable[tuple[str, int, int]], gap_ms: int) -> list[Sessio
 def conserved(emitted: Iterable[Session], late: int, produced: int) -> bool:
     """Every event produced is counted once: in an emitted session, or as a late record."""
     return sum(s.count for s in emitted) + late == produced
+
+
+def assert_each_once(got: Sequence[Hashable], expected: Sequence[Hashable]) -> None:
+    """Each expected session exactly once, nothing else; the message names what is wrong."""
+    duplicates = [s for s, n in Counter(got).items() if n > 1]
+    missing = Counter(expected) - Counter(got)
+    extra = Counter(got) - Counter(expected)
+    assert not duplicates, f"{len(duplicates)} sessions emitted more than once, e.g. {duplicates[:3]}"
+    assert not missing and not extra, (
+        f"{sum(missing.values())} expected sessions missing (e.g. {list(missing)[:3]}), "
+        f"{sum(extra.values())} unexpected (e.g. {list(extra)[:3]})"
+    )

@@ -1,7 +1,12 @@
 """``sessionizer process``: the same pipelines over a JSONL file, no broker.
 
 For trying a config and for backfills. Every line is one event, as it would
-arrive on a source topic. Stream time advances with the events exactly as in
+arrive on a source topic: a JSON object, or, for a topic whose
+``[sources."<topic>"] format`` is ``avro``, ``protobuf`` or ``json_schema``,
+the record's bytes in Confluent's wire format written as base64 (one record a
+line; its schema is fetched from ``[schema_registry]``). Output is always
+written as JSON lines, whatever ``output.serialization`` says: the lines are
+for people and tests, and nothing is registered. Stream time advances with the events exactly as in
 the service; the end of the input closes every window that is still open.
 Each output line is a record the service would produce:
 ``{"topic": …, "key": …, "value": …, "headers": {…}}``.
@@ -14,6 +19,8 @@ pipeline then sees the lines of its own source topics only, as in the service.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -24,12 +31,14 @@ from typing import IO, Any
 import orjson
 
 from service.config import Config
-from service.core.extract import BadRecord, parse_event
+from service.core.extract import BadRecord, Decode, parse_event
 from service.core.pipeline import OutputRecord, Pipeline, compile_pipelines
 from service.core.processor import WindowProcessor
+from service.core.reasons import BAD_FRAMING
 from service.core.source import Forward, Reject, Route, SourceStage
 from service.core.watermarks import Watermarks, source_id
 from service.errors import UsageError
+from service.runtime.formats import Formats
 from service.state.memory import StoreMemory
 from service.state.store import WindowStore
 
@@ -63,10 +72,12 @@ def process_lines(
         raise ValueError(f"no pipeline reads topic {topic!r}")
     summary = OfflineSummary()
     out: list[OutputRecord] = []
-    stage = SourceStage(pipelines)
+    decoders = offline_decoders(config)
+    stage = SourceStage(pipelines, decoders)
     # Without a topic every pipeline reads every line, as from its first source;
     # a wrapped line that names no usable topic is dead-lettered for all of them.
     routes = stage.routes(topic) if topic is not None else [Route(p, 0) for p in pipelines]
+    decode = stage.decoder(topic) if topic is not None else _common_decoder(pipelines, decoders)
     reject: Reject = out.append
     with tempfile.TemporaryDirectory(prefix="sessionizer-offline-") as tmp:
         root = state_dir or Path(tmp)
@@ -84,7 +95,7 @@ def process_lines(
             if wrapped:
                 _process_wrapped(stage, routes, line, at, forward, reject)
             else:
-                process(routes, line, None, at, forward, reject)
+                process(routes, line, None, at, forward, reject, decode)
             if summary.lines % COMMIT_EVERY == 0:
                 _commit(runs)
                 _drain(out, write, summary)
@@ -199,6 +210,32 @@ def _forward_to(runs: list[_Run]) -> Forward:
     return forward
 
 
+def offline_decoders(config: Config) -> dict[str, Decode]:
+    """Per topic that is not JSON: a base64 line, decoded from Confluent's wire format (schemas fetched as needed)."""
+    formats = Formats(config)
+    return {topic: _from_base64(decode) for topic, decode in formats.decoders.items()}
+
+
+def _from_base64(decode: Decode) -> Decode:
+    def decode_line(line: bytes | None) -> dict[str, Any]:
+        try:
+            raw = base64.b64decode(line or b"", validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRecord("offline line is not base64 text of a framed record", BAD_FRAMING) from None
+        return decode(raw)
+
+    return decode_line
+
+
+def _common_decoder(pipelines: list[Pipeline], decoders: dict[str, Decode]) -> Decode:
+    """Without ``--topic``, lines are read as every pipeline's first source is: they must agree."""
+    firsts = {p.config.sources[0] for p in pipelines}
+    chosen: dict[int, Decode] = {id(decoders.get(t, parse_event)): decoders.get(t, parse_event) for t in firsts}
+    if len(chosen) > 1:
+        raise UsageError(f"the pipelines' first sources ({', '.join(sorted(firsts))}) use different formats: pass --topic or --wrapped")
+    return next(iter(chosen.values()))
+
+
 def _process_wrapped(
     stage: SourceStage, everyone: list[Route], line: bytes, at: _Cursor, forward: Forward, reject: Reject
 ) -> None:
@@ -212,8 +249,13 @@ def _process_wrapped(
         if not isinstance(topic, str) or not topic:
             raise BadRecord('wrapped line without a "topic" string')
         event = wrapper.get("value")
+        decode = stage.decoder(topic)
+        if decode is not parse_event and isinstance(event, str):
+            at.source = topic
+            stage.process(stage.routes(topic), event.encode(), None, at, forward, reject, decode)
+            return
         if not isinstance(event, dict):
-            raise BadRecord('wrapped line whose "value" is not a JSON object')
+            raise BadRecord('wrapped line whose "value" is not a JSON object (or, for a topic that is not JSON, base64 text)')
     except BadRecord as exc:
         at.source = "-"
         stage.reject_all(everyone, str(exc), line, at, reject)

@@ -13,7 +13,7 @@ from typing import Any
 
 from service.config.durations import format_duration_ms, format_size_bytes
 from service.config.schema import AggregateConfig, ConditionConfig, Config, PipelineConfig, RuleConfig
-from service.config.secrets import REDACTED, redact_properties
+from service.config.secrets import REDACTED, redact_properties, redact_url
 
 
 def effective_config(config: Config) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def effective_config(config: Config) -> dict[str, Any]:
     }
     if config.http_sessions_token is not None:
         http["sessions_token"] = REDACTED
-    return {
+    document: dict[str, Any] = {
         "app": {
             "id": config.app_id,
             "instance_id": config.instance_id,
@@ -62,8 +62,23 @@ def effective_config(config: Config) -> dict[str, Any]:
         },
         "http": http,
         "log": {"level": config.log_level, "format": config.log_format},
-        "pipelines": {p.name: _pipeline(p) for p in config.pipelines},
     }
+    registry = config.schema_registry
+    if registry is not None:
+        document["schema_registry"] = {
+            "url": redact_url(registry.url),
+            "timeout": format_duration_ms(registry.timeout_ms),
+            "retry_backoff": format_duration_ms(registry.retry_backoff_ms),
+            "retry_backoff_max": format_duration_ms(registry.retry_backoff_max_ms),
+            **redact_properties(registry.properties),
+        }
+    if config.sources:
+        document["sources"] = {
+            topic: {"format": s.format, "key_format": s.key_format, "validate": s.validate}
+            for topic, s in config.sources.items()
+        }
+    document["pipelines"] = {p.name: _pipeline(p) for p in config.pipelines}
+    return document
 
 
 def _pipeline(pipeline: PipelineConfig) -> dict[str, Any]:
@@ -101,6 +116,8 @@ def _pipeline(pipeline: PipelineConfig) -> dict[str, Any]:
         "event": pipeline.output.event,
         "format": pipeline.output.format,
         "timestamp": pipeline.output.timestamp,
+        "serialization": pipeline.output.serialization,
+        "subject_strategy": pipeline.output.subject_strategy,
     }
     return out
 

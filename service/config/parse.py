@@ -16,12 +16,15 @@ from typing import Any
 from service.config.plugins import check_custom_class
 from service.config.schema import (
     AGGREGATE_TYPES,
+    FORMATS,
     GUARANTEES,
+    KEY_FORMATS,
     LOG_FORMATS,
     LOG_LEVELS,
     NAME,
     OUTPUT_FORMATS,
     RULE_TYPES,
+    SUBJECT_STRATEGIES,
     TIME_FORMATS,
     TIMESTAMP_FROM,
     WINDOW_TYPES,
@@ -33,6 +36,8 @@ from service.config.schema import (
     PipelineConfig,
     RuleConfig,
     Scalar,
+    SchemaRegistryConfig,
+    SourceConfig,
     StateConfig,
     TopicsConfig,
     WindowConfig,
@@ -105,6 +110,8 @@ def parse_config(
     log_format = log.choice("format", LOG_FORMATS, "auto")
     log.finish()
 
+    schema_registry = _parse_schema_registry(root.table("schema_registry")) if root.has("schema_registry") else None
+
     pipelines_table = root.table("pipelines")
     pipelines = []
     for name in pipelines_table.data:
@@ -113,6 +120,9 @@ def parse_config(
         )
     if not pipelines_table.data:
         root.missing("pipelines", "at least one [pipelines.<name>] table")
+    built = tuple(p for p in pipelines if p is not None)
+    sources = _parse_sources(root.table("sources"), built)
+    _check_formats(root, built, sources, schema_registry)
     root.finish()
 
     return Config(
@@ -138,9 +148,89 @@ def parse_config(
         http_sessions_port=sessions_port or 0,
         log_level=log_level,
         log_format=log_format,
-        pipelines=tuple(p for p in pipelines if p is not None),
+        pipelines=built,
         source=source,
+        sources=sources,
+        schema_registry=schema_registry,
     )
+
+
+#: ``[schema_registry]`` keys of the service's own; every other key is a client property.
+_REGISTRY_KEYS = ("url", "timeout", "retry_backoff", "retry_backoff_max")
+
+
+def _parse_schema_registry(table: Table) -> SchemaRegistryConfig | None:
+    """``[schema_registry]``: ``url``, patience, and any other key passed to the client as a property."""
+    url = table.str("url", required=True)
+    if url is not None and not url.startswith(("http://", "https://")):
+        table.fail("url", url, "an http:// or https:// URL (several separated by commas)")
+    timeout = table.duration("timeout", 5_000, positive=True) or 5_000
+    backoff = table.duration("retry_backoff", 1_000, positive=True) or 1_000
+    backoff_max = table.duration("retry_backoff_max", 30_000, positive=True) or 30_000
+    if backoff_max < backoff:
+        table.fail("retry_backoff_max", table.get("retry_backoff_max"), f"a duration >= retry_backoff ({backoff} ms)")
+    properties: dict[str, str | int | float | bool] = {}
+    for key, value in table.data.items():
+        if key in _REGISTRY_KEYS:
+            continue
+        table.read.add(key)
+        if isinstance(value, dict) or not isinstance(value, (str, int, float, bool)):
+            table.fail(key, value, "a string, number or boolean schema registry client property")
+            continue
+        properties[kafka_property(key)] = value
+    for reserved in ("url", "timeout"):
+        if reserved in properties:
+            table.fail(reserved, properties[reserved], f"[schema_registry] {reserved} itself, not a property")
+    table.finish()
+    if url is None:
+        return None
+    return SchemaRegistryConfig(url, timeout, backoff, backoff_max, properties)
+
+
+def needs_registry(source: SourceConfig) -> bool:
+    """Whether reading ``source`` looks schemas up: JSON Schema bodies are only parsed, unless validated."""
+    if source.key_format not in ("string", "json_schema"):
+        return True
+    return source.format in ("avro", "protobuf") or source.validate
+
+
+def _parse_sources(table: Table, pipelines: tuple[PipelineConfig, ...]) -> dict[str, SourceConfig]:
+    """``[sources."<topic>"]``: how a source topic's values (and keys) are written."""
+    read = {topic for pipeline in pipelines for topic in pipeline.sources}
+    out: dict[str, SourceConfig] = {}
+    for topic in table.data:
+        spec = table.table(topic)
+        fmt = spec.choice("format", FORMATS, "json")
+        key_format = spec.choice("key_format", KEY_FORMATS, "string")
+        validate = spec.bool("validate", False)
+        if validate and fmt != "json_schema":
+            spec.fail("validate", validate, 'true only with format = "json_schema"')
+        spec.finish()
+        if pipelines and topic not in read:
+            table.problems.append(f"{spec.path}: no pipeline reads topic {topic!r} (its sources are {sorted(read)})")
+        out[topic] = SourceConfig(topic, fmt, key_format, validate)
+    return out
+
+
+def _check_formats(
+    root: Table,
+    pipelines: tuple[PipelineConfig, ...],
+    sources: dict[str, SourceConfig],
+    registry: SchemaRegistryConfig | None,
+) -> None:
+    """What formats ask of the rest: a registry to read and write schemas, one key format per ``@key`` pipeline."""
+    needing = [f'sources."{t}"' for t, s in sources.items() if needs_registry(s)]
+    needing += [f"pipelines.{p.name}.output" for p in pipelines if p.output.serialization != "json"]
+    if needing and registry is None and not root.has("schema_registry"):
+        root.missing("schema_registry", f"a [schema_registry] table with url: {', '.join(needing)} use schemas")
+    for pipeline in pipelines:
+        if pipeline.key == ("@key",):
+            formats = {sources[t].key_format if t in sources else "string" for t in pipeline.sources}
+            if len(formats) > 1:
+                root.problems.append(
+                    f"pipelines.{pipeline.name}: its sources' key_format differ ({', '.join(sorted(formats))}); "
+                    'sources grouped by the record key (key = "@key") must write their keys alike'
+                )
 
 
 def _replication_factor(topics: Table) -> int:
@@ -408,7 +498,17 @@ def _parse_output(value: Any, pipeline: Table, window: WindowConfig | None) -> O
     event = table.str("event", default_event) or default_event
     fmt = table.choice("format", OUTPUT_FORMATS, "envelope")
     timestamp = table.choice("timestamp", TIMESTAMP_FROM, "start")
+    serialization = table.choice("serialization", FORMATS, "json")
+    strategy = table.choice("subject_strategy", SUBJECT_STRATEGIES, "topic")
+    if serialization != "json" and pipeline.has("pairing"):
+        table.fail(
+            "serialization",
+            serialization,
+            '"json" with [pairing]: a paired record merges the source events as they are, which no fixed schema describes',
+        )
     table.finish()
     if topic is None:
         return None
-    return OutputConfig(topic=topic, event=event, format=fmt, timestamp=timestamp)
+    return OutputConfig(
+        topic=topic, event=event, format=fmt, timestamp=timestamp, serialization=serialization, subject_strategy=strategy
+    )

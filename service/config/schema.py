@@ -25,6 +25,9 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "RULE_TYPES",
+    "FORMATS",
+    "KEY_FORMATS",
+    "SUBJECT_STRATEGIES",
     "NAME",
     "KEYS",
     "AGGREGATE_TYPES",
@@ -39,6 +42,8 @@ __all__ = [
     "PipelineConfig",
     "TopicsConfig",
     "StateConfig",
+    "SourceConfig",
+    "SchemaRegistryConfig",
     "Config",
 ]
 
@@ -50,6 +55,15 @@ TIMESTAMP_FROM = ("start", "end")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RULE_TYPES = ("sequence", "absence")
+#: How a source topic's values are written (``[sources."<topic>"] format``), and how output is
+#: written (``[pipelines.<p>.output] serialization``): JSON as it is, or Confluent's wire
+#: format (magic byte 0, a 4-byte schema id, the body) with a schema from the registry.
+FORMATS = ("json", "avro", "protobuf", "json_schema")
+#: How a source topic's record keys are written; only pipelines grouped by ``@key`` read them.
+KEY_FORMATS = ("string", "avro", "protobuf", "json_schema")
+#: Which subject an output schema is registered under: ``<topic>-value``, the record's full
+#: name, or ``<topic>-<full name>`` (Confluent's TopicNameStrategy, RecordNameStrategy, TopicRecordNameStrategy).
+SUBJECT_STRATEGIES = ("topic", "record", "topic_record")
 #: What names of topics, pipelines, aggregates and rules may contain: what Kafka
 #: allows in a topic name, since pipeline names end up in internal topic names.
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -111,6 +125,14 @@ KEYS: Mapping[str, str] = MappingProxyType(
         "http.sessions_port": INTEGER,
         "log.level": TEXT,
         "log.format": TEXT,
+        "schema_registry.url": TEXT,
+        "schema_registry.timeout": DURATION,
+        "schema_registry.retry_backoff": DURATION,
+        "schema_registry.retry_backoff_max": DURATION,
+        "schema_registry.<property>": TEXT,
+        "sources.<topic>.format": TEXT,
+        "sources.<topic>.key_format": TEXT,
+        "sources.<topic>.validate": BOOLEAN,
         "pipelines.<name>.sources": LIST,
         "pipelines.<name>.key": LIST,
         "pipelines.<name>.time": TEXT,
@@ -148,6 +170,8 @@ KEYS: Mapping[str, str] = MappingProxyType(
         "pipelines.<name>.output.event": TEXT,
         "pipelines.<name>.output.format": TEXT,
         "pipelines.<name>.output.timestamp": TEXT,
+        "pipelines.<name>.output.serialization": TEXT,
+        "pipelines.<name>.output.subject_strategy": TEXT,
     }
 )
 
@@ -263,6 +287,10 @@ class OutputConfig:
     event: str
     format: str = "envelope"
     timestamp: str = "start"
+    #: How records are written: ``json``, or Avro, Protobuf or JSON Schema through the schema registry.
+    serialization: str = "json"
+    #: Which subject the schema of a serialized record is registered under (``SUBJECT_STRATEGIES``).
+    subject_strategy: str = "topic"
 
 
 @dataclass(frozen=True)
@@ -314,10 +342,42 @@ class StateConfig:
 
     #: Decoded windows kept in memory between commits (the write-back cache), for all stores together.
     cache_bytes: int = 64 * 2**20
-    #: RocksDB's block cache, shared by all stores; index and filter blocks are charged to it.
+    #: RocksDB's block cache for data blocks, shared by all stores (bloom filters stay with their tables).
     block_cache_bytes: int = 64 * 2**20
     #: RocksDB's memtables, all stores together (a write-buffer manager).
     write_buffer_bytes: int = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """``[sources."<topic>"]``: how one source topic's records are written."""
+
+    topic: str
+    #: The values: one of ``FORMATS``.
+    format: str = "json"
+    #: The keys, for pipelines grouped by ``@key``: one of ``KEY_FORMATS``.
+    key_format: str = "string"
+    #: ``json_schema`` only: check each value against its schema (slower; without it the body is only parsed).
+    validate: bool = False
+
+    @property
+    def framed(self) -> bool:
+        """Whether values or keys carry Confluent's framing (a schema id)."""
+        return self.format != "json" or self.key_format != "string"
+
+
+@dataclass(frozen=True)
+class SchemaRegistryConfig:
+    """``[schema_registry]``: where schemas are looked up and registered, and how patiently."""
+
+    url: str
+    #: Longest wait for one request; never unbounded (the client's own default is no timeout at all).
+    timeout_ms: int = 5_000
+    #: The first pause after a failed request while partitions wait, doubled each time up to ``retry_backoff_max_ms``.
+    retry_backoff_ms: int = 1_000
+    retry_backoff_max_ms: int = 30_000
+    #: Other client properties (``basic.auth.user.info``, ``ssl.ca.location``…), passed as they are.
+    properties: Mapping[str, str | int | float | bool] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -350,6 +410,9 @@ class Config:
     http_sessions_token: str | None = None
     #: The port ``/sessions/{key}`` is served on; 0 serves it on ``http_port`` with ``/metrics``.
     http_sessions_port: int = 0
+    #: ``[sources."<topic>"]`` entries, by topic; a topic without one is JSON.
+    sources: Mapping[str, SourceConfig] = dataclasses.field(default_factory=dict)
+    schema_registry: SchemaRegistryConfig | None = None
 
     @property
     def exactly_once(self) -> bool:
@@ -358,6 +421,11 @@ class Config:
     @property
     def bootstrap_servers(self) -> str:
         return self.kafka["bootstrap.servers"]
+
+    def source_config(self, topic: str) -> SourceConfig:
+        """How ``topic``'s records are written (JSON values unless ``[sources]`` says otherwise)."""
+        found = self.sources.get(topic)
+        return found if found is not None else SourceConfig(topic)
 
     def source_topics(self) -> list[str]:
         """Every source topic, each once, in the order first named."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from service.config.schema import Config
 
@@ -27,6 +28,8 @@ _SECRET_NAMES = frozenset(
         "sasl.oauthbearer.config",  # free-form, often holds a client secret
         "sasl.jaas.config",  # Java clients' spelling, in case it is pasted in
         "sessions_token",  # [http] sessions_token: what /sessions queries present
+        "basic.auth.user.info",  # [schema_registry]: "user:password"
+        "bearer.auth.token",  # [schema_registry]: a static bearer token
     }
 )
 
@@ -51,7 +54,31 @@ def secret_values(config: Config) -> list[str]:
                 values.add(value)
     if config.http_sessions_token:
         values.add(config.http_sessions_token)
+    registry = config.schema_registry
+    if registry is not None:
+        for name, prop in registry.properties.items():
+            text = str(prop)
+            if is_secret(name) and text:
+                values.add(text)
+                if name == "basic.auth.user.info" and ":" in text:
+                    values.add(text.split(":", 1)[1])  # the password alone, as a URL would show it
+        for url in registry.url.split(","):
+            password = urlsplit(url.strip()).password
+            if password:
+                values.add(password)
     return sorted(values, key=len, reverse=True)
+
+
+def redact_url(url: str) -> str:
+    """``url`` (or a comma list of them) with the password of any ``user:password@`` replaced."""
+    out = []
+    for one in url.split(","):
+        parts = urlsplit(one.strip())
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", f":{REDACTED}@", 1)
+            one = parts._replace(netloc=netloc).geturl()
+        out.append(one.strip())
+    return ",".join(out)
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

@@ -20,6 +20,10 @@ from service.core.reasons import BAD_KEY, BAD_TIMESTAMP, INVALID_JSON, NO_KEY, N
 from service.errors import BadRecord as BadRecord
 
 Getter = Callable[[dict[str, Any]], Any]
+#: Turns a record value into the event every pipeline reads (``parse_event`` for JSON); raises ``BadRecord``.
+Decode = Callable[[bytes | None], dict[str, Any]]
+#: Turns a framed record key into the bytes a pipeline grouped by ``@key`` groups by; raises ``BadRecord``.
+KeyDecode = Callable[[bytes | None], bytes | None]
 
 # Epoch numbers at or above this are milliseconds: 1e11 seconds is the year 5138,
 # 1e11 milliseconds is 1973.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,18 +37,27 @@ class Envelope:
                    "duration_ms": …, <aggregates>}, "user_attributes": {}}
 
     ``flat`` puts the key fields and values at the top level.
+
+    The record is JSON unless the runtime gave an encoder for its topic and
+    event name (``use_encoders``: Avro, Protobuf, JSON Schema, see
+    ``service.core.shapes``), which gets the same dict.
     """
 
     def __init__(self, output: OutputConfig, keys: KeyExtractor) -> None:
         self.output = output
         self.keys = keys
+        self._encoders: dict[tuple[str, str], Callable[[dict[str, Any]], bytes]] = {}
+
+    def use_encoders(self, encoders: Mapping[tuple[str, str], Callable[[dict[str, Any]], bytes]]) -> None:
+        """Write the records for (topic, event name) with these instead of as JSON."""
+        self._encoders = dict(encoders)
 
     def render(self, key: bytes, bounds: tuple[int, int], values: dict[str, Any]) -> bytes:
         moment = bounds[0] if self.output.timestamp == "start" else bounds[1]
-        return self.render_event(key, self.output.event, moment, values)
+        return self.render_event(key, self.output.event, moment, values, self.output.topic)
 
-    def render_event(self, key: bytes, event: str, moment_ms: int, values: dict[str, Any]) -> bytes:
-        """The same shape for any event name and moment: rules' derived records use it too."""
+    def render_event(self, key: bytes, event: str, moment_ms: int, values: dict[str, Any], topic: str | None = None) -> bytes:
+        """The same shape for any event name and moment: rules' derived records (for ``topic``) use it too."""
         record: dict[str, Any] = {"event": event}
         record.update(self.keys.fields(key))
         record["timestamp"] = format_utc(moment_ms)
@@ -56,6 +66,10 @@ class Envelope:
         else:
             record["value"] = values
             record["user_attributes"] = {}
+        if self._encoders:
+            encode = self._encoders.get((topic or self.output.topic, event))
+            if encode is not None:
+                return encode(record)
         return orjson.dumps(record)
 
 

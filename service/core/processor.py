@@ -191,7 +191,7 @@ class WindowProcessor:
             if record.event is None:
                 value = orjson.dumps(record.values)
             else:
-                value = render(key, record.event, record.moment_ms, record.values)
+                value = render(key, record.event, record.moment_ms, record.values, record.topic)
             self.out.append(OutputRecord(record.topic, key, value, record.headers))
         self.counters.derived += len(self._derived)
         self._derived.clear()

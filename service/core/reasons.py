@@ -32,6 +32,13 @@ WRONG_TYPE = "wrong_type"
 WRONG_PARTITION = "wrong_partition"
 #: A repartition record the window task cannot unpack (not written by this service's version).
 UNREADABLE_FRAME = "unreadable_frame"
+#: A source read as Avro, Protobuf or JSON Schema whose record is not in Confluent's wire format
+#: (magic byte 0, a 4-byte schema id): wrong magic byte, too short, a tombstone, a JSON text.
+BAD_FRAMING = "bad_framing"
+#: The record's schema id is one the registry does not know (HTTP 404), or a schema of another format.
+UNKNOWN_SCHEMA = "unknown_schema"
+#: The body does not decode with its schema (truncated, corrupt, trailing bytes, a body that breaks a validated JSON Schema).
+BAD_BODY = "bad_body"
 #: Anything else: a custom aggregate's check, offline mode's unreadable wrapped line.
 OTHER = "other"
 
@@ -44,6 +51,9 @@ DEAD_LETTER_REASONS = (
     WRONG_TYPE,
     WRONG_PARTITION,
     UNREADABLE_FRAME,
+    BAD_FRAMING,
+    UNKNOWN_SCHEMA,
+    BAD_BODY,
     OTHER,
 )
 

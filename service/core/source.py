@@ -12,11 +12,11 @@ nothing unless the record is rejected.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.core.extract import BadRecord, parse_event
+from service.core.extract import BadRecord, Decode, KeyDecode, parse_event
 from service.core.pipeline import OutputRecord, Pipeline, dead_letter
 from service.core.reasons import OTHER
 
@@ -61,9 +61,21 @@ class SourceStage:
     Routes are worked out once per topic; a caller looks them up per batch or
     per input and passes the list with each record, so routing costs nothing
     per record.
+
+    How a topic's values are decoded is the caller's too: ``decoders`` maps a
+    topic to its ``Decode`` (JSON, ``parse_event``, for any other topic), and
+    ``key_decoders`` a topic whose keys are framed to its ``KeyDecode``. Both
+    are looked up per topic, never per record.
     """
 
-    def __init__(self, pipelines: Sequence[Pipeline]) -> None:
+    def __init__(
+        self,
+        pipelines: Sequence[Pipeline],
+        decoders: Mapping[str, Decode] | None = None,
+        key_decoders: Mapping[str, KeyDecode] | None = None,
+    ) -> None:
+        self._decoders = dict(decoders or {})
+        self._key_decoders = dict(key_decoders or {})
         self._routes: dict[str, list[Route]] = {}
         for pipeline in pipelines:
             sources = pipeline.config.sources
@@ -79,6 +91,14 @@ class SourceStage:
             routes = self._routes[topic] = []
         return routes
 
+    def decoder(self, topic: str) -> Decode:
+        """How ``topic``'s values are decoded."""
+        return self._decoders.get(topic, parse_event)
+
+    def key_decoder(self, topic: str) -> KeyDecode | None:
+        """How ``topic``'s framed keys are decoded; None when they are used as they are."""
+        return self._key_decoders.get(topic)
+
     @property
     def topics(self) -> list[str]:
         """Every topic some pipeline reads."""
@@ -92,21 +112,27 @@ class SourceStage:
         origin: Origin,
         forward: Forward,
         reject: Reject,
+        decode: Decode = parse_event,
+        key_decode: KeyDecode | None = None,
     ) -> None:
-        """Parse ``raw`` once; per route forward its key and time, or reject it.
+        """Decode ``raw`` once; per route forward its key and time, or reject it.
 
         A record that does not decode is no pipeline's: it becomes one dead
         letter per distinct dead-letter topic of ``routes``, without a pipeline
         header. ``record_ms`` is the record's own timestamp, for pipelines that
-        fall back on it.
+        fall back on it. ``decode`` and ``key_decode`` are the topic's
+        (``decoder``, ``key_decoder``).
         """
         try:
-            event = parse_event(raw)
+            event = decode(raw)
         except BadRecord as exc:
             self.reject_all(routes, str(exc), raw, origin, reject, exc.code)
             return
         assert raw is not None  # it decoded
-        self.process_event(routes, event, raw, record_ms, origin, forward, reject)
+        if key_decode is None:
+            self.process_event(routes, event, raw, record_ms, origin, forward, reject)
+        else:
+            self.process_event(routes, event, raw, record_ms, origin, forward, reject, key_decode)
 
     def process_event(
         self,
@@ -117,9 +143,16 @@ class SourceStage:
         origin: Origin,
         forward: Forward,
         reject: Reject,
+        key_decode: KeyDecode | None = None,
     ) -> None:
         """``process`` for an event already decoded (offline mode's wrapped lines); ``raw`` is what is forwarded."""
         record_key = origin.key()
+        if key_decode is not None:
+            try:
+                record_key = key_decode(record_key)
+            except BadRecord as exc:
+                self.reject_all(routes, str(exc), raw, origin, reject, exc.code)
+                return
         for route in routes:
             pipeline = route.pipeline
             try:

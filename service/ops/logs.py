@@ -116,3 +116,7 @@ def _route_stdlib_logging(level: int) -> None:
     root.addHandler(_ToStructlog())
     root.setLevel(level)
     kafka_logger().setLevel(level)
+    # The schema registry client's HTTP library logs every request at info: a line
+    # per schema fetched says nothing the service's own lines do not.
+    for name in ("httpx2", "httpx", "httpcore2", "httpcore"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

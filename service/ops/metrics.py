@@ -208,6 +208,17 @@ class LoopCollector(Collector):
 
         yield from self._librdkafka_families()
 
+        yield CounterMetricFamily(
+            "sessionizer_schema_registry_errors",
+            "Schema lookups that failed because the registry was down, slow or erring (not 'no such schema'); "
+            "their records wait, paused, and are retried.",
+            value=metrics.schema_registry_errors,
+        )
+        yield GaugeMetricFamily(
+            "sessionizer_schema_registry_waiting_partitions",
+            "Partitions paused until the schema registry gives the schema of their next record.",
+            value=metrics.schema_registry_waiting,
+        )
         yield CounterMetricFamily("sessionizer_punctuations", "Wall-clock punctuator runs.", value=metrics.punctuations)
         yield CounterMetricFamily("sessionizer_rebalances", "Partition assignments, revocations and losses.", value=metrics.rebalances)
         yield CounterMetricFamily("sessionizer_commits", "Commits that wrote something.", value=metrics.commits)
@@ -215,6 +226,11 @@ class LoopCollector(Collector):
             "sessionizer_rollbacks",
             "Times uncommitted work was dropped to be read again: aborted transactions, failed commits, lost partitions.",
             value=metrics.aborts,
+        )
+        yield CounterMetricFamily(
+            "sessionizer_redelivered_records_dropped",
+            "Records the consumer handed over again after they were processed; dropped so they count once.",
+            value=metrics.redelivered,
         )
         yield CounterMetricFamily(
             "sessionizer_records_sent",

@@ -46,12 +46,17 @@ def readiness(stats: LoopStats) -> tuple[bool, dict[str, Any]]:
     """Ready when the loop runs, holds partitions, and none of them is restoring; else why not."""
     restoring = stats.restoring
     body: dict[str, Any] = {"assigned_partitions": stats.sample.assigned, "restoring_partitions": restoring}
+    if stats.schema_registry_waiting:
+        body["partitions_waiting_for_schema_registry"] = stats.schema_registry_waiting
     if not stats.running:
         reason = "stopped" if stats.sample.at else (stats.not_ready or "starting")
     elif restoring:  # read live: restoring can start and end between two samples
         reason = "restoring state"
     elif stats.sample.assigned == 0:
         reason = "no partitions assigned"
+    elif stats.schema_registry_problem is not None and stats.schema_registry_waiting:
+        # Read live too: records wait (nothing is lost or dead-lettered) until the registry answers.
+        reason = f"{stats.schema_registry_waiting} partition(s) waiting for the schema registry: {stats.schema_registry_problem}"
     else:
         reason = None
     body["status"] = "ready" if reason is None else reason

@@ -19,10 +19,14 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from service.core.pipeline import OutputRecord
-from service.errors import CallTimedOut, CommitFailed, DeliveryFailed
+from service.errors import CallTimedOut, CommitFailed, DeliveryFailed, Fenced
 from service.runtime.frames import Record
 
 log = structlog.get_logger("sessionizer.collector")
+
+#: What a producer reports when a newer one with its transactional id (or the
+#: coordinator, on a transaction that outlived ``transaction.timeout.ms``) bumped the epoch.
+FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 
 
 def _within(call: Callable[[], None], deadline: float) -> None:
@@ -81,6 +85,14 @@ class RecordCollector:
         #: that hung or timed out): once the producer is fenced it is decided, and
         #: state must be read back from the changelogs, not assumed rolled back.
         self.uncertain = False
+        #: The fatal error the last commit met: the producer cannot even abort, it is replaced.
+        self._fatal: KafkaError | None = None
+        #: Which other live process holds this instance id, if any ("" or None: none).
+        #: Asked when the producer is fenced: if one does, this process steps down
+        #: (``Fenced``) instead of fencing it back. Unset, the producer is replaced.
+        self.successor: Callable[[], str | None] | None = None
+        #: True once this process stepped down: its producer is never used again.
+        self.stepped_down = False
 
     # -- writing ------------------------------------------------------------
 
@@ -145,6 +157,8 @@ class RecordCollector:
         instead of polling. ``commit_transaction`` is retried on retriable
         errors, as librdkafka requires.
         """
+        if self.stepped_down:
+            raise CommitFailed("this process was fenced by another with its instance id")
         if not self.exactly_once:
             # librdkafka retries until message.timeout.ms, then reports the
             # record as failed: either way flush returns in the end.
@@ -162,9 +176,13 @@ class RecordCollector:
         try:
             _within(commit_transaction, deadline=3 * timeout)
         except KafkaException as exc:
+            error = exc.args[0]
             # Retries ran out on a timeout: the broker may have committed it all the same.
-            self.uncertain = exc.args[0].retriable()
-            raise CommitFailed(str(exc.args[0])) from None
+            self.uncertain = error.retriable()
+            if error.fatal():
+                # Aborting would fail too, or conflict with the commit still in progress.
+                self._fatal = error
+            raise CommitFailed(str(error)) from None
         except CallTimedOut:
             self._stuck = True
             self.uncertain = True
@@ -174,14 +192,22 @@ class RecordCollector:
     def abort(self, timeout: float = 30.0) -> None:
         """Drop everything sent since the last commit and open a new transaction.
 
-        A producer in a fatal state (fenced by a newer incarnation of this
-        instance id, or any other fatal error) cannot abort: it is replaced.
+        A producer in a fatal state cannot abort: it is replaced, and the new
+        one's ``init_transactions`` aborts what the old one left open. Except
+        when it was fenced by another live process with this instance id:
+        replacing it would fence that one in turn, and the two would take the
+        transactional id from each other at every commit. Then ``Fenced`` is
+        raised and this process stops.
         """
         self._errors.clear()
-        if not self.exactly_once:
+        if not self.exactly_once or self.stepped_down:
             return
         if self._stuck:
             self._replace_producer(KafkaError(KafkaError._TIMED_OUT, "a transactional call hung"))
+            return
+        if self._fatal is not None:
+            error, self._fatal = self._fatal, None
+            self._replace_or_step_down(error)
             return
         deadline = time.monotonic() + 300
         while True:
@@ -194,13 +220,26 @@ class RecordCollector:
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.fatal():
-                    self._replace_producer(error)
+                    self._replace_or_step_down(error)
                     return
                 if not error.retriable() or time.monotonic() > deadline:
                     raise
                 log.warning("abort failed, retrying", error=str(error))
                 time.sleep(1.0)
         self.producer.begin_transaction()
+
+    def _replace_or_step_down(self, error: KafkaError) -> None:
+        """Replace a producer that hit a fatal error, unless another live process with this instance id fenced it."""
+        if error.code() in FENCED_CODES and self.successor is not None:
+            other = self.successor()
+            if other:
+                self.stepped_down = True
+                log.error("fenced by another process with this instance id; stepping down", other=other, error=str(error))
+                raise Fenced(
+                    f"another process with this instance id ({other}) took over its transactional id; "
+                    "this one was fenced and stops (give each instance its own instance_id)"
+                )
+        self._replace_producer(error)
 
     def _replace_producer(self, error: KafkaError) -> None:
         """A new producer with the same transactional id fences the old one and aborts its transaction."""
@@ -210,6 +249,12 @@ class RecordCollector:
         self.init()
 
     def close(self, timeout: float = 30.0) -> None:
+        if self.stepped_down:
+            # A fenced producer can deliver nothing: drop what it holds instead of waiting on it.
+            with contextlib.suppress(KafkaException):
+                self.producer.purge()
+                self.producer.flush(min(timeout, 5.0))
+            return
         if self.exactly_once:
             with contextlib.suppress(KafkaException):  # nothing open, or the producer is fenced: nothing to drop
                 self.producer.abort_transaction(timeout)

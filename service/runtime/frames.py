@@ -6,6 +6,12 @@ window stage reads the time without parsing the event again; a late event
 reaches the late topic exactly as it was sent; pairing knows the source topic;
 and every frame tells the window task how far its source has got.
 
+A **decoded frame** carries a record of a source read as Avro, Protobuf or
+JSON Schema: ``kind=3 | event time | watermark | source id | n``, then the
+decoded event as n bytes of JSON, then the original record's bytes. The
+window stage parses JSON only, needs no schema registry, and still sends the
+late topic the record exactly as it was sent.
+
 A **watermark report** has no key and no event:
 ``kind=2 | watermark | source id | flags``. Each source partition sends one to
 every repartition partition of a pipeline at least once a second, and at once
@@ -26,8 +32,11 @@ from confluent_kafka import KafkaError
 
 DATA = 1
 REPORT = 2
+DECODED = 3
 #: kind, event time, watermark, source id
 DATA_FRAME = struct.Struct(">BqqI")
+#: kind, event time, watermark, source id, length of the decoded event's JSON that follows
+DECODED_FRAME = struct.Struct(">BqqII")
 #: kind, watermark, source id, flags
 REPORT_FRAME = struct.Struct(">BqIB")
 #: The frame of versions before watermarks: event time, source topic index.

@@ -24,7 +24,9 @@ from service.core.watermarks import source_parts
 from service.runtime.changelog_reader import ChangelogReader, Progress
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
 from service.runtime.collector import RecordCollector
+from service.runtime.formats import Formats
 from service.runtime.kafka_stats import ConsumerStatistics, ProducerStatistics
+from service.runtime.owners import same_instance_elsewhere
 from service.runtime.punctuator import Punctuator
 from service.runtime.queries import QueryInbox
 from service.runtime.stats import LoopStats, Sample, TaskId, Where
@@ -35,9 +37,13 @@ log = structlog.get_logger("sessionizer.loop")
 
 
 class StreamLoop:
-    def __init__(self, config: Config, partitions: Mapping[str, int], stats: LoopStats | None = None) -> None:
+    def __init__(
+        self, config: Config, partitions: Mapping[str, int], stats: LoopStats | None = None, formats: Formats | None = None
+    ) -> None:
         self.config = config
         self.pipelines: tuple[Pipeline, ...] = compile_pipelines(config.pipelines)
+        formats = formats if formats is not None else Formats(config)
+        formats.attach_encoders(self.pipelines)
         self.plans = plan(config.pipelines, config.topics.partitions, partitions)
         for pipeline_plan in self.plans.values():
             if pipeline_plan.note:
@@ -50,6 +56,8 @@ class StreamLoop:
         )
         co_partitioned = any(p.direct for p in self.plans.values())
         self.consumer = Consumer({**consumer_config(config, co_partitioned), "stats_cb": ConsumerStatistics(self.stats)})
+        admin = AdminClient(admin_config(config))
+        self.collector.successor = lambda: same_instance_elsewhere(admin, config, self._member_id())
         self.tasks = TaskManager(
             config,
             self.pipelines,
@@ -57,9 +65,10 @@ class StreamLoop:
             self.consumer,
             self.collector,
             ChangelogReader(Consumer(restore_consumer_config(config))),
-            AdminClient(admin_config(config)),
+            admin,
             self.stats,
             partitions,
+            formats=formats,
         )
         self.punctuator = Punctuator(config.punctuate_interval_ms / 1000)
         self._catching_up = Progress("catching up")
@@ -105,6 +114,7 @@ class StreamLoop:
         messages = self.consumer.consume(self.config.poll_batch, wait)
         if messages:
             self.tasks.route(messages)
+        self.tasks.poll_schemas()
         if restoring:
             reader.step(timeout=0.0 if messages else 0.05)
         self.collector.poll()
@@ -124,6 +134,13 @@ class StreamLoop:
             self.tasks.commit()
             return time.monotonic() + interval
         return next_commit
+
+    def _member_id(self) -> str | None:
+        """This consumer's id in the group; None when it has none (not joined, or closed)."""
+        try:
+            return self.consumer.memberid() or None
+        except (RuntimeError, KafkaException):
+            return None
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and shut down cleanly (also before ``run``)."""

@@ -62,6 +62,26 @@ class OwnerDirectory:
         self._owners = owners
 
 
+def same_instance_elsewhere(admin: AdminClient, config: Config, own_member_id: str | None, timeout: float = 10.0) -> str | None:
+    """Another member of the group with this process's ``client.id`` (so its instance id), or None.
+
+    Asked when the producer was fenced, to tell a newer process with this
+    instance id (it is in the group) from the coordinator aborting a
+    transaction that ran too long (no one else is). When the group cannot be
+    described, None: the producer is then replaced, as for a timeout.
+    """
+    client_id = f"{config.app_id}-{config.instance_id}-consumer"
+    try:
+        description = admin.describe_consumer_groups([config.app_id], request_timeout=timeout)[config.app_id].result(timeout)
+    except Exception as exc:
+        log.warning("could not describe the consumer group", group=config.app_id, error=str(exc))
+        return None
+    for member in description.members:
+        if member.client_id == client_id and member.member_id != own_member_id:
+            return f"member {member.member_id} on {member.host.lstrip('/')}"
+    return None
+
+
 def instance_from_client_id(client_id: str, app_id: str) -> str | None:
     """The instance id in a consumer's ``client.id`` (``<app id>-<instance id>-consumer``)."""
     prefix, suffix = f"{app_id}-", "-consumer"

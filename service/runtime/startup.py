@@ -24,9 +24,10 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from service.config import Config
-from service.errors import BrokerError, ConfigError, ServiceStopping
+from service.errors import BrokerError, ConfigError, RegistryUnavailable, ServiceStopping
 from service.runtime.client_errors import CLIENT_ERRORS
 from service.runtime.clients import admin_config
+from service.runtime.formats import Formats
 from service.runtime.loop import StreamLoop
 from service.runtime.owners import OwnerDirectory
 from service.runtime.stats import LoopStats
@@ -57,7 +58,8 @@ def start(config: Config, stats: LoopStats | None = None, stopping: Callable[[],
     stats = stats or LoopStats()
     admin = _client(lambda: AdminClient(admin_config(config)))
     partitions = _topics(admin, config, stats, stopping)
-    loop = _client(lambda: StreamLoop(config, partitions, stats))
+    formats = _formats(config, stats, stopping)
+    loop = _client(lambda: StreamLoop(config, partitions, stats, formats))
     return Started(loop, OwnerDirectory(admin, config), partitions)
 
 
@@ -90,6 +92,29 @@ def _topics(admin: AdminClient, config: Config, stats: LoopStats, stopping: Call
         if attempt > 1:
             log.info("broker reached", bootstrap_servers=config.bootstrap_servers, attempts=attempt)
         return partitions
+
+
+def _formats(config: Config, stats: LoopStats, stopping: Callable[[], bool]) -> Formats:
+    """Decoders for the sources, and the output schemas registered, retrying while the registry does not answer.
+
+    A schema the registry refuses (an incompatible change) is a ``ConfigError``:
+    retrying cannot mend it, and nothing has been written with it.
+    """
+    formats = Formats(config)
+    pause = 1.0
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            formats.register_outputs()
+        except RegistryUnavailable as exc:
+            stats.not_ready = f"schema registry unreachable: {exc}"
+            log.warning("schema registry unreachable, retrying", error=str(exc), attempt=attempt, retry_in_seconds=pause)
+            _sleep(pause, stopping)
+            pause = min(pause * 2, MAX_BACKOFF)
+            continue
+        stats.not_ready = "starting"
+        return formats
 
 
 def _sleep(seconds: float, stopping: Callable[[], bool]) -> None:

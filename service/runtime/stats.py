@@ -138,6 +138,8 @@ class LoopStats:
         self.rebalances = 0
         self.punctuations = 0
         self.records_sent = 0
+        #: Records the consumer handed over again that were processed already, and dropped.
+        self.redelivered = 0
         #: (dead-letter topic, reason code) -> records the source stage wrote to it.
         self.source_dead_letters: dict[tuple[str, str], int] = {}
         self.commit_seconds = Buckets(COMMIT_BUCKETS)
@@ -149,6 +151,12 @@ class LoopStats:
         self.kafka_consumer_lag: dict[Where, int] = {}
         #: librdkafka's producer statistics; None until the first arrive.
         self.producer: ProducerStats | None = None
+        #: Schema lookups that failed because the registry was down, slow or erring (not "no such schema").
+        self.schema_registry_errors = 0
+        #: Partitions paused until the registry gives their next record's schema.
+        self.schema_registry_waiting = 0
+        #: Why some of them wait longer than a lookup takes (the last failure), for /readyz; None otherwise.
+        self.schema_registry_problem: str | None = None
         self.sample = Sample()
         self._next_sample = 0.0
         self._sampled_rebalances = 0

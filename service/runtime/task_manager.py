@@ -41,6 +41,7 @@ from service.runtime.alignment import RESTORING, Alignment
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.checkpoint import Checkpoint
 from service.runtime.collector import RecordCollector
+from service.runtime.formats import Formats
 from service.runtime.frames import Record
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import LoopStats, TaskCounts, TaskId
@@ -52,6 +53,8 @@ log = structlog.get_logger("sessionizer.tasks")
 Where = tuple[str, int]
 #: Why a direct task's input is paused: another of its inputs is assigned elsewhere.
 WAITING = "waiting for its co-partitioned inputs"
+#: Why a partition is paused: its next record's schema is being fetched from the registry.
+WAITING_FOR_SCHEMA = "waiting for the schema registry"
 
 
 def _log_purge_failure(future: Future[object]) -> None:
@@ -73,6 +76,7 @@ class TaskManager:
         stats: LoopStats,
         partitions: Mapping[str, int],
         clock: Callable[[], float] = time.monotonic,
+        formats: Formats | None = None,
     ) -> None:
         self.config = config
         #: The wall clock (monotonic seconds) tasks and commits read; tests pass their own.
@@ -92,7 +96,10 @@ class TaskManager:
         repartitioned = [p for p in pipelines if not plans[p.name].direct]
         self._direct = [p for p in pipelines if plans[p.name].direct]
         self._by_repartition = {p.config.repartition_topic: p for p in repartitioned}
-        self._stage = SourceStage(repartitioned)
+        #: How topics that are not JSON are decoded, and the gate that makes their partitions wait for the registry.
+        self.formats = formats if formats is not None else Formats(config)
+        self.schemas = self.formats.gate(stats)
+        self._stage = SourceStage(repartitioned, self.formats.decoders, self.formats.key_decoders)
         #: Source topic -> (direct pipeline, the topic's index in its sources)
         self._direct_readers: dict[str, list[tuple[Pipeline, int]]] = {}
         for pipeline in self._direct:
@@ -106,6 +113,10 @@ class TaskManager:
         #: The first offset read from each partition since it was assigned: where a rewind
         #: goes when the group has no committed offset for it yet.
         self._first_offsets: dict[Where, int] = {}
+        #: The next offset each partition should hand over: after the last record
+        #: processed, or where it was last sought. Records below it are re-deliveries.
+        self._positions: dict[Where, int] = {}
+        self._redelivery_logged = 0.0
         self.checkpoint = Checkpoint(self._by_repartition)
         self.alignment = Alignment(consumer, config.max_drift_ms, config.max_task_idle_ms / 1000)
         self._sent_at_commit = 0
@@ -154,10 +165,17 @@ class TaskManager:
                 groups[where] = [message]
             else:
                 group.append(message)
+        if self._positions:
+            groups = self._drop_redelivered(groups)
+        if self.schemas is not None:
+            groups, waiting = self._admit(groups)
+            if waiting:  # their end-of-partition events came after records not processed yet
+                ends = [where for where in ends if where not in waiting]
         for where, group in groups.items():
             if not self._process(where, group):
                 continue
             self._first_offsets.setdefault(where, group[0].offset())
+            self._positions[where] = group[-1].offset() + 1
             self.checkpoint.advance(where, group[-1].offset() + 1)
             self.on_consumed(where, len(group))
         # A partition's end-of-partition event follows its records in the batch,
@@ -175,6 +193,79 @@ class TaskManager:
         if groups:
             self.alignment.align(self.source_tasks.values(), self.running_tasks, self.clock())
 
+    def _drop_redelivered(self, groups: dict[Where, list[Record]]) -> dict[Where, list[Record]]:
+        """Each partition's records from its position on: what was processed already is not processed twice.
+
+        librdkafka can hand a partition's records over again after a pause and a
+        resume close to an assignment (the fetcher restarts from a stale
+        position; seen with 2.16). Counting them again would break exactly-once,
+        so they are dropped here, and a partition that is wholly behind is sought
+        back to where it should be.
+        """
+        kept: dict[Where, list[Record]] = {}
+        dropped = 0
+        for where, group in groups.items():
+            position = self._positions.get(where)
+            if position is None or group[0].offset() >= position:
+                kept[where] = group
+                continue
+            fresh = [m for m in group if m.offset() >= position]
+            dropped += len(group) - len(fresh)
+            if fresh:
+                kept[where] = fresh
+            else:
+                self._seek(where, position)
+        if dropped:
+            self.stats.redelivered += dropped
+            now = time.monotonic()
+            if now - self._redelivery_logged >= 10.0:
+                self._redelivery_logged = now
+                log.warning("records handed over again were dropped", records=dropped, total=self.stats.redelivered)
+        return kept
+
+    def _seek(self, where: Where, offset: int) -> None:
+        """Read a partition again from ``offset``: the next record processed from it is that one."""
+        self._positions[where] = offset
+        try:
+            self.consumer.seek(TopicPartition(where[0], where[1], offset))
+        except KafkaException as exc:
+            log.warning("seek failed", topic=where[0], partition=where[1], error=str(exc.args[0]))
+
+    def _admit(self, groups: dict[Where, list[Record]]) -> tuple[dict[Where, list[Record]], set[Where]]:
+        """Each partition's records up to the first whose schema the registry has not given yet.
+
+        That partition is put back at that record and paused until the schema
+        is fetched (``service.runtime.formats.gate``); nothing after it is processed first.
+        """
+        gate = self.schemas
+        assert gate is not None  # called only with one
+        admitted = {}
+        waiting = set()
+        for where, group in groups.items():
+            count = gate.admit(where, group)
+            if count < len(group):
+                self._seek(where, group[count].offset())
+                self.alignment.hold([where], WAITING_FOR_SCHEMA)
+                waiting.add(where)
+                # Records wait: the partition is not read to its end, so it must not count as
+                # idle (stream time would run on with the wall clock and make them late).
+                source = self.source_tasks.get(where)
+                if source is not None:
+                    source.caught_up = False
+                for task, index in self._window_inputs.get(where, ()):
+                    if isinstance(task, DirectTask):
+                        task.input_waiting(index)
+            if count:
+                admitted[where] = group[:count] if count < len(group) else group
+        return admitted, waiting
+
+    def poll_schemas(self) -> None:
+        """Resume the partitions whose next record's schema has arrived (every loop iteration)."""
+        if self.schemas is not None:
+            resumed = self.schemas.poll()
+            if resumed:
+                self.alignment.release(resumed, WAITING_FOR_SCHEMA)
+
     def _process(self, where: Where, group: list[Record]) -> bool:
         """Give one partition's records to its readers; False when none may read them yet."""
         readers = self._window_inputs.get(where, [])
@@ -182,7 +273,7 @@ class TaskManager:
             if task.state is not TaskState.RUNNING:
                 # Fetched before the partition was paused for a restore: read
                 # them again once the task runs.
-                self.consumer.seek(TopicPartition(where[0], where[1], group[0].offset()))
+                self._seek(where, group[0].offset())
                 return False
         source = self.source_tasks.get(where)
         if source is None and not readers:
@@ -313,10 +404,7 @@ class TaskManager:
                 if first is None:
                     continue
                 tp.offset = first
-            try:
-                self.consumer.seek(tp)
-            except KafkaException as exc:
-                log.warning("seek failed", topic=tp.topic, partition=tp.partition, error=str(exc.args[0]))
+            self._seek((tp.topic, tp.partition), tp.offset)
 
     # -- rebalances -------------------------------------------------------------
 
@@ -351,7 +439,16 @@ class TaskManager:
                 inputs = [(topic, tp.partition) for topic in direct.config.sources]
                 if task_id not in self.window_tasks and all(i in self.assigned for i in inputs):
                     state = StateManager(self.config, direct, tp.partition, self.memory)
-                    new_tasks.append(DirectTask(state, self.collector, self.plans[direct.name].partitions, self.clock))
+                    new_tasks.append(
+                        DirectTask(
+                            state,
+                            self.collector,
+                            self.plans[direct.name].partitions,
+                            self.clock,
+                            self.formats.decoders,
+                            self.formats.key_decoders,
+                        )
+                    )
         for task in new_tasks:
             task.processor.on_emit = self.stats.emit_observer(task.pipeline.name)
             self.window_tasks[task.task_id] = task
@@ -410,10 +507,13 @@ class TaskManager:
         self.seek_to_committed()
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
+        if self.schemas is not None:
+            self.schemas.forget((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             where = (tp.topic, tp.partition)
             self.assigned.discard(where)
             self._first_offsets.pop(where, None)
+            self._positions.pop(where, None)
             self.checkpoint.forget(where)
             self.alignment.forget(where)
             self.source_tasks.pop(where, None)
@@ -443,6 +543,8 @@ class TaskManager:
         """Close every remaining store (after the consumer left the group)."""
         for task in list(self.window_tasks.values()):
             self._close(task)
+        if self.schemas is not None:
+            self.schemas.close()
         self.window_tasks.clear()
         self._window_inputs.clear()
         self.source_tasks.clear()

@@ -27,7 +27,7 @@ from enum import Enum
 
 import orjson
 
-from service.core.extract import parse_event
+from service.core.extract import Decode, KeyDecode, parse_event
 from service.core.partitioner import partition_for
 from service.core.pipeline import OutputRecord, Pipeline, dead_letter
 from service.core.processor import WindowProcessor
@@ -37,7 +37,7 @@ from service.core.watermarks import Watermarks, source_id
 from service.errors import BadRecord
 from service.runtime import frames
 from service.runtime.collector import RecordCollector
-from service.runtime.frames import DATA, DATA_FRAME, IDLE, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME, Record
+from service.runtime.frames import DATA, DATA_FRAME, DECODED, DECODED_FRAME, IDLE, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME, Record
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import TaskCounts
 from service.state.store import PendingCommit, WindowStore
@@ -47,6 +47,7 @@ WATERMARKS = b"watermarks"
 #: How often a source partition reports its watermark when nothing changes (seconds).
 REPORT_INTERVAL = 1.0
 _DATA_SIZE = DATA_FRAME.size
+_DECODED_SIZE = DECODED_FRAME.size
 
 
 @dataclass(slots=True)
@@ -103,11 +104,15 @@ class SourceTask:
         self._report_interval = report_interval
         #: The partition's end was reached after its last record (librdkafka's end-of-partition event).
         self.caught_up = False
+        self._decode = stage.decoder(topic)
+        self._key_decode = stage.key_decoder(topic)
 
     def process(self, messages: list[Record]) -> None:
         send = self.collector.send
         pack = DATA_FRAME.pack
         progress = self._progress
+        decode = self._decode
+        key_decode = self._key_decode
 
         def forward(route: Route, key: bytes, time_ms: int, event: object, raw: bytes) -> None:
             state = progress[route.slot]
@@ -119,10 +124,37 @@ class SourceTask:
         process = self._stage.process
         routes = self._routes
         reject = self._reject
-        for message in messages:
-            kind, record_ms = message.timestamp()
-            process(routes, message.value(), record_ms if kind else None, message, forward, reject)
+        if decode is parse_event and key_decode is None:  # JSON: the path as it always was
+            for message in messages:
+                kind, record_ms = message.timestamp()
+                process(routes, message.value(), record_ms if kind else None, message, forward, reject)
+        else:
+            forward_one = forward if decode is parse_event else self._decoded_forward()
+            for message in messages:
+                kind, record_ms = message.timestamp()
+                process(routes, message.value(), record_ms if kind else None, message, forward_one, reject, decode, key_decode)
         self.caught_up = False
+
+    def _decoded_forward(self) -> Callable[[Route, bytes, int, object, bytes], None]:
+        """``forward`` for a topic that is not JSON: decoded frames, the event's JSON made once for all routes."""
+        send = self.collector.send
+        pack = DECODED_FRAME.pack
+        progress = self._progress
+        dumps = orjson.dumps
+        last: list[object] = [None, b""]
+
+        def forward(route: Route, key: bytes, time_ms: int, event: object, raw: bytes) -> None:
+            state = progress[route.slot]
+            watermark = state.watermark
+            if watermark is None or time_ms > watermark:
+                state.watermark = watermark = time_ms
+            if last[0] is not event:
+                last[0] = event
+                last[1] = dumps(event)
+            body: bytes = last[1]  # type: ignore[assignment]
+            send(state.repartition_topic, key, pack(DECODED, time_ms, watermark, state.source, len(body)) + body + raw)
+
+        return forward
 
     def watermarks(self) -> list[tuple[str, int | None]]:
         """(pipeline, this partition's watermark for it), for alignment."""
@@ -255,6 +287,11 @@ class WindowTask:
                     _, time_ms, watermark, source = unpack(raw)
                     body = memoryview(raw)[_DATA_SIZE:]
                     process(key, time_ms, loads(body), body, source >> 16, advance(source, watermark))
+                elif raw[0] == DECODED:  # a source that is not JSON: the event's JSON, then the original bytes
+                    _, time_ms, watermark, source, size = DECODED_FRAME.unpack_from(raw)
+                    view = memoryview(raw)
+                    end = _DECODED_SIZE + size
+                    process(key, time_ms, loads(view[_DECODED_SIZE:end]), view[end:], source >> 16, advance(source, watermark))
                 else:  # a frame written before watermarks: judged by stream time alone
                     time_ms, index = LEGACY_FRAME.unpack_from(raw)
                     body = memoryview(raw)[LEGACY_FRAME.size :]
@@ -410,11 +447,20 @@ class DirectTask(WindowTask):
     """
 
     def __init__(
-        self, state: StateManager, collector: RecordCollector, partitions: int, clock: Callable[[], float] = time.monotonic
+        self,
+        state: StateManager,
+        collector: RecordCollector,
+        partitions: int,
+        clock: Callable[[], float] = time.monotonic,
+        decoders: Mapping[str, Decode] | None = None,
+        key_decoders: Mapping[str, KeyDecode] | None = None,
     ) -> None:
         sources = state.pipeline.config.sources
         super().__init__(state, sources[0], collector, [source_id(i, state.partition) for i in range(len(sources))], clock)
         self._partitions = partitions
+        #: Per input (index in the pipeline's sources): how its values and keys are decoded.
+        self._decoders = [(decoders or {}).get(topic, parse_event) for topic in sources]
+        self._key_decoders = [(key_decoders or {}).get(topic) for topic in sources]
         self._verified: set[bytes] = set()
         #: Indexes (in the pipeline's sources) of the inputs read to their end.
         self._idle_inputs: set[int] = set()
@@ -431,14 +477,22 @@ class DirectTask(WindowTask):
         observe = self.watermarks.observe
         verified = self._verified
         partition = self.partition
+        decode = self._decoders[index]
+        key_decode = self._key_decoders[index]
         for message in messages:
             raw = message.value()
             try:
-                event = parse_event(raw)
+                event = decode(raw)
                 kind, record_ms = message.timestamp()
-                key, time_ms = extract(event, record_ms if kind else None, message.key())
-                if key not in verified:
-                    self._verify(key, partition)
+                if key_decode is None:
+                    key, time_ms = extract(event, record_ms if kind else None, message.key())
+                    if key not in verified:
+                        self._verify(key, partition)
+                else:  # grouped by the decoded key; partitioned, by the producer, by its bytes
+                    record_key = message.key()
+                    key, time_ms = extract(event, record_ms if kind else None, key_decode(record_key))
+                    if record_key not in verified:
+                        self._verify(record_key or b"", partition)
             except BadRecord as exc:
                 self._dead_letter(str(exc), message, exc.code)
                 continue
@@ -468,6 +522,11 @@ class DirectTask(WindowTask):
             ((topic, self.partition), marks.get(source_id(index, self.partition)), index in self._idle_inputs)
             for index, topic in enumerate(self.pipeline.config.sources)
         ]
+
+    def input_waiting(self, index: int) -> None:
+        """Input ``index`` has records waiting (for the schema registry): it is not idle, whatever it was."""
+        self._idle_inputs.discard(index)
+        self.caught_up = False
 
     def input_caught_up(self, index: int, now: float) -> None:
         """The end of input ``index`` was reached after its last record."""

@@ -13,7 +13,7 @@ and against ``sessionizer process`` over the same events.
 from __future__ import annotations
 
 import random
-from collections import Counter
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from confluent_kafka import Producer
 from service.commands.process import process_lines
 from service.config import load_config
 from tests import oracle
-from tests.integration.harness import Record, bootstrap, create_topics
+from tests.integration.harness import Reader, Record, Service, bootstrap, create_topics
 
 GAP_MS = 2_000
 GRACE_MS = 1_000
@@ -115,6 +115,37 @@ def produce(backlog: Backlog, partitions: int = 6, keyed: bool = True) -> None:
     assert producer.flush(120) == 0
 
 
+def kill_while_replaying(
+    app, service: Service, expected: int, kills: int, wipe_at: int = 1, restored: range | None = None, stores: list[str] | None = None
+) -> None:
+    """kill -9 ``service`` ``kills`` times while it replays a backlog, deleting its local state before restart ``wipe_at``;
+    return once ``expected`` sessions are out.
+
+    Each kill comes once another share of the sessions is out: the moment
+    follows the service's progress, whatever the machine's speed. With
+    ``restored``, each run restores those partitions before the next kill;
+    with ``stores``, those are the stores found (and deleted) at restart ``wipe_at``.
+    """
+    reader = Reader([app.topic("sessions")])
+    try:
+        for kill in range(kills):
+            reader.wait_for(expected * (kill + 1) // (kills + 2), timeout=240, topic=app.topic("sessions"))
+            service.kill()
+            if kill == wipe_at:
+                store = app.state_dir / app.id / service.instance_id
+                found = sorted(p.name for p in store.iterdir())
+                assert found if stores is None else found == stores, f"local state under {store}: {found}"
+                shutil.rmtree(store)
+            service.start()
+            if restored is None:
+                service.wait_started(timeout=120)
+            else:
+                service.wait_restored(restored)
+        reader.wait_for(expected, timeout=300, topic=app.topic("sessions"))
+    finally:
+        reader.close()
+
+
 def emitted(records: list[Record], key: str = "user_id") -> list[oracle.Session]:
     """The sessions on an output topic, as the oracle writes them."""
     out = []
@@ -139,14 +170,3 @@ def offline(config_path: Path, backlog: Backlog, output_topic: str, key: str = "
         sessions.append(oracle.Session(r["value"][key], v["session_start_ms"], v["session_end_ms"], v["event_count"], v["amount"]))
     return sorted(sessions)
 
-
-def assert_same(got: list[oracle.Session], expected: list[oracle.Session]) -> None:
-    """Each expected session exactly once, nothing else."""
-    duplicates = [s for s, n in Counter(got).items() if n > 1]
-    missing = Counter(expected) - Counter(got)
-    extra = Counter(got) - Counter(expected)
-    assert not duplicates, f"{len(duplicates)} sessions emitted more than once, e.g. {duplicates[:3]}"
-    assert not missing and not extra, (
-        f"{sum(missing.values())} expected sessions missing (e.g. {list(missing)[:3]}), "
-        f"{sum(extra.values())} unexpected (e.g. {list(extra)[:3]})"
-    )

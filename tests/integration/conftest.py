@@ -1,13 +1,18 @@
 """Integration tests need the real broker that scripts/test.sh starts.
 
-Run outside that script with no broker, they are skipped; in CI (CI=true) a
-missing broker is an error, so a run can never pass by testing nothing.
+A bare ``pytest`` run with no broker skips them. When a broker is expected,
+its absence is an error, so a run can never pass by testing nothing: in CI
+(``CI`` set), and whenever ``SESSIONIZER_TEST_BOOTSTRAP`` names one, as
+scripts/test.sh does after starting its broker.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -28,13 +33,64 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        if "schema_registry" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.registry)
+
+
+class Registry:
+    """The schema registry scripts/test.sh started (scripts/registry.sh), for the tests of Avro, Protobuf and JSON Schema."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/apis/ccompat/v7"
+
+    def pid(self) -> int:
+        """The registry's process (to freeze it with SIGSTOP), from ``registry.sh status``."""
+        script = Path(__file__).resolve().parents[2] / "scripts" / "registry.sh"
+        out = subprocess.run(
+            ["bash", str(script), "status"], env={**os.environ, "REGISTRY_PORT": str(self.port)}, capture_output=True, text=True
+        ).stdout
+        match = re.search(r"pid (\d+)", out)
+        assert match, f"registry.sh status said: {out!r}"
+        return int(match.group(1))
+
+
+@pytest.fixture(scope="session")
+def schema_registry(broker) -> Registry:
+    """The registry at ``SESSIONIZER_TEST_REGISTRY_PORT``; skipped, with the reason, when scripts/test.sh could not start one.
+
+    scripts/test.sh starts it with a JDK of 21 or newer found on the machine;
+    without one it sets ``SESSIONIZER_TEST_REGISTRY_SKIP`` to registry.sh's
+    reason, and these tests are reported as skipped with it, never silently absent.
+    """
+    reason = os.environ.get("SESSIONIZER_TEST_REGISTRY_SKIP")
+    if reason:
+        pytest.skip(f"no schema registry: {reason}")
+    port = int(os.environ.get("SESSIONIZER_TEST_REGISTRY_PORT", "0") or 0)
+    if not port:
+        pytest.skip("no schema registry: SESSIONIZER_TEST_REGISTRY_PORT is not set (run the suite with: bash scripts/test.sh)")
+    pytest.importorskip("fastavro", reason="the registry extra is not installed: pip install -e '.[registry]'")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+    except OSError:
+        message = f"no schema registry on port {port}; start one with: REGISTRY_PORT={port} bash scripts/registry.sh start"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return Registry(port)
+
+
+def broker_expected(environ: Mapping[str, str] = os.environ) -> bool:
+    """A missing broker fails the run in CI, or when a bootstrap address was given explicitly."""
+    return bool(environ.get("CI")) or bool(environ.get("SESSIONIZER_TEST_BOOTSTRAP"))
 
 
 @pytest.fixture(scope="session")
 def broker() -> str:
     if not _broker_answers():
         message = f"no Kafka broker at {bootstrap()}; run the suite with: bash scripts/test.sh"
-        if os.environ.get("CI"):
+        if broker_expected():
             pytest.fail(message)
         pytest.skip(message)
     return bootstrap()

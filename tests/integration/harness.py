@@ -174,6 +174,39 @@ def read_all(topics: Iterable[str], timeout: float = 120) -> list[Record]:
         consumer.close()
 
 
+def by_topic(records: Iterable[Record], topics: Iterable[str]) -> dict[str, list[Record]]:
+    """``records`` split by topic, every one of ``topics`` present (an empty list when none)."""
+    out: dict[str, list[Record]] = {topic: [] for topic in topics}
+    for record in records:
+        out[record.topic].append(record)
+    return out
+
+
+def stop_and_read(services: Iterable[Service], topics: list[str]) -> dict[str, list[Record]]:
+    """SIGTERM every service and wait for its clean exit, then read ``topics`` to their ends.
+
+    Once the services are gone no transaction can be open, so what ``read_all``
+    finds is everything that will ever be there: "nothing more arrives" is then
+    a fact, not a wait of a few seconds.
+    """
+    for service in services:
+        code = service.stop()
+        assert code == 0, f"service {service.instance_id} exited {code}:\n{service.log()[-4000:]}"
+    return by_topic(read_all(topics), topics)
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The JSON lines of a service log (markers and anything else that is not JSON left out)."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+    return events
+
+
 def end_offsets(topic: str, partitions: int) -> list[int]:
     consumer = Consumer({"bootstrap.servers": bootstrap(), "group.id": unique("probe")})
     try:
@@ -193,7 +226,8 @@ class Service:
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> Service:
+    def start(self, env: dict[str, str] | None = None) -> Service:
+        """Start a run; ``env`` adds variables for this run only."""
         self.starts += 1
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             log.write(f"--- start {self.starts} ---\n".encode())
@@ -203,12 +237,48 @@ class Service:
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **(env or {})},
             )
         return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def run_log(self, run: int | None = None) -> str:
+        """The log of one run (the current one by default): the text after its ``--- start N ---`` line."""
+        run = self.starts if run is None else run
+        parts = self.log().split(f"--- start {run} ---\n")
+        assert len(parts) == 2, f"no run {run} in {self.log_path}"
+        return parts[1].split(f"--- start {run + 1} ---\n")[0]
+
+    def mark(self, text: str) -> str:
+        """Write a marker line into the log, to split it at a moment of the test; returns the marker."""
+        marker = f"--- {text} ---"
+        with open(self.log_path, "ab") as log:
+            log.write(f"{marker}\n".encode())
+        return marker
+
+    def restored(self, pipeline: str = "sessions") -> set[int]:
+        """The partitions of ``pipeline`` whose store this run has brought up to date."""
+        return {
+            event["partition"]
+            for event in log_events(self.run_log())
+            if event.get("event") in ("state restored", "state up to date") and event.get("pipeline") == pipeline
+        }
+
+    def wait_restored(self, partitions: Iterable[int], pipeline: str = "sessions", timeout: float = 120) -> None:
+        """Until this run has restored every one of ``partitions`` (so it processes all of them)."""
+        wanted = set(partitions)
+
+        def done() -> bool:
+            self.assert_alive()
+            return wanted <= self.restored(pipeline)
+
+        wait_until(done, timeout, f"service {self.instance_id} to restore {pipeline} partitions {sorted(wanted)}")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
 
     def wait_started(self, timeout: float = 60) -> None:
         """Until this run has logged a restored task, i.e. it is in the group and processing."""

@@ -6,11 +6,23 @@ import random
 import time
 
 import orjson
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from service.commands.process import process_lines
 from service.config import load_config
+from tests import oracle
 from tests.helpers import config_toml, pipeline, session_body
-from tests.integration.harness import Reader, create_topics, murmur2_partition, produce, wait_until
+from tests.integration.harness import (
+    Reader,
+    bootstrap,
+    create_topics,
+    murmur2_partition,
+    produce,
+    stop_and_read,
+    unique,
+)
+from tests.integration.workload import Workload, assert_exact, collect, expected_sessions, pipeline_body
 
 
 def by_user(value):
@@ -23,6 +35,17 @@ def sessions_of(records):
         v = r.json() if hasattr(r, "json") else r
         out.append((v["user_id"], v["value"]["session_start_ms"], v["value"]["session_end_ms"], v["value"]["event_count"]))
     return sorted(out)
+
+
+def expected_of(events, gap_ms):
+    """The independent oracle's sessions as ``sessions_of`` gives them: (user, start, end, count)."""
+    return [(k, start, end, count) for k, start, end, count, _ in oracle.sessions(((e["user_id"], e["ts"], 0) for e in events), gap_ms)]
+
+
+def conserved(records, late, produced) -> bool:
+    """Every event produced counted once: in an emitted session, or as a late record."""
+    sessions = [oracle.Session(user, start, end, count, 0) for user, start, end, count in sessions_of(records)]
+    return oracle.conserved(sessions, late=len(late), produced=len(produced))
 
 
 def generate(users=40, sessions=3, per_session=4, base=None):
@@ -55,22 +78,26 @@ def test_three_source_topics_give_one_record_per_user_session(app):
     service = app.service().start()
     service.wait_started()
 
-    reader = Reader([app.topic("sessions"), app.topic("late")])
-    got = reader.wait_for(40 * 3, timeout=60, topic=app.topic("sessions"))
-    reader.poll(2)  # nothing more may come: one record per session
-    assert reader.of(app.topic("late")) == []
+    reader = Reader([app.topic("sessions")])
+    reader.wait_for(40 * 3, timeout=60, topic=app.topic("sessions"))
+    reader.close()
+    topics = [app.topic("sessions"), app.topic("late"), app.topic("dlq")]
+    got = stop_and_read([service], topics)  # nothing more can come: one record per session
+    assert got[app.topic("late")] == [] and got[app.topic("dlq")] == []
 
+    expected = expected_of(events, 400)
+    assert len(expected) == 120
     lines = [orjson.dumps(e) for e in events]
     offline = []
     process_lines(load_config(config_path), lines, lambda line: offline.append(orjson.loads(line)))
-    expected = sessions_of(r["value"] for r in offline if r["topic"] == app.topic("sessions"))
-    assert sessions_of(reader.of(app.topic("sessions"))) == expected
-    assert len(expected) == 120
-    assert len(got) == 120
-    # aggregates travel too
-    sample = got[0].json()["value"]
-    assert sum(sample["types"].values()) == sample["event_count"]
-    reader.close()
+    assert sessions_of(r["value"] for r in offline if r["topic"] == app.topic("sessions")) == expected
+    records = got[app.topic("sessions")]
+    assert sessions_of(records) == expected
+    assert conserved(records, got[app.topic("late")], events)
+    # aggregates travel too: every session's types add up to its events
+    for record in records:
+        value = record.json()["value"]
+        assert sum(value["types"].values()) == value["event_count"], value
 
 
 def test_quiet_users_session_closes_on_the_wall_clock_with_no_further_event(app):
@@ -78,18 +105,24 @@ def test_quiet_users_session_closes_on_the_wall_clock_with_no_further_event(app)
     create_topics([app.topic("web")])
     service = app.service().start()
     service.wait_started()
-    now = int(time.time() * 1000)
-    produce(app.topic("web"), [{"user_id": "quiet", "ts": now + i * 100} for i in range(3)], key=by_user)
     started = time.monotonic()
+    now = int(time.time() * 1000)
+    events = [{"user_id": "quiet", "ts": now + i * 100} for i in range(3)]
+    produce(app.topic("web"), events, key=by_user)
     reader = Reader([app.topic("sessions")])
-    (record,) = reader.wait_for(1, timeout=30)
+    (record,) = reader.wait_for(1, timeout=60)  # a generous deadline: only the lower bound below is the promise
     waited = time.monotonic() - started
+    reader.close()
     value = record.json()
     assert value["user_id"] == "quiet" and value["value"]["event_count"] == 3
     assert record.key == b"quiet"
-    # gap + grace after the last event (200 ms after the first), plus commit and punctuation slack
-    assert 1.0 < waited < 10, waited
-    reader.close()
+    # Not before gap + grace of silence after the last event: the idle clock starts
+    # once the events are read, after ``started``, from the last event's time.
+    assert waited >= 1.5, waited
+    topics = [app.topic("sessions"), app.topic("late")]
+    got = stop_and_read([service], topics)
+    assert sessions_of(got[app.topic("sessions")]) == expected_of(events, 1000)  # and nothing more
+    assert conserved(got[app.topic("sessions")], got[app.topic("late")], events)
 
 
 def test_late_event_goes_to_the_late_topic_with_its_reason(app):
@@ -101,15 +134,22 @@ def test_late_event_goes_to_the_late_topic_with_its_reason(app):
     on_time = {"user_id": "u", "ts": base + 10_000}
     late = {"user_id": "u", "ts": base, "note": "late"}
     produce(app.topic("web"), [on_time, late], key=by_user)  # same key: same partition, this order
-    reader = Reader([app.topic("late")])
-    (record,) = reader.wait_for(1, timeout=30)
+    reader = Reader([app.topic("late"), app.topic("sessions")])
+    (record,) = reader.wait_for(1, timeout=30, topic=app.topic("late"))
     assert orjson.loads(record.value) == late
     assert record.key == b"u"
     assert b"more than grace" in record.headers["sessionizer.reason"]
     assert record.headers["sessionizer.reason_code"] == b"behind_watermark"
     assert record.headers["sessionizer.event_time_ms"] == str(base).encode()
     assert record.headers["sessionizer.pipeline"] == b"sessions"
+    # The on-time event's session closes on the idle clock; then nothing more can come.
+    reader.wait_for(1, timeout=60, topic=app.topic("sessions"))
     reader.close()
+    topics = [app.topic("sessions"), app.topic("late")]
+    got = stop_and_read([service], topics)
+    assert [r.value for r in got[app.topic("late")]] == [orjson.dumps(late)]
+    assert sessions_of(got[app.topic("sessions")]) == [("u", base + 10_000, base + 10_000, 1)]
+    assert conserved(got[app.topic("sessions")], got[app.topic("late")], [on_time, late])
 
 
 def test_unusable_records_go_to_the_dead_letter_topic_and_the_service_carries_on(app):
@@ -141,6 +181,11 @@ def test_unusable_records_go_to_the_dead_letter_topic_and_the_service_carries_on
     assert session.json()["value"]["stake"] == 5
     service.assert_alive()
     reader.close()
+    got = stop_and_read([service], [app.topic("dlq"), app.topic("sessions"), app.topic("late")])
+    dead = sorted(got[app.topic("dlq")], key=lambda r: int(r.headers["sessionizer.offset"]))
+    assert [r.value for r in dead] == [raw for raw, _, _ in bad]  # each once, nothing more
+    assert sessions_of(got[app.topic("sessions")]) == [("ok", now, now, 1)]
+    assert got[app.topic("late")] == []
 
 
 def test_two_pipelines_in_one_service(app):
@@ -162,53 +207,75 @@ def test_two_pipelines_in_one_service(app):
 
 
 def test_repartitioning_puts_each_key_where_a_java_producer_would(app):
-    app.configure(session_body(app, ["web", "mobile"]), partitions=4)
+    # No purge while the test runs: the repartition topic is read whole at the end.
+    app.configure(session_body(app, ["web", "mobile"]), partitions=4, topics_extra='purge_interval = "1h"')
     create_topics([app.topic("web"), app.topic("mobile")], partitions=4)
-    service = app.service().start()
-    service.wait_started()
     now = int(time.time() * 1000)
     users = [f"user_{i}" for i in range(30)]
-    produce(app.topic("web"), [{"user_id": u, "ts": now} for u in users])
-    produce(app.topic("mobile"), [{"user_id": u, "ts": now} for u in users])
+    events = [{"user_id": u, "ts": now} for u in users]
+    produce(app.topic("web"), events)  # unkeyed, before the service starts: a backlog spread over the partitions
+    produce(app.topic("mobile"), events)
+    service = app.service().start()
+    service.wait_started()
+    reader = Reader([app.topic("sessions")])
+    reader.wait_for(len(users), timeout=60)
+    reader.close()
     repartition = f"{app.id}-sessions-repartition"
-    reader = Reader([repartition])
-
-    def events() -> list:
-        reader.poll(0.3)
-        # keyless records are the source partitions' watermark reports (service.runtime.frames)
-        return [r for r in reader.records if r.key is not None]
-
-    records = wait_until(lambda: len(events()) >= 60 and events(), 30, "60 repartitioned events")
-    assert len(records) == 60
+    got = stop_and_read([service], [repartition, app.topic("sessions"), app.topic("late")])
+    # keyless records are the source partitions' watermark reports (service.runtime.frames)
+    records = [r for r in got[repartition] if r.key is not None]
+    assert len(records) == 60  # each event once
     for record in records:
         assert record.partition == murmur2_partition(record.key, 4), record.key
-    # both topics' events of a user met in one partition
+    # both topics' events of a user met in one partition, and in one session
     partitions = {}
     for record in records:
         partitions.setdefault(record.key, set()).add(record.partition)
     assert all(len(p) == 1 for p in partitions.values())
-    reader.close()
+    assert sessions_of(got[app.topic("sessions")]) == expected_of(events * 2, 400)
+    assert conserved(got[app.topic("sessions")], got[app.topic("late")], events * 2)
 
 
 def test_consumed_repartition_records_are_purged(app):
-    app.configure(session_body(app, ["web"]), topics_extra='purge_interval = "1s"')
-    create_topics([app.topic("web")])
+    """Consumed repartition records are deleted, never one the group has not committed past,
+    and the sessions still come out exactly.
+
+    A live stream of about 20 s with a purge every second: while it runs, each
+    repartition partition's low watermark (where deletion has reached) is read
+    first, then the group's committed offset, and the low watermark is never
+    ahead. The order of the two reads makes a false alarm impossible: both only
+    grow, so a low watermark read first is at most the one of the moment the
+    offset is read.
+    """
+    app.configure(pipeline_body(app, grace="5s"), topics_extra='purge_interval = "1s"')
+    workload = Workload(app, events=30_000, users=1_000, rate=1_500, seed=6)
+    workload.create_topics()
     service = app.service().start()
     service.wait_started()
-    now = int(time.time() * 1000)
-    produce(app.topic("web"), [{"user_id": f"u{i}", "ts": now} for i in range(60)], key=by_user)
     repartition = f"{app.id}-sessions-repartition"
-
-    def purged() -> bool:
-        from confluent_kafka import Consumer, TopicPartition
-
-        from tests.integration.harness import bootstrap
-
-        consumer = Consumer({"bootstrap.servers": bootstrap(), "group.id": "probe"})
-        try:
-            marks = [consumer.get_watermark_offsets(TopicPartition(repartition, p), timeout=10) for p in range(3)]
-        finally:
-            consumer.close()
-        return sum(high for _, high in marks) >= 60 and all(low > 0 for low, high in marks if high > 1)
-
-    wait_until(purged, 60, "the repartition topic's low watermarks to move past consumed records")
+    partitions = [TopicPartition(repartition, p) for p in range(3)]
+    admin = AdminClient({"bootstrap.servers": bootstrap()})
+    probe = Consumer({"bootstrap.servers": bootstrap(), "group.id": unique("probe")})
+    lows_seen: list[set[int]] = [set() for _ in partitions]
+    samples = 0
+    try:
+        workload.start()
+        while workload.running:
+            lows = [probe.get_watermark_offsets(tp, timeout=10, cached=False)[0] for tp in partitions]
+            request = ConsumerGroupTopicPartitions(app.id, partitions)
+            answer = admin.list_consumer_group_offsets([request])[app.id].result(10)
+            committed = {tp.partition: max(tp.offset, 0) for tp in answer.topic_partitions}
+            for p, low in enumerate(lows):
+                assert low <= committed[p], f"partition {p}: records up to {low} deleted, the group committed only {committed[p]}"
+                lows_seen[p].add(low)
+            samples += 1
+            time.sleep(0.1)
+    finally:
+        probe.close()
+    workload.join(timeout=600)
+    assert samples >= 20
+    # several purges of each partition while the stream ran
+    assert all(len([low for low in seen if low > 0]) >= 3 for seen in lows_seen), lows_seen
+    expected = expected_sessions(app.config_path, workload.produced)
+    got = collect(app, [service], len(expected))
+    assert_exact(app, got, expected, len(workload.produced))

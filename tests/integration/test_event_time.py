@@ -13,7 +13,6 @@ source and an empty one.
 from __future__ import annotations
 
 import random
-import shutil
 
 import orjson
 
@@ -21,7 +20,7 @@ from service.commands.process import process_lines
 from service.config import load_config
 from tests import oracle
 from tests.integration import backlog as bl
-from tests.integration.harness import Reader, create_topics, produce, read_all
+from tests.integration.harness import Reader, create_topics, log_events, produce, read_all
 
 
 def body(app, pipelines: dict[str, tuple[list[str], str]]) -> str:
@@ -70,7 +69,7 @@ def check(app, got: dict[str, list], name: str, backlog: bl.Backlog, key: str = 
     sessions = bl.emitted(got[app.topic(name)], key)
     assert got[app.topic("late")] == [], f"{len(got[app.topic('late')])} events went to the late topic"
     assert got[app.topic("dlq")] == []
-    bl.assert_same(sessions, expected)
+    oracle.assert_each_once(sessions, expected)
     assert oracle.conserved(sessions, late=0, produced=len(backlog))
     assert bl.offline(app.config_path, backlog, app.topic(name), key) == expected
 
@@ -87,7 +86,7 @@ def test_three_topics_keyed_by_the_record_key_read_directly_and_through_a_repart
 
     check(app, got, "rekeyed", backlog)
     # The direct pipeline's envelope names the record key "key"; its sessions are the same.
-    bl.assert_same(bl.emitted(got[app.topic("direct")], key="key"), backlog.expected())
+    oracle.assert_each_once(bl.emitted(got[app.topic("direct")], key="key"), backlog.expected())
     log = "\n".join(s.log() for s in app.services)
     assert f"{app.id}-direct-repartition" not in log, "the direct pipeline has no repartition topic"
     assert f"{app.id}-rekeyed-repartition" in log
@@ -136,28 +135,14 @@ def test_kill_9_while_replaying_a_backlog_of_three_topics(app):
     expected = backlog.expected()
     service = app.service().start()
     service.wait_started()
-    reader = Reader([app.topic("sessions")])
-    try:
-        for kill in range(4):
-            # Each kill comes once another share of the sessions is out: the moment
-            # follows the service's progress, whatever the machine's speed.
-            reader.wait_for(len(expected) * (kill + 1) // 6, timeout=240, topic=app.topic("sessions"))
-            service.kill()
-            if kill == 1:
-                store = app.state_dir / app.id / "i1"
-                assert store.exists()
-                shutil.rmtree(store)
-            service.start()
-            service.wait_started(timeout=120)  # each run restores before the next kill
-        reader.wait_for(len(expected), timeout=300, topic=app.topic("sessions"))
-    finally:
-        reader.close()
+    stores = [f"sessions-{p}" for p in range(6)]
+    bl.kill_while_replaying(app, service, len(expected), kills=4, restored=range(6), stores=stores)
     assert service.stop() == 0
     topics = [app.topic("sessions"), app.topic("late"), app.topic("dlq")]
     records = read_all(topics)
     check(app, {topic: [r for r in records if r.topic == topic] for topic in topics}, "sessions", backlog)
-    after_wipe = service.log().split("--- start 3 ---")[1].split("--- start 4 ---")[0]
-    assert '"mode": "full"' in after_wipe, "the deleted store was rebuilt from the whole changelog"
+    restores = [e for e in log_events(service.run_log(3)) if e.get("event") == "restoring state"]
+    assert {e["partition"] for e in restores if e["mode"] == "full"} == set(range(6)), "the deleted stores were rebuilt from the whole changelog"
 
 
 def test_seed_003_pairing_replayed_from_a_backlog(app):

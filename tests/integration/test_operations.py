@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from datetime import datetime
 
 import orjson
 from confluent_kafka.admin import AdminClient
@@ -17,10 +18,12 @@ from service.commands.process import process_lines
 from service.config import load_config
 from service.core.partitioner import partition_for
 from tests.helpers import session_body
-from tests.integration.harness import Reader, Service, bootstrap, create_topics, produce, wait_until
-from tests.integration.test_core import by_user, generate, sessions_of
+from tests.integration.harness import Reader, Service, bootstrap, create_topics, log_events, produce, stop_and_read, wait_until
+from tests.integration.test_core import by_user, conserved, expected_of, generate, sessions_of
 
 SECRET = "Pa55-w0rd-never-logged"
+#: For a run whose stream time must follow event time alone: the first punctuation is an hour away.
+HOLD_THE_WALL_CLOCK = {"SESSIONIZER__APP__PUNCTUATE_INTERVAL": "1h"}
 
 
 def http_port(service: Service, timeout: float = 30) -> int:
@@ -59,6 +62,13 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def test_metrics_move_as_events_flow_and_probes_answer(app):
+    """Probes and counters on an idle service; then, restarted on a backlog, counters that follow it.
+
+    The events wait in the topic before the second run starts, so whatever the
+    speed of the machine, each partition is read in order and nothing is late
+    (produced live, one partition's batch landing a few hundred milliseconds
+    after another's, once the idle clock ran, would be).
+    """
     app.configure(session_body(app, ["web"], gap="500ms", grace="500ms"))
     create_topics([app.topic("web")])
     service = app.service().start()
@@ -69,24 +79,27 @@ def test_metrics_move_as_events_flow_and_probes_answer(app):
     before = scrape(port)
     assert before["sessionizer_events_consumed_total"] == 0
     assert before[f'sessionizer_info{{app_id="{app.id}",instance_id="i1",version="0.1.0"}}'] == 1
+    assert service.stop() == 0
 
     now = int(time.time() * 1000)
     events = [{"user_id": f"u{u}", "ts": now + i * 100} for u in range(50) for i in range(4)]
     produce(app.topic("web"), events, key=by_user)
     produce(app.topic("web"), [b"{broken", b"[]"])
+    service.start()
+    port = http_port(service)
 
     def settled():
         m = scrape(port)
         return m["sessionizer_windows_emitted_total"] == 50 and m["sessionizer_dead_letter_records_total"] == 2 and m
 
-    metrics = wait_until(settled, 30, "50 sessions emitted and 2 dead letters counted")
+    metrics = wait_until(settled, 60, "50 sessions emitted and 2 dead letters counted")
     source_consumed = sum(v for k, v in metrics.items() if k.startswith("sessionizer_events_consumed_total{") and '-web"' in k)
     assert source_consumed == 202
     assert metrics["sessionizer_events_processed_total"] == 200
     assert metrics["sessionizer_late_events_total"] == 0
     assert metrics["sessionizer_emit_delay_seconds_count"] == 50
-    # emitted on the wall clock soon after the close time (gap + grace after the last event)
-    assert metrics["sessionizer_emit_delay_seconds_sum"] / 50 < 5
+    # emitted on the wall clock after the close time (gap + grace after the last event): within a generous minute
+    assert 0 <= metrics["sessionizer_emit_delay_seconds_sum"] / 50 < 60
     assert metrics["sessionizer_commit_duration_seconds_count"] >= 1
     assert metrics["sessionizer_transaction_duration_seconds_count"] >= 1
     assert metrics["sessionizer_commits_total"] >= 1
@@ -108,13 +121,23 @@ def test_metrics_move_as_events_flow_and_probes_answer(app):
     assert len(lags) == 3 and all(-5 < lag < 60 for lag in lags), lags
     assert len([k for k in metrics if k.startswith("sessionizer_stream_time_seconds{")]) == 3
     assert any(k.startswith("sessionizer_source_watermark_seconds{") and f'source="{app.topic("web")}"' in k for k in metrics)
-    wait_until(lambda: scrape(port)["sessionizer_consumer_lag_records"] == 0, 10, "no lag")
+    wait_until(lambda: scrape(port)["sessionizer_consumer_lag_records"] == 0, 60, "no lag")
     status, health = get(port, "/healthz")
     assert status == 200 and health["status"] == "ok"
     assert get(port, "/readyz")[1]["status"] == "ready"
+    got = stop_and_read([service], [app.topic("sessions"), app.topic("late"), app.topic("dlq")])
+    assert sessions_of(got[app.topic("sessions")]) == expected_of(events, 500)
+    assert got[app.topic("late")] == [] and len(got[app.topic("dlq")]) == 2
 
 
 def test_readyz_is_false_while_restoring_and_true_after(app):
+    """/readyz says 200 only once every partition is restored.
+
+    Deterministic: not "a 503 was caught during the restore", a race against
+    its speed, but the first 200's time compared with the log's "state
+    restored" lines, which the service writes before it can say ready
+    (the readiness logic itself: tests/unit/ops/test_http.py).
+    """
     app.configure(session_body(app, ["web"], gap="1h", grace="1h"))
     create_topics([app.topic("web")])
     service = app.service().start()
@@ -124,7 +147,7 @@ def test_readyz_is_false_while_restoring_and_true_after(app):
     now = int(time.time() * 1000)
     produce(app.topic("web"), ({"user_id": f"u{u}", "ts": now} for u in range(users)), key=by_user)
     wait_until(lambda: scrape(port)["sessionizer_events_processed_total"] == users, 120, "every event processed")
-    wait_until(lambda: scrape(port)["sessionizer_state_keys"] > users / 2, 10, "state keys sampled")
+    wait_until(lambda: scrape(port)["sessionizer_state_keys"] > users / 2, 60, "state keys sampled")
     assert service.stop() == 0
 
     shutil.rmtree(app.state_dir)  # local state lost: everything comes back from the changelog
@@ -134,13 +157,21 @@ def test_readyz_is_false_while_restoring_and_true_after(app):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         status, body = get(port, "/readyz")
+        answered = time.time()
         seen.append((status, body["status"]))
         if status == 200:
             break
         time.sleep(0.005)
     assert seen[-1] == (200, "ready"), seen[-5:]
-    assert (503, "restoring state") in seen, sorted(set(seen))
     assert all(status == 503 for status, _ in seen[:-1])
+    assert {reason for _, reason in seen[:-1]} <= {"starting", "no partitions assigned", "restoring state"}, set(seen)
+    events = log_events(service.run_log())
+    restoring = [e for e in events if e["event"] == "restoring state"]
+    restored = [e for e in events if e["event"] == "state restored"]
+    assert sorted(e["partition"] for e in restoring) == [0, 1, 2] and {e["mode"] for e in restoring} == {"full"}
+    assert sorted(e["partition"] for e in restored) == [0, 1, 2]
+    last_restored = max(datetime.fromisoformat(e["timestamp"]).timestamp() for e in restored)
+    assert answered >= last_restored, f"ready at {answered}, before the last store was restored at {last_restored}"
     metrics = scrape(port)
     assert metrics["sessionizer_restored_records_total"] >= users
     assert metrics["sessionizer_restore_remaining_records"] == 0
@@ -153,18 +184,22 @@ def test_sigterm_mid_stream_then_restart_loses_and_repeats_nothing(app):
     """SIGTERM while sessions are open, more events while it is down, then a restart.
 
     Deterministic: the stop comes once the first half is processed (a barrier
-    on the metrics), not at a moment raced against the service's speed.
+    on the metrics), and the first run's wall clock is held back (a punctuation
+    an hour away), so however long the stop takes, the idle clock cannot move
+    stream time past the second half's events: every session is still open at
+    the stop, and nothing can be late after it.
     """
     config_path = app.configure(session_body(app, ["web"], gap="400ms", grace="5s"))
     create_topics([app.topic("web")])
-    events = generate(users=3000, sessions=3, per_session=5)  # 45 000 events, 9 000 sessions
+    events = generate(users=3000, sessions=3, per_session=5)  # 45 000 events within 3 s, 9 000 sessions
     half = len(events) // 2
     produce(app.topic("web"), events[:half], key=by_user)  # a backlog waiting before the service starts
-    service = app.service().start()
+    service = app.service().start(env=HOLD_THE_WALL_CLOCK)
     port = http_port(service)
     wait_until(lambda: scrape(port)["sessionizer_events_processed_total"] == half, 60, "the first half to be processed")
+    assert scrape(port)["sessionizer_windows_emitted_total"] == 0, "every session is still open"
     assert service.stop() == 0  # SIGTERM, with sessions still open
-    first_run = service.log().split("--- start 1 ---")[-1]
+    first_run = service.run_log(1)
     assert '"stopped"' in first_run and '"clean": true' in first_run
     # it left the group on the way out, rather than timing out of it
     admin = AdminClient({"bootstrap.servers": bootstrap()})
@@ -173,15 +208,18 @@ def test_sigterm_mid_stream_then_restart_loses_and_repeats_nothing(app):
     produce(app.topic("web"), events[half:], key=by_user)  # arrives while the service is down
 
     service.start()
-    reader = Reader([app.topic("sessions")])
-    expected = []
-    process_lines(load_config(config_path), [orjson.dumps(e) for e in events], lambda line: expected.append(orjson.loads(line)))
-    expected = sessions_of(r["value"] for r in expected if r["topic"] == app.topic("sessions"))
+    expected = expected_of(events, 400)
     assert len(expected) == 9000
+    offline = []
+    process_lines(load_config(config_path), [orjson.dumps(e) for e in events], lambda line: offline.append(orjson.loads(line)))
+    assert sessions_of(r["value"] for r in offline if r["topic"] == app.topic("sessions")) == expected
+    reader = Reader([app.topic("sessions")])
     reader.wait_for(len(expected), timeout=120)
-    reader.poll(2)  # and nothing more
-    assert sessions_of(reader.records) == expected  # no loss, no duplicate
     reader.close()
+    got = stop_and_read([service], [app.topic("sessions"), app.topic("late")])
+    assert got[app.topic("late")] == []
+    assert sessions_of(got[app.topic("sessions")]) == expected  # no loss, no duplicate
+    assert conserved(got[app.topic("sessions")], got[app.topic("late")], events)
 
 
 def test_open_session_query_seed_004(app):
@@ -225,7 +263,7 @@ def test_open_session_query_seed_004(app):
     assert window["closes_at_ms"] == at("3:37") + 25 * 60_000
     assert window["value"]["types"] == {"put-item-in-cart": 3, "remove-item-from-cart": 1, "preview-item": 1, "checkout": 1}
     # counters are sampled by the loop once a second
-    wait_until(lambda: scrape(port)["sessionizer_session_merges_total"] == 1, 10, "the merge to be counted")
+    wait_until(lambda: scrape(port)["sessionizer_session_merges_total"] == 1, 30, "the merge to be counted")
 
     status, body = get(port, "/sessions/nobody")
     assert status == 200 and body["pipelines"][0]["windows"] == []
@@ -330,7 +368,10 @@ def test_librdkafka_statistics_reach_the_metrics(app):
     states = wait_until(transaction_state, 30, "the producer's statistics")
     (current,) = [k for k, v in states.items() if v == 1]
     assert f'app_id="{app.id}"' in current
-    assert any(state in current for state in ('"Ready"', '"InTransaction"', '"BeginCommit"', '"CommittingTransaction"'))
+    # Whichever moment of the commit cycle the statistics caught (under load, "CommitNotAcked" too),
+    # never an abort or an error.
+    healthy = ("WaitPID", "ReadyNotAcked", "Ready", "InTransaction", "BeginCommit", "CommittingTransaction", "CommitNotAcked")
+    assert any(f'state="{state}"' in current for state in healthy), current
     metrics = scrape(port)
     assert metrics["sessionizer_kafka_producer_errors_total"] == 0
     assert f'sessionizer_kafka_producer_queue_messages{{app_id="{app.id}"}}' in metrics

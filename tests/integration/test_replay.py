@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 
 from confluent_kafka.admin import AdminClient
 
+from service.config import load_config
+from service.core.pipeline import compile_pipelines
+from service.state.store import WindowStore
+from tests import oracle
 from tests.helpers import session_body
-from tests.integration.harness import REPO, Reader, bootstrap, create_topics, produce, wait_until
-from tests.integration.test_core import by_user
+from tests.integration.harness import REPO, Reader, bootstrap, create_topics, murmur2_partition, produce, stop_and_read, wait_until
+from tests.integration.test_core import by_user, conserved, expected_of, sessions_of
+from tests.integration.test_operations import http_port, scrape
 
 
 def sessionizer(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "service", *args], cwd=REPO, capture_output=True, text=True, timeout=180, input=input_text
     )
-
-
-def sessions(records):
-    return sorted((r.key, r.json()["value"]["session_start_ms"], r.json()["value"]["event_count"]) for r in records)
 
 
 def test_reset_replays_the_sources_and_rebuilds_the_same_sessions(app):
@@ -30,10 +33,12 @@ def test_reset_replays_the_sources_and_rebuilds_the_same_sessions(app):
     events = [{"user_id": f"u{u}", "ts": now + s * 2_000 + i * 100} for u in range(5) for s in range(2) for i in range(3)]
     events.sort(key=lambda e: e["ts"])
     produce(app.topic("web"), events, key=by_user)
+    expected = expected_of(events, 500)
+    assert len(expected) == 10
     service = app.service().start()
     service.wait_started()
     reader = Reader([app.topic("sessions")])
-    first = sessions(reader.wait_for(10, timeout=60))
+    assert sessions_of(reader.wait_for(10, timeout=60)) == expected
 
     refused = sessionizer("reset", "--config", str(config), "--yes")
     assert refused.returncode == 1 and "running members" in refused.stderr
@@ -50,36 +55,56 @@ def test_reset_replays_the_sources_and_rebuilds_the_same_sessions(app):
 
     service.start()
     service.wait_started()
-    again = sessions(reader.wait_for(20, timeout=60))
-    reader.poll(2)
-    assert len(reader.records) == 20
-    assert sorted(first * 2) == again, "the replay emits the same sessions once more"
+    reader.wait_for(20, timeout=60)
     reader.close()
+    got = stop_and_read([service], [app.topic("sessions"), app.topic("late")])
+    records = got[app.topic("sessions")]
+    # The replay emits the same sessions once more, and nothing else.
+    assert Counter(sessions_of(records)) == Counter(expected * 2)
+    assert got[app.topic("late")] == []
+    assert conserved(records, got[app.topic("late")], events * 2)  # each event counted once per run
 
 
 def test_restore_state_rebuilds_local_stores_from_the_changelog(app):
-    config = app.configure(session_body(app, ["web"], gap="1h", grace="1s"))
+    """After ``restore-state``, each user's open window in the rebuilt stores is the one produced."""
+    config = app.configure(session_body(app, ["web"], gap="1h", grace="1s", aggregates='amount = { type = "sum", field = "amount" }'))
     create_topics([app.topic("web")])
-    now = int(time.time() * 1000)
-    produce(app.topic("web"), [{"user_id": f"u{u}", "ts": now + u} for u in range(30)], key=by_user)
+    start = 1_700_000_000_000  # a fixed epoch: the sessions, an hour's gap long, stay open
+    events = [{"user_id": f"u{u}", "ts": start + u * 10 + i * 1_000, "amount": u + i} for u in range(30) for i in range(3)]
+    events.sort(key=lambda e: e["ts"])  # each partition in time order: nothing is late
+    produce(app.topic("web"), events, key=by_user)
     service = app.service().start()
-    service.wait_started()
-    changelog = f"{app.id}-sessions-changelog"
-
-    def changelog_written() -> bool:
-        from tests.integration.harness import end_offsets
-
-        return sum(end_offsets(changelog, 3)) >= 30
-
-    wait_until(changelog_written, 60, "the changelog to hold the open sessions")
-    assert service.stop() == 0
+    port = http_port(service)
+    wait_until(lambda: scrape(port)["sessionizer_events_processed_total"] == len(events), 60, "every event processed")
+    assert scrape(port)["sessionizer_late_events_total"] == 0
+    assert service.stop() == 0  # commits what it processed
     store_root = app.state_dir / app.id / "i1"
-    import shutil
-
+    assert sorted(p.name for p in store_root.iterdir()) == ["sessions-0", "sessions-1", "sessions-2"]
     shutil.rmtree(store_root)
+    assert not store_root.exists()
+
     result = sessionizer("restore-state", "--config", str(config), "--instance-id", "i1")
     assert result.returncode == 0, result.stderr
     assert "restored" in result.stdout
     restored = int(result.stdout.strip().splitlines()[-1].split()[1])
     assert restored >= 30
     assert sorted(p.name for p in store_root.iterdir()) == ["sessions-0", "sessions-1", "sessions-2"]
+
+    (pipeline,) = compile_pipelines(load_config(config, {}).pipelines)
+    windows = []
+    for partition in range(3):
+        store = WindowStore(store_root / f"sessions-{partition}", pipeline.window)
+        try:
+            keys = list(store.keys())
+            for key in keys:
+                assert murmur2_partition(key, 3) == partition, f"{key!r} restored into partition {partition}"
+                for window in store.peek(key):
+                    values = pipeline.window.values(window)
+                    windows.append(
+                        oracle.Session(key.decode(), values["session_start_ms"], values["session_end_ms"], values["event_count"], values["amount"])
+                    )
+            latest = max(e["ts"] for e in events if murmur2_partition(e["user_id"].encode(), 3) == partition)
+            assert store.stream_time is not None and store.stream_time >= latest, "stream time is restored too"
+        finally:
+            store.close()
+    assert sorted(windows) == oracle.sessions(((e["user_id"], e["ts"], e["amount"]) for e in events), 3_600_000)

@@ -1,4 +1,14 @@
-"""Rules, flags, pairing and custom aggregates against the real broker, exactly once."""
+"""Rules, flags, pairing and custom aggregates against the real broker, exactly once.
+
+No test here depends on the machine's speed. Either every event waits in the
+topics before the service starts (a backlog: per-source watermarks keep each
+on time, whatever order the partitions are read in), or the run that sees
+events arrive in several steps has its wall clock held back (its first
+punctuation an hour away), so the idle clock cannot make an event late while
+the test waits for a barrier. Every test then stops the service, reads every
+topic it writes to its end, and compares all of it with offline mode, and the
+sessions with the independent oracle.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +19,13 @@ import orjson
 
 from service.commands.process import process_lines
 from service.config import load_config
+from tests import oracle
 from tests.helpers import CART, PAY, SEED_000, calls_pipeline, config_toml, pipeline, rule, session_window
-from tests.integration.harness import Reader, create_topics, produce, wait_until
+from tests.integration.backlog import Backlog
+from tests.integration.harness import Reader, create_topics, produce, stop_and_read, wait_until
+from tests.integration.test_operations import HOLD_THE_WALL_CLOCK
+
+SHOP_TOPICS = ("sessions", "purchases", "coupons", "nudges", "late", "dlq")
 
 
 def shop_body(app, *, gap="1s", grace="500ms") -> str:
@@ -32,31 +47,63 @@ def by_user(value):
     return value["user_id"].encode()
 
 
+def canonical(topic: str, key: bytes | str | None, value: object) -> tuple:
+    key_text = key.decode() if isinstance(key, bytes) else key
+    return (topic, key_text, orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+
+
+def offline(config_path, backlog: Backlog) -> list[tuple]:
+    """Every record ``sessionizer process --wrapped`` makes of the same events, canonical and sorted."""
+    out: list[dict] = []
+    process_lines(load_config(config_path, {}), backlog.wrapped_lines(), lambda line: out.append(orjson.loads(line)), wrapped=True)
+    return sorted(canonical(r["topic"], r["key"], r["value"]) for r in out)
+
+
+def online(got: dict) -> list[tuple]:
+    return sorted(canonical(r.topic, r.key, r.json()) for records in got.values() for r in records)
+
+
+def check_sessions(app, got: dict, backlog: Backlog, gap_ms: int) -> None:
+    """The sessions are the oracle's, and every event is counted once: in a session or on the late topic."""
+    emitted = sorted(
+        oracle.Session(v["user_id"], v["value"]["session_start_ms"], v["value"]["session_end_ms"], v["value"]["event_count"], 0)
+        for v in (r.json() for r in got[app.topic("sessions")])
+    )
+    events = [(e["user_id"], e["timestamp"] if e["timestamp"] > 10**11 else e["timestamp"] * 1000, 0) for e in backlog.events]
+    assert emitted == oracle.sessions(events, gap_ms)
+    assert oracle.conserved(emitted, late=len(got[app.topic("late")]), produced=len(backlog))
+
+
 def test_seed_000_stream_yields_exactly_one_purchase_completed(app):
-    # The two topics may reach the window stage in either order: a grace above the stream's 12 s keeps every order on time.
-    app.configure(shop_body(app, gap="10s", grace="15s"))
-    create_topics([app.topic("web"), app.topic("mobile")])
+    """Seed 000's five events over two topics, all waiting before the service starts."""
+    config_path = app.configure(shop_body(app, gap="10s", grace="1s"))
+    web, mobile = app.topic("web"), app.topic("mobile")
+    create_topics([web, mobile])
+    backlog = Backlog({web: SEED_000[:3], mobile: SEED_000[3:]})
+    for topic, events in backlog.by_topic.items():
+        produce(topic, events, key=by_user)
     service = app.service().start()
-    service.wait_started()
-    produce(app.topic("web"), SEED_000[:3], key=by_user)
-    produce(app.topic("mobile"), SEED_000[3:], key=by_user)
-    reader = Reader([app.topic("purchases")])
-    (record,) = reader.wait_for(1, timeout=30)
-    reader.poll(2)  # nothing more may come
-    assert len(reader.records) == 1
+    service.wait_started()  # the output topics exist
+    reader = Reader([app.topic("sessions")])
+    reader.wait_for(1, timeout=60, topic=app.topic("sessions"))  # closed on the idle clock
+    reader.close()
+    topics = [app.topic(t) for t in SHOP_TOPICS]
+    got = stop_and_read([service], topics)
+    (record,) = got[app.topic("purchases")]  # exactly one, and nothing more can come
     value = record.json()
     assert record.key == b"user_123"
     assert value["event"] == "purchase_completed"
     assert value["value"]["first"] == {"event_id": "evt_ghi", "details": {"item_id": "prod_xyz"}}
     assert value["value"]["then"] == {"event_id": "evt_mno", "details": {"order_id": "ord_789"}}
-    reader.close()
+    assert got[app.topic("late")] == [] and got[app.topic("dlq")] == []
+    check_sessions(app, got, backlog, 10_000)
+    assert online(got) == offline(config_path, backlog)
 
 
 def test_abandoned_cart_yields_one_abandonment_and_a_completed_one_none(app):
     config_path = app.configure(shop_body(app))
-    create_topics([app.topic("web"), app.topic("mobile")])
-    service = app.service().start()
-    service.wait_started()
+    web = app.topic("web")
+    create_topics([web, app.topic("mobile")])
     now = int(time.time() * 1000)
     events = [
         {"user_id": "abandoner", "timestamp": now, "type": "page_viewed", "details": {"page": "/home"}},
@@ -64,58 +111,70 @@ def test_abandoned_cart_yields_one_abandonment_and_a_completed_one_none(app):
         {"user_id": "buyer", "timestamp": now, "type": "item_added_to_cart", "event_id": "c2"},
         {"user_id": "buyer", "timestamp": now + 100, "type": "payment_processed", "details": {"page": "/pay"}},
     ]
-    produce(app.topic("web"), events, key=by_user)
-    reader = Reader([app.topic(t) for t in ("sessions", "coupons", "nudges", "purchases")])
-    reader.wait_for(2, timeout=30, topic=app.topic("sessions"))  # both sessions closed on the idle clock
-    reader.poll(2)
-    (coupon,) = reader.of(app.topic("coupons"))
+    backlog = Backlog({web: events, app.topic("mobile"): []})
+    produce(web, events, key=by_user)  # waiting before the service starts
+    service = app.service().start()
+    service.wait_started()  # the output topics exist
+    reader = Reader([app.topic("sessions")])
+    reader.wait_for(2, timeout=60)  # both sessions closed on the idle clock
+    reader.close()
+    got = stop_and_read([service], [app.topic(t) for t in SHOP_TOPICS])
+    (coupon,) = got[app.topic("coupons")]
     assert coupon.key == b"abandoner"
     assert coupon.json()["value"]["first"]["event_id"] == "c1"
     assert coupon.json()["value"]["session"]["has_checkout"] is False
-    (nudge,) = reader.of(app.topic("nudges"))
+    (nudge,) = got[app.topic("nudges")]
     assert nudge.json()["value"]["first"] == {"event_id": "c1"}
-    (purchase,) = reader.of(app.topic("purchases"))
+    (purchase,) = got[app.topic("purchases")]
     assert purchase.key == b"buyer"
-    sessions = {r.key: r.json()["value"] for r in reader.of(app.topic("sessions"))}
+    sessions = {r.key: r.json()["value"] for r in got[app.topic("sessions")]}
     assert sessions[b"buyer"]["has_checkout"] is True
     assert sessions[b"abandoner"]["top_pages"] == [["/home", 1]]
-
-    # Offline mode over the same events derives the same records.
-    offline = []
-    process_lines(load_config(config_path), [orjson.dumps(e) for e in events], lambda line: offline.append(orjson.loads(line)))
-    derived = sorted((r["topic"], r["key"]) for r in offline if r["topic"] != app.topic("sessions"))
-    online = sorted((r.topic, r.key.decode()) for r in reader.records if r.topic != app.topic("sessions"))
-    assert online == derived
-    reader.close()
+    check_sessions(app, got, backlog, 1_000)
+    # Offline mode over the same events derives the same records, byte for byte.
+    assert online(got) == offline(config_path, backlog)
 
 
 def test_purchases_survive_a_crash_and_a_restore_from_the_changelog_exactly_once(app):
-    """Carts are committed, the instance is killed and its local state deleted; payments still match once."""
-    app.configure(shop_body(app, gap="20s", grace="5s"))
-    create_topics([app.topic("web"), app.topic("mobile")])
-    service = app.service().start()
+    """Carts are committed, the instance is killed and its local state deleted; payments still match once.
+
+    The first run's wall clock is held back, so the carts' stream time stays
+    at their event time however long the barrier takes; the payments wait in
+    their topic before the second run starts.
+    """
+    config_path = app.configure(shop_body(app, gap="2s", grace="1s"))
+    web, mobile = app.topic("web"), app.topic("mobile")
+    create_topics([web, mobile])
+    service = app.service().start(env=HOLD_THE_WALL_CLOCK)
     service.wait_started()
     now = int(time.time() * 1000)
     users = [f"user_{i}" for i in range(20)]
-    produce(app.topic("web"), [{"user_id": u, "timestamp": now, "type": "item_added_to_cart", "event_id": f"c-{u}"} for u in users], key=by_user)
+    carts = [{"user_id": u, "timestamp": now, "type": "item_added_to_cart", "event_id": f"c-{u}"} for u in users]
+    produce(web, carts, key=by_user)
     changelog = Reader([f"{app.id}-shop-changelog"])
 
     def carts_committed():
         changelog.poll(0.3)
         return {r.key for r in changelog.records if r.key.startswith(b"w")} >= {b"w" + u.encode() for u in users}
 
-    wait_until(carts_committed, 30, "every cart in the changelog")
+    wait_until(carts_committed, 60, "every cart in the changelog")
     changelog.close()
     service.kill()
+    assert app.state_dir.exists()
     shutil.rmtree(app.state_dir)  # the restart must rebuild rule state from the changelog
-    produce(app.topic("mobile"), [{"user_id": u, "timestamp": now + 1000, "type": "payment_processed", "event_id": f"p-{u}"} for u in users], key=by_user)
+    payments = [{"user_id": u, "timestamp": now + 1000, "type": "payment_processed", "event_id": f"p-{u}"} for u in users]
+    produce(mobile, payments, key=by_user)
     service.start()
-    reader = Reader([app.topic("purchases")])
-    reader.wait_for(len(users), timeout=60)
-    reader.poll(2)
-    got = sorted((r.key.decode(), r.json()["value"]["first"]["event_id"], r.json()["value"]["then"]["event_id"]) for r in reader.records)
-    assert got == sorted((u, f"c-{u}", f"p-{u}") for u in users)
+    reader = Reader([app.topic("sessions")])
+    reader.wait_for(len(users), timeout=60)  # every session closed: its purchase is out too
     reader.close()
+    got = stop_and_read([service], [app.topic(t) for t in SHOP_TOPICS])
+    purchases = sorted((r.key.decode(), r.json()["value"]["first"]["event_id"], r.json()["value"]["then"]["event_id"]) for r in got[app.topic("purchases")])
+    assert purchases == sorted((u, f"c-{u}", f"p-{u}") for u in users)
+    assert got[app.topic("late")] == [] and got[app.topic("dlq")] == []
+    backlog = Backlog({web: carts, mobile: payments})
+    check_sessions(app, got, backlog, 2_000)
+    assert online(got) == offline(config_path, backlog)
 
 
 def calls_body(app) -> str:
@@ -123,9 +182,18 @@ def calls_body(app) -> str:
 
 
 def test_seed_003_pairing_of_two_topics(app):
-    app.configure(calls_body(app))
-    create_topics([app.topic("analytics"), app.topic("metrics")])
-    service = app.service().start()
+    """One call with both events, one with analytics only, and one whose later event
+    (metrics, 900 ms) reaches the window stage before its earlier one (analytics, 600 ms).
+
+    The order is made, not hoped for: analytics' event is produced only once the
+    metrics one is in the repartition topic, ahead of it in the same partition.
+    The first run's wall clock is held back meanwhile, so however long that takes
+    stream time stays at the events' times; a second run closes the calls.
+    """
+    analytics_topic, metrics_topic = app.topic("analytics"), app.topic("metrics")
+    config_path = app.configure(calls_body(app))
+    create_topics([analytics_topic, metrics_topic])
+    service = app.service().start(env=HOLD_THE_WALL_CLOCK)
     service.wait_started()
     now = int(time.time() * 1000)
 
@@ -135,25 +203,48 @@ def test_seed_003_pairing_of_two_topics(app):
     def metrics(pair, ts, data):
         return {"user1": pair[0], "user2": pair[1], "timestamp": ts, "metrics": data}
 
-    # both events; analytics only; and a pair whose later event reaches the window stage first
-    produce(app.topic("analytics"), [analytics(("a", "b"), now, "a1"), analytics(("c", "d"), now + 50, "a2")])
-    produce(app.topic("metrics"), [metrics(("a", "b"), now + 400, "m1"), metrics(("e", "f"), now + 900, "m3")])
+    backlog = Backlog(
+        {
+            analytics_topic: [analytics(("a", "b"), now, "a1"), analytics(("c", "d"), now + 50, "a2")],
+            metrics_topic: [metrics(("a", "b"), now + 400, "m1"), metrics(("e", "f"), now + 900, "m3")],
+        }
+    )
+    for topic, events in backlog.by_topic.items():
+        produce(topic, events)
     repartition = Reader([f"{app.id}-calls-repartition"])
-    repartition.wait_for(4, timeout=30)
-    repartition.close()
-    produce(app.topic("analytics"), [analytics(("e", "f"), now + 600, "a3")])  # well within grace
 
+    def events_in(count: int):
+        repartition.poll(0.3)
+        # keyless records are the sources' watermark reports (service.runtime.frames)
+        keyed = [r for r in repartition.records if r.key is not None]
+        return len(keyed) >= count and keyed
+
+    wait_until(lambda: events_in(4), 60, "the four events in the repartition topic")
+    late_first = analytics(("e", "f"), now + 600, "a3")  # well within grace
+    backlog.by_topic[analytics_topic].append(late_first)
+    produce(analytics_topic, [late_first])
+    keyed = wait_until(lambda: events_in(5), 60, "the fifth event in the repartition topic")
+    repartition.close()
+    ef = [r for r in keyed if orjson.loads(r.key) == ["e", "f"]]
+    assert len({r.partition for r in ef}) == 1 and [r.offset for r in ef] == sorted(r.offset for r in ef)
+    assert [b"m3" in r.value for r in ef] == [True, False], "metrics' event is ahead of analytics' in the partition"
+    assert service.stop() == 0
+
+    service.start()
     reader = Reader([app.topic("calls")])
-    reader.wait_for(3, timeout=30)
-    reader.poll(2)  # one record per call, never a lone one besides a combined one
-    calls = {tuple(orjson.loads(r.key)): (r.json(), r.headers["sessionizer.sources"]) for r in reader.records}
-    assert len(reader.records) == 3
+    reader.wait_for(3, timeout=60)
+    reader.close()
+    got = stop_and_read([service], [app.topic("calls"), app.topic("late"), app.topic("dlq")])
+    assert got[app.topic("late")] == [] and got[app.topic("dlq")] == []
+    records = got[app.topic("calls")]
+    assert len(records) == 3  # one record per call, never a lone one besides a combined one
+    calls = {tuple(orjson.loads(r.key)): (r.json(), r.headers["sessionizer.sources"]) for r in records}
     ab, ab_sources = calls[("a", "b")]
     assert ab == {"user1": "a", "user2": "b", "analytics": "a1", "metrics": "m1", "ts": now}
-    assert ab_sources == f"{app.topic('analytics')},{app.topic('metrics')}".encode()
+    assert ab_sources == f"{analytics_topic},{metrics_topic}".encode()
     cd, cd_sources = calls[("c", "d")]
     assert cd == {"user1": "c", "user2": "d", "analytics": "a2", "ts": now + 50}
-    assert cd_sources == app.topic("analytics").encode()
-    ef, _ = calls[("e", "f")]
-    assert ef == {"user1": "e", "user2": "f", "metrics": "m3", "analytics": "a3", "ts": now + 600}
-    reader.close()
+    assert cd_sources == analytics_topic.encode()
+    ef_call, _ = calls[("e", "f")]
+    assert ef_call == {"user1": "e", "user2": "f", "metrics": "m3", "analytics": "a3", "ts": now + 600}
+    assert online(got) == offline(config_path, backlog)

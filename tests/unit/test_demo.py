@@ -61,3 +61,31 @@ def test_random_visitors_make_one_session_per_visit():
         last[user] = event["timestamp"]
     emitted = Counter(s["user_id"] for s in sessions(sample_config(), events))
     assert emitted == visits
+
+
+def test_avro_demo_events_decode_to_what_the_json_ones_say(monkeypatch):
+    """``--format avro``: every story's events fit DEMO_EVENT_SCHEMA and decode as the service reads them."""
+    fastavro = __import__("pytest").importorskip("fastavro", reason="the registry extra is not installed")
+    from service.runtime.formats import avro
+    from service.runtime.formats.registry import Fetched, Registry
+
+    class Client:
+        def register_schema(self, subject, schema):
+            return 7
+
+    monkeypatch.setattr("confluent_kafka.schema_registry.SchemaRegistryClient", lambda conf: Client())
+    frame = demo.AvroFramer("http://registry")
+    registry = Registry(None)
+    registry.seed({7: Fetched(7, "AVRO", orjson.dumps(demo.DEMO_EVENT_SCHEMA).decode())})
+    decode = avro.decoder(registry)
+    rng = random.Random(4)
+    stories = demo.allofr_events(1_700_000_000_000) + demo.seed000_events(False, 1_700_000_000_000)
+    stories += [(topic, event) for _, topic, event in islice(demo.random_events(rng, 5, 60_000, 120_000, clock=lambda: 0), 200)]
+    for topic, event in stories:
+        event.setdefault("timestamp", 0)
+        decoded = decode(frame(topic, event))
+        assert {k: v for k, v in decoded.items() if v is not None} == {
+            k: ({**{"page": None, "item_id": None, "order_id": None}, **v} if k == "details" else v) for k, v in event.items()
+        }
+    assert fastavro  # the Avro writer the demo uses
+    assert demo.parse_args(["--format", "avro"]).format == "avro"

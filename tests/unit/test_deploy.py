@@ -123,7 +123,12 @@ def test_image_has_oci_labels():
 
 def test_compose_has_kafka_in_kraft_mode_the_service_a_producer_prometheus_and_grafana():
     services = COMPOSE["services"]
-    assert set(services) == {"kafka", "topics", "sessionizer", "demo", "prometheus", "grafana"}
+    assert set(services) == {"kafka", "topics", "sessionizer", "demo", "prometheus", "grafana", "registry"}
+    # The schema registry is optional: only its profile starts it.
+    assert services["registry"]["profiles"] == ["registry"]
+    pom = (REPO / "scripts" / "registry" / "pom.xml").read_text()
+    registry_version = re.search(r"<apicurio.version>([^<]+)</apicurio.version>", pom)
+    assert registry_version and services["registry"]["image"] == f"apicurio/apicurio-registry:{registry_version.group(1)}"
     kafka = services["kafka"]
     pom = (REPO / "scripts" / "kafka" / "pom.xml").read_text()
     version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom).group(1)

@@ -58,9 +58,9 @@ def test_each_kind_of_mistake_gets_its_message_at_start_up(tmp_path, what, chang
         result = sessionizer(*command)
         assert result.returncode == 2
         assert result.stdout == ""
-        lines = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
-        assert len(lines) == 1, result.stderr
-        assert lines[0].startswith(f"  - {message}"), result.stderr
+        # One problem, one line: the last of stderr (run logs nothing before its configuration is valid).
+        assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]], result.stderr
+        assert result.stderr.strip().startswith(f"sessionizer: invalid configuration: {message}"), result.stderr
 
 
 def test_several_mistakes_are_reported_together(tmp_path):

@@ -20,7 +20,23 @@ def test_effective_config_loads_back_to_the_same_configuration(tmp_path):
         assert {k: v for k, v in again.kafka.items() if k not in secrets} == {
             k: v for k, v in original.kafka.items() if k not in secrets
         }
-        assert again.__class__(**{**again.__dict__, "kafka": original.kafka}) == original
+        assert again.__class__(**{**again.__dict__, "kafka": original.kafka, "schema_registry": original.schema_registry}) == original
+        if original.schema_registry is not None:  # its secrets are redacted too; everything else loads back
+            assert again.schema_registry is not None
+            public = {k: v for k, v in original.schema_registry.properties.items() if not is_secret(k)}
+            assert {k: v for k, v in again.schema_registry.properties.items() if not is_secret(k)} == public
+            assert again.schema_registry.url == original.schema_registry.url
+
+
+def test_schema_registry_secrets_are_redacted():
+    text = MINIMAL_CONFIG + '[schema_registry]\nurl = "https://u:url-pa55@registry:8081"\n"basic.auth.user.info" = "svc:info-pa55"\n'
+    config = config_from_toml(text)
+    dumped = to_toml(effective_config(config))
+    assert "url-pa55" not in dumped and "info-pa55" not in dumped
+    assert '"basic.auth.user.info" = "<redacted>"' in dumped
+    assert 'url = "https://u:<redacted>@registry:8081"' in dumped
+    assert {"svc:info-pa55", "info-pa55", "url-pa55"} <= set(secret_values(config))
+    assert scrub("auth svc:info-pa55 at https://u:url-pa55@registry", secret_values(config)) == "auth <redacted> at https://u:<redacted>@registry"
 
 
 def test_effective_config_redacts_secrets_and_keeps_the_rest():

@@ -21,6 +21,8 @@ DOC = REPO / "docs" / "configuration.md"
 def _normalise(path: str) -> str:
     """``pipelines.sessions.aggregates.stake.type`` -> ``pipelines.<name>.aggregates.<name>.type``."""
     parts = path.split(".")
+    if parts[0] == "sources" and len(parts) > 1:
+        parts[1] = "<topic>"
     if parts[0] == "pipelines" and len(parts) > 1:
         parts[1] = "<name>"
         if len(parts) > 3 and parts[2] in ("aggregates", "rules"):
@@ -46,7 +48,8 @@ def _keys_read(monkeypatch, text: str) -> set[str]:
 
 def test_keys_lists_exactly_what_the_parser_reads(monkeypatch):
     read = set().union(*(_keys_read(monkeypatch, text) for text in CONFIG_SHAPES))
-    listed = {k for k in KEYS if not k.startswith("kafka.")}  # [kafka] passes any property through
+    # [kafka] and [schema_registry] pass any property through
+    listed = {k for k in KEYS if not k.startswith("kafka.") and not k.endswith(".<property>")}
     tables = {r for r in read if any(k.startswith(r + ".") for k in KEYS) and r not in KEYS}
     assert read - tables - {"kafka.consumer", "kafka.producer"} == listed
 
@@ -95,13 +98,17 @@ def test_reference_documents_every_key_and_nothing_else():
 
 def _lookup(document: dict, key: str):
     node = document
-    for part in key.replace("<name>", "p").split("."):
+    for part in key.replace("<name>", "p").replace("<topic>", "a").split("."):
         node = node[part]
     return node
 
 
 # MINIMAL_CONFIG plus the optional tables whose keys have defaults (an empty pairing table).
-WITH_OPTIONAL_TABLES = MINIMAL_CONFIG.replace('sources = ["in"]', 'sources = ["a", "b"]') + "[pipelines.p.pairing]\n"
+WITH_OPTIONAL_TABLES = (
+    MINIMAL_CONFIG.replace('sources = ["in"]', 'sources = ["a", "b"]')
+    + "[pipelines.p.pairing]\n"
+    + '[schema_registry]\nurl = "http://registry:8081"\n[sources.a]\n'
+)
 
 
 def test_documented_defaults_are_the_defaults():
@@ -109,7 +116,7 @@ def test_documented_defaults_are_the_defaults():
     checked = 0
     for key, default in _documented_rows().items():
         literal = re.fullmatch(r"`([^`]+)`", default)
-        if literal is None or key.startswith("kafka.<") or ".aggregates." in key:
+        if literal is None or key.endswith(".<property>") or ".aggregates." in key:
             continue  # "required", "the host name", derived defaults
         if literal.group(1) in KEYS:  # the default is another key's value
             expected = _lookup(effective, literal.group(1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -11,6 +10,7 @@ import pytest
 from service.config import ConfigError, parse_config
 from service.core.pipeline import OutputRecord, Pipeline, compile_pipelines
 from service.core.source import Route, SourceStage
+from tests.fakes import FakeMessage
 
 
 def pipeline(sources: list[str], key: str, dead_letter_topic: str, window: dict[str, str]) -> dict[str, Any]:
@@ -43,28 +43,6 @@ def compile_tables(tables: dict[str, Any]) -> tuple[Pipeline, ...]:
     return compile_pipelines(config.pipelines)
 
 
-@dataclass
-class Message:
-    """Stands for a ``confluent_kafka.Message``: an origin is asked through methods."""
-
-    _topic: str
-    _partition: int
-    _offset: int
-    _key: bytes | None = None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-
 class Sink:
     """Collects what the stage forwards and rejects."""
 
@@ -79,7 +57,8 @@ class Sink:
         self.rejected.append(record)
 
     def run(self, stage: SourceStage, topic: str, raw: bytes | None, record_ms: int | None = None, **origin: Any) -> None:
-        at = Message(topic, origin.get("partition", 0), origin.get("offset", 0), origin.get("key"))
+        # The origin stands for a ``confluent_kafka.Message``: the stage asks it through methods.
+        at = FakeMessage(topic, origin.get("partition", 0), origin.get("offset", 0), key=origin.get("key"))
         stage.process(stage.routes(topic), raw, record_ms, at, self.forward, self.reject)
 
 
@@ -211,8 +190,8 @@ def test_a_non_number_for_a_numeric_aggregate_is_wrong_type():
 
 def test_reject_all_takes_the_callers_code_or_other(stage):
     sink = Sink()
-    stage.reject_all(stage.routes("web"), "no topic", b"line", Message("-", 0, 4), sink.reject)
-    stage.reject_all(stage.routes("web"), "bad", b"line", Message("-", 0, 5), sink.reject, "not_an_object")
+    stage.reject_all(stage.routes("web"), "no topic", b"line", FakeMessage("-", 0, 4), sink.reject)
+    stage.reject_all(stage.routes("web"), "bad", b"line", FakeMessage("-", 0, 5), sink.reject, "not_an_object")
     assert [headers(r)["sessionizer.reason_code"] for r in sink.rejected] == [b"other", b"not_an_object"]
 
 
@@ -220,11 +199,11 @@ def test_an_event_already_decoded_is_forwarded_with_the_given_bytes(stage):
     sink = Sink()
     event = {"user_id": "u1", "ts": 5}
     routes = stage.routes("web")
-    stage.process_event(routes, event, b"re-encoded", None, Message("web", 0, 9), sink.forward, sink.reject)
+    stage.process_event(routes, event, b"re-encoded", None, FakeMessage("web", 0, 9), sink.forward, sink.reject)
     assert sink.forwarded == [("visits", 0, b"u1", 5, event, b"re-encoded")]
 
 
 def test_reject_all_dead_letters_a_record_no_route_can_read(stage):
     sink = Sink()
-    stage.reject_all(stage.routes("mobile"), "no topic", b"line", Message("-", 0, 4), sink.reject)
+    stage.reject_all(stage.routes("mobile"), "no topic", b"line", FakeMessage("-", 0, 4), sink.reject)
     assert [(r.topic, headers(r)["sessionizer.offset"]) for r in sink.rejected] == [("dlq-shared", b"4"), ("dlq-accounts", b"4")]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
-from service.errors import CommitFailed, DeliveryFailed
+from service.errors import CommitFailed, DeliveryFailed, Fenced
 from service.runtime.collector import RecordCollector
-from tests.fakes import FakeCluster, FakeGroupMetadata, FakeProducer
+from tests.fakes import FakeCluster, FakeGroupMetadata, Producers
 
 SOURCE = "events"
 CHANGELOG = "app-s-changelog"
@@ -17,29 +17,12 @@ ABORTABLE = KafkaError(KafkaError.INVALID_TXN_STATE, "transaction must be aborte
 FATAL = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
 
 
-class Producers:
-    """The collector's producer factory: every producer it made, all on one cluster."""
-
-    def __init__(self) -> None:
-        self.cluster = FakeCluster()
-        self.made: list[FakeProducer] = []
-
-    def __call__(self) -> FakeProducer:
-        producer = FakeProducer(self.cluster)
-        self.made.append(producer)
-        return producer
-
-    @property
-    def current(self) -> FakeProducer:
-        return self.made[-1]
-
-
 @pytest.fixture
 def producers():
-    made = Producers()
+    """The collector's producer factory: every producer it made, all on one cluster."""
+    made = Producers(FakeCluster())
     yield made
-    for producer in made.made:
-        producer.release()
+    made.release()
 
 
 def exactly_once(producers: Producers) -> RecordCollector:
@@ -150,11 +133,68 @@ def test_a_fatal_error_on_abort_replaces_the_producer(producers):
     assert collector.producer is replacement
     assert replacement.init_calls == 1
     assert replacement.in_transaction
-    # The fenced producer's abort failed; its records stay invisible.
-    assert producers.cluster.journal.count("abort_transaction") == 1
+    # A producer in a fatal state is not asked to abort (it answers _CONFLICT while its commit
+    # is still in progress); the replacement's init aborts it, and its records stay invisible.
+    assert producers.cluster.journal.count("abort_transaction") == 0
     collector.send("out", b"after", b"2")
     collector.commit(OFFSETS, FakeGroupMetadata())
     assert keys(producers.cluster.visible("out")) == [b"after"]
+
+
+def test_a_fatal_error_met_by_abort_itself_replaces_the_producer(producers):
+    collector = exactly_once(producers)
+    producers.current.fail("abort_transaction", FATAL)
+    collector.send("out", b"lost", b"1")
+    collector.abort()
+    assert len(producers.made) == 2
+    assert producers.current.in_transaction
+
+
+def test_fenced_while_another_process_with_this_instance_id_is_in_the_group_it_steps_down(producers):
+    """Replacing the producer would fence that process in turn: instead this one stops."""
+    collector = exactly_once(producers)
+    asked = []
+    collector.successor = lambda: asked.append(1) or "member m-2 on 10.0.0.7"
+    producers.current.fail("commit_transaction", FATAL)
+    collector.send("out", b"lost", b"1")
+    with pytest.raises(CommitFailed):
+        collector.commit(OFFSETS, FakeGroupMetadata())
+
+    with pytest.raises(Fenced, match="m-2 on 10.0.0.7"):
+        collector.abort()
+
+    assert asked == [1]
+    assert len(producers.made) == 1, "no new producer: it would fence the other process"
+    assert collector.stepped_down
+    # From now on nothing is sent through it: commits fail at once, aborts and close do nothing.
+    with pytest.raises(CommitFailed, match="fenced"):
+        collector.commit(OFFSETS, FakeGroupMetadata())
+    collector.abort()
+    collector.close()
+    assert producers.cluster.journal.count("abort_transaction") == 0
+    assert producers.cluster.records == []
+
+
+def test_fenced_with_no_other_process_in_the_group_the_producer_is_replaced(producers):
+    """The coordinator aborts a transaction older than transaction.timeout.ms with the same error."""
+    collector = exactly_once(producers)
+    collector.successor = lambda: None
+    producers.current.fail("commit_transaction", FATAL)
+    with pytest.raises(CommitFailed):
+        collector.commit(OFFSETS, FakeGroupMetadata())
+    collector.abort()
+    assert len(producers.made) == 2
+    assert not collector.stepped_down
+
+
+def test_a_fatal_error_that_is_not_a_fence_replaces_the_producer_without_asking(producers):
+    collector = exactly_once(producers)
+    collector.successor = lambda: pytest.fail("asked who else runs this instance id")
+    producers.current.fail("commit_transaction", KafkaError(KafkaError._INCONSISTENT, "bad state", fatal=True))
+    with pytest.raises(CommitFailed):
+        collector.commit(OFFSETS, FakeGroupMetadata())
+    collector.abort()
+    assert len(producers.made) == 2
 
 
 @pytest.mark.parametrize("call", ["send_offsets_to_transaction", "commit_transaction"])

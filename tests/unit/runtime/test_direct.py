@@ -5,88 +5,25 @@ Against the fake clients of ``tests.fakes``: no broker, real RocksDB stores.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
-from confluent_kafka import TopicPartition
 
 from service.core.partitioner import partition_for
-from service.core.pipeline import compile_pipelines
-from service.core.topology import plan
-from service.runtime.changelog_reader import ChangelogReader
-from service.runtime.collector import RecordCollector
-from service.runtime.stats import LoopStats
-from service.runtime.task_manager import WAITING, TaskManager
-from service.runtime.tasks import DirectTask, TaskState
-from tests.fakes import FakeAdmin, FakeCluster, FakeConsumer, FakeMessage, FakeProducer, eof
-from tests.helpers import config_from_toml
+from service.runtime.task_manager import WAITING
+from service.runtime.tasks import TaskState
+from tests.fakes import FakeMessage, eof
+from tests.unit.runtime.instances import MOBILE, OUTPUT, WEB, direct_instance
 
-WEB, MOBILE = "web", "mobile"
-OUTPUT = "out"
 T0 = 1_700_000_000_000
 SECOND = 1_000
 
 
-def config(state_dir: Path):
-    return config_from_toml(
-        f"""
-[app]
-instance_id = "test"
-state_dir = "{state_dir}"
-[topics]
-partitions = 2
-[pipelines.s]
-sources = ["{WEB}", "{MOBILE}"]
-key = "@key"
-time = "ts"
-time_format = "epoch_ms"
-output = "{OUTPUT}"
-[pipelines.s.window]
-type = "session"
-gap = "10s"
-grace = "1s"
-"""
-    )
-
-
-class Instance:
-    def __init__(self, tmp_path: Path) -> None:
-        self.cluster = FakeCluster()
-        self.config = config(tmp_path)
-        partitions = {WEB: 2, MOBILE: 2, "sessionizer-s-changelog": 2}
-        self.plans = plan(self.config.pipelines, 2, partitions)
-        self.consumer = FakeConsumer(self.cluster)
-        self.collector = RecordCollector(lambda: FakeProducer(self.cluster), True)
-        self.now = 100.0
-        self.tasks = TaskManager(
-            self.config,
-            compile_pipelines(self.config.pipelines),
-            self.plans,
-            self.consumer,
-            self.collector,
-            ChangelogReader(FakeConsumer(self.cluster)),
-            FakeAdmin(),
-            LoopStats(),
-            partitions,
-            clock=lambda: self.now,
-        )
-        self.collector.init()
-
-    def assign(self, *partitions: tuple[str, int]) -> None:
-        self.tasks.on_assign(self.consumer, [TopicPartition(t, p) for t, p in partitions])
-
-    def task(self, partition: int = 0) -> DirectTask:
-        task = self.tasks.window_tasks[("s", partition)]
-        assert isinstance(task, DirectTask)
-        return task
-
-
 @pytest.fixture
 def instance(tmp_path):
-    made = Instance(tmp_path)
+    """Pipeline ``s`` grouped by the record key over ``web`` and ``mobile``, two partitions each: read directly."""
+    made = direct_instance(tmp_path)
     yield made
-    made.tasks.close()
+    made.close()
 
 
 def keys_in(partition: int, count: int) -> list[bytes]:
@@ -116,7 +53,7 @@ def test_a_direct_task_runs_only_once_every_input_is_assigned_here(instance):
     assert instance.tasks.window_tasks == {}
     assert instance.tasks.alignment._reasons[(WEB, 0)] == {WAITING}
     instance.assign((MOBILE, 0))
-    task = instance.task(0)
+    task = instance.direct_task(0)
     assert task.state is TaskState.RUNNING  # empty changelog: restored at once
     assert task.inputs == [(WEB, 0), (MOBILE, 0)]
     assert instance.consumer.paused == set()
@@ -146,15 +83,15 @@ def test_a_record_in_the_wrong_partition_goes_to_the_dead_letter_topic(instance)
     assert errors[0].startswith("wrong partition: key b'" + elsewhere.decode() + "' belongs in partition 1 of 2")
     assert errors[1].startswith("no key")
     assert [dict(r.headers)["sessionizer.reason_code"] for r in dead] == [b"wrong_partition", b"no_key"]
-    assert instance.task(0).counts().dead_letter_reasons == {"wrong_partition": 1, "no_key": 1}
+    assert instance.direct_task(0).counts().dead_letter_reasons == {"wrong_partition": 1, "no_key": 1}
     assert [r.value for r in dead] == [record(WEB, 0, elsewhere, T0).value(), record(WEB, 1, elsewhere, T0).value()]
-    assert instance.task(0).counts().processed == 0
+    assert instance.direct_task(0).counts().processed == 0
 
 
 def test_stream_time_is_the_slower_inputs_and_its_events_are_on_time(instance):
     instance.assign((WEB, 0), (MOBILE, 0))
     [a, b] = keys_in(0, 2)
-    task = instance.task(0)
+    task = instance.direct_task(0)
     # web is read a minute ahead of mobile
     instance.tasks.route([record(WEB, 0, a, T0 + 60 * SECOND)])
     assert task.store.stream_time is None  # mobile has said nothing yet
@@ -171,7 +108,7 @@ def test_stream_time_is_the_slower_inputs_and_its_events_are_on_time(instance):
 def test_inputs_read_to_their_end_let_the_wall_clock_close_windows(instance):
     instance.assign((WEB, 0), (MOBILE, 0))
     [a] = keys_in(0, 1)
-    task = instance.task(0)
+    task = instance.direct_task(0)
     instance.tasks.route([record(WEB, 0, a, T0), eof(WEB, 0, 1)])
     instance.now += 60
     instance.tasks.punctuate(instance.now)
@@ -194,3 +131,17 @@ def test_an_input_far_ahead_is_paused_until_the_slower_one_catches_up(instance):
     assert instance.consumer.paused == {(WEB, 0)}
     instance.tasks.route([record(MOBILE, 1, a, T0 + 2 * SECOND)])
     assert instance.consumer.paused == set()
+
+
+def test_an_input_that_has_delivered_nothing_holds_the_others_back_for_at_most_max_task_idle(instance):
+    instance.assign((WEB, 0), (MOBILE, 0))
+    [a] = keys_in(0, 1)
+    patience = instance.config.max_task_idle_ms / 1000
+    instance.tasks.route([record(WEB, 0, a, T0)])
+    assert instance.consumer.paused == {(WEB, 0)}, "mobile, not known to be empty, may hold older events: web waits"
+    instance.now += patience - 0.1
+    instance.tasks.punctuate(instance.now)
+    assert instance.consumer.paused == {(WEB, 0)}
+    instance.now += 0.2
+    instance.tasks.punctuate(instance.now)
+    assert instance.consumer.paused == set(), "after max_task_idle the others go on"

@@ -10,26 +10,19 @@ topic, so every window task has two sources, ``S0`` and ``S1``. Sessions close
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from service.config import Config
 from service.core.partitioner import partition_for
-from service.core.pipeline import compile_pipelines
-from service.core.topology import plan
 from service.core.watermarks import source_id
-from service.runtime.changelog_reader import ChangelogReader
-from service.runtime.collector import RecordCollector
 from service.runtime.frames import DATA, DATA_FRAME, report
-from service.runtime.stats import LoopStats
-from service.runtime.task_manager import TaskManager
 from service.runtime.tasks import DirectTask, TaskState, WindowTask
-from tests.fakes import FakeAdmin, FakeCluster, FakeConsumer, FakeMessage, FakeProducer, Produced, eof
-from tests.helpers import config_from_toml
+from tests.fakes import FakeAdmin, FakeCluster, FakeMessage, Produced, eof
+from tests.helpers import pipeline, session_window
+from tests.unit.runtime.instances import MOBILE, WEB, Instance, Instances, direct_instance
 
 SOURCE = "events"
 REPARTITION = "sessionizer-s-repartition"
@@ -47,28 +40,11 @@ S0, S1 = source_id(0, 0), source_id(0, 1)
 ABORTABLE = KafkaError(KafkaError.INVALID_TXN_STATE, "transaction must be aborted", txn_requires_abort=True)
 
 
-def runtime_config(state_dir: Path, guarantee: str) -> Config:
-    return config_from_toml(
-        f"""
-[app]
-instance_id = "test"
-state_dir = "{state_dir}"
-processing_guarantee = "{guarantee}"
-
-[pipelines.s]
-sources = ["{SOURCE}"]
-key = "user_id"
-time = "ts"
-time_format = "epoch_ms"
-output = "{OUTPUT}"
-[pipelines.s.window]
-type = "session"
-gap = "10m"
-grace = "1m"
-[pipelines.s.aggregates]
-total = {{ type = "sum", field = "amount" }}
-"""
-    )
+#: Sessions of ``user_id`` in ``events``, closed 10 minutes after their last event, with a minute of grace.
+PIPELINE = pipeline(
+    [SOURCE], session_window("10m", "1m"), output=OUTPUT, time_format="epoch_ms", aggregates='total = { type = "sum", field = "amount" }'
+)
+PARTITIONS = {SOURCE: 2, REPARTITION: 2, CHANGELOG: 2}
 
 
 class RecordingAdmin(FakeAdmin):
@@ -86,58 +62,6 @@ class RecordingAdmin(FakeAdmin):
         return super().delete_records(offsets, **kwargs)
 
 
-class Instance:
-    """One service instance: a TaskManager over fakes on a shared cluster, stores under ``state_dir``."""
-
-    def __init__(self, cluster: FakeCluster, state_dir: Path, guarantee: str = "exactly_once") -> None:
-        self.cluster = cluster
-        self.config = runtime_config(state_dir, guarantee)
-        self.producers: list[FakeProducer] = []
-        self.collector = RecordCollector(self._new_producer, self.config.exactly_once)
-        self.consumer = FakeConsumer(cluster)
-        self.restore_consumer = FakeConsumer(cluster)
-        self.admin = RecordingAdmin(cluster)
-        partitions = {SOURCE: 2, REPARTITION: 2, CHANGELOG: 2}
-        #: The instance's wall clock (monotonic seconds); tests move it on.
-        self.now = 1_000.0
-        self.tasks = TaskManager(
-            self.config,
-            compile_pipelines(self.config.pipelines),
-            plan(self.config.pipelines, 2, partitions),
-            self.consumer,
-            self.collector,
-            ChangelogReader(self.restore_consumer),
-            self.admin,
-            LoopStats(),
-            partitions,
-            clock=lambda: self.now,
-        )
-        self.collector.init()
-
-    def _new_producer(self) -> FakeProducer:
-        self.producers.append(FakeProducer(self.cluster))
-        return self.producers[-1]
-
-    @property
-    def producer(self) -> FakeProducer:
-        return self.producers[-1]
-
-    def assign(self, *partitions: tuple[str, int]) -> None:
-        self.tasks.on_assign(self.consumer, [TopicPartition(t, p) for t, p in partitions])
-
-    def window(self, partition: int = 0) -> WindowTask:
-        return self.tasks.window_tasks[("s", partition)]
-
-    def purge_due(self) -> None:
-        """The purge interval has passed (purging reads the process's clock, not the instance's)."""
-        self.tasks._next_purge = 0.0
-
-    def close(self) -> None:
-        self.tasks.close()
-        for producer in self.producers:
-            producer.release()
-
-
 @pytest.fixture
 def cluster() -> FakeCluster:
     return FakeCluster()
@@ -146,15 +70,9 @@ def cluster() -> FakeCluster:
 @pytest.fixture
 def instance(cluster, tmp_path):
     """Instances on one cluster; each ``make(name)`` has its own state directory."""
-    made: list[Instance] = []
-
-    def make(name: str = "a", guarantee: str = "exactly_once") -> Instance:
-        made.append(Instance(cluster, tmp_path / name, guarantee))
-        return made[-1]
-
-    yield make
-    for one in made:
-        one.close()
+    made = Instances(cluster, tmp_path, PIPELINE, PARTITIONS, admin=RecordingAdmin)
+    yield made
+    made.close()
 
 
 def event(user: str, at_ms: int) -> bytes:
@@ -486,8 +404,13 @@ def test_a_late_records_stream_time_header_is_absent_while_stream_time_is_unknow
 # -- 6. dead letters -------------------------------------------------------------------------------
 
 
-def dead_letters(cluster: FakeCluster) -> list[Produced]:
-    return cluster.visible(DEAD)
+def dead_lettered(a: Instance, message: FakeMessage) -> Produced:
+    """``message`` read on its partition, assigned for it, and committed: the one dead letter it made."""
+    a.assign((message.topic(), message.partition()))
+    a.tasks.route([message])
+    a.tasks.commit()
+    [dead] = a.cluster.visible(DEAD)
+    return dead
 
 
 def where(record: Produced) -> dict[str, bytes]:
@@ -509,10 +432,7 @@ def where(record: Produced) -> dict[str, bytes]:
 )
 def test_a_record_the_source_stage_cannot_decode_is_dead_lettered_as_it_was(instance, cluster, value, error, code):
     a = instance()
-    a.assign((SOURCE, 1))
-    a.tasks.route([FakeMessage(SOURCE, 1, 7, value=value, key=b"\x00k\xff", timestamp_ms=T0)])
-    a.tasks.commit()
-    [dead] = dead_letters(cluster)
+    dead = dead_lettered(a, FakeMessage(SOURCE, 1, 7, value=value, key=b"\x00k\xff", timestamp_ms=T0))
     assert (dead.key, dead.value) == (b"\x00k\xff", value)
     assert dict(dead.headers)["sessionizer.error"].startswith(error)
     assert where(dead) == {
@@ -536,10 +456,7 @@ def test_a_record_the_source_stage_cannot_decode_is_dead_lettered_as_it_was(inst
 )
 def test_a_record_the_pipeline_cannot_use_is_dead_lettered_as_it_was_naming_the_pipeline(instance, cluster, value, error, code):
     a = instance()
-    a.assign((SOURCE, 0))
-    a.tasks.route([FakeMessage(SOURCE, 0, 12, value=value, key=b"record-key", timestamp_ms=T0)])
-    a.tasks.commit()
-    [dead] = dead_letters(cluster)
+    dead = dead_lettered(a, FakeMessage(SOURCE, 0, 12, value=value, key=b"record-key", timestamp_ms=T0))
     assert (dead.key, dead.value) == (b"record-key", value)
     assert dict(dead.headers)["sessionizer.error"].startswith(error)
     assert where(dead) == {
@@ -564,10 +481,7 @@ def test_a_record_the_pipeline_cannot_use_is_dead_lettered_as_it_was_naming_the_
 )
 def test_an_unreadable_repartition_record_is_dead_lettered_as_it_was(instance, cluster, key, value, error):
     a = instance()
-    a.assign((REPARTITION, 1))
-    a.tasks.route([FakeMessage(REPARTITION, 1, 4, value=value, key=key)])
-    a.tasks.commit()
-    [dead] = dead_letters(cluster)
+    dead = dead_lettered(a, FakeMessage(REPARTITION, 1, 4, value=value, key=key))
     assert (dead.key, dead.value) == (key, value)
     assert dict(dead.headers)["sessionizer.error"].startswith(error)
     assert where(dead) == {
@@ -582,58 +496,15 @@ def test_an_unreadable_repartition_record_is_dead_lettered_as_it_was(instance, c
 
 # -- a pipeline read directly (key = "@key") --------------------------------------------------------
 
-WEB, MOBILE = "web", "mobile"
-
-
-class DirectInstance:
-    """Pipeline ``s`` grouped by the record key over ``web`` and ``mobile``, two partitions each, read directly."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.cluster = FakeCluster()
-        self.config = config_from_toml(
-            f"""
-[app]
-instance_id = "test"
-state_dir = "{state_dir}"
-[topics]
-partitions = 2
-[pipelines.s]
-sources = ["{WEB}", "{MOBILE}"]
-key = "@key"
-time = "ts"
-time_format = "epoch_ms"
-output = "{OUTPUT}"
-[pipelines.s.window]
-type = "session"
-gap = "10s"
-grace = "1s"
-"""
-        )
-        partitions = {WEB: 2, MOBILE: 2, CHANGELOG: 2}
-        self.consumer = FakeConsumer(self.cluster)
-        self.collector = RecordCollector(lambda: FakeProducer(self.cluster), True)
-        self.tasks = TaskManager(
-            self.config,
-            compile_pipelines(self.config.pipelines),
-            plan(self.config.pipelines, 2, partitions),
-            self.consumer,
-            self.collector,
-            ChangelogReader(FakeConsumer(self.cluster)),
-            FakeAdmin(),
-            LoopStats(),
-            partitions,
-            clock=lambda: 100.0,
-        )
-        self.collector.init()
-        self.tasks.on_assign(self.consumer, [TopicPartition(t, 0) for t in (WEB, MOBILE)])
-        assert isinstance(self.tasks.window_tasks[("s", 0)], DirectTask)
-
 
 @pytest.fixture
 def direct(tmp_path):
-    made = DirectInstance(tmp_path)
+    """Pipeline ``s`` grouped by the record key over ``web`` and ``mobile``, read directly; partition 0 of both assigned."""
+    made = direct_instance(tmp_path)
+    made.assign((WEB, 0), (MOBILE, 0))
+    assert isinstance(made.window(0), DirectTask)
     yield made
-    made.tasks.close()
+    made.close()
 
 
 def key_in(partition: int) -> bytes:

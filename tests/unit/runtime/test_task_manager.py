@@ -8,25 +8,17 @@ transactions what became visible together.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError
 
-from service.config import Config
-from service.core.pipeline import compile_pipelines
-from service.core.topology import plan
 from service.core.watermarks import source_id
-from service.runtime.changelog_reader import ChangelogReader
-from service.runtime.collector import RecordCollector
 from service.runtime.frames import DATA, DATA_FRAME, report
-from service.runtime.stats import LoopStats
-from service.runtime.task_manager import TaskManager
 from service.runtime.tasks import SourceTask, TaskState, WindowTask
 from service.state.store import WindowStore
-from tests.fakes import FakeAdmin, FakeCluster, FakeConsumer, FakeMessage, FakeProducer, eof
-from tests.helpers import config_from_toml
+from tests.fakes import FakeCluster, FakeMessage, eof
+from tests.helpers import pipeline, session_window
+from tests.unit.runtime.instances import Instances
 
 SOURCE = "events"
 REPARTITION = "sessionizer-s-repartition"
@@ -39,87 +31,9 @@ MINUTE = 60_000
 ABORTABLE = KafkaError(KafkaError.INVALID_TXN_STATE, "transaction must be aborted", txn_requires_abort=True)
 
 
-def runtime_config(state_dir: Path, guarantee: str, extra: str = "") -> Config:
-    return config_from_toml(
-        f"""
-{extra}
-[app]
-instance_id = "test"
-state_dir = "{state_dir}"
-processing_guarantee = "{guarantee}"
-
-[pipelines.s]
-sources = ["{SOURCE}"]
-key = "user_id"
-time = "ts"
-time_format = "epoch_ms"
-output = "{OUTPUT}"
-[pipelines.s.window]
-type = "session"
-gap = "10m"
-grace = "0s"
-"""
-    )
-
-
-class Instance:
-    """One service instance: a TaskManager over fakes on a shared cluster, stores under ``state_dir``."""
-
-    def __init__(self, cluster: FakeCluster, state_dir: Path, guarantee: str = "exactly_once", extra: str = "") -> None:
-        self.cluster = cluster
-        self.config = runtime_config(state_dir, guarantee, extra)
-        self.producers: list[FakeProducer] = []
-        self.collector = RecordCollector(self._new_producer, self.config.exactly_once)
-        self.consumer = FakeConsumer(cluster)
-        self.restore_consumer = FakeConsumer(cluster)
-        self.admin = FakeAdmin()
-        self.stats = LoopStats()
-        partitions = {SOURCE: 1, REPARTITION: 2, CHANGELOG: 2}
-        #: The instance's wall clock (monotonic seconds); tests move it on.
-        self.now = 1_000.0
-        self.tasks = TaskManager(
-            self.config,
-            compile_pipelines(self.config.pipelines),
-            plan(self.config.pipelines, 2, partitions),
-            self.consumer,
-            self.collector,
-            ChangelogReader(self.restore_consumer),
-            self.admin,
-            self.stats,
-            partitions,
-            clock=lambda: self.now,
-        )
-        self.collector.init()
-
-    def _new_producer(self) -> FakeProducer:
-        producer = FakeProducer(self.cluster)
-        self.producers.append(producer)
-        return producer
-
-    @property
-    def producer(self) -> FakeProducer:
-        return self.producers[-1]
-
-    def assign(self, *partitions: tuple[str, int]) -> None:
-        self.tasks.on_assign(self.consumer, [TopicPartition(t, p) for t, p in partitions])
-
-    def revoke(self, *partitions: tuple[str, int]) -> None:
-        tps = [TopicPartition(t, p) for t, p in partitions]
-        self.tasks.on_revoke(self.consumer, tps)
-        self.consumer.incremental_unassign(tps)  # what the client does after the callback
-
-    def lose(self, *partitions: tuple[str, int]) -> None:
-        tps = [TopicPartition(t, p) for t, p in partitions]
-        self.tasks.on_lost(self.consumer, tps)
-        self.consumer.incremental_unassign(tps)
-
-    def window(self, partition: int = 0) -> WindowTask:
-        return self.tasks.window_tasks[("s", partition)]
-
-    def close(self) -> None:
-        self.tasks.close()
-        for producer in self.producers:
-            producer.release()
+#: Sessions of ``user_id`` in ``events``, closed 10 minutes after their last event (no grace).
+PIPELINE = pipeline([SOURCE], session_window("10m", "0s"), output=OUTPUT, time_format="epoch_ms")
+PARTITIONS = {SOURCE: 1, REPARTITION: 2, CHANGELOG: 2}
 
 
 @pytest.fixture
@@ -130,15 +44,9 @@ def cluster():
 @pytest.fixture
 def instance(cluster, tmp_path):
     """Instances on one cluster; each ``make(name)`` has its own state directory."""
-    made: list[Instance] = []
-
-    def make(name: str = "a", guarantee: str = "exactly_once", extra: str = "") -> Instance:
-        made.append(Instance(cluster, tmp_path / name, guarantee, extra))
-        return made[-1]
-
-    yield make
-    for one in made:
-        one.close()
+    made = Instances(cluster, tmp_path, PIPELINE, PARTITIONS)
+    yield made
+    made.close()
 
 
 def event(user: str, at_ms: int) -> bytes:
@@ -351,15 +259,12 @@ def test_committed_state_is_on_disk_when_the_store_is_reopened(instance):
     a.tasks.commit()
     a.tasks.close()
 
-    store = WindowStore(path, a.tasks.pipelines[0].window)
-    try:
+    with a.reopened(path) as store:
         assert store.peek(b"u1") == []
         [session] = store.peek(b"u2")
         assert (session.start, session.end, session.count) == (T0 + 20 * MINUTE, T0 + 20 * MINUTE, 1)
         assert store.stream_time == T0 + 20 * MINUTE
         assert store.checkpoint == 4
-    finally:
-        store.close()
 
 
 def test_a_commit_with_nothing_new_writes_nothing(instance, cluster):
@@ -388,7 +293,7 @@ def test_at_least_once_commits_offsets_after_the_records_and_the_state(instance,
 def test_purging_deletes_committed_repartition_records(instance):
     a = instance()
     a.assign((SOURCE, 0), (REPARTITION, 0))
-    a.tasks._next_purge = 0.0  # the purge interval has passed
+    a.purge_due()
     a.tasks.route([source_record(0, "u9", T0), *FIRST_BATCH])
     a.tasks.commit()
     assert a.admin.deleted == [(REPARTITION, 0, 3)]
@@ -451,9 +356,9 @@ def test_a_commit_that_hung_but_went_through_is_read_back_from_the_changelog(ins
     a.producer.hang_after_commit()
     a.tasks.route(FIRST_BATCH)
     a.tasks.commit()  # hangs after committing: CommitFailed, abort, producer replaced
-    a.producers[0].release()
+    a.producers.made[0].release()
     assert len(cluster.transactions) == 1  # it did commit
-    assert len(a.producers) == 2
+    assert len(a.producers.made) == 2
     assert task.state is TaskState.RESTORING
     assert task.store.peek(b"u2") == []  # rolled back for now...
     a.restore_consumer.feed(*cluster.messages(CHANGELOG), eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))))
@@ -467,7 +372,7 @@ def test_a_commit_that_hung_but_went_through_is_read_back_from_the_changelog(ins
 
 def test_a_rewind_without_committed_offsets_goes_back_to_where_reading_started(instance):
     """With auto.offset.reset = "latest" the first read is at the end: a failed first commit rewinds there, not to the start."""
-    a = instance(extra='[kafka.consumer]\n"auto.offset.reset" = "latest"')
+    a = instance(kafka={"consumer": {"auto.offset.reset": "latest"}})
     a.assign((SOURCE, 0))
     # The consumer started at the end of the topic (offset 1000), as "latest" says.
     a.tasks.route([source_record(1000, "u1", T0)])
@@ -484,7 +389,7 @@ def test_a_fatal_commit_error_replaces_the_producer_and_the_next_commit_goes_thr
     a.tasks.route(FIRST_BATCH)
     a.producer.fail("commit_transaction", KafkaError(KafkaError._FENCED, "fenced", fatal=True))
     a.tasks.commit()
-    assert len(a.producers) == 2
+    assert len(a.producers.made) == 2
     assert cluster.records == []
     assert a.window().store.peek(b"u2") == []
 
@@ -510,11 +415,8 @@ def test_revoking_commits_then_closes_the_revoked_tasks(instance, cluster):
     assert set(a.tasks.source_tasks) == set()
     assert set(a.tasks.window_tasks) == {("s", 1)}
     # The revoked store was closed (RocksDB lets it be opened again) holding the commit.
-    store = WindowStore(path, a.tasks.pipelines[0].window)
-    try:
+    with a.reopened(path) as store:
         assert len(store.peek(b"u2")) == 1
-    finally:
-        store.close()
 
 
 def test_a_revoked_partitions_counts_are_kept_when_it_is_assigned_again(instance, cluster):
@@ -577,12 +479,9 @@ def test_a_commit_failing_on_revoke_rolls_back_and_still_closes_the_tasks(instan
     assert len(cluster.aborted) == 1
     assert a.tasks.window_tasks == {} and a.tasks.source_tasks == {}
     assert not a.tasks.checkpoint
-    store = WindowStore(path, a.tasks.pipelines[0].window)
-    try:
+    with a.reopened(path) as store:
         assert store.peek(b"u2") == []
         assert store.checkpoint is None
-    finally:
-        store.close()
 
 
 def test_losing_partitions_aborts_without_committing(instance, cluster):
@@ -604,15 +503,71 @@ def test_losing_partitions_aborts_without_committing(instance, cluster):
     assert a.consumer.seeks == [(SOURCE, 0, 0)]
     # Nothing of the lost batch reached the store; the task's counts are kept.
     assert a.tasks.task_counts()[("s", 0)].processed == 3
-    store = WindowStore(path, a.tasks.pipelines[0].window)
-    try:
+    with a.reopened(path) as store:
         assert store.peek(b"u1") == []
         assert store.stream_time is None
-    finally:
-        store.close()
+
+
+def test_records_handed_over_again_are_processed_once_and_a_partition_wholly_behind_is_sought_forward(instance, cluster):
+    """librdkafka 2.16 re-delivered a partition from its start after a pause and resume near an assignment.
+
+    Seen on a real broker (three source topics, alignment pausing a partition
+    that had run ahead): without this, those records were counted twice.
+    """
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    window = a.window()
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.route([source_record(0, "u5", T0), source_record(1, "u5", T0)])
+
+    # The same records again, and a batch that straddles the position.
+    a.tasks.route(FIRST_BATCH)
+    assert a.consumer.seeks == [(REPARTITION, 0, 3)], "wholly behind: sought to where it should be"
+    a.tasks.route([source_record(1, "u5", T0), source_record(2, "u6", T0)])
+    a.tasks.route([repartition_record(3, "u3", T0 + 21 * MINUTE)])
+    a.tasks.commit()
+
+    assert window.counts().processed == 4
+    assert a.stats.redelivered == 4
+    assert cluster.group_offsets == {(SOURCE, 0): 3, (REPARTITION, 0): 4}
+    # Source offsets 0, 1 and 2 went to the repartition topic once each.
+    assert [r.key for r in events(cluster.visible(REPARTITION))] == [b"u5", b"u5", b"u6"]
+    assert sessions(cluster.visible(OUTPUT)) == [(b"u1", T0, T0 + MINUTE, 2)]
+
+
+def test_a_seek_back_reads_the_records_again(instance, cluster):
+    """Not every offset below the last one processed is a re-delivery: after a rewind they must be read."""
+    a = instance()
+    a.assign((REPARTITION, 0))
+    a.tasks.route(FIRST_BATCH)
+    a.producer.fail("commit_transaction", ABORTABLE)
+    a.tasks.commit()  # aborted: sought back to 0 (nothing committed)
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.commit()
+    assert a.stats.redelivered == 0
+    assert sessions(cluster.visible(OUTPUT)) == [(b"u1", T0, T0 + MINUTE, 2)]
+    assert cluster.group_offsets == {(REPARTITION, 0): 3}
 
 
 # -- end of partition and punctuation ------------------------------------------------------
+
+
+def test_a_source_reports_at_once_when_it_goes_idle_then_once_a_second_while_it_stays_idle(instance, cluster):
+    a = instance()
+    a.assign((SOURCE, 0))
+    a.tasks.route([source_record(7, "u1", T0)])
+    a.tasks.commit()  # with new data: the busy report (test_a_source_record_goes_to_the_repartition_topic_...)
+    a.tasks.route([eof(SOURCE, 0, 8)])
+    a.tasks.commit()
+    idle = [(p, report(T0, source_id(0, 0), idle=True)) for p in (0, 1)]
+    assert [(r.partition, r.value) for r in reports(cluster.transactions[-1].records)] == idle, "at once, to every repartition partition"
+    committed = len(cluster.transactions)
+    a.now += 0.5
+    a.tasks.commit()
+    assert len(cluster.transactions) == committed, "nothing to say within the second"
+    a.now += 0.5
+    a.tasks.commit()
+    assert [(r.partition, r.value) for r in reports(cluster.transactions[-1].records)] == idle, "the heartbeat, a second on"
 
 
 def test_end_of_partition_events_mark_tasks_caught_up_until_more_records_come(instance):
