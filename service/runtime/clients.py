@@ -81,7 +81,7 @@ def consumer_config(config: Config, co_partitioned: bool = False) -> dict[str, A
     props.update(
         {
             "group.id": config.app_id,
-            "client.id": f"{config.app_id}-{config.instance_id}-consumer",
+            "client.id": consumer_client_id(config),
             "partition.assignment.strategy": "range" if co_partitioned else "cooperative-sticky",
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
@@ -143,3 +143,8 @@ def admin_config(config: Config) -> dict[str, Any]:
 def transactional_id(config: Config) -> str:
     """Stable per instance, so a restarted instance fences its previous incarnation."""
     return f"{config.app_id}-{config.instance_id}"
+
+
+def consumer_client_id(config: Config) -> str:
+    """The group member's ``client.id``: how the group's description names this instance (``service.runtime.owners``)."""
+    return f"{config.app_id}-{config.instance_id}-consumer"

@@ -13,6 +13,7 @@ import structlog
 from confluent_kafka.admin import AdminClient
 
 from service.config import Config
+from service.runtime.clients import consumer_client_id
 
 log = structlog.get_logger("sessionizer.queries")
 
@@ -70,7 +71,7 @@ def same_instance_elsewhere(admin: AdminClient, config: Config, own_member_id: s
     transaction that ran too long (no one else is). When the group cannot be
     described, None: the producer is then replaced, as for a timeout.
     """
-    client_id = f"{config.app_id}-{config.instance_id}-consumer"
+    client_id = consumer_client_id(config)
     try:
         description = admin.describe_consumer_groups([config.app_id], request_timeout=timeout)[config.app_id].result(timeout)
     except Exception as exc:

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from typing import cast
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from service.config import Config
@@ -378,8 +378,17 @@ class TaskManager:
         if not lost:
             self.seek_to_committed()
 
-    def seek_to_committed(self, patience: float = 120.0) -> None:
-        """Put every active partition back at its committed offset (retrying while the broker is away)."""
+    def seek_to_committed(self, patience: float = 20.0) -> None:
+        """Put every active partition back at its committed offset.
+
+        The offsets are read while the broker answers within ``patience``.
+        After that the partitions are assigned again with no offset: the
+        consumer then fetches the committed ones itself, in the background,
+        and reads from there. Waiting on longer would block the loop, and
+        with it a rebalance the consumer may need a poll to finish before it
+        answers (seen after a broker restart on a loaded machine: ``committed``
+        timed out for minutes while the loop waited on it).
+        """
         wheres = set(self.source_tasks)
         for task in self.window_tasks.values():
             wheres.update(task.inputs)
@@ -389,11 +398,13 @@ class TaskManager:
         deadline = time.monotonic() + patience
         while True:
             try:
-                committed = self.consumer.committed(active, timeout=10)
+                committed = self.consumer.committed(active, timeout=min(10.0, patience))
                 break
             except KafkaException as exc:
                 if time.monotonic() > deadline:
-                    raise
+                    log.warning("committed offsets unreadable; reassigning, the consumer reads them itself", error=str(exc.args[0]))
+                    self._reassign_at_committed(active)
+                    return
                 log.warning("reading committed offsets failed, retrying", error=str(exc.args[0]))
                 time.sleep(1.0)
         for tp in committed:
@@ -405,6 +416,30 @@ class TaskManager:
                     continue
                 tp.offset = first
             self._seek((tp.topic, tp.partition), tp.offset)
+
+    def _reassign_at_committed(self, active: list[TopicPartition]) -> None:
+        """Assign ``active`` again with no offset, so the consumer starts them at their committed offsets.
+
+        An assignment resumes its partitions: those held (restoring, ahead,
+        waiting) are paused again.
+        """
+        fresh = [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in active]
+        try:
+            if self.eager:
+                wheres = {(tp.topic, tp.partition) for tp in active}
+                others = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) not in wheres]
+                self.consumer.assign(fresh + others)
+            else:
+                self.consumer.incremental_unassign(active)
+                self.consumer.incremental_assign(fresh)
+        except KafkaException as exc:
+            log.warning("reassigning failed", error=str(exc.args[0]))
+            return
+        for tp in active:
+            self._positions.pop((tp.topic, tp.partition), None)  # not known until records come
+        held = self.alignment.paused
+        if held:
+            self.consumer.pause([TopicPartition(topic, partition) for topic, partition in held])
 
     # -- rebalances -------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from service.core.watermarks import source_id
 from service.runtime.frames import DATA, DATA_FRAME, report
@@ -381,6 +381,34 @@ def test_a_rewind_without_committed_offsets_goes_back_to_where_reading_started(i
     [(topic, partition, offset)] = a.consumer.seeks
     assert (topic, partition) == (SOURCE, 0)
     assert offset == 1000, "rewound elsewhere than where the consumer started reading"
+
+
+def test_committed_offsets_the_broker_does_not_give_are_left_to_the_consumer_by_assigning_again(instance, monkeypatch):
+    """After a broker restart ``committed`` timed out for minutes while the loop, blocked on it, could
+    not serve the rebalance the consumer waited for. Past its patience the rewind assigns the
+    partitions again with no offset (the consumer then starts them at their committed offsets) and
+    pauses again the ones held; the loop goes on."""
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.alignment.hold([(REPARTITION, 0)], "ahead")
+
+    def unreachable(partitions, timeout=None):
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to get committed offsets: Local: Timed out"))
+
+    monkeypatch.setattr(a.consumer, "committed", unreachable)
+    pauses = len(a.consumer.pauses)
+    a.tasks.seek_to_committed(patience=0)
+
+    assert a.consumer.seeks == []
+    assert {(tp.topic, tp.partition) for tp in a.consumer.assignment()} == {(SOURCE, 0), (REPARTITION, 0)}
+    assert a.consumer.pauses[pauses:] == [(REPARTITION, 0)], "a held partition stays paused"
+    # Where the consumer will start is not known here: nothing it hands over is taken for a re-delivery.
+    a.tasks.alignment.release([(REPARTITION, 0)], "ahead")
+    a.tasks.route(FIRST_BATCH)
+    assert a.stats.redelivered == 0
+    counts = a.window().counts()
+    assert counts.processed + counts.late == 6, "the batch was taken again (its state was not rolled back here: late now)"
 
 
 def test_a_fatal_commit_error_replaces_the_producer_and_the_next_commit_goes_through(instance, cluster):

@@ -1,0 +1,140 @@
+"""Per-event cost by stage, no Kafka: decode, extract, and the window stage, in µs per event.
+
+    python3 bench/stages.py                  # this checkout
+    python3 bench/stages.py --repo OTHER     # another checkout, e.g. a worktree of an older commit
+
+Prints the best of ``--runs`` timings per stage. ``--repo`` lets one run time
+an older commit beside this one (the README's before/after table); it accepts
+the flat ``service/`` layout of before the layered structure too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import random
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+
+PIPELINE = """
+[pipelines.s]
+sources = ["web"]
+key = "user_id"
+time = "timestamp"
+output = "out"
+[pipelines.s.window]
+type = "session"
+gap = "60s"
+grace = "5s"
+[pipelines.s.aggregates]
+types = { type = "count_by", field = "type" }
+amount = { type = "sum", field = "details.amount" }
+"""
+TYPES = ["page_viewed"] * 6 + ["item_added_to_cart", "payment_processed"]
+USERS = 5_000
+#: Commits (close what is due, write the store) every this many events, as offline mode does.
+COMMIT_EVERY = 5_000
+
+
+def module(*names: str) -> ModuleType:
+    """The first of ``names`` that imports: the layered module, or its flat predecessor."""
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError(names)
+
+
+def events(count: int) -> list[bytes]:
+    """``count`` JSON events of ``USERS`` users, each user's clock moving on by a few seconds, in time order."""
+    rng = random.Random(1)
+    clocks = [1_700_000_000_000 + rng.randrange(600_000) for _ in range(USERS)]
+    timed = []
+    for n in range(count):
+        user = rng.randrange(USERS)
+        clocks[user] += int(rng.expovariate(1 / 8000))
+        event = {
+            "event_id": f"e{n}",
+            "user_id": f"user_{user}",
+            "timestamp": clocks[user],
+            "type": rng.choice(TYPES),
+            "details": {"page": "/x", "amount": rng.randrange(500)},
+        }
+        timed.append((clocks[user], orjson.dumps(event)))
+    timed.sort()
+    return [raw for _, raw in timed]
+
+
+def best(run: Callable[[], None], runs: int, count: int) -> float:
+    """The fastest of ``runs`` timings, in µs per event."""
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run()
+        timings.append(time.perf_counter() - started)
+    return min(timings) / count * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose service/ is timed")
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.repo.resolve()))
+    config_module = module("service.config")
+    pipeline_module = module("service.core.pipeline", "service.pipeline")
+    processor_module = module("service.core.processor", "service.processor")
+    store_module = module("service.state.store", "service.store")
+
+    problems: list[str] = []
+    config = config_module.parse_config(tomllib.loads(PIPELINE), problems)
+    if problems:
+        raise SystemExit("\n".join(problems))
+    pipeline = pipeline_module.Pipeline(config.pipelines[0])
+    raws = events(args.events)
+    decoded = [orjson.loads(raw) for raw in raws]
+    extract = pipeline.extract
+    keyed = [(extract(event, None), event, raw) for event, raw in zip(decoded, raws, strict=True)]
+
+    def decode() -> None:
+        loads = orjson.loads
+        for raw in raws:
+            loads(raw)
+
+    def extract_all() -> None:
+        for event in decoded:
+            extract(event, None)
+
+    def window_stage() -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            store = store_module.WindowStore(Path(directory) / "s", pipeline.window)
+            out: list[object] = []
+            processor = processor_module.WindowProcessor(pipeline, store, out)
+            process = processor.process
+            for n, ((key, at), event, raw) in enumerate(keyed, 1):
+                process(key, at, event, raw)
+                if n % COMMIT_EVERY == 0:
+                    processor.close_due()
+                    store.apply(store.prepare(), None)
+                    out.clear()
+            store.close()
+
+    print(f"{args.events:,} events of {USERS:,} users, best of {args.runs} runs, {args.repo}")
+    print(f"decode (orjson.loads):                            {best(decode, args.runs, args.events):6.2f} µs/event")
+    print(f"extract (key, time, checks):                      {best(extract_all, args.runs, args.events):6.2f} µs/event")
+    print(f"window stage (add, close due, commit to RocksDB): {best(window_stage, args.runs, args.events):6.2f} µs/event")
+
+
+if __name__ == "__main__":
+    main()
