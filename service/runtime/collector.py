@@ -231,7 +231,8 @@ class RecordCollector:
                     timeouts += 1
                     if timeouts >= ABORT_TIMEOUTS:
                         # After a broker restart librdkafka can keep the abort queued for
-                        # a coordinator connection it never makes again (seen for minutes).
+                        # a coordinator connection it never makes again (seen for minutes
+                        # here; librdkafka issue #3779 reports ten).
                         # A new producer looks the coordinator up afresh, and its
                         # init_transactions aborts what this one left open.
                         self._replace_producer(error)
