@@ -425,16 +425,23 @@ def test_a_frozen_registry_pauses_partitions_and_loses_nothing(app, schema_regis
             assert metrics['sessionizer_dead_letter_records_total{{app_id="{}",reason="unknown_schema",topic="{}"}}'.format(app.id, app.topic("dlq"))] == 0
         finally:
             os.kill(pid, signal.SIGCONT)
-        reader.wait_for(len(expected), timeout=240, topic=app.topic("sessions"))
-        wait_until(lambda: get(port, "/readyz")[0] == 200, 30, "/readyz to be ready again")
+        try:
+            reader.wait_for(len(expected), timeout=240, topic=app.topic("sessions"))
+        except AssertionError as exc:
+            timed_out: AssertionError | None = exc  # the checks below say which sessions, and why
+        else:
+            timed_out = None
+            wait_until(lambda: get(port, "/readyz")[0] == 200, 30, "/readyz to be ready again")
     finally:
         reader.close()
     assert service.stop() == 0
     got = read(app, ["sessions"])
     assert got[app.topic("dlq")] == [], "a registry outage is not bad input"
-    assert got[app.topic("late")] == []
+    late = got[app.topic("late")]
+    assert late == [], f"{len(late)} late, e.g. {[(r.partition, r.headers) for r in late[:3]]}"
     outputs = Outputs(schema_registry)
     oracle.assert_each_once(sessions([outputs.decode(r.value) for r in got[app.topic("sessions")]]), expected)
+    assert timed_out is None, str(timed_out)
     assert '"schema registry unavailable; partitions wait for it"' in service.log()
     assert '"schema registry answered again"' in service.log()
 
