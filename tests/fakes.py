@@ -212,7 +212,9 @@ class FakeProducer:
         self._undelivered.append((on_delivery, record, error))
 
     def purge(self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True) -> None:
-        self._undelivered = []
+        # The purged records are reported as failed, at the next poll or flush.
+        purged = KafkaError(KafkaError._PURGE_QUEUE, "purged")
+        self._undelivered = [(callback, record, purged) for callback, record, _ in self._undelivered]
 
     def poll(self, timeout: float | None = None) -> int:
         return self._deliver()
@@ -220,6 +222,13 @@ class FakeProducer:
     def flush(self, timeout: float | None = None) -> int:
         self.cluster.journal.append("flush")
         if self.fatal_error is not None:  # as librdkafka's flush does on a fenced producer
+            if self._undelivered:
+                # confluent-kafka serves the reports with the exception already set: the
+                # first callback returns into a pending exception, which Python reports so.
+                try:
+                    raise KafkaException(self.fatal_error)
+                except KafkaException as exc:
+                    raise SystemError("a delivery callback returned a result with an exception set") from exc
             raise KafkaException(self.fatal_error)
         self._deliver()
         return 0

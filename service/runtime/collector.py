@@ -55,6 +55,10 @@ def _within(call: Callable[[], None], deadline: float) -> None:
         raise outcome[0]
 
 
+#: An abort that times out this many times in a row is given up with its producer.
+ABORT_TIMEOUTS = 2
+
+
 def _retrying(call: Callable[[], object], attempts: int = 6) -> None:
     """Run a transactional call, again after a pause while it fails with a retriable error."""
     for attempt in range(attempts):
@@ -210,6 +214,7 @@ class RecordCollector:
             self._replace_or_step_down(error)
             return
         deadline = time.monotonic() + 300
+        timeouts = 0
         while True:
             try:
                 _within(partial(self.producer.abort_transaction, timeout), deadline=timeout + 5)
@@ -222,6 +227,16 @@ class RecordCollector:
                 if error.fatal():
                     self._replace_or_step_down(error)
                     return
+                if error.code() == KafkaError._TIMED_OUT:
+                    timeouts += 1
+                    if timeouts >= ABORT_TIMEOUTS:
+                        # After a broker restart librdkafka can keep the abort queued for
+                        # a coordinator connection it never makes again (seen for minutes
+                        # here; librdkafka issue #3779 reports ten).
+                        # A new producer looks the coordinator up afresh, and its
+                        # init_transactions aborts what this one left open.
+                        self._replace_producer(error)
+                        return
                 if not error.retriable() or time.monotonic() > deadline:
                     raise
                 log.warning("abort failed, retrying", error=str(error))
@@ -251,7 +266,10 @@ class RecordCollector:
     def close(self, timeout: float = 30.0) -> None:
         if self.stepped_down:
             # A fenced producer can deliver nothing: drop what it holds instead of waiting on it.
-            with contextlib.suppress(KafkaException):
+            # Its flush raises, and confluent-kafka raises a SystemError instead when the purged
+            # records' reports are served with that error pending. The process is stopping
+            # because of the fence; neither may take the place of that reason.
+            with contextlib.suppress(KafkaException, SystemError):
                 self.producer.purge()
                 self.producer.flush(min(timeout, 5.0))
             return

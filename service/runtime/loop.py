@@ -176,7 +176,12 @@ class StreamLoop:
         self.consumer.close()  # leaves the group; the revoke callback commits and closes the tasks
         self.tasks.close()
         self.tasks.reader.close()
-        self.collector.close()
+        try:
+            self.collector.close()
+        except Exception as exc:
+            # Everything was committed or aborted above; an error while letting the
+            # producer go must not take the place of the reason the loop stops.
+            log.warning("closing the producer failed", error=repr(exc))
         log.info("stopped", commits=self.stats.commits, clean=clean)
 
     # -- measuring ----------------------------------------------------------------

@@ -197,6 +197,35 @@ def test_a_fatal_error_that_is_not_a_fence_replaces_the_producer_without_asking(
     assert len(producers.made) == 2
 
 
+TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "Timed out waiting for operation to finish, retry call to resume", retriable=True)
+
+
+def test_an_abort_that_times_out_once_is_retried_on_the_same_producer(producers):
+    collector = exactly_once(producers)
+    producers.current.fail("abort_transaction", TIMED_OUT)
+    collector.send("out", b"dropped", b"1")
+    collector.abort()
+    assert len(producers.made) == 1
+    assert producers.cluster.journal.count("abort_transaction") == 2
+    assert producers.current.in_transaction
+
+
+def test_an_abort_that_keeps_timing_out_is_given_up_with_its_producer(producers):
+    """After a broker restart librdkafka can hold the abort for a coordinator it never reaches
+    again; the loop must not wait on it for minutes. A new producer aborts the transaction."""
+    collector = exactly_once(producers)
+    for _ in range(5):
+        producers.current.fail("abort_transaction", TIMED_OUT)
+    collector.send("out", b"dropped", b"1")
+    collector.abort()
+    assert producers.cluster.journal.count("abort_transaction") == 2
+    assert len(producers.made) == 2
+    assert producers.current.in_transaction
+    collector.send("out", b"after", b"2")
+    collector.commit(OFFSETS, FakeGroupMetadata())
+    assert keys(producers.cluster.visible("out")) == [b"after"]
+
+
 @pytest.mark.parametrize("call", ["send_offsets_to_transaction", "commit_transaction"])
 def test_a_hung_call_raises_commit_failed_and_the_producer_is_replaced_on_abort(producers, call):
     collector = exactly_once(producers)
