@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 Where = tuple[str, int]
 
@@ -115,6 +115,8 @@ class FakeCluster:
         #: Calls in the order they happened: "produce <topic>", "flush", "send_offsets_to_transaction", ...
         self.journal: list[str] = []
         self._next: dict[Where, int] = {}
+        #: Every producer writing here, for the offsets of their open transactions.
+        self.producers: list[FakeProducer] = []
 
     def append(self, where: Where) -> int:
         """Give the next offset of a partition's log (a record or a transaction marker takes one)."""
@@ -125,6 +127,17 @@ class FakeCluster:
     def end(self, where: Where) -> int:
         """The high watermark: the offset the next write to the partition gets."""
         return self._next.get(where, 0)
+
+    def stable_end(self, where: Where) -> int:
+        """The last stable offset: where a ``read_committed`` reader stops (the first record of an open transaction)."""
+        open_offsets = [
+            r.offset
+            for producer in self.producers
+            if producer.in_transaction
+            for r in producer.open.records
+            if (r.topic, r.partition) == where
+        ]
+        return min(open_offsets, default=self.end(where))
 
     def visible(self, topic: str) -> list[Produced]:
         return [r for r in self.records if r.topic == topic]
@@ -150,10 +163,14 @@ class FakeProducer:
     ``hang_after_commit()`` makes the next ``commit_transaction`` commit, then
     block like a hung call: the broker committed but the answer never came.
     ``fail_deliveries(error)`` reports the next records as not delivered.
+    ``unreachable`` makes every commit fail until it is unset.
     """
 
     def __init__(self, cluster: FakeCluster | None = None) -> None:
         self.cluster = cluster if cluster is not None else FakeCluster()
+        self.cluster.producers.append(self)
+        #: The broker is away: committing fails, and must be aborted (the abort itself goes through).
+        self.unreachable = False
         self.transactional = False
         self.in_transaction = False
         self.init_calls = 0
@@ -287,6 +304,8 @@ class FakeProducer:
             self.hung.set()
             self._release.wait(HANG_LIMIT)
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{name} hung"))
+        if self.unreachable and name in ("send_offsets_to_transaction", "commit_transaction"):
+            raise KafkaException(KafkaError(KafkaError.INVALID_TXN_STATE, "broker unreachable", txn_requires_abort=True))
         failures = self._failures.get(name)
         if failures:
             error = failures.pop(0)
@@ -447,34 +466,170 @@ class FakeConsumer:
         self.closed = True
 
 
-class FakeFuture:
-    """An already finished ``concurrent.futures.Future``."""
+class FetchingConsumer(FakeConsumer):
+    """A consumer that reads what the cluster holds, as librdkafka would, instead of what was fed.
 
-    def __init__(self, error: KafkaError | None = None) -> None:
+    Each assigned, unpaused partition is read from its fetch position, which
+    starts at the group's committed offset (or the start), moves past each
+    record handed over, and is moved by ``seek``. Records are handed over
+    in offset order up to the partition's last stable offset (what a
+    ``read_committed`` reader sees), then one end-of-partition event, once
+    per end reached. ``down`` makes it hand over nothing (a broker outage).
+    """
+
+    def __init__(self, cluster: FakeCluster | None = None) -> None:
+        super().__init__(cluster)
+        self.down = False
+        self._eof_at: dict[Where, int] = {}
+
+    def _start(self, tp: TopicPartition) -> None:
+        where = (tp.topic, tp.partition)
+        if tp.offset >= 0:
+            self.positions[where] = tp.offset
+        elif tp.offset == OFFSET_BEGINNING:
+            self.positions[where] = 0
+        else:
+            self.positions[where] = self.cluster.group_offsets.get(where, 0)
+        self._eof_at.pop(where, None)
+
+    def incremental_assign(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned[(tp.topic, tp.partition)] = None
+            self._start(tp)
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        self._assigned = {}
+        self.paused.clear()
+        for tp in partitions:
+            self._assigned[(tp.topic, tp.partition)] = None
+            self._start(tp)
+
+    def seek(self, partition: TopicPartition) -> None:
+        super().seek(partition)
+        self._eof_at.pop((partition.topic, partition.partition), None)
+
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float | None = None, cached: bool = False) -> tuple[int, int]:
+        return (0, self.cluster.stable_end((partition.topic, partition.partition)))
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        out: list[FakeMessage] = []
+        if self.down:
+            return out
+        visible: dict[Where, list[Produced]] = {}
+        for record in self.cluster.records:
+            visible.setdefault((record.topic, record.partition), []).append(record)
+        for where in list(self._assigned):
+            if where in self.paused:
+                continue
+            position = self.positions.get(where, 0)
+            stable = self.cluster.stable_end(where)
+            full = False
+            for r in sorted(visible.get(where, ()), key=lambda r: r.offset):
+                if position <= r.offset < stable:
+                    if len(out) >= num_messages:
+                        full = True
+                        break
+                    out.append(FakeMessage(r.topic, r.partition, r.offset, r.value, r.key, headers=list(r.headers)))
+                    position = r.offset + 1
+            self.positions[where] = position
+            if full:
+                return out
+            if len(out) < num_messages and self._eof_at.get(where) != stable:
+                self.positions[where] = max(position, stable)
+                self._eof_at[where] = stable
+                out.append(FakeMessage(where[0], where[1], stable, error=KafkaError(KafkaError._PARTITION_EOF)))
+        return out
+
+
+class FakeFuture:
+    """A ``concurrent.futures.Future``: finished at once, unless made with ``done=False`` and finished by ``finish``."""
+
+    def __init__(self, error: KafkaError | None = None, value: object = None, done: bool = True) -> None:
         self._error = error
+        self._value = value
+        self._done = done
+        self._callbacks: list[Callable[[FakeFuture], None]] = []
+
+    def finish(self, error: KafkaError | None = None, value: object = None) -> None:
+        self._error, self._value, self._done = error, value, True
+        for callback in self._callbacks:
+            callback(self)
 
     def done(self) -> bool:
-        return True
+        return self._done
 
-    def result(self, timeout: float | None = None) -> None:
+    def result(self, timeout: float | None = None) -> object:
+        if not self._done:
+            raise TimeoutError("not finished")
         if self._error is not None:
             raise KafkaException(self._error)
+        return self._value
 
     def exception(self, timeout: float | None = None) -> KafkaException | None:
         return None if self._error is None else KafkaException(self._error)
 
     def add_done_callback(self, callback: Callable[[FakeFuture], None]) -> None:
-        callback(self)
+        if self._done:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+
+@dataclass(frozen=True)
+class ListedOffset:
+    """What a ``list_offsets`` future holds (``ListOffsetsResultInfo``): the offset asked for."""
+
+    offset: int
 
 
 class FakeAdmin:
-    """An admin client whose ``delete_records`` records the offsets; ``error`` fails every deletion."""
+    """An admin client over a ``FakeCluster``.
 
-    def __init__(self, error: KafkaError | None = None) -> None:
+    ``delete_records`` records the offsets; ``error`` fails every deletion.
+    ``list_offsets`` answers each partition's end as a ``read_committed``
+    reader sees it (``FakeCluster.stable_end``) once the call returns; with
+    ``hold_answers`` set its futures stay unfinished (a slow broker) until
+    ``answer()``; ``ends_error`` fails every answer (a broker that is down).
+    """
+
+    def __init__(self, error: KafkaError | None = None, cluster: FakeCluster | None = None) -> None:
         self.error = error
+        self.cluster = cluster if cluster is not None else FakeCluster()
         #: Every deletion asked for: (topic, partition, delete before this offset).
         self.deleted: list[tuple[str, int, int]] = []
+        #: Every ``list_offsets`` call: the partitions asked for.
+        self.listed: list[list[Where]] = []
+        self.hold_answers = False
+        self.ends_error: KafkaError | None = None
+        #: Ends to answer instead of the cluster's, by partition.
+        self.ends: dict[Where, int] = {}
+        self._held: list[tuple[Where, FakeFuture]] = []
 
     def delete_records(self, offsets: list[TopicPartition], **_: Any) -> dict[TopicPartition, FakeFuture]:
         self.deleted += [(tp.topic, tp.partition, tp.offset) for tp in offsets]
         return {tp: FakeFuture(self.error) for tp in offsets}
+
+    def list_offsets(self, offsets: dict[TopicPartition, object], **_: Any) -> dict[TopicPartition, FakeFuture]:
+        wheres = [(tp.topic, tp.partition) for tp in offsets]
+        self.listed.append(wheres)
+        futures: dict[TopicPartition, FakeFuture] = {}
+        for tp, where in zip(offsets, wheres):
+            if self.hold_answers:
+                future = FakeFuture(done=False)
+                self._held.append((where, future))
+            elif self.ends_error is not None:
+                future = FakeFuture(self.ends_error)
+            else:
+                future = FakeFuture(value=ListedOffset(self._end(where)))
+            futures[tp] = future
+        return futures
+
+    def answer(self) -> None:
+        """Answer the held requests with the ends as they are now."""
+        held, self._held = self._held, []
+        for where, future in held:
+            future.finish(value=ListedOffset(self._end(where)))
+
+    def _end(self, where: Where) -> int:
+        end = self.ends.get(where)
+        return self.cluster.stable_end(where) if end is None else end

@@ -164,12 +164,12 @@ class _Run:
 
     def forward(self, route: Route, key: bytes, time_ms: int, event: dict[str, Any], raw: bytes) -> None:
         marks = self.watermarks
-        watermark = None if marks is None else marks.observe(source_id(route.index, 0), time_ms)
+        watermark = None if marks is None else marks.advance(source_id(route.index, 0), time_ms)
         self.processor.process(key, time_ms, event, raw, route.index, watermark)
 
     def commit(self) -> None:
         if self.watermarks is not None:
-            self.processor.advance(self.watermarks.stream_time(now=0.0))
+            self.processor.advance(self.watermarks.stream_time())
         self.processor.close_due()
         self.store.apply(self.store.prepare(), checkpoint=None)
 

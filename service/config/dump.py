@@ -44,6 +44,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "cache_max_keys": config.cache_max_keys,
             "max_task_idle": format_duration_ms(config.max_task_idle_ms),
             "max_drift": format_duration_ms(config.max_drift_ms),
+            "idle_timeout": format_duration_ms(config.idle_timeout_ms),
         },
         "kafka": kafka,
         "topics": {

@@ -64,6 +64,7 @@ def parse_config(
     poll_batch = app.int("poll_batch", 5000, minimum=1) or 5000
     cache_max_keys = app.int("cache_max_keys", 100_000, minimum=0)
     max_task_idle_ms = app.duration("max_task_idle", 2_000)
+    idle_timeout_ms = app.duration("idle_timeout", 30_000, positive=True) or 30_000
     max_drift_ms = app.duration("max_drift", 300_000, positive=True)
     app.finish()
 
@@ -136,6 +137,7 @@ def parse_config(
         cache_max_keys=cache_max_keys if cache_max_keys is not None else 100_000,
         max_task_idle_ms=max_task_idle_ms if max_task_idle_ms is not None else 2_000,
         max_drift_ms=max_drift_ms or 300_000,
+        idle_timeout_ms=idle_timeout_ms,
         state=state,
         kafka=kafka,
         consumer=consumer,

@@ -103,6 +103,7 @@ KEYS: Mapping[str, str] = MappingProxyType(
         "app.poll_batch": INTEGER,
         "app.cache_max_keys": INTEGER,
         "app.max_task_idle": DURATION,
+        "app.idle_timeout": DURATION,
         "app.max_drift": DURATION,
         "state.cache_bytes": SIZE,
         "state.block_cache_bytes": SIZE,
@@ -405,6 +406,9 @@ class Config:
     max_task_idle_ms: int = 2_000
     #: How far (event time) an input may run ahead of the slowest one before it is paused.
     max_drift_ms: int = 300_000
+    #: How long a source partition must have had no records, while read to its end, before
+    #: its watermark follows the wall clock (``service.runtime.ends``).
+    idle_timeout_ms: int = 30_000
     state: StateConfig = StateConfig()
     #: What ``/sessions/{key}`` requests must present; None leaves the queries open. A secret.
     http_sessions_token: str | None = None

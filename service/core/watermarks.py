@@ -6,21 +6,30 @@ repartition topic. Read from a backlog, those sources arrive at different
 speeds, so "the largest event time seen" runs ahead of the slowest source and
 turns its on-time events late. Flink's answer is used here:
 
-- Each source has a **watermark**: the largest event time read from it so far.
-- The task's **stream time** is the minimum of its sources' watermarks. A
-  window closes only when stream time passes its close time, so a slow source
-  holds closing back instead of losing its events to "late".
-- A source that is **idle** (read to its end, and said so recently) does not
-  hold the minimum back, so a quiet topic still lets windows close. When every
-  source is idle, stream time is the largest watermark: everything produced
-  so far has been read.
-- Stream time never goes back.
+- Each source has a **watermark**, a lower bound on what it can still
+  deliver: every later event of it is at least its watermark minus grace.
+  It is the largest event time read from the source, or, once the source has
+  been quiet for the idle timeout, the wall-clock time at which it was last
+  found read to its end, whichever is later (``service.runtime.ends``).
+- The task's **stream time** is the minimum of its sources' watermarks, and
+  unknown while one of them has none. A window closes only when stream time
+  passes its close time, so a slow source, a dead reader or a source whose
+  reader is moving holds closing back instead of losing its events to "late".
+- A quiet source does not hold windows open for ever: its wall-clock bound
+  moves with the present. Idleness never *removes* a source from the
+  minimum, so a source whose reader stops reporting holds stream time where
+  its last report left it.
+- Watermarks and stream time never go back.
 
 An event is late when it is more than ``grace`` behind the later of its own
-source's watermark and the stream time. Its source's watermark makes the
-decision the same whatever the speeds of the other sources (each source's own
-disorder is what grace has to cover); the stream time keeps the one
-predicate: no event is accepted into a window that was already closed.
+source's watermark and the stream time. As stream time is at most any
+source's watermark, that is its own source's watermark: whether an event is
+late depends on its own source partition alone, never on how fast the others
+were read.
+
+Every value here is a fact about what was read, never a claim about the
+present: a watermark re-read from the repartition topic after a restart or a
+rewind is as true as when it was written.
 
 Sources are small integers (``source_id``): the source topic's index in the
 pipeline and the partition, so the hot path handles ints, not tuples.
@@ -30,11 +39,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-
-#: How long an "idle" report counts, in seconds of the task's wall clock: a
-#: source whose reader stopped reporting (a crashed instance) is no longer
-#: idle, so its silence holds stream time instead of letting it run ahead.
-DEFAULT_IDLE_FRESHNESS = 3.0
 
 
 def source_id(topic_index: int, partition: int) -> int:
@@ -50,97 +54,45 @@ def source_parts(source: int) -> tuple[int, int]:
 class Watermarks:
     """The watermarks of one task's sources, and the stream time they allow.
 
-    ``expected`` are the sources that must report before stream time can move:
-    until a source has a watermark or has said it is idle, nothing is known of
-    how far behind it is.
+    ``expected`` are the sources that must have a watermark before stream time
+    can move: until a source has one, nothing is known of how far behind it is.
     """
 
-    def __init__(self, expected: Iterable[int], idle_freshness: float = DEFAULT_IDLE_FRESHNESS) -> None:
+    def __init__(self, expected: Iterable[int]) -> None:
         self.expected = set(expected)
-        #: source -> largest event time read from it
+        #: source -> its watermark
         self.marks: dict[int, int] = {}
-        #: source -> wall-clock time (monotonic s) of its last idle report; absent when not idle
-        self.idle_since: dict[int, float] = {}
-        self.idle_freshness = idle_freshness
         #: Set when a watermark changed since the last ``take_changed``.
         self.changed = False
 
     # -- what the task learns ---------------------------------------------------
 
-    def observe(self, source: int, time_ms: int) -> int:
-        """A record of ``source`` at ``time_ms`` (a task reading the source itself); returns its watermark."""
-        mark = self.marks.get(source)
-        if mark is None or time_ms > mark:
-            self.marks[source] = mark = time_ms
-            self.changed = True
-        if self.idle_since:
-            self.idle_since.pop(source, None)
-        return mark
-
     def advance(self, source: int, watermark: int) -> int:
-        """A record of ``source`` that carries its watermark (a repartition frame); returns the watermark now."""
+        """``source`` has got at least as far as ``watermark``; returns its watermark now.
+
+        A record read by the task itself passes its event time; a repartition
+        frame or a report, the watermark its source's reader gave it.
+        """
         mark = self.marks.get(source)
         if mark is None or watermark > mark:
             self.marks[source] = mark = watermark
             self.changed = True
-        if self.idle_since:
-            self.idle_since.pop(source, None)
         return mark
 
-    def report(self, source: int, watermark: int | None, idle: bool, now: float) -> None:
-        """A periodic report of ``source``: its watermark, and whether it is read to its end."""
-        if watermark is not None:
-            mark = self.marks.get(source)
-            if mark is None or watermark > mark:
-                self.marks[source] = watermark
-                self.changed = True
+    def report(self, source: int, watermark: int | None) -> None:
+        """A report of ``source``: it feeds this task, and has got as far as ``watermark`` (None: nothing yet)."""
         self.expected.add(source)
-        if idle:
-            self.idle_since[source] = now
-        else:
-            self.idle_since.pop(source, None)
-
-    def forget_idleness(self) -> None:
-        """Nothing is known to be idle any more (after a restart, an abort, an outage)."""
-        self.idle_since.clear()
+        if watermark is not None:
+            self.advance(source, watermark)
 
     # -- what it allows -----------------------------------------------------------
 
-    def _idle(self, source: int, now: float) -> bool:
-        since = self.idle_since.get(source)
-        return since is not None and now - since <= self.idle_freshness
-
-    def stream_time(self, now: float) -> int | None:
-        """The minimum watermark of the sources that are not idle; None while one of them is unknown.
-
-        With every source idle, the largest watermark.
-        """
-        lowest: int | None = None
-        every_idle = True
+    def stream_time(self) -> int | None:
+        """The smallest watermark; None while a source has none."""
         marks = self.marks
-        for source in self.expected | marks.keys():
-            if self._idle(source, now):
-                continue
-            every_idle = False
-            mark = marks.get(source)
-            if mark is None:
-                return None
-            if lowest is None or mark < lowest:
-                lowest = mark
-        if every_idle:
-            return max(marks.values()) if marks else None
-        return lowest
-
-    def all_idle(self, now: float) -> bool:
-        """Every source is read to its end and said so recently: the wall clock may drive stream time."""
-        sources = self.expected | self.marks.keys()
-        return bool(sources) and all(self._idle(source, now) for source in sources)
-
-    def lowest_active(self, now: float) -> tuple[int | None, list[int]]:
-        """For alignment: the lowest watermark among sources that are not idle, and those sources."""
-        active = [s for s in self.expected | self.marks.keys() if not self._idle(s, now)]
-        known = [self.marks[s] for s in active if s in self.marks]
-        return (min(known) if known else None), active
+        if not marks or not self.expected.issubset(marks.keys()):
+            return None
+        return min(marks.values())
 
     # -- state ----------------------------------------------------------------------
 
@@ -149,7 +101,7 @@ class Watermarks:
         return changed
 
     def dump(self) -> list[list[int]]:
-        """The watermarks, for the store and its changelog (idleness is never kept: it must be heard anew)."""
+        """The watermarks, for the store and its changelog."""
         return [[source, mark] for source, mark in sorted(self.marks.items())]
 
     def load(self, data: Any) -> None:

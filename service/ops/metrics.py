@@ -170,8 +170,8 @@ class LoopCollector(Collector):
 
         watermark = GaugeMetricFamily(
             "sessionizer_source_watermark_seconds",
-            "Per window task and source topic: the lowest watermark (epoch seconds) of the topic's busy partitions, "
-            "the highest when all are idle; sampled each second.",
+            "Per window task and source topic: the lowest watermark (epoch seconds) of the topic's partitions, "
+            "the one holding stream time back; sampled each second.",
             labels=["pipeline", "partition", "source"],
         )
         for (pipeline, partition, source), time_ms in sorted(sample.watermarks.items()):

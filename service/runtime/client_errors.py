@@ -39,6 +39,8 @@ class ClientErrors:
         #: The last error any client reported, and the first that no retry will mend.
         self.last: KafkaError | None = None
         self.fatal: KafkaError | None = None
+        #: How many errors all clients have reported: one more means a broker may have been away.
+        self.count = 0
         self._logged: dict[tuple[str, int], float] = {}
 
     def callback(self, client: str) -> Callable[[KafkaError], None]:
@@ -51,6 +53,7 @@ class ClientErrors:
 
     def report(self, client: str, error: KafkaError) -> None:
         self.last = error
+        self.count += 1
         fatal = error.fatal() or error.code() in FATAL_CODES
         if fatal and self.fatal is None:
             self.fatal = error

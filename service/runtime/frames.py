@@ -14,9 +14,14 @@ late topic the record exactly as it was sent.
 
 A **watermark report** has no key and no event:
 ``kind=2 | watermark | source id | flags``. Each source partition sends one to
-every repartition partition of a pipeline at least once a second, and at once
-when it reaches the end of its partition: the window tasks it feeds rarely
-(or never) then still know how far it has got, and whether it is idle.
+every repartition partition of a pipeline, so the window tasks it feeds
+rarely (or never) still know how far it has got: at once the first time and
+when it goes quiet or busy, then at most once a second while its watermark
+moves. The flag ``IDLE`` says the source is quiet and the watermark is its
+wall-clock bound (``service.runtime.ends``); a reader takes the watermark as
+a watermark either way. Versions before wall-clock bounds set ``IDLE`` on a
+source merely read to its end, with its event-time watermark: read that way
+too, it is still true.
 
 The first byte tells the two apart from each other and from frames of older
 versions, which began with the high byte of the event time (0 for any time

@@ -69,6 +69,7 @@ class StreamLoop:
             self.stats,
             partitions,
             formats=formats,
+            ends_admin=lambda: AdminClient(admin_config(config)),
         )
         self.punctuator = Punctuator(config.punctuate_interval_ms / 1000)
         self._catching_up = Progress("catching up")
@@ -223,7 +224,7 @@ class StreamLoop:
                 continue  # a restoring task's stream time is the restore's, not yet the data's
             if task.store.stream_time is not None:
                 stream_time[task.task_id] = task.store.stream_time
-            for topic, mark in topic_watermarks(task, now).items():
+            for topic, mark in topic_watermarks(task).items():
                 watermarks[(task.pipeline.name, task.partition, topic)] = mark
         remaining = {
             (r.state.pipeline.name, r.state.partition): r.remaining for r in self.tasks.reader.restoring.values()
@@ -242,34 +243,23 @@ class StreamLoop:
         )
 
 
-def topic_watermarks(task: WindowTask, now: float) -> dict[str, int]:
+def topic_watermarks(task: WindowTask) -> dict[str, int]:
     """Per source topic of ``task``, its watermark as the task sees it (epoch ms).
 
-    That is the lowest watermark among the topic's partitions that are not
-    idle, the one holding stream time back, or, when every partition of it is
-    idle, the highest. A topic with a busy partition not heard from yet has
-    none. ``now`` is on the task's clock (monotonic seconds), for idleness.
+    That is the lowest watermark among the topic's partitions, the one that
+    holds stream time back. A topic with a partition not heard from yet has
+    none.
     """
     marks = task.watermarks
-    _, active = marks.lowest_active(now)
-    busy = set(active)
     topics = task.pipeline.config.sources
     lowest: dict[str, int] = {}
-    highest: dict[str, int] = {}
     unknown: set[str] = set()
     for source in marks.expected | marks.marks.keys():
         index, _ = source_parts(source)
         topic = topics[index] if index < len(topics) else str(index)
         mark = marks.marks.get(source)
-        if source in busy:
-            if mark is None:
-                unknown.add(topic)
-            elif topic not in lowest or mark < lowest[topic]:
-                lowest[topic] = mark
-        elif mark is not None and (topic not in highest or mark > highest[topic]):
-            highest[topic] = mark
-    out = dict(highest)
-    out.update(lowest)
-    for topic in unknown:
-        out.pop(topic, None)
-    return out
+        if mark is None:
+            unknown.add(topic)
+        elif topic not in lowest or mark < lowest[topic]:
+            lowest[topic] = mark
+    return {topic: mark for topic, mark in lowest.items() if topic not in unknown}

@@ -3,8 +3,10 @@
 It owns every task, creates them when the group assigns partitions, commits
 and closes them when partitions are revoked, and drops them when partitions
 are lost. It routes each polled batch to the tasks reading that partition,
-keeps fast inputs from running far ahead of slow ones (``Alignment``), and
-runs the commit sequence described in ``service.runtime.checkpoint``. Kafka
+keeps fast inputs from running far ahead of slow ones (``Alignment``),
+tells ``SourceEnds`` how far each source partition is read, so that a quiet
+one's watermark follows the wall clock (``service.runtime.ends``), and runs
+the commit sequence described in ``service.runtime.checkpoint``. Kafka
 Streams splits the same work between its ``TaskManager`` and
 ``TaskExecutor``; here one class is enough.
 
@@ -40,7 +42,9 @@ from service.errors import BrokerError, CommitFailed
 from service.runtime.alignment import RESTORING, Alignment
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.checkpoint import Checkpoint
+from service.runtime.client_errors import CLIENT_ERRORS, ClientErrors
 from service.runtime.collector import RecordCollector
+from service.runtime.ends import SourceEnds
 from service.runtime.formats import Formats
 from service.runtime.frames import Record
 from service.runtime.state_manager import StateManager
@@ -77,10 +81,15 @@ class TaskManager:
         partitions: Mapping[str, int],
         clock: Callable[[], float] = time.monotonic,
         formats: Formats | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        client_errors: ClientErrors = CLIENT_ERRORS,
+        ends_admin: Callable[[], AdminClient] | None = None,
     ) -> None:
         self.config = config
-        #: The wall clock (monotonic seconds) tasks and commits read; tests pass their own.
+        #: The clock (monotonic seconds) tasks and commits read; tests pass their own.
         self.clock = clock
+        #: The wall clock (epoch seconds) quiet sources' watermarks follow.
+        self.wall_clock = wall_clock
         self.pipelines = pipelines
         self.plans = plans
         self.consumer = consumer
@@ -116,6 +125,17 @@ class TaskManager:
         #: The next offset each partition should hand over: after the last record
         #: processed, or where it was last sought. Records below it are re-deliveries.
         self._positions: dict[Where, int] = {}
+        #: Where each partition's end was last reached (librdkafka's end-of-partition event),
+        #: until a record or a seek makes it out of date.
+        self._ends_at: dict[Where, int] = {}
+        #: Which source partitions are quiet, asked of the broker (``service.runtime.ends``).
+        self.ends = SourceEnds(
+            ends_admin if ends_admin is not None else lambda: admin,
+            config.idle_timeout_ms / 1000,
+            lambda: client_errors.count,
+            read_committed=config.exactly_once,
+            interval=config.punctuate_interval_ms / 1000,
+        )
         self._redelivery_logged = 0.0
         self.checkpoint = Checkpoint(self._by_repartition)
         self.alignment = Alignment(consumer, config.max_drift_ms, config.max_task_idle_ms / 1000)
@@ -148,12 +168,12 @@ class TaskManager:
         """Hand each partition's records to the tasks reading it; apply end-of-partition events after them."""
         messages = cast(list[Record], batch)
         groups: dict[Where, list[Record]] = {}
-        ends: list[Where] = []
+        ends: list[tuple[Where, int]] = []
         for message in messages:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    ends.append((message.topic(), message.partition()))
+                    ends.append(((message.topic(), message.partition()), message.offset()))
                 elif error.fatal():
                     raise BrokerError(str(error))
                 else:
@@ -170,26 +190,26 @@ class TaskManager:
         if self.schemas is not None:
             groups, waiting = self._admit(groups)
             if waiting:  # their end-of-partition events came after records not processed yet
-                ends = [where for where in ends if where not in waiting]
+                ends = [(where, offset) for where, offset in ends if where not in waiting]
         for where, group in groups.items():
             if not self._process(where, group):
                 continue
             self._first_offsets.setdefault(where, group[0].offset())
             self._positions[where] = group[-1].offset() + 1
+            self._ends_at.pop(where, None)
+            self.ends.records(where)
             self.checkpoint.advance(where, group[-1].offset() + 1)
             self.on_consumed(where, len(group))
         # A partition's end-of-partition event follows its records in the batch,
         # so it is applied after them.
-        now = self.clock()
-        for where in ends:
+        for where, offset in ends:
+            self._ends_at[where] = offset
             source = self.source_tasks.get(where)
             if source is not None:
                 source.caught_up = True
             for task, index in self._window_inputs.get(where, ()):
                 if isinstance(task, DirectTask):
-                    task.input_caught_up(index, now)
-                else:
-                    task.reached_end(now)
+                    task.input_caught_up(index)
         if groups:
             self.alignment.align(self.source_tasks.values(), self.running_tasks, self.clock())
 
@@ -226,6 +246,7 @@ class TaskManager:
     def _seek(self, where: Where, offset: int) -> None:
         """Read a partition again from ``offset``: the next record processed from it is that one."""
         self._positions[where] = offset
+        self._ends_at.pop(where, None)
         try:
             self.consumer.seek(TopicPartition(where[0], where[1], offset))
         except KafkaException as exc:
@@ -247,8 +268,8 @@ class TaskManager:
                 self._seek(where, group[count].offset())
                 self.alignment.hold([where], WAITING_FOR_SCHEMA)
                 waiting.add(where)
-                # Records wait: the partition is not read to its end, so it must not count as
-                # idle (stream time would run on with the wall clock and make them late).
+                # Records wait: the partition is not read to its end, and not quiet.
+                self.ends.records(where)
                 source = self.source_tasks.get(where)
                 if source is not None:
                     source.caught_up = False
@@ -288,10 +309,24 @@ class TaskManager:
         return True
 
     def punctuate(self, now: float) -> None:
-        """Stream time of every running task: its sources' watermarks, and the wall clock once all are idle."""
+        """Ask which source partitions are quiet; move every running task's stream time on."""
+        self.ends.probe(now, int(self.wall_clock() * 1000), self._read_up_to)
         for task in self.running_tasks:
+            if isinstance(task, DirectTask):
+                for index, where in enumerate(task.inputs):
+                    bound = self.ends.bound(where, now)
+                    if bound is not None:
+                        task.input_bound(index, bound)
             task.punctuate(now)
         self.alignment.align(self.source_tasks.values(), self.running_tasks, now)
+
+    def _read_up_to(self, where: Where) -> int | None:
+        """The offset this instance has read ``where`` up to: past its last record, or where its end was reached."""
+        position = self._positions.get(where)
+        end = self._ends_at.get(where)
+        if end is None or (position is not None and position > end):
+            return position
+        return end
 
     def sources_of(self, pipeline: Pipeline) -> list[int]:
         """Every source partition that feeds each of the pipeline's repartition window tasks."""
@@ -307,8 +342,8 @@ class TaskManager:
         """Commit state, output and offsets together (the steps are in ``service.runtime.checkpoint``)."""
         started = time.perf_counter()
         now = self.clock()
-        for source in self.source_tasks.values():
-            source.prepare_commit(now)
+        for where, source in self.source_tasks.items():
+            source.prepare_commit(now, self.ends.bound(where, now))
         prepared = [task for task in self.running_tasks if task.prepare_commit()]
         if not self.checkpoint and not prepared and self.collector.sent == self._sent_at_commit:
             return
@@ -357,10 +392,11 @@ class TaskManager:
         """Undo everything since the last commit: transaction, stores, positions.
 
         Whatever happened (a broker outage, a lost generation) may have hidden
-        records: every task counts as not caught up, and no idle time counts,
-        until a fresh end-of-partition event says so again.
+        records: no source partition counts as quiet until the broker has shown
+        it read to its end for the idle timeout again (``service.runtime.ends``).
         """
         self.stats.aborts += 1
+        self.ends.rewound()
         self.collector.abort()
         uncertain, self.collector.uncertain = self.collector.uncertain, False
         for window in self.running_tasks:
@@ -369,8 +405,6 @@ class TaskManager:
                 # The transaction may have committed after all: whatever it wrote
                 # to the changelog is read back before the task goes on.
                 self._restore(window)
-        for window in self.window_tasks.values():
-            window.caught_up = False
         for source in self.source_tasks.values():
             source.rollback()
         self.checkpoint.rewind()
@@ -437,6 +471,7 @@ class TaskManager:
             return
         for tp in active:
             self._positions.pop((tp.topic, tp.partition), None)  # not known until records come
+            self._ends_at.pop((tp.topic, tp.partition), None)
         held = self.alignment.paused
         if held:
             self.consumer.pause([TopicPartition(topic, partition) for topic, partition in held])
@@ -461,10 +496,11 @@ class TaskManager:
                     tp.topic,
                     self.collector,
                     self.sources_of(pipeline),
-                    self.clock,
                 )
                 new_tasks.append(task)
                 continue
+            if self._stage.routes(tp.topic) or tp.topic in self._direct_readers:
+                self.ends.track(where)
             if self._stage.routes(tp.topic):
                 self.source_tasks[where] = SourceTask(
                     tp.topic, tp.partition, self._stage, self.partitions, self.collector, self.stats.source_dead_letters
@@ -479,7 +515,6 @@ class TaskManager:
                             state,
                             self.collector,
                             self.plans[direct.name].partitions,
-                            self.clock,
                             self.formats.decoders,
                             self.formats.key_decoders,
                         )
@@ -549,6 +584,8 @@ class TaskManager:
             self.assigned.discard(where)
             self._first_offsets.pop(where, None)
             self._positions.pop(where, None)
+            self._ends_at.pop(where, None)
+            self.ends.forget(where)
             self.checkpoint.forget(where)
             self.alignment.forget(where)
             self.source_tasks.pop(where, None)

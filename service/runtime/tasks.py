@@ -20,7 +20,6 @@ watermarks into stream time, in ``service.core.watermarks``.
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -37,7 +36,7 @@ from service.core.watermarks import Watermarks, source_id
 from service.errors import BadRecord
 from service.runtime import frames
 from service.runtime.collector import RecordCollector
-from service.runtime.frames import DATA, DATA_FRAME, DECODED, DECODED_FRAME, IDLE, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME, Record
+from service.runtime.frames import DATA, DATA_FRAME, DECODED, DECODED_FRAME, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME, Record
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import TaskCounts
 from service.state.store import PendingCommit, WindowStore
@@ -71,8 +70,8 @@ class SourceTask:
     """One source partition: routes its records to the repartition topics of every pipeline reading it.
 
     It also keeps, per pipeline, the partition's watermark (the largest event
-    time read from it). Every frame carries it, and at commits it reports it
-    (and whether the partition is read to its end) to every repartition
+    time read from it). Every frame carries it, and at commits it reports it,
+    or its wall-clock bound while the partition is quiet, to every repartition
     partition: see ``service.runtime.frames``.
     """
 
@@ -102,7 +101,8 @@ class SourceTask:
         #: (dead-letter topic, reason code) -> records written; shared by the source tasks, for metrics.
         self._dead_letters = dead_letters
         self._report_interval = report_interval
-        #: The partition's end was reached after its last record (librdkafka's end-of-partition event).
+        #: The partition's end was reached after its last record (librdkafka's end-of-partition event):
+        #: for alignment, which does not wait for a partition that has nothing to give.
         self.caught_up = False
         self._decode = stage.decoder(topic)
         self._key_decode = stage.key_decoder(topic)
@@ -166,28 +166,33 @@ class SourceTask:
         where = (record.topic, code)
         self._dead_letters[where] = self._dead_letters.get(where, 0) + 1
 
-    def prepare_commit(self, now: float) -> bool:
+    def prepare_commit(self, now: float, bound: int | None = None) -> bool:
         """Report the watermark to every repartition partition this source feeds.
 
-        At once when the partition went idle or busy; when its watermark moved,
-        at most once a report interval (its frames carry it meanwhile); and
-        while it is idle, every report interval, as a heartbeat: a window task
-        that stops hearing that a source is idle counts it as busy again, and
-        waits for it.
+        ``bound`` is the partition's wall-clock watermark while it is quiet
+        (``service.runtime.ends``): the report then carries the later of it
+        and the event-time watermark, flagged ``IDLE``. A report goes out at
+        once the first time and when the partition goes quiet or busy; when
+        only the watermark moved, at most once a report interval (frames carry
+        it meanwhile).
         """
-        idle = self.caught_up
+        quiet = bound is not None
         for state in self._progress:
-            if state.watermark is None and not idle:
-                continue  # nothing read yet, and more to read: nothing to say
-            due = now - state.reported_at >= self._report_interval
-            if state.reported is None or state.reported[1] != idle:
-                pass  # went idle or busy
-            elif not due or (not idle and state.reported[0] == state.watermark):
-                continue
-            value = frames.report(state.watermark, state.source, idle)
+            mark = state.watermark
+            if bound is not None and (mark is None or bound > mark):
+                mark = bound
+            if mark is None:
+                continue  # nothing read, not quiet: nothing to say
+            last = state.reported
+            if last is not None:
+                if last == (mark, quiet):
+                    continue
+                if last[1] == quiet and now - state.reported_at < self._report_interval:
+                    continue
+            value = frames.report(mark, state.source, quiet)
             for partition in range(state.repartition_partitions):
                 self.collector.send(state.repartition_topic, None, value, partition=partition)
-            state.reported = (state.watermark, idle)
+            state.reported = (mark, quiet)
             state.reported_at = now
         return False
 
@@ -209,7 +214,7 @@ class TaskState(Enum):
 
 
 class WindowTask:
-    """One repartition partition of one pipeline: its store, its sources' watermarks, its idle clock."""
+    """One repartition partition of one pipeline: its store and its sources' watermarks."""
 
     def __init__(
         self,
@@ -217,7 +222,6 @@ class WindowTask:
         topic: str,
         collector: RecordCollector,
         sources: Iterable[int] = (),
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state_manager = state
         self.pipeline: Pipeline = state.pipeline
@@ -225,8 +229,6 @@ class WindowTask:
         self.partition = state.partition
         self.collector = collector
         self.state = TaskState.RESTORING
-        #: The partition's end was reached after its last record (librdkafka's end-of-partition event).
-        self.caught_up = False
         self.dead_lettered = 0
         #: ``dead_lettered`` by reason code.
         self.dead_letter_reasons: dict[str, int] = {}
@@ -235,10 +237,7 @@ class WindowTask:
         #: The source partitions that feed this task, and how far each has got.
         self.watermarks = Watermarks(sources)
         self._committed_marks: dict[int, int] = {}
-        self._clock = clock
         self._pending: PendingCommit | None = None
-        #: (stream time, wall clock) when everything was last found read; None while something is not.
-        self._idle_base: tuple[int | None, float] | None = None
 
     @property
     def name(self) -> str:
@@ -270,8 +269,6 @@ class WindowTask:
         unpack = DATA_FRAME.unpack_from
         marks = self.watermarks
         advance = marks.advance
-        now = self._clock()
-        data = False
         for message in messages:
             raw = message.value()
             key = message.key()
@@ -280,8 +277,9 @@ class WindowTask:
                 continue
             try:
                 if key is None:
-                    _, watermark, source, flags = REPORT_FRAME.unpack(raw)
-                    marks.report(source, None if watermark == NO_WATERMARK else watermark, bool(flags & IDLE), now)
+                    _, watermark, source, _flags = REPORT_FRAME.unpack(raw)
+                    # IDLE says the watermark is its source's wall-clock bound; a watermark either way.
+                    marks.report(source, None if watermark == NO_WATERMARK else watermark)
                     continue
                 if raw[0] == DATA:
                     _, time_ms, watermark, source = unpack(raw)
@@ -296,62 +294,31 @@ class WindowTask:
                     time_ms, index = LEGACY_FRAME.unpack_from(raw)
                     body = memoryview(raw)[LEGACY_FRAME.size :]
                     process(key, time_ms, loads(body), body, index, self.store.stream_time or time_ms)
-                data = True
             except (struct.error, TypeError, IndexError, orjson.JSONDecodeError) as exc:
                 self._dead_letter(f"unreadable repartition record: {exc}", message, UNREADABLE_FRAME)
-        if data:
-            # Events were waiting: not caught up until the next end-of-partition event. Reports
-            # alone (the sources' heartbeats) hide no event and keep the idle clock running.
-            self.caught_up = False
-        self._advance(now, data)
+        self._advance()
         self._flush()
 
-    def _advance(self, now: float, data: bool) -> None:
-        """Stream time follows the slowest source; then the idle clock is checked (``_check_idle``)."""
-        before = self.store.stream_time
-        self.processor.advance(self.watermarks.stream_time(now))
-        if data or self.store.stream_time != before:
-            self._idle_base = None  # it moved by events: the clock starts afresh from here, if at all
-        self._check_idle(now)
-
-    def _check_idle(self, now: float) -> None:
-        """Start the idle clock the moment everything is read; stop it the moment something is not."""
-        if not (self.caught_up and self.watermarks.all_idle(now)):
-            self._idle_base = None
-        elif self._idle_base is None:
-            self._idle_base = (self.store.stream_time, now)
-
-    def reached_end(self, now: float) -> None:
-        """The partition's end was reached after its last record (librdkafka's end-of-partition event)."""
-        self.caught_up = True
-        self._check_idle(now)
+    def _advance(self) -> None:
+        """Stream time follows the slowest source."""
+        self.processor.advance(self.watermarks.stream_time())
 
     def started(self) -> None:
-        """Restoring is over: the sources' watermarks come back, processing begins, the idle clock starts now."""
+        """Restoring is over: the sources' watermarks come back, processing begins."""
         self.state = TaskState.RUNNING
         stored = self.store.meta(WATERMARKS)
         if stored is not None:
             self.watermarks.load(orjson.loads(stored))
         self._committed_marks = dict(self.watermarks.marks)
-        self._idle_base = None
 
     def punctuate(self, now: float) -> None:
-        """Idle closing: once everything is read, stream time follows the wall clock.
+        """Stream time from the watermarks heard so far, so windows close between records too.
 
-        When this partition is read to its end and every source feeding it is
-        idle, stream time moves on by the wall-clock time elapsed since the
-        last event, so a quiet user's session closes without any further event
-        and without dummy events. While any source has records to read, stream
-        time is driven by event time alone, so replaying old data behaves like
-        live data.
+        A quiet user's session closes with no further event: the sources'
+        watermarks move with the wall clock once they are quiet
+        (``service.runtime.ends``), and their reports reach this task.
         """
-        self._advance(now, data=False)
-        if self._idle_base is None:
-            return  # something is not read, or not known to be: the clock does not run
-        base_time, base_wall = self._idle_base
-        if base_time is None:
-            return
-        self.processor.advance(base_time + int((now - base_wall) * 1000))
+        self._advance()
 
     # -- commits --------------------------------------------------------------
 
@@ -378,15 +345,12 @@ class WindowTask:
         self._committed_marks = dict(self.watermarks.marks)
 
     def rollback(self) -> None:
-        """Back to the last commit; the idle clock restarts, so time spent failing is not idle time."""
+        """Back to the last commit: the store, and the watermarks that went with it."""
         self.store.rollback()
         self.out.clear()
         self._pending = None
-        self.caught_up = False
         self.watermarks.marks = dict(self._committed_marks)
-        self.watermarks.forget_idleness()
         self.watermarks.changed = False
-        self._idle_base = None
 
     # -- the rest ---------------------------------------------------------------
 
@@ -451,19 +415,18 @@ class DirectTask(WindowTask):
         state: StateManager,
         collector: RecordCollector,
         partitions: int,
-        clock: Callable[[], float] = time.monotonic,
         decoders: Mapping[str, Decode] | None = None,
         key_decoders: Mapping[str, KeyDecode] | None = None,
     ) -> None:
         sources = state.pipeline.config.sources
-        super().__init__(state, sources[0], collector, [source_id(i, state.partition) for i in range(len(sources))], clock)
+        super().__init__(state, sources[0], collector, [source_id(i, state.partition) for i in range(len(sources))])
         self._partitions = partitions
         #: Per input (index in the pipeline's sources): how its values and keys are decoded.
         self._decoders = [(decoders or {}).get(topic, parse_event) for topic in sources]
         self._key_decoders = [(key_decoders or {}).get(topic) for topic in sources]
         self._verified: set[bytes] = set()
-        #: Indexes (in the pipeline's sources) of the inputs read to their end.
-        self._idle_inputs: set[int] = set()
+        #: Indexes (in the pipeline's sources) of the inputs read to their end, for alignment.
+        self._ended_inputs: set[int] = set()
 
     @property
     def inputs(self) -> list[tuple[str, int]]:
@@ -474,7 +437,7 @@ class DirectTask(WindowTask):
         source = source_id(index, self.partition)
         extract = self.pipeline.extract
         process = self.processor.process
-        observe = self.watermarks.observe
+        observe = self.watermarks.advance
         verified = self._verified
         partition = self.partition
         decode = self._decoders[index]
@@ -497,9 +460,8 @@ class DirectTask(WindowTask):
                 self._dead_letter(str(exc), message, exc.code)
                 continue
             process(key, time_ms, event, raw, index, observe(source, time_ms))  # type: ignore[arg-type]  # raw parsed, so not None
-        self._idle_inputs.discard(index)
-        self.caught_up = False
-        self._advance(self._clock(), True)
+        self._ended_inputs.discard(index)
+        self._advance()
         self._flush()
 
     def _verify(self, key: bytes, partition: int) -> None:
@@ -519,28 +481,22 @@ class DirectTask(WindowTask):
         """(input, its watermark, read to its end) for each input, for alignment."""
         marks = self.watermarks.marks
         return [
-            ((topic, self.partition), marks.get(source_id(index, self.partition)), index in self._idle_inputs)
+            ((topic, self.partition), marks.get(source_id(index, self.partition)), index in self._ended_inputs)
             for index, topic in enumerate(self.pipeline.config.sources)
         ]
 
     def input_waiting(self, index: int) -> None:
-        """Input ``index`` has records waiting (for the schema registry): it is not idle, whatever it was."""
-        self._idle_inputs.discard(index)
-        self.caught_up = False
+        """Input ``index`` has records waiting (for the schema registry): it is not read to its end."""
+        self._ended_inputs.discard(index)
 
-    def input_caught_up(self, index: int, now: float) -> None:
-        """The end of input ``index`` was reached after its last record."""
-        self._idle_inputs.add(index)
-        self.caught_up = len(self._idle_inputs) == len(self.pipeline.config.sources)
-        self._advance(now, data=False)
+    def input_caught_up(self, index: int) -> None:
+        """The end of input ``index`` was reached after its last record (librdkafka's end-of-partition event)."""
+        self._ended_inputs.add(index)
 
-    def _advance(self, now: float, data: bool) -> None:
-        # An input read to its end is idle for as long as nothing new arrives:
-        # this task reads it itself, so its idleness never goes stale.
-        for index in self._idle_inputs:
-            self.watermarks.report(source_id(index, self.partition), None, True, now)
-        super()._advance(now, data)
+    def input_bound(self, index: int, bound: int) -> None:
+        """Input ``index`` is quiet: its watermark is at least its wall-clock bound (``service.runtime.ends``)."""
+        self.watermarks.advance(source_id(index, self.partition), bound)
 
     def rollback(self) -> None:
         super().rollback()
-        self._idle_inputs.clear()
+        self._ended_inputs.clear()

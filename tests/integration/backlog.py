@@ -1,7 +1,7 @@
 """A backlog: every event produced before the service starts, as operators replay topics.
 
 Events of many users spread over several source topics. Within each topic
-they are produced in event-time order with a jitter smaller than grace, so
+they are produced in event-time order with a jitter of up to grace, so
 every source partition's own disorder is within grace: nothing may be late,
 however fast or slow the service reads each partition. A topic can lag (its
 event times trail the others' by minutes) or be empty.
@@ -28,8 +28,9 @@ from tests.integration.harness import Reader, Record, Service, bootstrap, create
 
 GAP_MS = 2_000
 GRACE_MS = 1_000
-#: Jitter of the production order, in event time: below grace, so each partition's disorder is within it.
-JITTER_MS = 700
+#: Jitter of the production order, in event time: up to grace, so each partition's disorder is at most
+#: grace, the edge of the promise.
+JITTER_MS = GRACE_MS
 
 
 @dataclass
@@ -79,7 +80,7 @@ def generate(
                 topic = rng.choice(busy)
                 ts = clock - lag_ms.get(topic, 0)
                 event = {"user_id": f"user-{u}", "ts": ts, "amount": rng.randrange(1, 100)}
-                staged[topic].append((ts + rng.randrange(0, JITTER_MS), event))
+                staged[topic].append((ts + rng.randrange(0, JITTER_MS + 1), event))
             clock += rng.randrange(GAP_MS + 1_000, 20_000)
     backlog = Backlog()
     for topic in topics:

@@ -105,6 +105,7 @@ id = "{app_id}"
 state_dir = "{state_dir}"
 commit_interval = "100ms"
 punctuate_interval = "200ms"
+{"" if "idle_timeout" in app_extra else 'idle_timeout = "2s"'}
 {app_extra}
 
 [kafka]

@@ -291,6 +291,16 @@ class Service:
 
         wait_until(started, timeout, f"service {self.instance_id} to start")
 
+    def wait_assigned(self, timeout: float = 60) -> None:
+        """Until this run has been given partitions (a replica may have no window task to restore)."""
+        marker = f"--- start {self.starts} ---"
+
+        def assigned() -> bool:
+            self.assert_alive()
+            return '"partitions assigned"' in self.log().split(marker)[-1]
+
+        wait_until(assigned, timeout, f"service {self.instance_id} to be given partitions")
+
     def assert_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None and self.process.returncode != 0:
             raise AssertionError(f"service {self.instance_id} exited {self.process.returncode}:\n{self.log()[-4000:]}")

@@ -116,8 +116,8 @@ def test_quiet_users_session_closes_on_the_wall_clock_with_no_further_event(app)
     value = record.json()
     assert value["user_id"] == "quiet" and value["value"]["event_count"] == 3
     assert record.key == b"quiet"
-    # Not before gap + grace of silence after the last event: the idle clock starts
-    # once the events are read, after ``started``, from the last event's time.
+    # Not before gap + grace of silence after the last event: the sources' wall-clock
+    # bounds (read after ``started``) pass the session's close time only then.
     assert waited >= 1.5, waited
     topics = [app.topic("sessions"), app.topic("late")]
     got = stop_and_read([service], topics)
@@ -142,7 +142,7 @@ def test_late_event_goes_to_the_late_topic_with_its_reason(app):
     assert record.headers["sessionizer.reason_code"] == b"behind_watermark"
     assert record.headers["sessionizer.event_time_ms"] == str(base).encode()
     assert record.headers["sessionizer.pipeline"] == b"sessions"
-    # The on-time event's session closes on the idle clock; then nothing more can come.
+    # The on-time event's session closes on the wall clock once the sources are quiet; then nothing more can come.
     reader.wait_for(1, timeout=60, topic=app.topic("sessions"))
     reader.close()
     topics = [app.topic("sessions"), app.topic("late")]
@@ -269,7 +269,7 @@ def test_consumed_repartition_records_are_purged(app):
     the group shows them only once the coordinator has written its markers;
     until then an unstable read answers the previous offset (seen under load).
     """
-    app.configure(pipeline_body(app, grace="5s"), topics_extra='purge_interval = "1s"')
+    app.configure(pipeline_body(app), topics_extra='purge_interval = "1s"')
     workload = Workload(app, events=30_000, users=1_000, rate=1_500, seed=6)
     workload.create_topics()
     service = app.service().start()

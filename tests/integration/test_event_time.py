@@ -49,8 +49,9 @@ amount = {{ type = "sum", field = "amount" }}
 def run_to_completion(app, outputs: dict[str, int], replicas: int = 1, timeout: float = 180) -> dict[str, list]:
     """Start the replicas on the backlog, wait for every expected session, stop them, read everything."""
     services = [app.service(f"i{n + 1}").start() for n in range(replicas)]
-    for service in services:
-        service.wait_started()  # the topics exist once a task is up
+    services[0].wait_started()  # the topics exist once a task is up
+    for service in services[1:]:
+        service.wait_assigned()  # with more replicas than window tasks, some have none
     reader = Reader([app.topic(name) for name in outputs])
     try:
         for name, count in outputs.items():
@@ -99,6 +100,20 @@ def test_one_topic_of_six_partitions_into_two_repartition_partitions_on_two_repl
     bl.produce(backlog, partitions=6, keyed=False)  # every user's events spread over the six partitions
     got = run_to_completion(app, {"sessions": len(backlog.expected())}, replicas=2)
     check(app, got, "sessions", backlog)
+
+
+def test_three_topics_of_six_partitions_into_two_repartition_partitions_on_three_replicas(app):
+    """Eighteen source partitions feed each of two repartition partitions; three replicas share the
+    twenty, so at least one reads only source partitions, and every window task hears from sources
+    read elsewhere."""
+    sources = ["web", "mobile", "backend"]
+    app.configure(body(app, {"sessions": (sources, "user_id")}), partitions=2)
+    backlog = bl.generate([app.topic(s) for s in sources], users=2_000, seed=16)
+    bl.produce(backlog, partitions=6, keyed=False)
+    got = run_to_completion(app, {"sessions": len(backlog.expected())}, replicas=3)
+    check(app, got, "sessions", backlog)
+    for service in app.services:
+        assert '"partitions assigned"' in service.log(), f"{service.instance_id} took part"
 
 
 def test_a_source_topic_with_no_events_does_not_stop_windows_closing(app):

@@ -66,8 +66,8 @@ def test_metrics_move_as_events_flow_and_probes_answer(app):
 
     The events wait in the topic before the second run starts, so whatever the
     speed of the machine, each partition is read in order and nothing is late
-    (produced live, one partition's batch landing a few hundred milliseconds
-    after another's, once the idle clock ran, would be).
+    (produced live, one partition's batch landing more than grace after its
+    events' time, once that partition was quiet, would be).
     """
     app.configure(session_body(app, ["web"], gap="500ms", grace="500ms"))
     create_topics([app.topic("web")])
@@ -185,8 +185,8 @@ def test_sigterm_mid_stream_then_restart_loses_and_repeats_nothing(app):
 
     Deterministic: the stop comes once the first half is processed (a barrier
     on the metrics), and the first run's wall clock is held back (a punctuation
-    an hour away), so however long the stop takes, the idle clock cannot move
-    stream time past the second half's events: every session is still open at
+    an hour away: no source is ever found quiet), so however long the stop
+    takes, the wall clock cannot move stream time past the second half's events: every session is still open at
     the stop, and nothing can be late after it.
     """
     config_path = app.configure(session_body(app, ["web"], gap="400ms", grace="5s"))

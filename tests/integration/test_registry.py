@@ -392,10 +392,10 @@ def test_a_frozen_registry_pauses_partitions_and_loses_nothing(app, schema_regis
     resumes on its own, every session exactly once.
 
     The second half's event times start two minutes after the first half's end.
-    Between the halves everything is read, so the idle clock runs, as it must:
-    with the halves back to back, stream time moved on by the seconds the test
-    takes to freeze the registry and produce, and under load that exceeded the
-    1 s grace (8 events late, one run in eight). Two minutes is more than any
+    Between the halves everything is read, so the sources become quiet and their
+    watermarks follow the wall clock, as they must: with the halves back to back,
+    the second half would be written more than the 1 s grace behind the wall
+    clock once the test has frozen the registry. Two minutes is more than any
     such pause, and less than ``max_drift``.
     """
     backlog = with_details(bl.generate([app.topic("web")], users=400, seed=36))

@@ -4,7 +4,8 @@ No test here depends on the machine's speed. Either every event waits in the
 topics before the service starts (a backlog: per-source watermarks keep each
 on time, whatever order the partitions are read in), or the run that sees
 events arrive in several steps has its wall clock held back (its first
-punctuation an hour away), so the idle clock cannot make an event late while
+punctuation an hour away, so no source is ever found quiet and stream time
+moves with events alone), so the wall clock cannot make an event late while
 the test waits for a barrier. Every test then stops the service, reads every
 topic it writes to its end, and compares all of it with offline mode, and the
 sessions with the independent oracle.
@@ -85,7 +86,7 @@ def test_seed_000_stream_yields_exactly_one_purchase_completed(app):
     service = app.service().start()
     service.wait_started()  # the output topics exist
     reader = Reader([app.topic("sessions")])
-    reader.wait_for(1, timeout=60, topic=app.topic("sessions"))  # closed on the idle clock
+    reader.wait_for(1, timeout=60, topic=app.topic("sessions"))  # closed on the wall clock, the sources quiet
     reader.close()
     topics = [app.topic(t) for t in SHOP_TOPICS]
     got = stop_and_read([service], topics)
@@ -116,7 +117,7 @@ def test_abandoned_cart_yields_one_abandonment_and_a_completed_one_none(app):
     service = app.service().start()
     service.wait_started()  # the output topics exist
     reader = Reader([app.topic("sessions")])
-    reader.wait_for(2, timeout=60)  # both sessions closed on the idle clock
+    reader.wait_for(2, timeout=60)  # both sessions closed on the wall clock, the sources quiet
     reader.close()
     got = stop_and_read([service], [app.topic(t) for t in SHOP_TOPICS])
     (coupon,) = got[app.topic("coupons")]

@@ -1,10 +1,18 @@
 """A live event stream for the exactly-once tests, and the checks on what comes out.
 
-Events are produced in real time to several source topics with the event time
-set to the production time minus up to a second (bounded disorder), so that
-whatever the service goes through (kills, rebalances, a broker restart) the
-disorder it sees stays within grace, and the output must equal the independent
-oracle (``tests.oracle``) and offline mode over exactly the events produced.
+Events are produced in real time to several source topics, each at most
+``disorder_ms`` behind the wall clock when it is written (often exactly that),
+so each source partition's own disorder is at most that too. The tests set it
+to grace, the edge of the promise: whatever the service goes through (kills,
+rebalances, replicas coming and going, a broker restart) nothing may be late,
+and the output must equal the independent oracle (``tests.oracle``) and
+offline mode over exactly the events produced. A grace wider than the
+disorder would hide the bugs that matter.
+
+Mixed in, on request: events written ten minutes late (each must reach the
+late topic once, and nothing else), records that are not JSON (each must
+reach the dead-letter topic once), and a sequence rule whose derived records
+must each come out once, as offline mode derives them.
 
 What came out is read once the services are stopped, to the end offsets of
 the output, late and dead-letter topics (``collect``): nothing can arrive
@@ -16,6 +24,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,24 +40,53 @@ from tests.integration.harness import Reader, Record, Service, bootstrap, create
 SOURCES = ("web", "mobile", "backend")
 Session = tuple[str, int, int, int, int]  # user, start, end, events, sum of amount
 GAP_MS = 1_500
+#: The tests' grace, and the workload's disorder: the edge of the promise.
+GRACE_MS = 2_000
 AMOUNT = 'amount = { type = "sum", field = "amount" }'
+#: How late a deliberately late event is written: far beyond any grace here.
+LATE_BY_MS = 600_000
+#: A cart followed by a payment within a second derives a ``purchase`` (``docs/rules.md``).
+RULE = """
+[pipelines.sessions.rules.purchase]
+type = "sequence"
+first = {{ field = "type", equals = "cart" }}
+then = {{ field = "type", equals = "pay" }}
+within = "1s"
+topic = "{topic}"
+keep = ["n"]
+"""
 
 
-def pipeline_body(app, grace: str = "20s", aggregates: str = AMOUNT) -> str:
-    """Sessions of ``user_id`` over the three sources, ``GAP_MS`` apart, with the sum of ``amount``."""
-    return session_body(app, SOURCES, gap=f"{GAP_MS}ms", grace=grace, aggregates=aggregates)
+def pipeline_body(app, grace: str = f"{GRACE_MS}ms", aggregates: str = AMOUNT, rule: bool = False) -> str:
+    """Sessions of ``user_id`` over the three sources, ``GAP_MS`` apart, with the sum of ``amount``;
+    with ``rule``, the ``purchase`` rule writing to the app's ``derived`` topic."""
+    body = session_body(app, SOURCES, gap=f"{GAP_MS}ms", grace=grace, aggregates=aggregates)
+    return body + (RULE.format(topic=app.topic("derived")) if rule else "")
 
 
 @dataclass
 class Workload:
-    """Produces ``events`` events for ``users`` users at ``rate`` per second in a thread."""
+    """Produces ``events`` records for ``users`` users at ``rate`` per second in a thread.
+
+    Each event is at most ``disorder_ms`` behind the wall clock when it is
+    produced; a quarter of them exactly that. With ``late_every`` (or
+    ``malformed_every``) every so many records, once the stream is under way,
+    is instead an event ``LATE_BY_MS`` late (or a value that is not JSON).
+    """
 
     app: object
     events: int
     users: int
     rate: int
     seed: int = 1
+    disorder_ms: int = GRACE_MS
+    late_every: int = 0
+    malformed_every: int = 0
+    #: The events that are on time, as produced.
     produced: list[bytes] = field(default_factory=list)
+    #: The events written late on purpose, and the records that are not JSON.
+    late: list[bytes] = field(default_factory=list)
+    malformed: list[bytes] = field(default_factory=list)
     #: librdkafka settings added to the producer's
     producer_config: dict[str, object] = field(default_factory=dict)
 
@@ -67,8 +105,12 @@ class Workload:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def written(self) -> int:
+        return len(self.produced) + len(self.late) + len(self.malformed)
+
     def progress(self) -> float:
-        return len(self.produced) / self.events
+        return self.written / self.events
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -99,42 +141,70 @@ class Workload:
         tick = 0.05
         per_tick = max(1, int(self.rate * tick))
         next_tick = time.monotonic()
-        while len(self.produced) < self.events:
-            now_ms = int(time.time() * 1000)
-            for _ in range(min(per_tick, self.events - len(self.produced))):
-                raw = orjson.dumps(
-                    {
-                        "user_id": f"user-{rng.randrange(self.users)}",
-                        "ts": now_ms - rng.randrange(0, 1000),
-                        "amount": rng.randrange(1, 100),
-                        "n": len(self.produced),
-                    }
-                )
+        # The first records open every partition: only then are late ones certainly late.
+        under_way = 2_000
+        while self.written < self.events:
+            for _ in range(min(per_tick, self.events - self.written)):
+                n = self.written
+                if self.late_every and n > under_way and n % self.late_every == 0:
+                    raw, into = self._event(rng, n, LATE_BY_MS), self.late
+                elif self.malformed_every and n > under_way and n % self.malformed_every == 1:
+                    raw, into = b"not json %d" % n, self.malformed
+                else:
+                    delay = self.disorder_ms if rng.random() < 0.25 else rng.randrange(0, self.disorder_ms + 1)
+                    raw, into = self._event(rng, n, delay), self.produced
                 while True:
                     try:
                         producer.produce(rng.choice(topics), raw)
                         break
                     except BufferError:
                         producer.poll(0.05)
-                self.produced.append(raw)
+                into.append(raw)
             producer.poll(0)
             next_tick += tick
             time.sleep(max(0.0, next_tick - time.monotonic()))
         assert producer.flush(600) == 0
+
+    def _event(self, rng: random.Random, n: int, delay_ms: int) -> bytes:
+        """Event ``n``, ``delay_ms`` behind the wall clock (read now, so a stall of this thread delays no event)."""
+        return orjson.dumps(
+            {
+                "user_id": f"user-{rng.randrange(self.users)}",
+                "ts": int(time.time() * 1000) - delay_ms,
+                "amount": rng.randrange(1, 100),
+                "n": n,
+                "type": rng.choice(("view", "view", "cart", "pay")),
+            }
+        )
 
 
 def expected_sessions(config_path: Path, produced: list[bytes]) -> list[Session]:
     """The independent oracle's sessions over the events produced; ``sessionizer process`` must agree."""
     events = [orjson.loads(raw) for raw in produced]
     expected = oracle.sessions(((e["user_id"], e["ts"], e["amount"]) for e in events), GAP_MS)
-    out: list[dict] = []
-    summary = process_lines(load_config(config_path, {}), produced, lambda line: out.append(orjson.loads(line)))
+    out = offline(config_path, produced)
     late = [r for r in out if r["topic"].endswith("-late")]
     assert not late, f"offline mode found {len(late)} late events: the workload's disorder exceeds grace"
-    assert summary.lines == len(produced)
-    offline = sorted(_session(r["value"]) for r in out if r["topic"].endswith("-sessions"))
-    oracle.assert_each_once(offline, expected)  # offline mode and the oracle agree
+    offline_sessions = sorted(_session(r["value"]) for r in out if r["topic"].endswith("-sessions"))
+    oracle.assert_each_once(offline_sessions, expected)  # offline mode and the oracle agree
     return [tuple(s) for s in expected]
+
+
+def offline(config_path: Path, produced: list[bytes]) -> list[dict]:
+    """What ``sessionizer process`` writes for the events produced, every topic."""
+    out: list[dict] = []
+    summary = process_lines(load_config(config_path, {}), produced, lambda line: out.append(orjson.loads(line)))
+    assert summary.lines == len(produced)
+    return out
+
+
+def expected_derived(app, config_path: Path, produced: list[bytes]) -> list[bytes]:
+    """The rule's records offline mode derives from the events produced, canonical: the service must write each once."""
+    return sorted(canonical(r["value"]) for r in offline(config_path, produced) if r["topic"] == app.topic("derived"))
+
+
+def canonical(value: object) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def _session(value: dict) -> Session:
@@ -151,8 +221,9 @@ def sessions_in(records: list[Record]) -> list[Session]:
     return sorted(map(session_of, records))
 
 
-def collect(app, services: list[Service], expected: int, timeout: float = 240) -> dict[str, list[Record]]:
-    """Wait until ``expected`` sessions are out, stop the services, read output, late and dead-letter topics to their ends.
+def collect(app, services: list[Service], expected: int, timeout: float = 240, rule: bool = False) -> dict[str, list[Record]]:
+    """Wait until ``expected`` sessions are out, stop the services, read the output, late and dead-letter
+    topics to their ends, and with ``rule`` the derived topic too.
 
     The wait is only a barrier: the assertions run on what ``read_all`` finds
     once nothing can be written any more.
@@ -162,15 +233,31 @@ def collect(app, services: list[Service], expected: int, timeout: float = 240) -
         reader.wait_for(expected, timeout=timeout, topic=app.topic("sessions"))
     finally:
         reader.close()
-    return stop_and_read(services, [app.topic("sessions"), app.topic("late"), app.topic("dlq")])
+    topics = [app.topic("sessions"), app.topic("late"), app.topic("dlq")]
+    return stop_and_read(services, topics + ([app.topic("derived")] if rule else []))
 
 
-def assert_exact(app, got: dict[str, list[Record]], expected: list[Session], produced: int) -> None:
-    """No late event, no dead letter, each expected session exactly once, every event counted once."""
+def assert_exact(
+    app, got: dict[str, list[Record]], expected: list[Session], produced: int | Workload, derived: list[bytes] | None = None
+) -> None:
+    """Each expected session exactly once, every event counted once; nothing late or dead-lettered but
+    what was meant to be, each exactly once; with ``derived``, each derived record exactly once."""
+    workload = produced if isinstance(produced, Workload) else None
+    meant_late = Counter(workload.late if workload else ())
+    meant_dead = Counter(workload.malformed if workload else ())
     late = got[app.topic("late")]
-    assert late == [], f"{len(late)} events went to the late topic, e.g. {late[0].headers if late else None}"
-    assert got[app.topic("dlq")] == []
+    on_time_late = [r for r in late if r.value not in meant_late]
+    assert on_time_late == [], (
+        f"{len(on_time_late)} on-time events went to the late topic, e.g. {on_time_late[0].headers if on_time_late else None}"
+    )
+    assert Counter(r.value for r in late) == meant_late, "each event written late reaches the late topic once"
+    assert {r.headers.get("sessionizer.reason_code") for r in late} <= {b"behind_watermark"}
+    assert Counter(r.value for r in got[app.topic("dlq")]) == meant_dead, "each record that is not JSON is dead-lettered once"
     sessions = sessions_in(got[app.topic("sessions")])
     oracle.assert_each_once(sessions, expected)
-    assert oracle.conserved([oracle.Session(*s) for s in sessions], late=len(late), produced=produced)
+    on_time = len(workload.produced) if workload else produced
+    assert oracle.conserved([oracle.Session(*s) for s in sessions], late=len(late) - len(meant_late), produced=on_time)
+    if derived is not None:
+        assert derived, "the rule derived something to check"
+        oracle.assert_each_once(sorted(canonical(r.json()) for r in got[app.topic("derived")]), derived)
 

@@ -1,4 +1,4 @@
-"""Per-source watermarks: stream time is the slowest source's, idle sources do not hold it back.
+"""Per-source watermarks: stream time is the slowest source's, and a quiet source's watermark is its wall-clock bound.
 
 The property at the end is issue 11's promise without Kafka: however the
 sources' records interleave (one source read far ahead of another, as on a
@@ -27,47 +27,35 @@ def test_source_ids_round_trip():
     assert len({source_id(t, p) for t in range(3) for p in range(6)}) == 18
 
 
-def test_stream_time_is_unknown_until_every_source_reported():
+def test_stream_time_is_unknown_until_every_source_has_a_watermark():
     marks = Watermarks([A, B])
-    marks.observe(A, 1_000)
-    assert marks.stream_time(now=0) is None  # B may still hold anything
-    marks.observe(B, 400)
-    assert marks.stream_time(now=0) == 400
+    marks.advance(A, 1_000)
+    assert marks.stream_time() is None  # B may still hold anything
+    marks.report(B, None)  # B has read nothing yet: still nothing known
+    assert marks.stream_time() is None
+    marks.advance(B, 400)
+    assert marks.stream_time() == 400
 
 
 def test_stream_time_is_the_slowest_sources_watermark():
     marks = Watermarks([A, B, C])
     for source, t in [(A, 5_000), (B, 1_000), (C, 3_000), (A, 4_000), (B, 1_500)]:
-        marks.observe(source, t)
+        marks.advance(source, t)
     assert marks.marks == {A: 5_000, B: 1_500, C: 3_000}
-    assert marks.stream_time(now=0) == 1_500
+    assert marks.stream_time() == 1_500
 
 
-def test_an_idle_source_does_not_hold_stream_time_back():
+def test_a_quiet_sources_wall_clock_bound_holds_stream_time_like_any_watermark():
+    """Idleness bounds a source, it never removes it: a quiet source whose reader
+    stops reporting holds stream time at its last bound."""
     marks = Watermarks([A, B])
-    marks.observe(A, 9_000)
-    marks.report(B, None, idle=True, now=10.0)  # an empty partition, read to its end
-    assert marks.stream_time(now=10.5) == 9_000
-    marks.advance(B, 2_000)  # it has data again: it counts again
-    assert marks.stream_time(now=10.5) == 2_000
-
-
-def test_an_idle_report_goes_stale_so_a_silent_reader_holds_stream_time():
-    marks = Watermarks([A, B], idle_freshness=3.0)
-    marks.observe(A, 9_000)
-    marks.report(B, 1_000, idle=True, now=10.0)
-    assert marks.stream_time(now=12.0) == 9_000
-    assert marks.stream_time(now=13.5) == 1_000  # B's reader stopped reporting
-    assert not marks.all_idle(now=13.5)
-
-
-def test_every_source_idle_gives_the_largest_watermark_and_allows_the_wall_clock():
-    marks = Watermarks([A, B])
-    marks.report(A, 7_000, idle=True, now=1.0)
-    assert not marks.all_idle(now=1.0)
-    marks.report(B, 3_000, idle=True, now=1.0)
-    assert marks.all_idle(now=1.0)
-    assert marks.stream_time(now=1.0) == 7_000
+    marks.advance(A, 9_000)
+    marks.report(B, 2_000)  # B is quiet: read to its end at 3 s on the wall clock, minus the margin
+    assert marks.stream_time() == 2_000
+    marks.report(B, 8_000)  # six seconds on, still quiet
+    assert marks.stream_time() == 8_000
+    marks.advance(A, 20_000)  # B's reader dies: no more reports from it
+    assert marks.stream_time() == 8_000
 
 
 def test_a_source_never_goes_back_and_unknown_sources_join():
@@ -75,20 +63,21 @@ def test_a_source_never_goes_back_and_unknown_sources_join():
     marks.advance(A, 5_000)
     marks.advance(A, 4_000)  # a new reader starting from an older offset
     assert marks.marks[A] == 5_000
-    marks.report(C, 100, idle=False, now=0)  # a partition added to a source topic
-    assert marks.stream_time(now=0) == 100
+    marks.report(C, None)  # a partition added to a source topic
+    assert marks.stream_time() is None
+    marks.report(C, 100)
+    assert marks.stream_time() == 100
 
 
-def test_watermarks_are_kept_but_idleness_is_not():
+def test_watermarks_are_kept_with_the_state():
     marks = Watermarks([A, B])
-    marks.observe(A, 10)
-    marks.report(B, 20, idle=True, now=0)
+    marks.advance(A, 10)
+    marks.report(B, 20)
     assert marks.take_changed() and not marks.take_changed()
     restored = Watermarks([A, B])
     restored.load(marks.dump())
     assert restored.marks == {A: 10, B: 20}
-    assert restored.idle_since == {}
-    assert restored.stream_time(now=0) == 10
+    assert restored.stream_time() == 10
 
 
 # -- the property -----------------------------------------------------------------
@@ -128,10 +117,10 @@ def test_any_interleaving_of_sources_within_their_grace_is_never_late(case):
     marks = Watermarks(SOURCES)
     try:
         for i, (source, (key, time, _delay)) in enumerate(arrival):
-            watermark = marks.observe(source, time)
+            watermark = marks.advance(source, time)
             harness.send({"user_id": key, "ts": time}, watermark=watermark)
             if i in batch_ends:  # the task moves stream time and commits between batches
-                harness.processor.advance(marks.stream_time(now=0))
+                harness.processor.advance(marks.stream_time())
                 harness.commit()
         harness.finish()
         assert harness.late() == []
@@ -151,11 +140,11 @@ def test_a_source_beyond_its_own_grace_is_late_whatever_the_others_do():
     harness = Harness(config, tmp / "store")
     marks = Watermarks([A, B])
     try:
-        harness.send({"user_id": "k", "ts": 1_000}, watermark=marks.observe(A, 1_000))
+        harness.send({"user_id": "k", "ts": 1_000}, watermark=marks.advance(A, 1_000))
         # B is far behind A: on time, because B's own watermark is what counts
-        harness.send({"user_id": "k", "ts": 200}, watermark=marks.observe(B, 200))
+        harness.send({"user_id": "k", "ts": 200}, watermark=marks.advance(B, 200))
         # A's own disorder exceeds grace: late, though stream time (B's 200) is far behind
-        harness.send({"user_id": "k", "ts": 1_000 - GRACE - 1}, watermark=marks.observe(A, 1_000 - GRACE - 1))
+        harness.send({"user_id": "k", "ts": 1_000 - GRACE - 1}, watermark=marks.advance(A, 1_000 - GRACE - 1))
         (late,) = harness.late()
         headers = dict(late.headers)
         assert headers["sessionizer.watermark_ms"] == b"1000"
@@ -168,19 +157,21 @@ def test_a_source_beyond_its_own_grace_is_late_whatever_the_others_do():
 
 
 def test_an_event_on_time_for_its_source_but_behind_stream_time_is_late_behind_stream_time():
+    """Stream time is never above a source's watermark, except for a source that joins late
+    (a partition added to a source topic): it is judged against the stream time the others made."""
     config = session_config(gap=f"{GAP}ms", grace=f"{GRACE}ms", time_format="epoch_ms")
     tmp = Path(tempfile.mkdtemp())
     harness = Harness(config, tmp / "store")
-    marks = Watermarks([A, B])
+    marks = Watermarks([A])
     try:
-        harness.send({"user_id": "k", "ts": 5_000}, watermark=marks.observe(A, 5_000))
-        marks.report(B, None, True, now=0)  # B is idle: stream time follows A alone
-        harness.processor.advance(marks.stream_time(now=0))
+        harness.send({"user_id": "k", "ts": 5_000}, watermark=marks.advance(A, 5_000))
+        harness.processor.advance(marks.stream_time())
         assert harness.processor.stream_time == 5_000
-        # B comes back with its first event, far behind: on time for B, not for stream time
-        harness.send({"user_id": "k", "ts": 1_000}, watermark=marks.observe(B, 1_000))
+        marks.report(B, None)  # B joins: a partition added while the service runs
+        # B's first event, far behind: on time for B, not for stream time
+        harness.send({"user_id": "k", "ts": 1_000}, watermark=marks.advance(B, 1_000))
         # and one beyond B's own grace as well: B's own disorder is the reason
-        harness.send({"user_id": "k", "ts": 1_000 - GRACE - 1}, watermark=marks.observe(B, 1_000 - GRACE - 1))
+        harness.send({"user_id": "k", "ts": 1_000 - GRACE - 1}, watermark=marks.advance(B, 1_000 - GRACE - 1))
         codes = [dict(r.headers)["sessionizer.reason_code"] for r in harness.late()]
         assert codes == [b"behind_stream_time", b"behind_watermark"]
         assert harness.processor.counters.late == 2

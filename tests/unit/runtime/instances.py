@@ -20,6 +20,7 @@ from service.config import Config
 from service.core.pipeline import compile_pipelines
 from service.core.topology import plan
 from service.runtime.changelog_reader import ChangelogReader
+from service.runtime.client_errors import ClientErrors
 from service.runtime.collector import RecordCollector
 from service.runtime.stats import LoopStats
 from service.runtime.task_manager import TaskManager
@@ -30,30 +31,42 @@ from tests.helpers import config_from_toml, config_toml, pipeline, session_windo
 
 #: The partition count of every pipeline here.
 PIPELINE_PARTITIONS = 2
+#: The wall clock (epoch s) minus the instance's clock: at ``now = 1000`` it is 1,700,000,000 (T0 of the tests).
+WALL_CLOCK_OFFSET = 1_700_000_000 - 1_000
 
 Where = tuple[str, int]
 
 
 def runtime_config(state_dir: Path, table: dict[str, Any], guarantee: str = "exactly_once", **tables: dict[str, Any]) -> Config:
-    """Instance ``test``, its stores under ``state_dir``, and one pipeline, ``s``; ``tables`` adds ``topics``, ``kafka``…"""
-    app = {"instance_id": "test", "state_dir": str(state_dir), "processing_guarantee": guarantee}
+    """Instance ``test``, its stores under ``state_dir``, and one pipeline, ``s``; ``tables`` adds ``topics``, ``kafka``…
+    (an ``app`` table adds to the instance's own keys)."""
+    app = {"instance_id": "test", "state_dir": str(state_dir), "processing_guarantee": guarantee, **tables.pop("app", {})}
     return config_from_toml(config_toml({"s": table}, app=app, **tables))
 
 
 class Instance:
     """One service instance: a TaskManager over fakes on ``cluster``, for the topics of ``partitions`` (name: count)."""
 
-    def __init__(self, cluster: FakeCluster, config: Config, partitions: dict[str, int], admin: FakeAdmin | None = None) -> None:
+    def __init__(
+        self,
+        cluster: FakeCluster,
+        config: Config,
+        partitions: dict[str, int],
+        admin: FakeAdmin | None = None,
+        consumer: type[FakeConsumer] = FakeConsumer,
+    ) -> None:
         self.cluster = cluster
         self.config = config
         self.producers = Producers(cluster)
         self.collector = RecordCollector(self.producers, config.exactly_once)
-        self.consumer = FakeConsumer(cluster)
-        self.restore_consumer = FakeConsumer(cluster)
-        self.admin = admin if admin is not None else FakeAdmin()
+        self.consumer = consumer(cluster)
+        self.restore_consumer = consumer(cluster)
+        self.admin = admin if admin is not None else FakeAdmin(cluster=cluster)
         self.stats = LoopStats()
+        #: What the instance's clients would report through librdkafka's error callback.
+        self.client_errors = ClientErrors()
         self.plans = plan(config.pipelines, PIPELINE_PARTITIONS, partitions)
-        #: The instance's wall clock (monotonic seconds); tests move it on.
+        #: The instance's clock (monotonic seconds); tests move it on. Its wall clock moves with it.
         self.now = 1_000.0
         self.tasks = TaskManager(
             config,
@@ -66,6 +79,8 @@ class Instance:
             self.stats,
             partitions,
             clock=lambda: self.now,
+            wall_clock=lambda: self.now + WALL_CLOCK_OFFSET,
+            client_errors=self.client_errors,
         )
         self.collector.init()
 
@@ -73,6 +88,12 @@ class Instance:
     def producer(self) -> FakeProducer:
         """The producer in use (a failed commit may have replaced the first)."""
         return self.producers.current
+
+    def tick(self, seconds: float = 1.0, times: int = 1) -> None:
+        """Let ``seconds`` pass, then punctuate, ``times`` over."""
+        for _ in range(times):
+            self.now += seconds
+            self.tasks.punctuate(self.now)
 
     def assign(self, *partitions: Where) -> None:
         self.tasks.on_assign(self.consumer, [TopicPartition(t, p) for t, p in partitions])
@@ -121,12 +142,14 @@ class Instances:
     root: Path
     table: dict[str, Any]
     partitions: dict[str, int]
-    admin: Callable[[FakeCluster], FakeAdmin] = lambda cluster: FakeAdmin()
+    admin: Callable[[FakeCluster], FakeAdmin] = lambda cluster: FakeAdmin(cluster=cluster)
+    #: The consumers' kind: fed by the test (``FakeConsumer``), or reading the cluster (``FetchingConsumer``).
+    consumer: type[FakeConsumer] = FakeConsumer
     made: list[Instance] = field(default_factory=list)
 
     def __call__(self, name: str = "a", guarantee: str = "exactly_once", **tables: dict[str, Any]) -> Instance:
         config = runtime_config(self.root / name, self.table, guarantee, **tables)
-        self.made.append(Instance(self.cluster, config, self.partitions, self.admin(self.cluster)))
+        self.made.append(Instance(self.cluster, config, self.partitions, self.admin(self.cluster), self.consumer))
         return self.made[-1]
 
     def close(self) -> None:

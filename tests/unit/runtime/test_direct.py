@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from service.core.partitioner import partition_for
+from service.runtime.ends import END_MARGIN_MS
 from service.runtime.task_manager import WAITING
 from service.runtime.tasks import TaskState
 from tests.fakes import FakeMessage, eof
@@ -105,20 +106,21 @@ def test_stream_time_is_the_slower_inputs_and_its_events_are_on_time(instance):
     assert instance.cluster.visible(OUTPUT) == []  # b's session waits for mobile's watermark
 
 
-def test_inputs_read_to_their_end_let_the_wall_clock_close_windows(instance):
+def test_quiet_inputs_let_the_wall_clock_close_windows(instance):
+    """An input quiet for the idle timeout, by the broker's end offsets, has the wall clock
+    (when it was last found read to its end, minus a second) as its watermark."""
     instance.assign((WEB, 0), (MOBILE, 0))
     [a] = keys_in(0, 1)
     task = instance.direct_task(0)
-    instance.tasks.route([record(WEB, 0, a, T0), eof(WEB, 0, 1)])
-    instance.now += 60
-    instance.tasks.punctuate(instance.now)
-    assert task.store.stream_time is None, "mobile is not known to be empty: it may hold anything"
-    instance.tasks.route([eof(MOBILE, 0, 0)])
-    instance.tasks.punctuate(instance.now)
-    assert task.store.stream_time == T0, "everything is read: the largest watermark"
-    instance.now += 20  # the idle clock runs from the moment everything was read
-    instance.tasks.punctuate(instance.now)
-    assert task.store.stream_time == T0 + 20 * SECOND
+    instance.admin.ends = {(WEB, 0): 1, (MOBILE, 0): 0}
+    instance.tasks.route([record(WEB, 0, a, T0), eof(WEB, 0, 1), eof(MOBILE, 0, 0)])
+    idle = instance.config.idle_timeout_ms // 1000
+    instance.tick(0)  # the first request for the end offsets goes out at T0 on the wall clock
+    instance.tick(times=idle - 1)
+    assert task.store.stream_time is None, "mobile is not quiet for long enough yet: it may still hold anything"
+    instance.tick()
+    # The latest answer is to the request sent a second ago, idle - 1 seconds after the first.
+    assert task.store.stream_time == T0 + (idle - 1) * SECOND - END_MARGIN_MS
     instance.tasks.commit()
     assert len(instance.cluster.visible(OUTPUT)) == 1
 

@@ -18,7 +18,8 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from service.core.partitioner import partition_for
 from service.core.watermarks import source_id
-from service.runtime.frames import DATA, DATA_FRAME, report
+from service.runtime.ends import END_MARGIN_MS
+from service.runtime.frames import DATA, DATA_FRAME, IDLE, REPORT_FRAME, report
 from service.runtime.tasks import DirectTask, TaskState, WindowTask
 from tests.fakes import FakeAdmin, FakeCluster, FakeMessage, Produced, eof
 from tests.helpers import pipeline, session_window
@@ -51,8 +52,7 @@ class RecordingAdmin(FakeAdmin):
     """Remembers, with every deletion asked for, the group's committed offset at that moment."""
 
     def __init__(self, cluster: FakeCluster) -> None:
-        super().__init__()
-        self.cluster = cluster
+        super().__init__(cluster=cluster)
         #: (topic, partition, delete before, the group's committed offset then)
         self.asked: list[tuple[str, int, int, int | None]] = []
 
@@ -132,15 +132,13 @@ def test_each_partitions_stream_time_and_watermarks_are_restored_from_the_change
         {S0: T0 + 4 * MINUTE, S1: T0 + MINUTE},
         {S0: T0 + 7 * MINUTE, S1: T0 + 9 * MINUTE},
     ]
-    # Idleness is not kept: every source is busy until it says otherwise.
-    assert [t.watermarks.idle_since for t in tasks] == [{}, {}]
     # Stream time goes on from them: S1 moves to T0 + 5m on partition 0, and S0's restored
     # T0 + 4m is now the slowest (without it, stream time would wait for S0; with partition 1's, T0 + 7m).
     b.tasks.route([data(0, 2, "u5", T0 + 5 * MINUTE, S1)])
     assert b.window(0).store.stream_time == T0 + 4 * MINUTE
 
 
-# -- 2. the idle clock -------------------------------------------------------------------------------
+# -- 2. quiet sources and the wall clock -------------------------------------------------------------
 
 
 class Feed:
@@ -150,20 +148,13 @@ class Feed:
         self.a = a
         self.offset = offset
 
-    def route(self, *kinds: str) -> None:
-        """``"idle0"``/``"busy0"``: a report of S0 (and so for S1); ``"end"``: the partition's end after them."""
-        batch: list[FakeMessage] = []
-        for kind in kinds:
-            if kind == "end":
-                batch.append(eof(REPARTITION, 0, self.offset))
-                continue
-            source = S0 if kind.endswith("0") else S1
-            batch.append(said(0, self.offset, source, T0, idle=kind.startswith("idle")))
+    def reports(self, *marks: tuple[int, int]) -> None:
+        """A quiet report per ``(source, watermark)``, then the partition's end."""
+        batch = []
+        for source, watermark in marks:
+            batch.append(said(0, self.offset, source, watermark))
             self.offset += 1
-        self.a.tasks.route(batch)
-
-    def everything_read(self) -> None:
-        self.route("idle0", "idle1", "end")
+        self.a.tasks.route([*batch, eof(REPARTITION, 0, self.offset)])
 
 
 def started(a: Instance) -> tuple[WindowTask, Feed]:
@@ -176,121 +167,131 @@ def started(a: Instance) -> tuple[WindowTask, Feed]:
     return window, Feed(a, 2)
 
 
-def test_the_idle_clock_does_not_run_while_the_repartition_partition_is_not_read_to_its_end(instance):
+def test_a_quiet_report_moves_stream_time_as_a_frame_would_and_silence_holds_it(instance):
+    """A quiet source's report carries its wall-clock bound as its watermark: stream time is the
+    smaller of the two. No idle clock runs in the window task, and no report goes stale: when the
+    reports stop (a reader that died, or moves), stream time stays where they left it."""
     a = instance()
     window, feed = started(a)
-    for _ in range(30):  # half a minute; both sources say every second that they are idle
-        a.now += 1
-        feed.route("idle0", "idle1")
-        a.tasks.punctuate(a.now)
-        assert window.store.stream_time == T0
+    feed.reports((S0, T0 + 5 * SECOND), (S1, T0 + 3 * SECOND))
+    a.tick()
+    assert window.store.stream_time == T0 + 3 * SECOND
+    feed.reports((S1, T0 + 9 * SECOND))
+    assert window.store.stream_time == T0 + 5 * SECOND
+    a.tick(times=600)  # ten minutes with no report from anyone
+    assert window.store.stream_time == T0 + 5 * SECOND
 
 
-@pytest.mark.parametrize("other", ["busy1", None], ids=["S1 says it is busy", "S1 says nothing"])
-def test_the_idle_clock_does_not_run_while_a_source_has_not_said_it_is_idle(instance, other):
+def test_a_report_read_again_after_a_rewind_counts_as_it_did(instance, cluster):
+    """A watermark is a fact about what was read before it was written, not a claim about the
+    present: read again after a rewind or a restart, it is as true as the first time."""
     a = instance()
     window, feed = started(a)
-    for _ in range(30):
-        a.now += 1
-        feed.route("idle0", *([other] if other else []), "end")
-        a.tasks.punctuate(a.now)
-        assert window.store.stream_time == T0
-
-
-def test_once_everything_is_read_stream_time_moves_by_exactly_the_wall_time_elapsed(instance, cluster):
-    a = instance()
-    window, feed = started(a)
-    a.now += 5
-    a.tasks.punctuate(a.now)  # not everything read yet: nothing counts
-    assert window.store.stream_time == T0
-    feed.everything_read()
-    a.now += 0.5
-    a.tasks.punctuate(a.now)
-    assert window.store.stream_time == T0 + 500
-    for _ in range(4):
-        a.now += 0.75
-        feed.everything_read()  # the sources' heartbeats
-        a.tasks.punctuate(a.now)
-    assert window.store.stream_time == T0 + 3_500
-    # Ten minutes on (gap 10m, grace 1m) u1's and u2's sessions are closed by the wall clock alone.
-    for _ in range(11 * 60):
-        a.now += 1
-        feed.everything_read()
-        a.tasks.punctuate(a.now)
-    assert window.store.stream_time == T0 + 3_500 + 11 * MINUTE
-    a.tasks.commit()
-    assert sorted(sessions(cluster.visible(OUTPUT))) == [(b"u1", T0, T0, 1), (b"u2", T0, T0, 1)]
-
-
-def test_after_a_failed_commit_the_idle_clock_starts_again_from_the_moment_everything_is_read_again(instance, cluster):
-    a = instance()
-    window, feed = started(a)
-    feed.everything_read()
-    for _ in range(10):  # ten idle seconds: stream time T0 + 10 s, not committed yet
-        a.now += 1
-        a.tasks.punctuate(a.now)
-        feed.everything_read()
-    assert window.store.stream_time == T0 + 10 * SECOND
-
+    feed.reports((S0, T0 + 5 * SECOND), (S1, T0 + 4 * SECOND))
+    assert window.store.stream_time == T0 + 4 * SECOND
     a.producer.fail("commit_transaction", ABORTABLE)
     a.tasks.commit()
     assert len(cluster.aborted) == 1
     assert window.store.stream_time == T0, "rolled back to the committed stream time"
-    assert not window.caught_up
-
-    # A minute of outage and re-reading: the reports come again, the partition's end not yet.
-    feed.offset = 2  # rewound to the committed offset
-    for _ in range(60):
-        a.now += 1
-        a.tasks.punctuate(a.now)
-        feed.route("idle0", "idle1")
-        assert window.store.stream_time == T0
-    a.tasks.punctuate(a.now)
-    feed.everything_read()  # everything is read again, from here on
-    a.now += 2.5
-    a.tasks.punctuate(a.now)
-    assert window.store.stream_time == T0 + 2_500, "only the time since everything was read again counts"
+    assert window.watermarks.marks == {S0: T0, S1: T0}
+    a.tick(times=60)  # a minute of outage and rewinding
+    feed.offset = 2  # rewound to the committed offset, the same reports read again
+    feed.reports((S0, T0 + 5 * SECOND), (S1, T0 + 4 * SECOND))
+    assert window.store.stream_time == T0 + 4 * SECOND
 
 
-def test_an_idle_report_not_renewed_for_more_than_3_s_stops_the_clock(instance):
+def source_reports(cluster: FakeCluster, source: int = S0) -> list[tuple[int, int, int]]:
+    """(repartition partition, watermark, flags) of each report of ``source`` visible so far."""
+    out = []
+    for r in cluster.visible(REPARTITION):
+        if r.key is None:
+            assert r.value is not None
+            _, watermark, sent_by, flags = REPORT_FRAME.unpack(r.value)
+            if sent_by == source:
+                out.append((r.partition, watermark, flags))
+    return out
+
+
+def reading_events_0(a: Instance, records: int = 1) -> None:
+    """``a`` reads partition 0 of ``events``: ``records`` events at T0, then its end, which the broker confirms."""
+    a.assign((SOURCE, 0))
+    a.admin.ends = {(SOURCE, 0): records}
+    a.tasks.route([*(FakeMessage(SOURCE, 0, n, value=event(f"u{n}", T0)) for n in range(records)), eof(SOURCE, 0, records)])
+    a.tasks.commit()
+    assert source_reports(a.cluster) == [(0, T0, 0), (1, T0, 0)], "its event-time watermark, to both partitions"
+
+
+def test_a_source_is_quiet_once_the_broker_has_shown_it_read_to_its_end_for_the_idle_timeout(instance, cluster):
+    """Then its reports carry its wall-clock bound: when the latest request for end offsets
+    that found it at its end was sent, minus a second, flagged IDLE. Every second it moves on."""
     a = instance()
-    window, feed = started(a)
-    a.tasks.punctuate(a.now)
-    feed.everything_read()
-    a.now += 3
-    a.tasks.punctuate(a.now)
-    assert window.store.stream_time == T0 + 3_000, "a report 3 s old still counts"
-    # S1 goes on reporting; S0 stops (its reader is down): its last report is stale after 3 s.
-    a.now += 0.5
-    feed.route("idle1", "end")
-    a.tasks.punctuate(a.now)
-    assert window.store.stream_time == T0 + 3_000
-    for _ in range(60):
-        a.now += 1
-        feed.route("idle1", "end")
-        a.tasks.punctuate(a.now)
-        assert window.store.stream_time == T0 + 3_000
-    # S0 is back: the clock starts again from its report, the minute of silence does not count.
-    feed.everything_read()
-    a.now += 1
-    a.tasks.punctuate(a.now)
-    assert window.store.stream_time == T0 + 4_000
+    reading_events_0(a)
+    idle = a.config.idle_timeout_ms // 1000
+    a.tick(0)  # the first request goes out at T0 on the wall clock
+    a.tick(times=idle - 1)
+    a.tasks.commit()
+    assert source_reports(cluster)[2:] == [], "quiet for less than the idle timeout: nothing new to say"
+    a.tick()
+    a.tasks.commit()
+    bound = T0 + (idle - 1) * SECOND - END_MARGIN_MS  # the answer taken is to the request sent a second ago
+    assert source_reports(cluster)[2:] == [(0, bound, IDLE), (1, bound, IDLE)]
+    a.tick()
+    a.tasks.commit()
+    assert source_reports(cluster)[4:] == [(0, bound + SECOND, IDLE), (1, bound + SECOND, IDLE)]
+    assert a.admin.listed[0] == [(SOURCE, 0)]
 
 
-@pytest.mark.parametrize("missing", [("end",), ("idle1",)], ids=["the partition's end", "S1's idle report"])
-def test_the_idle_clock_starts_when_the_last_missing_piece_arrives_not_at_the_punctuation_before(instance, missing):
+@pytest.mark.parametrize("what", ["record", "behind its end", "no answer", "a failed answer", "a rewind"])
+def test_a_record_an_answer_behind_the_end_no_answer_or_a_rewind_start_the_count_again(instance, cluster, what):
     a = instance()
-    window, feed = started(a)
-    a.now += 1
-    present = [kind for kind in ("idle0", "idle1", "end") if kind not in missing]
-    feed.route(*present)
-    a.tasks.punctuate(a.now)  # something is missing: the clock does not run
-    assert window.store.stream_time == T0
-    a.now += 0.75
-    feed.everything_read()  # the missing piece arrives: everything is read from here
-    a.now += 0.25
-    a.tasks.punctuate(a.now)
-    assert window.store.stream_time == T0 + 250
+    reading_events_0(a)
+    idle = a.config.idle_timeout_ms // 1000
+    a.tick(0)
+    a.tick(times=idle // 2)
+    if what == "record":
+        a.admin.ends = {(SOURCE, 0): 2}
+        a.tasks.route([FakeMessage(SOURCE, 0, 1, value=event("u9", T0 + SECOND))])
+    elif what == "behind its end":
+        a.admin.ends = {(SOURCE, 0): 2}  # a record the consumer has not handed over yet
+        a.tick()
+        a.admin.ends = {(SOURCE, 0): 1}  # (say it was an aborted transaction's)
+    elif what == "no answer":
+        a.admin.hold_answers = True  # a broker that does not answer within the patience
+        a.tick(times=int(a.tasks.ends.patience) + 1)
+        a.admin.hold_answers = False
+    elif what == "a failed answer":
+        a.admin.ends_error = KafkaError(KafkaError._TRANSPORT, "broker down")
+        a.tick(times=2)
+        a.admin.ends_error = None
+    else:
+        a.tasks.abort_and_rewind()  # a failed commit or produce, a broker outage
+        assert a.consumer.seeks[-1] == (SOURCE, 0, 1)
+    restarted = a.now
+    while a.now - restarted < idle:
+        a.tick()
+        a.tasks.commit()
+        assert not [r for r in source_reports(cluster) if r[2] & IDLE], f"{a.now - restarted:.0f} s after the {what}"
+    a.tick(times=2)
+    a.tasks.commit()
+    assert [r for r in source_reports(cluster) if r[2] & IDLE], "quiet again, an idle timeout after it"
+
+
+def test_an_answer_to_a_request_sent_before_a_record_is_not_taken_for_quiet(instance, cluster):
+    """The broker's end may have been asked for before the record came: the record's own end is not known."""
+    a = instance()
+    reading_events_0(a)
+    idle = a.config.idle_timeout_ms // 1000
+    a.tick(0)
+    a.tick(times=idle - 2)
+    a.admin.hold_answers = True
+    a.tick()  # a request goes out, unanswered yet
+    a.admin.ends = {(SOURCE, 0): 2}
+    a.tasks.route([FakeMessage(SOURCE, 0, 1, value=event("u9", T0 + SECOND)), eof(SOURCE, 0, 2)])
+    a.admin.answer()  # it answers "2", the end the record made, after the record
+    a.admin.hold_answers = False
+    a.tick(times=3)
+    a.tasks.commit()
+    assert not [r for r in source_reports(cluster) if r[2] & IDLE]
 
 
 # -- 3. purging repartition records --------------------------------------------------------------
