@@ -135,6 +135,9 @@ def run(bootstrap: str, gap: str, grace: str, idle: str, users: int, partitions:
             return [arrived[user] - (last_ms[user] + close_after_ms) / 1000 for user in last_ms]
         finally:
             stop.set()
+            if feeder.is_alive():
+                feeder.join(5)
+            producer.flush(10)
             reader.close()
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
