@@ -23,16 +23,16 @@ from collections.abc import Iterable
 import structlog
 from confluent_kafka import Consumer, TopicPartition
 
+from service.runtime.ids import Partition
 from service.runtime.tasks import DirectTask, SourceTask, WindowTask
 
 log = structlog.get_logger("sessionizer.alignment")
 
-Where = tuple[str, int]
 RESTORING = "restoring"
 AHEAD = "ahead"
 
 #: (partition, watermark or None, idle)
-Input = tuple[Where, "int | None", bool]
+Input = tuple[Partition, "int | None", bool]
 
 
 class Alignment:
@@ -40,16 +40,16 @@ class Alignment:
         self.consumer = consumer
         self.max_drift_ms = max_drift_ms
         self.max_task_idle = max_task_idle
-        self._reasons: dict[Where, set[str]] = {}
+        self._reasons: dict[Partition, set[str]] = {}
         #: group -> when one of its inputs was first seen busy with nothing delivered yet
         self._waiting_since: dict[object, float] = {}
         self.pauses = 0
 
     @property
-    def paused(self) -> list[Where]:
+    def paused(self) -> list[Partition]:
         return [where for where, reasons in self._reasons.items() if reasons]
 
-    def hold(self, partitions: Iterable[Where], reason: str) -> None:
+    def hold(self, partitions: Iterable[Partition], reason: str) -> None:
         newly = []
         for where in partitions:
             reasons = self._reasons.setdefault(where, set())
@@ -60,7 +60,7 @@ class Alignment:
             self.consumer.pause([TopicPartition(topic, partition) for topic, partition in newly])
             self.pauses += len(newly)
 
-    def release(self, partitions: Iterable[Where], reason: str) -> None:
+    def release(self, partitions: Iterable[Partition], reason: str) -> None:
         freed = []
         for where in partitions:
             reasons = self._reasons.get(where)
@@ -73,10 +73,10 @@ class Alignment:
         if freed:
             self.consumer.resume([TopicPartition(topic, partition) for topic, partition in freed])
 
-    def resume_restored(self, partitions: Iterable[Where]) -> None:
+    def resume_restored(self, partitions: Iterable[Partition]) -> None:
         self.release(partitions, RESTORING)
 
-    def forget(self, where: Where) -> None:
+    def forget(self, where: Partition) -> None:
         """A partition left this instance: nothing holds it any more."""
         self._reasons.pop(where, None)
 
@@ -84,11 +84,11 @@ class Alignment:
 
     def align(self, sources: Iterable[SourceTask], tasks: Iterable[WindowTask], now: float) -> None:
         """Pause the inputs that run ahead, resume those the others caught up with."""
-        ahead: set[Where] = set()
+        ahead: set[Partition] = set()
         groups: dict[object, list[Input]] = {}
         for source in sources:
             for pipeline, watermark in source.watermarks():
-                groups.setdefault(pipeline, []).append(((source.topic, source.partition), watermark, source.caught_up))
+                groups.setdefault(pipeline, []).append((Partition(source.topic, source.partition), watermark, source.caught_up))
         for task in tasks:
             if isinstance(task, DirectTask) and len(task.inputs) > 1:
                 groups[task.task_id] = task.input_watermarks(now)
@@ -98,7 +98,7 @@ class Alignment:
         self.release(held - ahead, AHEAD)
         self.hold(ahead - held, AHEAD)
 
-    def _ahead(self, group: object, inputs: list[Input], now: float) -> list[Where]:
+    def _ahead(self, group: object, inputs: list[Input], now: float) -> list[Partition]:
         busy = [(where, mark) for where, mark, idle in inputs if not idle]
         known = [mark for _, mark in busy if mark is not None]
         if not known:

@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from service.errors import RestoreFailed
 from service.runtime.frames import Record
+from service.runtime.ids import Partition
 from service.runtime.state_manager import StateManager
 
 log = structlog.get_logger("sessionizer.state")
@@ -40,7 +41,6 @@ NOT_SERVING_YET = {
     KafkaError._UNKNOWN_PARTITION,
 }
 
-Where = tuple[str, int]
 
 
 class Progress:
@@ -93,7 +93,7 @@ class ChangelogReader:
 
     def __init__(self, consumer: Consumer, on_restored: Callable[[StateManager], None] = lambda state: None) -> None:
         self.consumer = consumer
-        self.restoring: dict[Where, Restoration] = {}
+        self.restoring: dict[Partition, Restoration] = {}
         #: Called with each state manager once its store is up to date.
         self.on_restored = on_restored
         self._progress = Progress("restore progress")
@@ -134,7 +134,7 @@ class ChangelogReader:
             start=checkpoint,
             end=high,
         )
-        self.restoring[(changelog, state.partition)] = Restoration(state, high, checkpoint, time.monotonic())
+        self.restoring[Partition(changelog, state.partition)] = Restoration(state, high, checkpoint, time.monotonic())
         self._assign()
 
     def _offsets(self, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
@@ -150,7 +150,7 @@ class ChangelogReader:
 
     def cancel(self, state: StateManager) -> None:
         """Stop restoring a revoked task's store; what was restored so far stays, checkpointed."""
-        if self.restoring.pop((state.changelog, state.partition), None) is not None:
+        if self.restoring.pop(Partition(state.changelog, state.partition), None) is not None:
             self._assign()
 
     @property
@@ -162,10 +162,10 @@ class ChangelogReader:
         if not self.restoring:
             return
         messages = cast(list[Record], self.consumer.consume(RESTORE_BATCH, timeout))
-        by_partition: dict[Where, list[Record]] = {}
-        finished: set[Where] = set()
+        by_partition: dict[Partition, list[Record]] = {}
+        finished: set[Partition] = set()
         for message in messages:
-            where = (message.topic(), message.partition())
+            where = Partition(message.topic(), message.partition())
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
@@ -195,7 +195,7 @@ class ChangelogReader:
             if where in finished or restoration.position >= restoration.end:
                 self._finish(where, restoration)
 
-    def _finish(self, where: Where, restoration: Restoration) -> None:
+    def _finish(self, where: Partition, restoration: Restoration) -> None:
         del self.restoring[where]
         self._assign()
         state = restoration.state

@@ -27,18 +27,18 @@ from collections.abc import Collection
 
 from confluent_kafka import TopicPartition
 
-Where = tuple[str, int]
+from service.runtime.ids import Partition
 
 
 class Checkpoint:
     def __init__(self, repartition_topics: Collection[str]) -> None:
         self._repartition = frozenset(repartition_topics)
         #: Next offset to read, per partition consumed since the last commit.
-        self.consumed: dict[Where, int] = {}
+        self.consumed: dict[Partition, int] = {}
         #: Per repartition partition: every record before this offset is committed.
-        self.purgeable: dict[Where, int] = {}
+        self.purgeable: dict[Partition, int] = {}
 
-    def advance(self, where: Where, next_offset: int) -> None:
+    def advance(self, where: Partition, next_offset: int) -> None:
         self.consumed[where] = next_offset
 
     def __bool__(self) -> bool:
@@ -61,7 +61,7 @@ class Checkpoint:
         self.purgeable.clear()
         return offsets
 
-    def forget(self, where: Where) -> None:
+    def forget(self, where: Partition) -> None:
         """A partition was revoked or lost: its uncommitted progress is not ours to commit.
 
         Its purgeable offsets stay: those records are committed, whoever reads on.

@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 from service.core.pipeline import OutputRecord
 from service.errors import CallTimedOut, CommitFailed, DeliveryFailed, Fenced
 from service.runtime.frames import Record
+from service.runtime.ids import Partition
 
 log = structlog.get_logger("sessionizer.collector")
 
@@ -79,7 +80,7 @@ class RecordCollector:
         self.producer = make_producer()
         self.exactly_once = exactly_once
         self.sent = 0
-        self._changelog_ends: dict[tuple[str, int], int] = {}
+        self._changelog_ends: dict[Partition, int] = {}
         self._errors: list[KafkaError] = []
         # Under exactly-once a failed record fails the commit itself, so only
         # at-least-once pays for a delivery callback per record.
@@ -135,7 +136,7 @@ class RecordCollector:
 
     def changelog_end(self, topic: str, partition: int) -> int | None:
         """The offset after the last changelog record delivered to that partition."""
-        return self._changelog_ends.get((topic, partition))
+        return self._changelog_ends.get(Partition(topic, partition))
 
     def poll(self) -> None:
         self.producer.poll(0)
@@ -289,7 +290,7 @@ class RecordCollector:
             self._errors.append(error)
             return
         record = cast(Record, message)  # a delivered record has its topic, partition and offset
-        self._changelog_ends[(record.topic(), record.partition())] = record.offset() + 1
+        self._changelog_ends[Partition(record.topic(), record.partition())] = record.offset() + 1
 
     def _raise_delivery_errors(self) -> None:
         if self._errors:

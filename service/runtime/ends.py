@@ -45,9 +45,10 @@ import structlog
 from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from service.runtime.ids import Partition
+
 log = structlog.get_logger("sessionizer.ends")
 
-Where = tuple[str, int]
 
 #: Subtracted from the wall-clock time a partition was found read to its end (ms).
 END_MARGIN_MS = 1_000
@@ -104,7 +105,7 @@ class _Request:
     sent: float
     sent_ms: int
     #: The partitions asked for, each with its ``Quiet.epoch`` when the request was sent.
-    epochs: dict[Where, int]
+    epochs: dict[Partition, int]
     futures: Mapping[TopicPartition, Future[object]] = field(default_factory=dict)
 
     def done(self) -> bool:
@@ -143,7 +144,7 @@ class SourceEnds:
         #: The longest gap between two answers that still counts as watching without a break.
         self.max_gap = 3 * interval
         self.patience = patience
-        self._quiet: dict[Where, Quiet] = {}
+        self._quiet: dict[Partition, Quiet] = {}
         self._request: _Request | None = None
         self._next = 0.0
         self.requests = 0
@@ -151,14 +152,14 @@ class SourceEnds:
 
     # -- what the task manager tells it -----------------------------------------------
 
-    def track(self, where: Where) -> None:
+    def track(self, where: Partition) -> None:
         """``where`` is a source partition this instance reads now: busy until found quiet."""
         self._quiet.setdefault(where, Quiet())
 
-    def forget(self, where: Where) -> None:
+    def forget(self, where: Partition) -> None:
         self._quiet.pop(where, None)
 
-    def records(self, where: Where) -> None:
+    def records(self, where: Partition) -> None:
         """Records of ``where`` were processed, or wait to be (its count starts again)."""
         quiet = self._quiet.get(where)
         if quiet is not None:
@@ -171,14 +172,14 @@ class SourceEnds:
 
     # -- what it answers ----------------------------------------------------------------
 
-    def bound(self, where: Where, now: float) -> int | None:
+    def bound(self, where: Partition, now: float) -> int | None:
         """``where``'s wall-clock watermark (epoch ms), or None while it is not quiet."""
         quiet = self._quiet.get(where)
         return None if quiet is None else quiet.bound(now, self.idle_timeout)
 
     # -- asking the broker -----------------------------------------------------------------
 
-    def probe(self, now: float, now_ms: int, read_up_to: Callable[[Where], int | None]) -> None:
+    def probe(self, now: float, now_ms: int, read_up_to: Callable[[Partition], int | None]) -> None:
         """Take in the answer to the request in flight; send the next one when it is due.
 
         ``read_up_to(where)`` is the offset this instance has read ``where``
@@ -217,11 +218,11 @@ class SourceEnds:
             return
         self._request = request
 
-    def _take(self, request: _Request, read_up_to: Callable[[Where], int | None]) -> None:
+    def _take(self, request: _Request, read_up_to: Callable[[Partition], int | None]) -> None:
         failed: list[str] = []
         stale = False
         for tp, future in request.futures.items():
-            where = (tp.topic, tp.partition)
+            where = Partition(tp.topic, tp.partition)
             end, code = _end_offset(future)
             stale = stale or code in STALE_METADATA
             quiet = self._quiet.get(where)

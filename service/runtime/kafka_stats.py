@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 import structlog
 
-from service.runtime.stats import LoopStats, ProducerStats, Where
+from service.runtime.ids import Partition
+from service.runtime.stats import LoopStats, ProducerStats
 
 log = structlog.get_logger("sessionizer.kafka_stats")
 
@@ -58,7 +59,7 @@ class ConsumerStatistics:
             log.warning("unreadable librdkafka statistics", client="consumer", error=str(exc))
 
 
-def consumer_lag(data: dict[str, Any]) -> dict[Where, int]:
+def consumer_lag(data: dict[str, Any]) -> dict[Partition, int]:
     """(topic, partition) -> ``consumer_lag``: the partition's end (the last stable offset under
     read_committed) minus the offset this group committed, as librdkafka knows it.
 
@@ -69,7 +70,7 @@ def consumer_lag(data: dict[str, Any]) -> dict[Where, int]:
     (the consumer's position) is there in every mode. ``consumer_lag_stored`` is
     -1 here in both modes: the service never stores offsets, it commits them.
     """
-    lag: dict[Where, int] = {}
+    lag: dict[Partition, int] = {}
     for topic, topic_data in (data.get("topics") or {}).items():
         for key, partition in (topic_data.get("partitions") or {}).items():
             number = int(key)
@@ -77,7 +78,7 @@ def consumer_lag(data: dict[str, Any]) -> dict[Where, int]:
                 continue  # -1 is librdkafka's internal "unassigned" partition
             value = partition.get("consumer_lag", -1)
             if isinstance(value, int) and value >= 0:
-                lag[(topic, number)] = value
+                lag[Partition(topic, number)] = value
     return lag
 
 

@@ -25,11 +25,12 @@ from service.runtime.changelog_reader import ChangelogReader, Progress
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
 from service.runtime.collector import RecordCollector
 from service.runtime.formats import Formats
+from service.runtime.ids import Partition, TaskId
 from service.runtime.kafka_stats import ConsumerStatistics, ProducerStatistics
 from service.runtime.owners import same_instance_elsewhere
 from service.runtime.punctuator import Punctuator
 from service.runtime.queries import QueryInbox
-from service.runtime.stats import LoopStats, Sample, TaskId, Where
+from service.runtime.stats import LoopStats, Sample
 from service.runtime.task_manager import TaskManager
 from service.runtime.tasks import TaskState, WindowTask
 
@@ -206,16 +207,16 @@ class StreamLoop:
         to the broker is made."""
         consumer = self.consumer
         assignment = consumer.assignment()
-        lag: dict[Where, int] = {}
+        lag: dict[Partition, int] = {}
         if assignment:
             for tp in consumer.position(assignment):
                 if tp.offset < 0:
                     continue  # nothing fetched yet
                 _low, high = consumer.get_watermark_offsets(tp, cached=True)
                 if high >= 0:
-                    lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+                    lag[Partition(tp.topic, tp.partition)] = max(0, high - tp.offset)
         windows = list(self.tasks.window_tasks.values())
-        stores = {(t.pipeline.name, t.partition): (t.store.approximate_keys(), t.store.approximate_bytes()) for t in windows}
+        stores = {t.task_id: (t.store.approximate_keys(), t.store.approximate_bytes()) for t in windows}
         states = [t.state for t in windows]
         stream_time: dict[TaskId, int] = {}
         watermarks: dict[tuple[str, int, str], int] = {}
@@ -227,7 +228,7 @@ class StreamLoop:
             for topic, mark in topic_watermarks(task).items():
                 watermarks[(task.pipeline.name, task.partition, topic)] = mark
         remaining = {
-            (r.state.pipeline.name, r.state.partition): r.remaining for r in self.tasks.reader.restoring.values()
+            TaskId(r.state.pipeline.name, r.state.partition): r.remaining for r in self.tasks.reader.restoring.values()
         }
         self.stats.records_sent = self.collector.sent
         return Sample(

@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient
 
 from service.config import Config
 from service.runtime.clients import consumer_client_id
+from service.runtime.ids import Partition
 
 log = structlog.get_logger("sessionizer.queries")
 
@@ -34,18 +35,18 @@ class OwnerDirectory:
         self.app_id = config.app_id
         self.ttl = ttl
         self.timeout = timeout
-        self._owners: dict[tuple[str, int], Owner] = {}
+        self._owners: dict[Partition, Owner] = {}
         self._fetched = 0.0
         self._lock = threading.Lock()
 
     def owner(self, topic: str, partition: int) -> Owner | None:
         with self._lock:
             now = time.monotonic()
-            missing = (topic, partition) not in self._owners
+            missing = Partition(topic, partition) not in self._owners
             # A miss refreshes early (ownership may just have moved), at most once a second.
             if now - self._fetched > self.ttl or (missing and now - self._fetched > 1.0):
                 self._refresh(now)
-            return self._owners.get((topic, partition))
+            return self._owners.get(Partition(topic, partition))
 
     def _refresh(self, now: float) -> None:
         self._fetched = now
@@ -59,7 +60,7 @@ class OwnerDirectory:
         for member in description.members:
             owner = Owner(instance_from_client_id(member.client_id, self.app_id), member.client_id, member.host.lstrip("/"))
             for tp in member.assignment.topic_partitions:
-                owners[(tp.topic, tp.partition)] = owner
+                owners[Partition(tp.topic, tp.partition)] = owner
         self._owners = owners
 
 

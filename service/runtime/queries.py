@@ -16,6 +16,7 @@ from typing import Any
 
 from service.core.pipeline import Pipeline
 from service.errors import ServiceStopping
+from service.runtime.ids import TaskId
 from service.runtime.tasks import TaskState, WindowTask
 
 LOCAL = "local"
@@ -67,7 +68,7 @@ class QueryInbox:
             self._pending.append(query)
         return query.answer
 
-    def serve(self, tasks: Mapping[tuple[str, int], WindowTask]) -> None:
+    def serve(self, tasks: Mapping[TaskId, WindowTask]) -> None:
         """Answer every pending query (loop thread); costs one check when there is none."""
         pending = self._pending
         while pending:
@@ -84,7 +85,7 @@ class QueryInbox:
             self._pending.popleft().answer.set_exception(ServiceStopping())
 
 
-def answer(tasks: Mapping[tuple[str, int], WindowTask], query: Query) -> list[Part]:
+def answer(tasks: Mapping[TaskId, WindowTask], query: Query) -> list[Part]:
     """Read the key's open windows from the tasks that hold it (loop thread only).
 
     The windows include changes not yet committed: a query sees events up to
@@ -92,7 +93,7 @@ def answer(tasks: Mapping[tuple[str, int], WindowTask], query: Query) -> list[Pa
     """
     parts = []
     for pipeline, partition in query.targets:
-        task = tasks.get((pipeline.name, partition))
+        task = tasks.get(TaskId(pipeline.name, partition))
         if task is None:
             parts.append(Part(pipeline.name, partition, REMOTE))
         elif task.state is not TaskState.RUNNING:

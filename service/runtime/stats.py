@@ -15,10 +15,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-#: A topic partition.
-Where = tuple[str, int]
-#: A pipeline's partition: (pipeline name, partition).
-TaskId = tuple[str, int]
+from service.runtime.ids import Partition, TaskId
 
 #: How often the loop samples consumer lag, store sizes and its tasks.
 SAMPLE_INTERVAL = 1.0
@@ -85,7 +82,7 @@ class Sample:
 
     at: float = 0.0
     assigned: int = 0
-    lag: dict[Where, int] = field(default_factory=dict)
+    lag: dict[Partition, int] = field(default_factory=dict)
     #: (pipeline, partition) -> (approximate keys, approximate bytes)
     stores: dict[TaskId, tuple[int, int]] = field(default_factory=dict)
     #: (pipeline, partition) -> totals, including tasks that were revoked before.
@@ -132,7 +129,7 @@ class LoopStats:
         self.not_ready: str | None = "starting"
         #: Partitions restoring right now, kept live (a restore can start and end between samples).
         self.restoring = 0
-        self.consumed: dict[Where, int] = {}
+        self.consumed: dict[Partition, int] = {}
         self.commits = 0
         self.aborts = 0
         self.rebalances = 0
@@ -148,7 +145,7 @@ class LoopStats:
         #: Totals of tasks that were closed, so counters never go down.
         self.retired: dict[TaskId, TaskCounts] = {}
         #: librdkafka's consumer lag per partition (committed offset basis), from its statistics.
-        self.kafka_consumer_lag: dict[Where, int] = {}
+        self.kafka_consumer_lag: dict[Partition, int] = {}
         #: librdkafka's producer statistics; None until the first arrive.
         self.producer: ProducerStats | None = None
         #: Schema lookups that failed because the registry was down, slow or erring (not "no such schema").
@@ -161,7 +158,7 @@ class LoopStats:
         self._next_sample = 0.0
         self._sampled_rebalances = 0
 
-    def count_consumed(self, where: Where, count: int) -> None:
+    def count_consumed(self, where: Partition, count: int) -> None:
         """Once per partition per batch."""
         self.consumed[where] = self.consumed.get(where, 0) + count
 

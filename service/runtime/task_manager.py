@@ -47,14 +47,14 @@ from service.runtime.collector import RecordCollector
 from service.runtime.ends import SourceEnds
 from service.runtime.formats import Formats
 from service.runtime.frames import Record
+from service.runtime.ids import Partition, TaskId
 from service.runtime.state_manager import StateManager
-from service.runtime.stats import LoopStats, TaskCounts, TaskId
+from service.runtime.stats import LoopStats, TaskCounts
 from service.runtime.tasks import DirectTask, SourceTask, TaskState, WindowTask
 from service.state.memory import StoreMemory
 
 log = structlog.get_logger("sessionizer.tasks")
 
-Where = tuple[str, int]
 #: Why a direct task's input is paused: another of its inputs is assigned elsewhere.
 WAITING = "waiting for its co-partitioned inputs"
 #: Why a partition is paused: its next record's schema is being fetched from the registry.
@@ -114,20 +114,20 @@ class TaskManager:
         for pipeline in self._direct:
             for index, topic in enumerate(dict.fromkeys(pipeline.config.sources)):
                 self._direct_readers.setdefault(topic, []).append((pipeline, index))
-        self.source_tasks: dict[Where, SourceTask] = {}
+        self.source_tasks: dict[Partition, SourceTask] = {}
         self.window_tasks: dict[TaskId, WindowTask] = {}
         #: Partition -> the window task reading it (a repartition partition, or a direct task's input).
-        self._window_inputs: dict[Where, list[tuple[WindowTask, int]]] = {}
-        self.assigned: set[Where] = set()
+        self._window_inputs: dict[Partition, list[tuple[WindowTask, int]]] = {}
+        self.assigned: set[Partition] = set()
         #: The first offset read from each partition since it was assigned: where a rewind
         #: goes when the group has no committed offset for it yet.
-        self._first_offsets: dict[Where, int] = {}
+        self._first_offsets: dict[Partition, int] = {}
         #: The next offset each partition should hand over: after the last record
         #: processed, or where it was last sought. Records below it are re-deliveries.
-        self._positions: dict[Where, int] = {}
-        #: Where each partition's end was last reached (librdkafka's end-of-partition event),
+        self._positions: dict[Partition, int] = {}
+        #: Partition each partition's end was last reached (librdkafka's end-of-partition event),
         #: until a record or a seek makes it out of date.
-        self._ends_at: dict[Where, int] = {}
+        self._ends_at: dict[Partition, int] = {}
         #: Which source partitions are quiet, asked of the broker (``service.runtime.ends``).
         self.ends = SourceEnds(
             ends_admin if ends_admin is not None else lambda: admin,
@@ -145,7 +145,7 @@ class TaskManager:
         self._purge_interval = config.topics.purge_interval_ms / 1000
         self._next_purge = time.monotonic() + self._purge_interval
         #: Called with (where, count) for each partition's batch (consumption metrics).
-        self.on_consumed: Callable[[Where, int], None] = stats.count_consumed
+        self.on_consumed: Callable[[Partition, int], None] = stats.count_consumed
 
     @property
     def topics(self) -> list[str]:
@@ -167,19 +167,19 @@ class TaskManager:
     def route(self, batch: list[Message]) -> None:
         """Hand each partition's records to the tasks reading it; apply end-of-partition events after them."""
         messages = cast(list[Record], batch)
-        groups: dict[Where, list[Record]] = {}
-        ends: list[tuple[Where, int]] = []
+        groups: dict[Partition, list[Record]] = {}
+        ends: list[tuple[Partition, int]] = []
         for message in messages:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    ends.append(((message.topic(), message.partition()), message.offset()))
+                    ends.append((Partition(message.topic(), message.partition()), message.offset()))
                 elif error.fatal():
                     raise BrokerError(str(error))
                 else:
                     log.warning("consume error", error=str(error))
                 continue
-            where = (message.topic(), message.partition())
+            where = Partition(message.topic(), message.partition())
             group = groups.get(where)
             if group is None:
                 groups[where] = [message]
@@ -213,7 +213,7 @@ class TaskManager:
         if groups:
             self.alignment.align(self.source_tasks.values(), self.running_tasks, self.clock())
 
-    def _drop_redelivered(self, groups: dict[Where, list[Record]]) -> dict[Where, list[Record]]:
+    def _drop_redelivered(self, groups: dict[Partition, list[Record]]) -> dict[Partition, list[Record]]:
         """Each partition's records from its position on: what was processed already is not processed twice.
 
         librdkafka can hand a partition's records over again after a pause and a
@@ -222,7 +222,7 @@ class TaskManager:
         so they are dropped here, and a partition that is wholly behind is sought
         back to where it should be.
         """
-        kept: dict[Where, list[Record]] = {}
+        kept: dict[Partition, list[Record]] = {}
         dropped = 0
         for where, group in groups.items():
             position = self._positions.get(where)
@@ -243,7 +243,7 @@ class TaskManager:
                 log.warning("records handed over again were dropped", records=dropped, total=self.stats.redelivered)
         return kept
 
-    def _seek(self, where: Where, offset: int) -> None:
+    def _seek(self, where: Partition, offset: int) -> None:
         """Read a partition again from ``offset``: the next record processed from it is that one."""
         self._positions[where] = offset
         self._ends_at.pop(where, None)
@@ -252,7 +252,7 @@ class TaskManager:
         except KafkaException as exc:
             log.warning("seek failed", topic=where[0], partition=where[1], error=str(exc.args[0]))
 
-    def _admit(self, groups: dict[Where, list[Record]]) -> tuple[dict[Where, list[Record]], set[Where]]:
+    def _admit(self, groups: dict[Partition, list[Record]]) -> tuple[dict[Partition, list[Record]], set[Partition]]:
         """Each partition's records up to the first whose schema the registry has not given yet.
 
         That partition is put back at that record and paused until the schema
@@ -287,7 +287,7 @@ class TaskManager:
             if resumed:
                 self.alignment.release(resumed, WAITING_FOR_SCHEMA)
 
-    def _process(self, where: Where, group: list[Record]) -> bool:
+    def _process(self, where: Partition, group: list[Record]) -> bool:
         """Give one partition's records to its readers; False when none may read them yet."""
         readers = self._window_inputs.get(where, [])
         for task, _ in readers:
@@ -320,7 +320,7 @@ class TaskManager:
             task.punctuate(now)
         self.alignment.align(self.source_tasks.values(), self.running_tasks, now)
 
-    def _read_up_to(self, where: Where) -> int | None:
+    def _read_up_to(self, where: Partition) -> int | None:
         """The offset this instance has read ``where`` up to: past its last record, or where its end was reached."""
         position = self._positions.get(where)
         end = self._ends_at.get(where)
@@ -445,11 +445,11 @@ class TaskManager:
             if tp.offset < 0:
                 # Nothing committed yet: back to where this member started reading
                 # (auto.offset.reset chose it); nothing read, nothing to undo.
-                first = self._first_offsets.get((tp.topic, tp.partition))
+                first = self._first_offsets.get(Partition(tp.topic, tp.partition))
                 if first is None:
                     continue
                 tp.offset = first
-            self._seek((tp.topic, tp.partition), tp.offset)
+            self._seek(Partition(tp.topic, tp.partition), tp.offset)
 
     def _reassign_at_committed(self, active: list[TopicPartition]) -> None:
         """Assign ``active`` again with no offset, so the consumer starts them at their committed offsets.
@@ -460,8 +460,8 @@ class TaskManager:
         fresh = [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in active]
         try:
             if self.eager:
-                wheres = {(tp.topic, tp.partition) for tp in active}
-                others = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) not in wheres]
+                wheres = {Partition(tp.topic, tp.partition) for tp in active}
+                others = [tp for tp in self.consumer.assignment() if Partition(tp.topic, tp.partition) not in wheres]
                 self.consumer.assign(fresh + others)
             else:
                 self.consumer.incremental_unassign(active)
@@ -470,8 +470,8 @@ class TaskManager:
             log.warning("reassigning failed", error=str(exc.args[0]))
             return
         for tp in active:
-            self._positions.pop((tp.topic, tp.partition), None)  # not known until records come
-            self._ends_at.pop((tp.topic, tp.partition), None)
+            self._positions.pop(Partition(tp.topic, tp.partition), None)  # not known until records come
+            self._ends_at.pop(Partition(tp.topic, tp.partition), None)
         held = self.alignment.paused
         if held:
             self.consumer.pause([TopicPartition(topic, partition) for topic, partition in held])
@@ -487,7 +487,7 @@ class TaskManager:
             consumer.incremental_assign(partitions)
         new_tasks: list[WindowTask] = []
         for tp in partitions:
-            where = (tp.topic, tp.partition)
+            where = Partition(tp.topic, tp.partition)
             self.assigned.add(where)
             pipeline = self._by_repartition.get(tp.topic)
             if pipeline is not None:
@@ -506,9 +506,9 @@ class TaskManager:
                     tp.topic, tp.partition, self._stage, self.partitions, self.collector, self.stats.source_dead_letters
                 )
             for direct, _ in self._direct_readers.get(tp.topic, ()):
-                task_id = (direct.name, tp.partition)
-                inputs = [(topic, tp.partition) for topic in direct.config.sources]
-                if task_id not in self.window_tasks and all(i in self.assigned for i in inputs):
+                task_id = TaskId(direct.name, tp.partition)
+                needed = [Partition(topic, tp.partition) for topic in direct.config.sources]
+                if task_id not in self.window_tasks and all(i in self.assigned for i in needed):
                     state = StateManager(self.config, direct, tp.partition, self.memory)
                     new_tasks.append(
                         DirectTask(
@@ -545,7 +545,7 @@ class TaskManager:
         self.alignment.hold(task.inputs, RESTORING)
         self.reader.begin(task.state_manager, reset=task.reset_store)
 
-    def _incomplete_direct_inputs(self) -> list[Where]:
+    def _incomplete_direct_inputs(self) -> list[Partition]:
         """Assigned inputs of direct tasks that cannot run here: another input of theirs is elsewhere."""
         return [
             where
@@ -555,7 +555,7 @@ class TaskManager:
         ]
 
     def _restored(self, state: StateManager) -> None:
-        task = self.window_tasks.get((state.pipeline.name, state.partition))
+        task = self.window_tasks.get(TaskId(state.pipeline.name, state.partition))
         if task is None or task.state_manager is not state:
             return
         task.started()
@@ -578,9 +578,9 @@ class TaskManager:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         if self.schemas is not None:
-            self.schemas.forget((tp.topic, tp.partition) for tp in partitions)
+            self.schemas.forget(Partition(tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
-            where = (tp.topic, tp.partition)
+            where = Partition(tp.topic, tp.partition)
             self.assigned.discard(where)
             self._first_offsets.pop(where, None)
             self._positions.pop(where, None)

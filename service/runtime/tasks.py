@@ -37,6 +37,7 @@ from service.errors import BadRecord
 from service.runtime import frames
 from service.runtime.collector import RecordCollector
 from service.runtime.frames import DATA, DATA_FRAME, DECODED, DECODED_FRAME, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME, Record
+from service.runtime.ids import Partition, TaskId
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import TaskCounts
 from service.state.store import PendingCommit, WindowStore
@@ -244,13 +245,13 @@ class WindowTask:
         return self.state_manager.name
 
     @property
-    def task_id(self) -> tuple[str, int]:
-        return (self.pipeline.name, self.partition)
+    def task_id(self) -> TaskId:
+        return TaskId(self.pipeline.name, self.partition)
 
     @property
-    def inputs(self) -> list[tuple[str, int]]:
+    def inputs(self) -> list[Partition]:
         """The partitions this task consumes (paused while it restores)."""
-        return [(self.topic, self.partition)]
+        return [Partition(self.topic, self.partition)]
 
     @property
     def store(self) -> WindowStore:
@@ -429,8 +430,8 @@ class DirectTask(WindowTask):
         self._ended_inputs: set[int] = set()
 
     @property
-    def inputs(self) -> list[tuple[str, int]]:
-        return [(topic, self.partition) for topic in self.pipeline.config.sources]
+    def inputs(self) -> list[Partition]:
+        return [Partition(topic, self.partition) for topic in self.pipeline.config.sources]
 
     def process_input(self, index: int, messages: list[Record]) -> None:
         """Records of source ``index``: decoded, keyed by the record key, checked, processed."""
@@ -477,11 +478,11 @@ class DirectTask(WindowTask):
             self._verified.clear()
         self._verified.add(key)
 
-    def input_watermarks(self, now: float) -> list[tuple[tuple[str, int], int | None, bool]]:
+    def input_watermarks(self, now: float) -> list[tuple[Partition, int | None, bool]]:
         """(input, its watermark, read to its end) for each input, for alignment."""
         marks = self.watermarks.marks
         return [
-            ((topic, self.partition), marks.get(source_id(index, self.partition)), index in self._ended_inputs)
+            (Partition(topic, self.partition), marks.get(source_id(index, self.partition)), index in self._ended_inputs)
             for index, topic in enumerate(self.pipeline.config.sources)
         ]
 

@@ -31,11 +31,11 @@ from service.errors import BadRecord, RegistryUnavailable
 from service.runtime.formats.framing import HEADER_SIZE
 from service.runtime.formats.registry import Fetched, Registry
 from service.runtime.frames import Record
+from service.runtime.ids import Partition
 from service.runtime.stats import LoopStats
 
 log = structlog.get_logger("sessionizer.schema_registry")
 
-Where = tuple[str, int]
 
 
 class _Lookup:
@@ -73,14 +73,14 @@ class SchemaGate:
         self._ready: set[bytes] = set()
         self._lookups: dict[int, _Lookup] = {}
         #: Paused partitions -> the schema id each waits for.
-        self.waiting: dict[Where, int] = {}
+        self.waiting: dict[Partition, int] = {}
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-registry")
         return self._executor
 
-    def admit(self, where: Where, group: list[Record]) -> int:
+    def admit(self, where: Partition, group: list[Record]) -> int:
         """How many of ``group``'s records can be processed now; the rest wait for a schema (see the module)."""
         needs = self.topics.get(where[0])
         if needs is None:
@@ -108,7 +108,7 @@ class SchemaGate:
             return True
         return self.registry.known_unknown(sid)  # not marked ready: unknown only for a while
 
-    def _wait(self, where: Where, raw: bytes) -> None:
+    def _wait(self, where: Partition, raw: bytes) -> None:
         sid = int.from_bytes(raw[1:HEADER_SIZE], "big")
         self.waiting[where] = sid
         lookup = self._lookups.get(sid)
@@ -118,7 +118,7 @@ class SchemaGate:
             lookup.future = self._pool().submit(self.registry.fetch, sid)
         self.stats.schema_registry_waiting = len(self.waiting)
 
-    def poll(self) -> list[Where]:
+    def poll(self) -> list[Partition]:
         """Take in the fetches that finished; the partitions that may resume (their schema is known now)."""
         if not self._lookups:
             return []
@@ -162,7 +162,7 @@ class SchemaGate:
         self.stats.schema_registry_problem = problems[0] if problems and self.waiting else None
         return resumed
 
-    def forget(self, partitions: Iterable[Where]) -> None:
+    def forget(self, partitions: Iterable[Partition]) -> None:
         """Partitions that left this instance wait for nothing here any more."""
         for where in partitions:
             self.waiting.pop(where, None)
