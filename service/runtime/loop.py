@@ -23,11 +23,11 @@ from service.core.topology import plan
 from service.core.watermarks import source_parts
 from service.runtime.changelog_reader import ChangelogReader, Progress
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
-from service.runtime.collector import RecordCollector
 from service.runtime.formats import Formats
 from service.runtime.ids import Partition, TaskId
 from service.runtime.kafka_stats import ConsumerStatistics, ProducerStatistics
 from service.runtime.owners import same_instance_elsewhere
+from service.runtime.producer import TransactionalProducer
 from service.runtime.punctuator import Punctuator
 from service.runtime.queries import QueryInbox
 from service.runtime.stats import LoopStats, Sample
@@ -52,19 +52,20 @@ class StreamLoop:
         self.stats = stats or LoopStats()
         self.queries = QueryInbox()
         producer_stats = ProducerStatistics(self.stats)
-        self.collector = RecordCollector(
-            lambda: Producer({**producer_config(config), "stats_cb": producer_stats}), config.exactly_once
-        )
         co_partitioned = any(p.direct for p in self.plans.values())
         self.consumer = Consumer({**consumer_config(config, co_partitioned), "stats_cb": ConsumerStatistics(self.stats)})
         admin = AdminClient(admin_config(config))
-        self.collector.successor = lambda: same_instance_elsewhere(admin, config, self._member_id())
+        self.producer = TransactionalProducer(
+            lambda: Producer({**producer_config(config), "stats_cb": producer_stats}),
+            config.exactly_once,
+            successor=lambda: same_instance_elsewhere(admin, config, self._member_id()),
+        )
         self.tasks = TaskManager(
             config,
             self.pipelines,
             self.plans,
             self.consumer,
-            self.collector,
+            self.producer,
             ChangelogReader(Consumer(restore_consumer_config(config))),
             admin,
             self.stats,
@@ -86,7 +87,7 @@ class StreamLoop:
     def run(self) -> None:
         """Process until ``stop`` is called; then commit, close the stores and leave the group."""
         tasks = self.tasks
-        self.collector.init()
+        self.producer.init()
         self.consumer.subscribe(self.topics, on_assign=tasks.on_assign, on_revoke=tasks.on_revoke, on_lost=tasks.on_lost)
         log.info("started", topics=self.topics, guarantee=self.config.processing_guarantee)
         interval = self.config.commit_interval_ms / 1000
@@ -119,7 +120,7 @@ class StreamLoop:
         self.tasks.poll_schemas()
         if restoring:
             reader.step(timeout=0.0 if messages else 0.05)
-        self.collector.poll()
+        self.producer.poll()
         now = time.monotonic()
         restoring_now = len(reader.restoring)
         if restoring_now < self.stats.restoring:
@@ -179,7 +180,7 @@ class StreamLoop:
         self.tasks.close()
         self.tasks.reader.close()
         try:
-            self.collector.close()
+            self.producer.close()
         except Exception as exc:
             # Everything was committed or aborted above; an error while letting the
             # producer go must not take the place of the reason the loop stops.
@@ -230,7 +231,7 @@ class StreamLoop:
         remaining = {
             TaskId(r.state.pipeline.name, r.state.partition): r.remaining for r in self.tasks.reader.restoring.values()
         }
-        self.stats.records_sent = self.collector.sent
+        self.stats.records_sent = self.tasks.collector.sent
         return Sample(
             at=now,
             assigned=len(assignment),

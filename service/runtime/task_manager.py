@@ -48,6 +48,7 @@ from service.runtime.ends import SourceEnds
 from service.runtime.formats import Formats
 from service.runtime.frames import Record
 from service.runtime.ids import Partition, TaskId
+from service.runtime.producer import TransactionalProducer
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import LoopStats, TaskCounts
 from service.runtime.tasks import DirectTask, SourceTask, TaskState, WindowTask
@@ -74,7 +75,7 @@ class TaskManager:
         pipelines: tuple[Pipeline, ...],
         plans: Mapping[str, PipelinePlan],
         consumer: Consumer,
-        collector: RecordCollector,
+        producer: TransactionalProducer,
         reader: ChangelogReader,
         admin: AdminClient,
         stats: LoopStats,
@@ -93,7 +94,9 @@ class TaskManager:
         self.pipelines = pipelines
         self.plans = plans
         self.consumer = consumer
-        self.collector = collector
+        self.producer = producer
+        #: What every task writes through, into the producer's open transaction.
+        self.collector = RecordCollector(producer)
         self.reader = reader
         reader.on_restored = self._restored
         self.stats = stats
@@ -350,7 +353,7 @@ class TaskManager:
         offsets = self.checkpoint.offsets()
         transaction_started = time.perf_counter()
         try:
-            self.collector.commit(offsets, self.consumer.consumer_group_metadata(), self.commit_timeout)
+            self.producer.commit(offsets, self.consumer.consumer_group_metadata(), self.commit_timeout)
         except CommitFailed as exc:
             log.warning("commit failed, aborting and rewinding", error=str(exc))
             self.abort_and_rewind()
@@ -397,8 +400,8 @@ class TaskManager:
         """
         self.stats.aborts += 1
         self.ends.rewound()
-        self.collector.abort()
-        uncertain, self.collector.uncertain = self.collector.uncertain, False
+        self.producer.abort()
+        uncertain, self.producer.uncertain = self.producer.uncertain, False
         for window in self.running_tasks:
             window.rollback()
             if uncertain:

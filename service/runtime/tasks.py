@@ -35,7 +35,7 @@ from service.core.source import Route, SourceStage
 from service.core.watermarks import Watermarks, source_id
 from service.errors import BadRecord
 from service.runtime import frames
-from service.runtime.collector import RecordCollector
+from service.runtime.collector import Collector
 from service.runtime.frames import DATA, DATA_FRAME, DECODED, DECODED_FRAME, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME, Record
 from service.runtime.ids import Partition, TaskId
 from service.runtime.state_manager import StateManager
@@ -82,7 +82,7 @@ class SourceTask:
         partition: int,
         stage: SourceStage,
         partitions: Mapping[str, int],
-        collector: RecordCollector,
+        collector: Collector,
         dead_letters: dict[tuple[str, str], int],
         report_interval: float = REPORT_INTERVAL,
     ) -> None:
@@ -221,7 +221,7 @@ class WindowTask:
         self,
         state: StateManager,
         topic: str,
-        collector: RecordCollector,
+        collector: Collector,
         sources: Iterable[int] = (),
     ) -> None:
         self.state_manager = state
@@ -414,7 +414,7 @@ class DirectTask(WindowTask):
     def __init__(
         self,
         state: StateManager,
-        collector: RecordCollector,
+        collector: Collector,
         partitions: int,
         decoders: Mapping[str, Decode] | None = None,
         key_decoders: Mapping[str, KeyDecode] | None = None,

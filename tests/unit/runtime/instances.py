@@ -21,7 +21,7 @@ from service.core.pipeline import compile_pipelines
 from service.core.topology import plan
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.client_errors import ClientErrors
-from service.runtime.collector import RecordCollector
+from service.runtime.producer import TransactionalProducer
 from service.runtime.stats import LoopStats
 from service.runtime.task_manager import TaskManager
 from service.runtime.tasks import DirectTask, WindowTask
@@ -58,7 +58,7 @@ class Instance:
         self.cluster = cluster
         self.config = config
         self.producers = Producers(cluster)
-        self.collector = RecordCollector(self.producers, config.exactly_once)
+        self.transactional = TransactionalProducer(self.producers, config.exactly_once)
         self.consumer = consumer(cluster)
         self.restore_consumer = consumer(cluster)
         self.admin = admin if admin is not None else FakeAdmin(cluster=cluster)
@@ -73,7 +73,7 @@ class Instance:
             compile_pipelines(config.pipelines),
             self.plans,
             self.consumer,
-            self.collector,
+            self.transactional,
             ChangelogReader(self.restore_consumer),
             self.admin,
             self.stats,
@@ -82,7 +82,7 @@ class Instance:
             wall_clock=lambda: self.now + WALL_CLOCK_OFFSET,
             client_errors=self.client_errors,
         )
-        self.collector.init()
+        self.transactional.init()
 
     @property
     def producer(self) -> FakeProducer:
