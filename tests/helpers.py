@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import tomllib
@@ -25,6 +27,7 @@ from service.config import Config, ConfigError, apply_env_overrides, parse_confi
 from service.config.dump import to_toml
 from service.core.pipeline import OutputRecord, Pipeline
 from service.core.processor import WindowProcessor
+from service.runtime.ids import Partition
 from service.runtime.state_manager import StateManager
 from service.runtime.tasks import WindowTask
 from service.state.store import WindowStore
@@ -45,6 +48,15 @@ def config_from_toml(text: str, environ: dict[str, str] | None = None) -> Config
         raise ConfigError(problems)
     assert config is not None
     return config
+
+
+def config_problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    """The problems start-up would list for a config's text, one line each (the text must have some)."""
+    try:
+        config_from_toml(text, environ)
+    except ConfigError as exc:
+        return exc.problems
+    raise AssertionError("the config has no problem")
 
 
 def sample_config(environ: dict[str, str] | None = None) -> Config:
@@ -364,7 +376,8 @@ class ListCollector:
 def window_task(config: Config, pipeline: Pipeline, partition: int, state_dir: Path, collector: Any = None) -> WindowTask:
     """A window task with its store under ``state_dir``, writing to a ``ListCollector`` by default."""
     config = dataclasses.replace(config, state_dir=state_dir)
-    return WindowTask(StateManager(config, pipeline, partition), pipeline.config.repartition_topic, collector or ListCollector())
+    inputs = [Partition(pipeline.config.repartition_topic, partition)]
+    return WindowTask(StateManager(config, pipeline, partition), inputs, collector or ListCollector())
 
 
 def add_event(task: WindowTask, user: str, ts: int, kind: str) -> None:
@@ -374,6 +387,29 @@ def add_event(task: WindowTask, user: str, ts: int, kind: str) -> None:
 
 
 # -- the repository's files -------------------------------------------------------------------------
+
+
+def sessionizer(
+    *args: str, env: dict[str, str] | None = None, clean: bool = True, input_text: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m service ARGS`` from the repository, as a user runs the command: its output captured.
+
+    With ``clean`` the command sees only ``PATH`` and ``env``, so no
+    ``SESSIONIZER__`` variable of the test's own environment leaks in;
+    otherwise it inherits the test's environment. Its standard input is
+    ``input_text``, or nothing.
+    """
+    base = {"PATH": "/usr/bin:/bin"} if clean else dict(os.environ)
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **(env or {})},
+        input=input_text,
+        stdin=None if input_text is not None else subprocess.DEVNULL,
+    )
 
 
 def load_script(name: str) -> ModuleType:

@@ -45,7 +45,7 @@ def run(config: Config) -> int:
         except ServiceStopping:
             return 0
         loop = started.loop
-        server.sessions = SessionQueries(config, loop.pipelines, started.partitions, loop.queries, started.owners, loop.plans)
+        server.answer_sessions(SessionQueries(config, loop.pipelines, started.partitions, loop.queries, started.owners, loop.plans))
         stop.loop = loop
         loop.run()
     finally:

@@ -60,13 +60,15 @@ class Counters:
 
 
 class WindowProcessor:
-    def __init__(self, pipeline: Pipeline, store: WindowState, out: list[OutputRecord]) -> None:
+    def __init__(
+        self, pipeline: Pipeline, store: WindowState, out: list[OutputRecord], on_emit: Callable[[int], None] | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.store = store
         self.out = out
         self.counters = Counters()
         #: Called with each emitted window's close time (the runtime's emit-delay metric).
-        self.on_emit: Callable[[int], None] | None = None
+        self.on_emit = on_emit
         self._kind = pipeline.window
         self._late_topic = pipeline.config.late_topic
         self._output_topic = pipeline.config.output.topic

@@ -96,6 +96,15 @@ class Watermarks:
 
     # -- state ----------------------------------------------------------------------
 
+    def snapshot(self) -> dict[int, int]:
+        """The watermarks as they are now, for ``rewind``."""
+        return dict(self.marks)
+
+    def rewind(self, snapshot: dict[int, int]) -> None:
+        """Back to a ``snapshot`` (the last commit's), after an abort."""
+        self.marks = dict(snapshot)
+        self.changed = False
+
     def take_changed(self) -> bool:
         changed, self.changed = self.changed, False
         return changed

@@ -79,13 +79,17 @@ class OpsServer:
         self.config = config
         self.stats = stats
         self.registry = registry
-        #: Set once the topics are known (after start-up); until then queries get 503.
-        self.sessions: SessionQueries | None = None
+        #: Given once the topics are known (after start-up, ``answer_sessions``); until then queries get 503.
+        self._sessions: SessionQueries | None = None
         self._token = config.http_sessions_token.encode() if config.http_sessions_token else None
         separate = config.http_sessions_port != 0
         self._servers = [self._listen(config.http_port, probes=True, sessions=not separate)]
         if separate:
             self._servers.append(self._listen(config.http_sessions_port, probes=False, sessions=True))
+
+    def answer_sessions(self, queries: SessionQueries) -> None:
+        """From now on ``/sessions/{key}`` is answered by ``queries`` (start-up has found the topics)."""
+        self._sessions = queries
 
     def _listen(self, port: int, probes: bool, sessions: bool) -> ThreadingHTTPServer:
         httpd = ThreadingHTTPServer((self.config.http_host, port), _handler(self, probes, sessions))
@@ -135,11 +139,11 @@ class OpsServer:
         if sessions and path.startswith("/sessions/") and len(path) > len("/sessions/"):
             if not self._authorized(authorization):
                 return _json(401, {"error": "a bearer token is required"}, {"WWW-Authenticate": 'Bearer realm="sessions"'})
-            if self.sessions is None:
+            if self._sessions is None:
                 return _json(503, {"error": "starting"}, {"Retry-After": "1"})
             key = unquote(path[len("/sessions/") :])
             pipeline = query.get("pipeline", [None])[0]
-            status, body = self.sessions.lookup(key, pipeline)
+            status, body = self._sessions.lookup(key, pipeline)
             return _json(status, body, {"Retry-After": "1"} if status == 503 else {})
         served = {path for path in ENDPOINTS if (sessions if path.startswith("/sessions") else probes)}
         endpoints = {p: d for p, d in ENDPOINTS.items() if p in served}

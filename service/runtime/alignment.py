@@ -24,7 +24,7 @@ import structlog
 from confluent_kafka import Consumer, TopicPartition
 
 from service.runtime.ids import Partition
-from service.runtime.tasks import DirectTask, SourceTask, WindowTask
+from service.runtime.tasks import Task
 
 log = structlog.get_logger("sessionizer.alignment")
 
@@ -82,16 +82,13 @@ class Alignment:
 
     # -- watermark alignment ---------------------------------------------------------
 
-    def align(self, sources: Iterable[SourceTask], tasks: Iterable[WindowTask], now: float) -> None:
+    def align(self, tasks: Iterable[Task], now: float) -> None:
         """Pause the inputs that run ahead, resume those the others caught up with."""
         ahead: set[Partition] = set()
         groups: dict[object, list[Input]] = {}
-        for source in sources:
-            for pipeline, watermark in source.watermarks():
-                groups.setdefault(pipeline, []).append((Partition(source.topic, source.partition), watermark, source.caught_up))
         for task in tasks:
-            if isinstance(task, DirectTask) and len(task.inputs) > 1:
-                groups[task.task_id] = task.input_watermarks(now)
+            for one in task.alignment():
+                groups.setdefault(one.group, []).append((one.partition, one.watermark, one.ended))
         for group, inputs in groups.items():
             ahead.update(self._ahead(group, inputs, now))
         held = {where for where, reasons in self._reasons.items() if AHEAD in reasons}

@@ -9,7 +9,9 @@ a crash leaves it consistent and the tail suffices.
 Restoring never blocks the poll loop: the loop calls ``step`` between polls,
 so group heartbeats and rebalances carry on during a long restore, and a
 partition revoked mid-restore is simply dropped (a known wedge in other Python
-stream libraries). Kafka Streams calls this the ``StoreChangelogReader``.
+stream libraries). What finished restoring is pulled by the caller
+(``drain``), as from Kafka Streams' ``StateUpdater``; the reader itself is
+Kafka Streams' ``StoreChangelogReader``.
 """
 
 from __future__ import annotations
@@ -25,13 +27,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from service.errors import RestoreFailed
 from service.runtime.frames import Record
 from service.runtime.ids import Partition
+from service.runtime.progress import Progress
 from service.runtime.state_manager import StateManager
 
 log = structlog.get_logger("sessionizer.state")
 
 RESTORE_BATCH = 50_000
-#: Seconds between two "restore progress" lines while a restore runs.
-PROGRESS_INTERVAL = 10.0
 #: Answers a partition's leader gives while it is not serving yet (a topic just
 #: created, a broker just restarted): asking again shortly succeeds.
 NOT_SERVING_YET = {
@@ -41,39 +42,6 @@ NOT_SERVING_YET = {
     KafkaError._UNKNOWN_PARTITION,
 }
 
-
-
-class Progress:
-    """A line every ``PROGRESS_INTERVAL`` seconds while long work goes on: done, rate, what is left, when it ends."""
-
-    def __init__(self, event: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self.event = event
-        self.done = 0
-        self._clock = clock
-        self._since = (clock(), 0)
-
-    def report(self, remaining: int, stream_time: int | None = None, **fields: object) -> None:
-        now = self._clock()
-        at, done_then = self._since
-        if now - at < PROGRESS_INTERVAL:
-            return
-        rate = (self.done - done_then) / (now - at)
-        self._since = (now, self.done)
-        log.info(
-            self.event,
-            records_done=self.done,
-            records_per_second=round(rate),
-            records_remaining=remaining,
-            eta_seconds=round(remaining / rate) if rate > 0 else None,
-            event_time_reached=_iso(stream_time),
-            **fields,
-        )
-
-
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 @dataclass
@@ -91,19 +59,20 @@ class Restoration:
 class ChangelogReader:
     """Restores stores from their changelogs with one consumer that belongs to no group."""
 
-    def __init__(self, consumer: Consumer, on_restored: Callable[[StateManager], None] = lambda state: None) -> None:
+    def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
         self.restoring: dict[Partition, Restoration] = {}
-        #: Called with each state manager once its store is up to date.
-        self.on_restored = on_restored
+        #: State managers whose store is up to date, until ``drain`` hands them over.
+        self._restored: list[StateManager] = []
         self._progress = Progress("restore progress")
 
     def begin(self, state: StateManager, reset: Callable[[], None] | None = None) -> None:
-        """Start restoring ``state``'s store; it is handed to ``on_restored`` when up to date.
+        """Start restoring ``state``'s store; ``drain`` hands it over once it is up to date.
 
         ``reset`` wipes the store when its checkpoint does not fit the changelog
         (the task's own method, so the task sees its new store); by default the
-        state manager resets itself.
+        state manager resets itself. A store already up to date is handed over
+        by the next ``drain``.
         """
         changelog = state.changelog
         low, high = self._offsets(TopicPartition(changelog, state.partition))
@@ -123,7 +92,7 @@ class ChangelogReader:
         mode = "tail" if state.store.checkpoint is not None else "full"
         if checkpoint >= high:
             log.info("state up to date", pipeline=state.pipeline.name, partition=state.partition, checkpoint=checkpoint)
-            self.on_restored(state)
+            self._restored.append(state)
             return
         log.info(
             "restoring state",
@@ -150,8 +119,19 @@ class ChangelogReader:
 
     def cancel(self, state: StateManager) -> None:
         """Stop restoring a revoked task's store; what was restored so far stays, checkpointed."""
+        self._restored = [restored for restored in self._restored if restored is not state]
         if self.restoring.pop(Partition(state.changelog, state.partition), None) is not None:
             self._assign()
+
+    def drain(self) -> list[StateManager]:
+        """The state managers whose store came up to date since the last call."""
+        restored, self._restored = self._restored, []
+        return restored
+
+    @property
+    def remaining(self) -> dict[Partition, int]:
+        """Per changelog partition being restored, the records still to read."""
+        return {where: r.remaining for where, r in self.restoring.items()}
 
     @property
     def busy(self) -> bool:
@@ -209,7 +189,7 @@ class ChangelogReader:
             seconds=round(time.monotonic() - restoration.started, 3),
             stream_time=state.store.stream_time,
         )
-        self.on_restored(state)
+        self._restored.append(state)
 
     def _assign(self) -> None:
         self.consumer.assign(

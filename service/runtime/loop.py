@@ -1,11 +1,11 @@
 """The stream loop: one thread that polls, routes, punctuates and asks for commits.
 
 Like a Kafka Streams ``StreamThread``, it owns the consumer and the
-producer's collector and delegates the rest: the ``TaskManager`` owns the
-tasks and runs each commit, the ``ChangelogReader`` restores stores between
-polls, and ``LoopStats`` records what operators see. One iteration: poll a
-batch, hand it to the tasks, step any restore, answer queries, punctuate on
-the wall clock, and every ``commit_interval`` commit.
+transactional producer and delegates the rest: the ``TaskManager`` owns the
+tasks, restores their stores between polls and runs each commit, and
+``LoopStats`` records what operators see. One iteration: poll a batch, hand
+it to the tasks, step any restore, answer queries, punctuate on the wall
+clock, and every ``commit_interval`` commit.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from service.config import Config
 from service.core.pipeline import Pipeline, compile_pipelines
 from service.core.topology import plan
 from service.core.watermarks import source_parts
-from service.runtime.changelog_reader import ChangelogReader, Progress
+from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
 from service.runtime.formats import Formats
 from service.runtime.ids import Partition, TaskId
 from service.runtime.kafka_stats import ConsumerStatistics, ProducerStatistics
 from service.runtime.owners import same_instance_elsewhere
 from service.runtime.producer import TransactionalProducer
+from service.runtime.progress import Progress
 from service.runtime.punctuator import Punctuator
 from service.runtime.queries import QueryInbox
 from service.runtime.stats import LoopStats, Sample
@@ -111,18 +112,18 @@ class StreamLoop:
 
     def _iterate(self, next_commit: float, interval: float) -> float:
         """One poll-process-punctuate(-commit) round; returns the next commit deadline."""
-        reader = self.tasks.reader
-        restoring = reader.busy
+        tasks = self.tasks
+        restoring = tasks.restoring
         wait = 0.0 if restoring else max(0.0, next_commit - time.monotonic())
         messages = self.consumer.consume(self.config.poll_batch, wait)
         if messages:
-            self.tasks.route(messages)
-        self.tasks.poll_schemas()
+            tasks.route(messages)
+        tasks.poll_schemas()
         if restoring:
-            reader.step(timeout=0.0 if messages else 0.05)
+            tasks.restore(timeout=0.0 if messages else 0.05)
         self.producer.poll()
         now = time.monotonic()
-        restoring_now = len(reader.restoring)
+        restoring_now = len(tasks.restore_remaining())
         if restoring_now < self.stats.restoring:
             # Sample before saying so: whoever sees the restore finished sees its counts too.
             self._sample(now)
@@ -152,7 +153,7 @@ class StreamLoop:
     @property
     def ready(self) -> bool:
         """Partitions are assigned, restored and processing."""
-        return self._running and bool(self.consumer.assignment()) and not self.tasks.reader.busy
+        return self._running and bool(self.consumer.assignment()) and not self.tasks.restoring
 
     def _close(self, clean: bool) -> None:
         """Leave cleanly after ``stop``; after an error, commit nothing.
@@ -178,7 +179,6 @@ class StreamLoop:
                 log.exception("abort failed")
         self.consumer.close()  # leaves the group; the revoke callback commits and closes the tasks
         self.tasks.close()
-        self.tasks.reader.close()
         try:
             self.producer.close()
         except Exception as exc:
@@ -199,7 +199,7 @@ class StreamLoop:
         lag = sum(sample.lag.values())
         if lag:  # a replay, or a backlog after an outage: say how it goes every 10 s
             self._catching_up.done = sum(self.stats.consumed.values())
-            running = [t.store.stream_time for t in self.tasks.running_tasks if t.store.stream_time is not None]
+            running = [t.store.stream_time for t in self.tasks.running_windows if t.store.stream_time is not None]
             self._catching_up.report(remaining=lag, stream_time=min(running, default=None))
 
     def take_sample(self, now: float) -> Sample:
@@ -228,9 +228,7 @@ class StreamLoop:
                 stream_time[task.task_id] = task.store.stream_time
             for topic, mark in topic_watermarks(task).items():
                 watermarks[(task.pipeline.name, task.partition, topic)] = mark
-        remaining = {
-            TaskId(r.state.pipeline.name, r.state.partition): r.remaining for r in self.tasks.reader.restoring.values()
-        }
+        remaining = self.tasks.restore_remaining()
         self.stats.records_sent = self.tasks.collector.sent
         return Sample(
             at=now,

@@ -8,7 +8,6 @@ class Punctuator:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.runs = 0
         self._next: float | None = None
 
     def due(self, now: float) -> bool:
@@ -18,5 +17,4 @@ class Punctuator:
         if now < self._next:
             return False
         self._next = now + self.interval
-        self.runs += 1
         return True

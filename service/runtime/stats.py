@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from service.runtime.ids import Partition, TaskId
@@ -169,6 +169,15 @@ class LoopStats:
 
     def retire(self, task: TaskId, counts: TaskCounts) -> None:
         self.retired.setdefault(task, TaskCounts()).add(counts)
+
+    def task_totals(self, live: Iterable[tuple[TaskId, TaskCounts]]) -> dict[TaskId, TaskCounts]:
+        """Totals per (pipeline, partition): retired tasks' final counts plus the ``live`` tasks'."""
+        totals: dict[TaskId, TaskCounts] = {}
+        for task_id, retired in self.retired.items():
+            totals.setdefault(task_id, TaskCounts()).add(retired)
+        for task_id, counts in live:
+            totals.setdefault(task_id, TaskCounts()).add(counts)
+        return totals
 
     def emit_observer(self, pipeline: str) -> Callable[[int], None]:
         """A callback for ``WindowProcessor.on_emit``: records wall clock minus close time."""

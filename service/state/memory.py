@@ -73,14 +73,3 @@ class StoreMemory:
     def cache_share(self) -> int:
         """Bytes of decoded windows one store may keep: an equal share of the budget."""
         return self.config.cache_bytes // max(1, self._stores)
-
-
-#: For a store opened on its own (offline mode, tools, tests): the defaults.
-_default: StoreMemory | None = None
-
-
-def default_memory() -> StoreMemory:
-    global _default
-    if _default is None:
-        _default = StoreMemory()
-    return _default

@@ -37,7 +37,7 @@ from rocksdict import Rdict, ReadOptions, WriteBatch
 
 from service.core.closing import closed
 from service.core.windows import WindowKind
-from service.state.memory import ENTRY_OVERHEAD, StoreMemory, default_memory, entry_bytes
+from service.state.memory import ENTRY_OVERHEAD, StoreMemory, entry_bytes
 
 _OFFSET = 2**63
 # Changelog keys carry a one-byte kind so meta entries cannot collide with user keys.
@@ -90,7 +90,8 @@ class WindowStore:
         self.path = path
         self.kind = kind
         self.cache_max_keys = cache_max_keys
-        self.memory = memory or default_memory()
+        # A store opened on its own (offline mode, tools, tests) has the default budget to itself.
+        self.memory = memory if memory is not None else StoreMemory()
         path.mkdir(parents=True, exist_ok=True)
         self._db = _open(path, self.memory)
         self.memory.opened()

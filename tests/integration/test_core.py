@@ -11,13 +11,13 @@ from confluent_kafka.admin import AdminClient
 
 from service.commands.process import process_lines
 from service.config import load_config
+from service.core.partitioner import partition_for
 from tests import oracle
 from tests.helpers import config_toml, pipeline, session_body
 from tests.integration.harness import (
     Reader,
     bootstrap,
     create_topics,
-    murmur2_partition,
     produce,
     stop_and_read,
     unique,
@@ -226,7 +226,7 @@ def test_repartitioning_puts_each_key_where_a_java_producer_would(app):
     records = [r for r in got[repartition] if r.key is not None]
     assert len(records) == 60  # each event once
     for record in records:
-        assert record.partition == murmur2_partition(record.key, 4), record.key
+        assert record.partition == partition_for(record.key, 4), record.key
     # both topics' events of a user met in one partition, and in one session
     partitions = {}
     for record in records:

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 
 from confluent_kafka.admin import AdminClient
 
 from service.config import load_config
+from service.core.partitioner import partition_for
 from service.core.pipeline import compile_pipelines
 from service.state.store import WindowStore
 from tests import oracle
-from tests.helpers import session_body
-from tests.integration.harness import REPO, Reader, bootstrap, create_topics, murmur2_partition, produce, stop_and_read, wait_until
+from tests.helpers import session_body, sessionizer
+from tests.integration.harness import Reader, bootstrap, create_topics, produce, stop_and_read, wait_until
 from tests.integration.test_core import by_user, conserved, expected_of, sessions_of
 from tests.integration.test_operations import HOLD_THE_WALL_CLOCK, http_port, scrape
-
-
-def sessionizer(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args], cwd=REPO, capture_output=True, text=True, timeout=180, input=input_text
-    )
 
 
 def test_reset_replays_the_sources_and_rebuilds_the_same_sessions(app):
@@ -40,13 +33,13 @@ def test_reset_replays_the_sources_and_rebuilds_the_same_sessions(app):
     reader = Reader([app.topic("sessions")])
     assert sessions_of(reader.wait_for(10, timeout=60)) == expected
 
-    refused = sessionizer("reset", "--config", str(config), "--yes")
+    refused = sessionizer("reset", "--config", str(config), "--yes", clean=False, timeout=180)
     assert refused.returncode == 1 and "running members" in refused.stderr
 
     assert service.stop() == 0
-    unconfirmed = sessionizer("reset", "--config", str(config), input_text="")
+    unconfirmed = sessionizer("reset", "--config", str(config), input_text="", clean=False, timeout=180)
     assert unconfirmed.returncode == 1 and "not confirmed" in unconfirmed.stderr
-    done = sessionizer("reset", "--config", str(config), "--to-earliest", "--yes")
+    done = sessionizer("reset", "--config", str(config), "--to-earliest", "--yes", clean=False, timeout=180)
     assert done.returncode == 0, done.stderr
     assert f"{app.id}-sessions-repartition" in done.stdout and "restart at partition@offset" in done.stdout
     assert not (app.state_dir / app.id).exists()
@@ -80,7 +73,7 @@ def test_restore_state_rebuilds_local_stores_from_the_changelog(app):
     wait_until(lambda: scrape(port)["sessionizer_events_processed_total"] == len(events), 60, "every event processed")
     # Every window task is fed by the three source partitions: its stream time is the slowest one's
     # watermark, the latest event time of the partition whose last event is the earliest.
-    latest = {p: max(e["ts"] for e in events if murmur2_partition(e["user_id"].encode(), 3) == p) for p in range(3)}
+    latest = {p: max(e["ts"] for e in events if partition_for(e["user_id"].encode(), 3) == p) for p in range(3)}
     stream_time = min(latest.values())
     # The three tasks' stream times (summed by ``scrape``) once every source's last watermark is in.
     wait_until(lambda: abs(scrape(port)["sessionizer_stream_time_seconds"] - 3 * stream_time / 1000) < 0.01, 60, "stream time")
@@ -91,7 +84,7 @@ def test_restore_state_rebuilds_local_stores_from_the_changelog(app):
     shutil.rmtree(store_root)
     assert not store_root.exists()
 
-    result = sessionizer("restore-state", "--config", str(config), "--instance-id", "i1")
+    result = sessionizer("restore-state", "--config", str(config), "--instance-id", "i1", clean=False, timeout=180)
     assert result.returncode == 0, result.stderr
     assert "restored" in result.stdout
     restored = int(result.stdout.strip().splitlines()[-1].split()[1])
@@ -105,7 +98,7 @@ def test_restore_state_rebuilds_local_stores_from_the_changelog(app):
         try:
             keys = list(store.keys())
             for key in keys:
-                assert murmur2_partition(key, 3) == partition, f"{key!r} restored into partition {partition}"
+                assert partition_for(key, 3) == partition, f"{key!r} restored into partition {partition}"
                 for window in store.peek(key):
                     values = pipeline.window.values(window)
                     windows.append(

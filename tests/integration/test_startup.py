@@ -15,7 +15,7 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.helpers import session_body
+from tests.helpers import session_body, sessionizer
 from tests.integration.harness import REPO, Reader, bootstrap, create_topics, produce, wait_until
 from tests.integration.test_operations import get, http_port
 
@@ -112,13 +112,7 @@ def test_an_authentication_failure_ends_start_up_with_one_line(app, tmp_path):
         f'"sasl.username" = "sessionizer"\n"sasl.password" = "{password}"',
     )
     app.config_path.write_text(text)
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "run", "--config", str(app.config_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = sessionizer("run", "--config", str(app.config_path), clean=False, timeout=120)
     assert result.returncode == 3, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"sessionizer: kafka at {sasl}: ") and "Authentication failed" in last, last
@@ -141,13 +135,7 @@ def existing_topics() -> dict[str, int]:
 def test_a_missing_source_topic_stops_the_service_with_its_name(app):
     config = app.configure(session_body(app, ["web", "mobile"]))
     create_topics([app.topic("web")])
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "run", "--config", str(config), "--instance-id", "i1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = sessionizer("run", "--config", str(config), "--instance-id", "i1", clean=False, timeout=120)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == (

@@ -8,7 +8,7 @@ import pytest
 
 from service.config import Config
 from service.core.pipeline import Pipeline
-from service.runtime.tasks import TaskState, WindowTask
+from service.runtime.tasks import WindowTask
 from tests.helpers import config_from_toml, config_toml, pipeline, session_window, window_task
 
 
@@ -35,7 +35,7 @@ def running_tasks(shop_config, tmp_path) -> Iterator[tuple[Config, Pipeline, dic
     made = {}
     for partition in range(4):
         task = window_task(shop_config, pipeline, partition, tmp_path)
-        task.state = TaskState.RUNNING
+        task.start()
         made[task.task_id] = task
     yield shop_config, pipeline, made
     for task in made.values():

@@ -3,23 +3,9 @@ and every kind of mistake gets its one message at start-up, from ``check-config`
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers import FULL_CONFIG, MINIMAL_CONFIG, REPO, config_from_toml
-
-
-def sessionizer(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
-    )
+from tests.helpers import FULL_CONFIG, MINIMAL_CONFIG, config_from_toml, sessionizer
 
 
 def test_check_config_print_shows_the_effective_config_without_secrets(tmp_path):

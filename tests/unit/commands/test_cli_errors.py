@@ -4,27 +4,14 @@ a file that cannot be read, a topic no pipeline reads, malformed partitions or t
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import MINIMAL_CONFIG, REPO
+from tests.helpers import MINIMAL_CONFIG, sessionizer
 
 # Nothing listens on port 1: a command that tried to connect would fail slowly, not answer at once.
 CONFIG = MINIMAL_CONFIG + '\n[kafka]\nbootstrap_servers = "127.0.0.1:1"\n'
-
-
-def sessionizer(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin"},
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, load_config
+from service.config import load_config
+from tests.helpers import config_problems
 
 VALID = """
 [app]
@@ -27,12 +28,6 @@ def write(tmp_path, text):
     path = tmp_path / "c.toml"
     path.write_text(text)
     return path
-
-
-def problems(tmp_path, text, environ=None):
-    with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, text), environ or {})
-    return info.value.problems
 
 
 def test_valid_config_and_defaults(tmp_path):
@@ -68,12 +63,12 @@ def test_valid_config_and_defaults(tmp_path):
 )
 def test_each_problem_names_key_value_and_allowed(tmp_path, change, expected):
     text = VALID.replace(*change)
-    assert any(p.startswith(expected) for p in problems(tmp_path, text)), problems(tmp_path, text)
+    assert any(p.startswith(expected) for p in config_problems(text)), config_problems(text)
 
 
 def test_all_problems_are_reported_together(tmp_path):
     text = VALID.replace('gap = "30m"', 'gap = "soon"').replace('output = "out"', "")
-    found = problems(tmp_path, text)
+    found = config_problems(text)
     assert len(found) == 2
     assert any("gap" in p for p in found) and any("output is missing" in p for p in found)
 
@@ -84,7 +79,7 @@ def test_replication_factor_defaults_to_the_brokers_default(tmp_path):
         text = VALID + f"[topics]\nreplication_factor = {value}\n"
         assert load_config(write(tmp_path, text), {}).topics.replication_factor == value
     for value in ("0", "-2", '"3"'):
-        assert problems(tmp_path, VALID + f"[topics]\nreplication_factor = {value}\n") == [
+        assert config_problems(VALID + f"[topics]\nreplication_factor = {value}\n") == [
             f"topics.replication_factor = {tomllib.loads('v = ' + value)['v']!r}: "
             "expected -1 (the broker's default.replication.factor) or a whole number >= 1"
         ]
@@ -96,14 +91,14 @@ def test_local_configs_keep_one_replica_for_the_single_local_broker(path):
 
 
 def test_missing_pipelines(tmp_path):
-    assert problems(tmp_path, '[app]\nid = "x"\n') == [
+    assert config_problems('[app]\nid = "x"\n') == [
         "pipelines is missing: expected at least one [pipelines.<name>] table"
     ]
 
 
 def test_hopping_advance_must_divide_size(tmp_path):
     text = VALID.replace('type = "session"\ngap = "30m"', 'type = "hopping"\nsize = "5m"\nadvance = "2m"')
-    assert any("advance = '2m': expected a duration that divides" in p for p in problems(tmp_path, text))
+    assert any("advance = '2m': expected a duration that divides" in p for p in config_problems(text))
 
 
 def test_environment_overrides(tmp_path):
@@ -124,7 +119,7 @@ def test_environment_overrides(tmp_path):
 
 
 def test_bad_environment_override_is_reported_like_a_file_value_naming_the_variable(tmp_path):
-    found = problems(tmp_path, VALID, {"SESSIONIZER__APP__POLL_BATCH": "lots"})
+    found = config_problems(VALID, {"SESSIONIZER__APP__POLL_BATCH": "lots"})
     assert found == ["environment variable SESSIONIZER__APP__POLL_BATCH = 'lots': expected a whole number >= 1"]
 
 
@@ -166,8 +161,8 @@ AGGREGATES = VALID + "[pipelines.s.aggregates]\n"
         ('c = { type = "custom", class = "examples.aggregates:TopValues", field = "p" }', "pipelines.s.aggregates.c.field: unknown key"),
     ],
 )
-def test_flag_and_custom_aggregate_problems(tmp_path, line, expected):
-    found = problems(tmp_path, AGGREGATES + line + "\n")
+def test_flag_and_custom_aggregate_config_problems(line, expected):
+    found = config_problems(AGGREGATES + line + "\n")
     assert any(p.startswith(expected) for p in found), found
 
 
@@ -249,7 +244,7 @@ lone_topic = "lonely"
 def test_each_rule_problem_names_key_value_and_allowed(tmp_path, change, expected):
     assert change[0] in RULE
     text = RULE.replace(*change)
-    found = problems(tmp_path, text)
+    found = config_problems(text)
     assert any(p.startswith(expected) for p in found), found
 
 
@@ -273,7 +268,7 @@ def test_each_rule_problem_names_key_value_and_allowed(tmp_path, change, expecte
     ],
 )
 def test_each_pairing_problem_names_key_value_and_allowed(tmp_path, text, expected):
-    found = problems(tmp_path, text)
+    found = config_problems(text)
     assert any(p.startswith(expected) for p in found), found
 
 

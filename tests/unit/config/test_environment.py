@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import KEYS, ConfigError
+from service.config import KEYS
 from service.config.loading import key_kind
 from service.config.schema import BOOLEAN, DURATION, INTEGER, LIST, SIZE, TABLE, TEXT, VALUE
-from tests.helpers import MINIMAL_CONFIG, config_from_toml
-
-
-def problems(environ: dict[str, str], text: str = MINIMAL_CONFIG) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        config_from_toml(text, environ)
-    return info.value.problems
+from tests.helpers import MINIMAL_CONFIG, config_from_toml, config_problems
 
 
 def test_an_instance_id_that_looks_like_a_number_is_a_string():
@@ -110,7 +104,7 @@ def test_a_condition_value_and_a_table_of_params_are_read_as_toml():
     ],
 )
 def test_a_bad_value_names_the_variable_it_came_from(name, text, message):
-    (found,) = problems({name: text})
+    (found,) = config_problems(MINIMAL_CONFIG, {name: text})
     assert found.startswith(message), found
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import ConfigError, load_config
+from service.config import load_config
+from tests.helpers import config_problems
 
 BASE = """
 [pipelines.s]
@@ -22,12 +23,6 @@ def load(tmp_path, text, environ=None):
     path = tmp_path / "c.toml"
     path.write_text(text)
     return load_config(path, environ or {})
-
-
-def problems(tmp_path, text, environ=None):
-    with pytest.raises(ConfigError) as info:
-        load(tmp_path, text, environ)
-    return info.value.problems
 
 
 def test_defaults_are_json_without_a_registry(tmp_path):
@@ -90,8 +85,8 @@ def test_environment_sets_a_source_format_and_a_registry_secret(tmp_path):
         ('[schema_registry]\nurl = "http://r"\nnested = { a = 1 }\n', "schema_registry.nested = {'a': 1}: expected a string, number or boolean"),
     ],
 )
-def test_format_problems(tmp_path, extra, expected):
-    found = problems(tmp_path, BASE + extra)
+def test_format_config_problems(extra, expected):
+    found = config_problems(BASE + extra)
     assert any(p.startswith(expected) for p in found), found
 
 
@@ -102,13 +97,13 @@ def test_json_schema_without_validation_needs_no_registry(tmp_path):
 
 def test_output_serialization_needs_a_registry_and_no_pairing(tmp_path):
     text = BASE.replace('output = "out"', "") + '[pipelines.s.output]\ntopic = "out"\nserialization = "avro"\n'
-    assert any(p.startswith("schema_registry is missing") and "pipelines.s.output" in p for p in problems(tmp_path, text))
+    assert any(p.startswith("schema_registry is missing") and "pipelines.s.output" in p for p in config_problems(text))
     paired = text + REGISTRY + "[pipelines.s.pairing]\n"
-    assert any(p.startswith("pipelines.s.output.serialization = 'avro': expected \"json\" with [pairing]") for p in problems(tmp_path, paired))
+    assert any(p.startswith("pipelines.s.output.serialization = 'avro': expected \"json\" with [pairing]") for p in config_problems(paired))
 
 
 def test_record_key_pipelines_need_one_key_format(tmp_path):
     text = BASE.replace('key = "user_id"', 'key = "@key"') + REGISTRY + '[sources.a]\nkey_format = "avro"\n'
-    assert any("its sources' key_format differ (avro, string)" in p for p in problems(tmp_path, text))
+    assert any("its sources' key_format differ (avro, string)" in p for p in config_problems(text))
     same = text + '[sources.b]\nkey_format = "avro"\n'
     assert load(tmp_path, same).source_config("b").key_format == "avro"

@@ -4,22 +4,13 @@ The content is used, never shown: not in problems, not in ``check-config --print
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from service.config import ConfigError
 from service.config.secrets import scrub, secret_values
-from tests.helpers import MINIMAL_CONFIG, REPO, config_from_toml
+from tests.helpers import MINIMAL_CONFIG, config_from_toml, config_problems, sessionizer
 
 SECRET = "s3cret-from-a-file"
-
-
-def problems(environ: dict[str, str]) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        config_from_toml(MINIMAL_CONFIG, environ)
-    return info.value.problems
 
 
 def test_the_files_content_less_its_trailing_newline_is_the_value(tmp_path):
@@ -47,20 +38,20 @@ def test_any_key_can_come_from_a_file_and_is_read_as_its_kind(tmp_path):
 
 def test_a_missing_file_names_the_variable_and_the_path(tmp_path):
     missing = tmp_path / "nowhere"
-    assert problems({"SESSIONIZER__KAFKA__SASL_PASSWORD_FILE": str(missing)}) == [
+    assert config_problems(MINIMAL_CONFIG, {"SESSIONIZER__KAFKA__SASL_PASSWORD_FILE": str(missing)}) == [
         f"environment variable SESSIONIZER__KAFKA__SASL_PASSWORD_FILE: cannot read '{missing}': No such file or directory"
     ]
 
 
 def test_an_unreadable_file_names_the_variable_and_the_path(tmp_path):
-    assert problems({"SESSIONIZER__KAFKA__SASL_PASSWORD_FILE": str(tmp_path)}) == [
+    assert config_problems(MINIMAL_CONFIG, {"SESSIONIZER__KAFKA__SASL_PASSWORD_FILE": str(tmp_path)}) == [
         f"environment variable SESSIONIZER__KAFKA__SASL_PASSWORD_FILE: cannot read '{tmp_path}': Is a directory"
     ]
     binary = tmp_path / "key.der"
     binary.write_bytes(b"\xff\xfe" + SECRET.encode())
-    (found,) = problems({"SESSIONIZER__KAFKA__SASL_PASSWORD_FILE": str(binary)})
+    (found,) = config_problems(MINIMAL_CONFIG, {"SESSIONIZER__KAFKA__SASL_PASSWORD_FILE": str(binary)})
     assert found == f"environment variable SESSIONIZER__KAFKA__SASL_PASSWORD_FILE: '{binary}' is not UTF-8 text"
-    assert problems({"SESSIONIZER__KAFKA__SASL_PASSWORD_FILE": ""}) == [
+    assert config_problems(MINIMAL_CONFIG, {"SESSIONIZER__KAFKA__SASL_PASSWORD_FILE": ""}) == [
         "environment variable SESSIONIZER__KAFKA__SASL_PASSWORD_FILE: expected the path of a file holding the value"
     ]
 
@@ -70,14 +61,14 @@ def test_a_file_without_permission_is_reported(tmp_path):
     secret = tmp_path / "kafka"
     secret.write_text(SECRET)
     secret.chmod(0)
-    (found,) = problems({"SESSIONIZER__KAFKA__SASL_PASSWORD_FILE": str(secret)})
+    (found,) = config_problems(MINIMAL_CONFIG, {"SESSIONIZER__KAFKA__SASL_PASSWORD_FILE": str(secret)})
     assert found.endswith(f"cannot read '{secret}': Permission denied")
 
 
 def test_a_bad_value_from_a_file_names_the_file_not_the_content(tmp_path):
     secret = tmp_path / "batch"
     secret.write_text(SECRET)
-    assert problems({"SESSIONIZER__APP__POLL_BATCH_FILE": str(secret)}) == [
+    assert config_problems(MINIMAL_CONFIG, {"SESSIONIZER__APP__POLL_BATCH_FILE": str(secret)}) == [
         f"environment variable SESSIONIZER__APP__POLL_BATCH_FILE (file '{secret}'): expected a whole number >= 1"
     ]
 
@@ -86,7 +77,7 @@ def test_a_key_set_both_ways_is_a_problem(tmp_path):
     secret = tmp_path / "kafka"
     secret.write_text(SECRET)
     env = {"SESSIONIZER__KAFKA__SASL_PASSWORD": "x", "SESSIONIZER__KAFKA__SASL_PASSWORD_FILE": str(secret)}
-    assert problems(env) == [
+    assert config_problems(MINIMAL_CONFIG, env) == [
         "environment variable SESSIONIZER__KAFKA__SASL_PASSWORD_FILE: SESSIONIZER__KAFKA__SASL_PASSWORD sets kafka.sasl_password too; "
         "set one of them"
     ]
@@ -101,14 +92,7 @@ def test_a_secret_from_a_file_is_scrubbed_and_redacted(tmp_path):
     assert SECRET not in scrub(f"connecting with {SECRET}", secret_values(config))
     path = tmp_path / "c.toml"
     path.write_text(MINIMAL_CONFIG)
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "check-config", str(path), "--print"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", **env},
-    )
+    result = sessionizer("check-config", str(path), "--print", env=env)
     assert result.returncode == 0, result.stderr
     assert SECRET not in result.stdout + result.stderr
     assert '"sasl.password" = "<redacted>"' in result.stdout

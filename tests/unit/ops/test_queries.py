@@ -12,7 +12,6 @@ from service.core.pipeline import Pipeline
 from service.ops.queries import SessionQueries, encode_key
 from service.runtime.owners import Owner
 from service.runtime.queries import QueryInbox
-from service.runtime.tasks import TaskState
 from tests.helpers import add_event
 
 
@@ -80,7 +79,7 @@ def test_lookup_statuses(queries):
     assert sessions.lookup(key)[0] == 503
 
     made[("sessions", partition)] = task
-    task.state = TaskState.RESTORING
+    task.restoring()
     status, body = sessions.lookup(key)
     assert status == 503 and body["pipelines"][0]["status"] == "restoring"
 

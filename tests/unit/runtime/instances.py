@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from confluent_kafka import TopicPartition
 
 from service.config import Config
@@ -42,6 +43,11 @@ def runtime_config(state_dir: Path, table: dict[str, Any], guarantee: str = "exa
     (an ``app`` table adds to the instance's own keys)."""
     app = {"instance_id": "test", "state_dir": str(state_dir), "processing_guarantee": guarantee, **tables.pop("app", {})}
     return config_from_toml(config_toml({"s": table}, app=app, **tables))
+
+
+def event(user: str, at_ms: int) -> bytes:
+    """An event of ``user`` at ``at_ms``, as the pipelines here read it (``user_id``, ``ts``)."""
+    return orjson.dumps({"user_id": user, "ts": at_ms})
 
 
 class Instance:
@@ -118,7 +124,7 @@ class Instance:
 
     def purge_due(self) -> None:
         """The purge interval has passed (purging reads the process's clock, not the instance's)."""
-        self.tasks._next_purge = 0.0
+        self.tasks.committer.purge_due()
 
     @contextmanager
     def reopened(self, path: Path) -> Iterator[WindowStore]:

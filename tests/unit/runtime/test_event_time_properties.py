@@ -262,8 +262,8 @@ class World:
         messages = instance.consumer.consume(batch, 0)
         if messages:
             instance.tasks.route(messages)  # type: ignore[arg-type]
-        if instance.tasks.reader.busy:
-            instance.tasks.reader.step()
+        if instance.tasks.restoring:
+            instance.tasks.restore()
 
     # -- the end ------------------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from service.runtime.formats.registry import Registry  # noqa: E402
 from service.runtime.stats import LoopStats  # noqa: E402
 from tests.fakes import FakeMessage  # noqa: E402
 from tests.helpers import config_from_toml  # noqa: E402
-from tests.unit.runtime.test_task_manager import cluster, instance  # noqa: E402, F401  (fixtures)
+from tests.unit.runtime.test_task_manager import PARTITIONS, PIPELINE  # noqa: E402, F401  (what ``instance`` runs)
 
 EVENT = {
     "type": "record",
@@ -546,7 +546,7 @@ def test_formats_of_a_json_only_config_need_nothing():
 # -- through the task manager: the gate, decoded frames, window tasks ------------------------------------------
 
 
-def test_an_avro_source_waits_for_its_schema_then_reaches_the_window_tasks_as_decoded_frames(client, cluster, instance, monkeypatch):  # noqa: F811
+def test_an_avro_source_waits_for_its_schema_then_reaches_the_window_tasks_as_decoded_frames(client, cluster, instance, monkeypatch):
     from service.runtime.frames import DECODED, DECODED_FRAME
     from tests.unit.runtime.test_task_manager import MINUTE, REPARTITION, SOURCE, T0, events, sessions
 

@@ -23,7 +23,7 @@ from service.runtime.frames import DATA, DATA_FRAME, IDLE, REPORT_FRAME, report
 from service.runtime.tasks import DirectTask, TaskState, WindowTask
 from tests.fakes import FakeAdmin, FakeCluster, FakeMessage, Produced, eof
 from tests.helpers import pipeline, session_window
-from tests.unit.runtime.instances import MOBILE, WEB, Instance, Instances, direct_instance
+from tests.unit.runtime.instances import MOBILE, WEB, Instance, direct_instance, event
 
 SOURCE = "events"
 REPARTITION = "sessionizer-s-repartition"
@@ -62,21 +62,8 @@ class RecordingAdmin(FakeAdmin):
         return super().delete_records(offsets, **kwargs)
 
 
-@pytest.fixture
-def cluster() -> FakeCluster:
-    return FakeCluster()
-
-
-@pytest.fixture
-def instance(cluster, tmp_path):
-    """Instances on one cluster; each ``make(name)`` has its own state directory."""
-    made = Instances(cluster, tmp_path, PIPELINE, PARTITIONS, admin=RecordingAdmin)
-    yield made
-    made.close()
-
-
-def event(user: str, at_ms: int) -> bytes:
-    return orjson.dumps({"user_id": user, "ts": at_ms})
+#: The admin client the ``instance`` fixture gives every instance here (``conftest.py``).
+ADMIN = RecordingAdmin
 
 
 def data(
@@ -124,7 +111,7 @@ def test_each_partitions_stream_time_and_watermarks_are_restored_from_the_change
     b.restore_consumer.feed(
         *cluster.messages(CHANGELOG), eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))), eof(CHANGELOG, 1, cluster.end((CHANGELOG, 1)))
     )
-    b.tasks.reader.step()
+    b.tasks.restore()
 
     assert [t.state for t in tasks] == [TaskState.RUNNING, TaskState.RUNNING]
     assert [t.store.stream_time for t in tasks] == [T0 + MINUTE, T0 + 7 * MINUTE]

@@ -7,7 +7,6 @@ import pytest
 from service.core.partitioner import partition_for
 from service.errors import ServiceStopping
 from service.runtime.queries import LOCAL, REMOTE, RESTORING, Query, QueryInbox, answer
-from service.runtime.tasks import TaskState
 from tests.helpers import add_event
 
 
@@ -32,7 +31,7 @@ def test_a_local_key_gets_its_open_windows_with_close_times(running_tasks):
 def test_a_partition_elsewhere_or_restoring_is_said_so(running_tasks):
     config, pipeline, made = running_tasks
     del made[(pipeline.name, 1)]
-    made[(pipeline.name, 2)].state = TaskState.RESTORING
+    made[(pipeline.name, 2)].restoring()
     parts = answer(made, Query(b"k", [(pipeline, 1), (pipeline, 2)]))
     assert [p.status for p in parts] == [REMOTE, RESTORING]
 

@@ -9,7 +9,6 @@ transactions what became visible together.
 from __future__ import annotations
 
 import orjson
-import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from service.core.watermarks import source_id
@@ -17,9 +16,9 @@ from service.runtime.ends import END_MARGIN_MS
 from service.runtime.frames import DATA, DATA_FRAME, report
 from service.runtime.tasks import SourceTask, TaskState, WindowTask
 from service.state.store import WindowStore
-from tests.fakes import FakeCluster, FakeMessage, eof
+from tests.fakes import FakeMessage, eof
 from tests.helpers import pipeline, session_window
-from tests.unit.runtime.instances import Instances
+from tests.unit.runtime.instances import event
 
 SOURCE = "events"
 REPARTITION = "sessionizer-s-repartition"
@@ -35,23 +34,6 @@ ABORTABLE = KafkaError(KafkaError.INVALID_TXN_STATE, "transaction must be aborte
 #: Sessions of ``user_id`` in ``events``, closed 10 minutes after their last event (no grace).
 PIPELINE = pipeline([SOURCE], session_window("10m", "0s"), output=OUTPUT, time_format="epoch_ms")
 PARTITIONS = {SOURCE: 1, REPARTITION: 2, CHANGELOG: 2}
-
-
-@pytest.fixture
-def cluster():
-    return FakeCluster()
-
-
-@pytest.fixture
-def instance(cluster, tmp_path):
-    """Instances on one cluster; each ``make(name)`` has its own state directory."""
-    made = Instances(cluster, tmp_path, PIPELINE, PARTITIONS)
-    yield made
-    made.close()
-
-
-def event(user: str, at_ms: int) -> bytes:
-    return orjson.dumps({"user_id": user, "ts": at_ms})
 
 
 def source_record(offset: int, user: str, at_ms: int) -> FakeMessage:
@@ -129,7 +111,7 @@ def test_assignment_makes_a_task_per_partition_and_restores_window_partitions_wh
     assert sorted(a.consumer.resumes) == [(REPARTITION, 0), (REPARTITION, 1)]
     assert a.consumer.paused == set()
     assert [t.state for t in a.tasks.window_tasks.values()] == [TaskState.RUNNING, TaskState.RUNNING]
-    assert not a.tasks.reader.busy
+    assert not a.tasks.restoring
 
 
 def test_a_new_instance_restores_committed_state_from_the_changelog_before_processing(instance, cluster):
@@ -153,7 +135,7 @@ def test_a_new_instance_restores_committed_state_from_the_changelog_before_proce
     assert task.counts().processed == 0
 
     b.restore_consumer.feed(*cluster.messages(CHANGELOG), eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))))
-    b.tasks.reader.step()
+    b.tasks.restore()
 
     assert task.state is TaskState.RUNNING
     assert b.consumer.paused == set()
@@ -353,7 +335,7 @@ def test_a_commit_that_hung_but_went_through_is_read_back_from_the_changelog(ins
     a = instance()
     a.assign((REPARTITION, 0))
     task = a.window()
-    a.tasks.commit_timeout = 0.01
+    a.tasks.committer.commit_timeout = 0.01
     a.producer.hang_after_commit()
     a.tasks.route(FIRST_BATCH)
     a.tasks.commit()  # hangs after committing: CommitFailed, abort, producer replaced
@@ -363,7 +345,7 @@ def test_a_commit_that_hung_but_went_through_is_read_back_from_the_changelog(ins
     assert task.state is TaskState.RESTORING
     assert task.store.peek(b"u2") == []  # rolled back for now...
     a.restore_consumer.feed(*cluster.messages(CHANGELOG), eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))))
-    a.tasks.reader.step()
+    a.tasks.restore()
     assert task.state is TaskState.RUNNING
     assert len(task.store.peek(b"u2")) == 1  # ...and read back from the changelog
     assert task.store.stream_time == T0 + 20 * MINUTE
@@ -462,7 +444,7 @@ def test_a_revoked_partitions_counts_are_kept_when_it_is_assigned_again(instance
     a.assign((REPARTITION, 0))
     # The store is checkpointed at the changelog's last record; the commit marker follows.
     a.restore_consumer.feed(eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))))
-    a.tasks.reader.step()
+    a.tasks.restore()
     assert a.window().state is TaskState.RUNNING
     assert a.tasks.task_counts()[("s", 0)].processed == 2
 
@@ -481,14 +463,14 @@ def test_a_partition_revoked_mid_restore_is_dropped(instance, cluster):
 
     b = instance("b")
     b.assign((REPARTITION, 0))
-    assert b.tasks.reader.busy
+    assert b.tasks.restoring
     b.restore_consumer.feed(*cluster.messages(CHANGELOG)[:1])
-    b.tasks.reader.step()
-    assert b.tasks.reader.busy
+    b.tasks.restore()
+    assert b.tasks.restoring
 
     b.revoke((REPARTITION, 0))
 
-    assert not b.tasks.reader.busy
+    assert not b.tasks.restoring
     assert b.restore_consumer.assignment() == []
     assert b.tasks.window_tasks == {}
     assert b.tasks.task_counts()[("s", 0)].restored == 1

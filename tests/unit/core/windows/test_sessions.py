@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import Harness, at, session_config
+from tests.helpers import at, session_config
 
 
 def bounds(records: list[dict]) -> list[tuple[int, int, int]]:
@@ -129,29 +129,4 @@ def test_idle_advance_closes_a_quiet_users_session(harness):
     assert h.emitted() == []
     h.processor.advance(at("14:11") + 1)
     h.commit()
-    assert bounds(h.emitted()) == [(at("14:00"), at("14:00"), 1)]
-
-
-def test_stream_time_survives_reopening_the_store(tmp_path):
-    config = session_config(gap="10m", grace="0s")
-    first = Harness(config, tmp_path / "s")
-    first.send({"user_id": "u", "ts": at("14:00")})
-    first.send({"user_id": "v", "ts": at("14:30")})
-    first.commit()
-    first.close()
-    second = Harness(config, tmp_path / "s")
-    assert second.processor.stream_time == at("14:30")
-    second.send({"user_id": "u", "ts": at("14:05")})  # 25 minutes behind: late
-    assert len(second.late()) == 1
-    second.close()
-
-
-def test_rollback_forgets_uncommitted_changes(harness):
-    h = harness(gap="10m")
-    h.send({"user_id": "u", "ts": at("14:00")})
-    h.commit()
-    h.send({"user_id": "u", "ts": at("14:05")})
-    h.store.rollback()
-    assert h.processor.stream_time == at("14:00")
-    h.finish()
     assert bounds(h.emitted()) == [(at("14:00"), at("14:00"), 1)]

@@ -1,0 +1,139 @@
+"""Which tasks an assigned partition makes, and building them: Kafka Streams' ``ActiveTaskCreator``.
+
+By pipeline (``service.core.topology``):
+
+- a pipeline read through a repartition topic has a ``SourceTask`` per source
+  partition (shared by every such pipeline reading the topic) and a
+  ``WindowTask`` per repartition partition;
+- a pipeline grouped by the record key over co-partitioned sources has a
+  ``DirectTask`` per partition number, which reads partition i of every
+  source. It is made only once all of them are assigned here; the group uses
+  the range assignor then, which assigns partition i of every topic with the
+  same partition count to the same member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from service.config import Config
+from service.core.pipeline import Pipeline
+from service.core.source import SourceStage
+from service.core.topology import PipelinePlan
+from service.core.watermarks import source_id
+from service.runtime.collector import Collector
+from service.runtime.formats import Formats
+from service.runtime.ids import Partition, TaskId
+from service.runtime.state_manager import StateManager
+from service.runtime.stats import LoopStats
+from service.runtime.tasks import DirectTask, SourceTask, WindowTask
+from service.state.memory import StoreMemory
+
+
+@dataclass
+class NewTasks:
+    """What one assignment made."""
+
+    sources: list[SourceTask] = field(default_factory=list)
+    windows: list[WindowTask] = field(default_factory=list)
+
+
+class TaskCreator:
+    def __init__(
+        self,
+        config: Config,
+        pipelines: tuple[Pipeline, ...],
+        plans: Mapping[str, PipelinePlan],
+        partitions: Mapping[str, int],
+        collector: Collector,
+        stats: LoopStats,
+        formats: Formats,
+        memory: StoreMemory,
+    ) -> None:
+        self._config = config
+        self._plans = plans
+        #: Partitions per topic, as found at start-up.
+        self._partitions = partitions
+        self._collector = collector
+        self._stats = stats
+        self._formats = formats
+        self._memory = memory
+        repartitioned = [p for p in pipelines if not plans[p.name].direct]
+        #: Repartition topic -> its pipeline.
+        self._by_repartition = {p.config.repartition_topic: p for p in repartitioned}
+        self._stage = SourceStage(repartitioned, formats.decoders, formats.key_decoders)
+        #: Source topic -> the direct pipelines reading it.
+        self._direct_readers: dict[str, list[Pipeline]] = {}
+        for pipeline in pipelines:
+            if plans[pipeline.name].direct:
+                for topic in dict.fromkeys(pipeline.config.sources):
+                    self._direct_readers.setdefault(topic, []).append(pipeline)
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic the consumer subscribes to: sources, then repartition topics."""
+        sources = list(dict.fromkeys(self._stage.topics + list(self._direct_readers)))
+        return sources + list(self._by_repartition)
+
+    @property
+    def repartition_topics(self) -> list[str]:
+        return list(self._by_repartition)
+
+    @property
+    def eager(self) -> bool:
+        """Direct pipelines need co-partitioned assignments: the (eager) range assignor."""
+        return bool(self._direct_readers)
+
+    def is_source(self, where: Partition) -> bool:
+        """``where`` is a partition of a source topic (whatever reads it)."""
+        return bool(self._stage.routes(where.topic)) or where.topic in self._direct_readers
+
+    def create(self, where: Partition, assigned: Container[Partition], existing: Container[TaskId]) -> NewTasks:
+        """The tasks ``where``, newly assigned, makes; ``assigned``: every partition assigned here now."""
+        made = NewTasks()
+        pipeline = self._by_repartition.get(where.topic)
+        if pipeline is not None:
+            state = StateManager(self._config, pipeline, where.partition, self._memory)
+            made.windows.append(WindowTask(state, [where], self._collector, self.sources_of(pipeline), self._on_emit(pipeline)))
+            return made
+        if self._stage.routes(where.topic):
+            made.sources.append(
+                SourceTask(where, self._stage, self._partitions, self._collector, self._stats.source_dead_letters)
+            )
+        for direct in self._direct_readers.get(where.topic, ()):
+            task_id = TaskId(direct.name, where.partition)
+            needed = [Partition(topic, where.partition) for topic in direct.config.sources]
+            if task_id not in existing and all(i in assigned for i in needed):
+                state = StateManager(self._config, direct, where.partition, self._memory)
+                made.windows.append(
+                    DirectTask(
+                        state,
+                        self._collector,
+                        self._plans[direct.name].partitions,
+                        self._formats.decoders,
+                        self._formats.key_decoders,
+                        self._on_emit(direct),
+                    )
+                )
+        return made
+
+    def waiting_inputs(self, assigned: Iterable[Partition], existing: Container[TaskId]) -> list[Partition]:
+        """Assigned inputs of direct tasks that cannot run here: another input of theirs is elsewhere."""
+        return [
+            where
+            for where in assigned
+            for direct in self._direct_readers.get(where.topic, ())
+            if TaskId(direct.name, where.partition) not in existing
+        ]
+
+    def sources_of(self, pipeline: Pipeline) -> list[int]:
+        """Every source partition that feeds each of the pipeline's repartition window tasks."""
+        return [
+            source_id(index, partition)
+            for index, topic in enumerate(pipeline.config.sources)
+            for partition in range(self._partitions.get(topic, 0))
+        ]
+
+    def _on_emit(self, pipeline: Pipeline) -> Callable[[int], None]:
+        return self._stats.emit_observer(pipeline.name)

@@ -1,0 +1,122 @@
+"""The direct task: partition i of every co-partitioned source of a pipeline grouped by the record key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from service.core.extract import Decode, KeyDecode, parse_event
+from service.core.partitioner import partition_for
+from service.core.reasons import WRONG_PARTITION
+from service.core.watermarks import source_id
+from service.errors import BadRecord
+from service.runtime.collector import Collector
+from service.runtime.frames import Record
+from service.runtime.ids import Partition
+from service.runtime.state_manager import StateManager
+from service.runtime.tasks.base import AlignmentInput
+from service.runtime.tasks.window import WindowTask
+
+#: Keys whose partition a direct task has checked, at most this many remembered.
+VERIFIED_KEYS = 100_000
+
+
+class DirectTask(WindowTask):
+    """Partition i of every source of a pipeline grouped by the record key, read without a repartition topic.
+
+    The sources are co-partitioned (``service.core.topology``), so the task
+    is its own source stage: it decodes each record, checks that its key
+    belongs in this partition, keeps each input's watermark itself, and a
+    record found in the wrong partition goes to the dead-letter topic instead
+    of into another key's store.
+    """
+
+    def __init__(
+        self,
+        state: StateManager,
+        collector: Collector,
+        partitions: int,
+        decoders: Mapping[str, Decode] | None = None,
+        key_decoders: Mapping[str, KeyDecode] | None = None,
+        on_emit: Callable[[int], None] | None = None,
+    ) -> None:
+        sources = state.pipeline.config.sources
+        inputs = [Partition(topic, state.partition) for topic in sources]
+        super().__init__(state, inputs, collector, [source_id(i, state.partition) for i in range(len(sources))], on_emit)
+        self._partitions = partitions
+        #: Each input's index in the pipeline's sources (the first, for a topic listed twice).
+        self._index = {where: index for index, where in reversed(list(enumerate(inputs)))}
+        #: Per input: how its values and keys are decoded.
+        self._decoders = [(decoders or {}).get(topic, parse_event) for topic in sources]
+        self._key_decoders = [(key_decoders or {}).get(topic) for topic in sources]
+        self._verified: set[bytes] = set()
+        #: Indexes of the inputs read to their end, for alignment.
+        self._ended_inputs: set[int] = set()
+
+    def add_records(self, partition: Partition, records: list[Record]) -> None:
+        """Records of one input: decoded, keyed by the record key, checked, processed."""
+        index = self._index[partition]
+        source = source_id(index, self.partition)
+        extract = self.pipeline.extract
+        process = self.processor.process
+        observe = self.watermarks.advance
+        verified = self._verified
+        number = self.partition
+        decode = self._decoders[index]
+        key_decode = self._key_decoders[index]
+        for message in records:
+            raw = message.value()
+            try:
+                event = decode(raw)
+                kind, record_ms = message.timestamp()
+                if key_decode is None:
+                    key, time_ms = extract(event, record_ms if kind else None, message.key())
+                    if key not in verified:
+                        self._verify(key, number)
+                else:  # grouped by the decoded key; partitioned, by the producer, by its bytes
+                    record_key = message.key()
+                    key, time_ms = extract(event, record_ms if kind else None, key_decode(record_key))
+                    if record_key not in verified:
+                        self._verify(record_key or b"", number)
+            except BadRecord as exc:
+                self._dead_letter(str(exc), message, exc.code)
+                continue
+            process(key, time_ms, event, raw, index, observe(source, time_ms))  # type: ignore[arg-type]  # raw parsed, so not None
+        self._ended_inputs.discard(index)
+        self._advance()
+        self._flush()
+
+    def _verify(self, key: bytes, partition: int) -> None:
+        expected = partition_for(key, self._partitions)
+        if expected != partition:
+            raise BadRecord(
+                f"wrong partition: key {key!r} belongs in partition {expected} of {self._partitions} "
+                f"(Kafka's default partitioner), the record is in {partition}; the sources of a pipeline "
+                'grouped by the record key (key = "@key") must be partitioned by that key',
+                WRONG_PARTITION,
+            )
+        if len(self._verified) >= VERIFIED_KEYS:
+            self._verified.clear()
+        self._verified.add(key)
+
+    def input_ended(self, partition: Partition) -> None:
+        self._ended_inputs.add(self._index[partition])
+
+    def input_waiting(self, partition: Partition) -> None:
+        self._ended_inputs.discard(self._index[partition])
+
+    def input_bound(self, partition: Partition, bound: int) -> None:
+        self.watermarks.advance(source_id(self._index[partition], self.partition), bound)
+
+    def alignment(self) -> list[AlignmentInput]:
+        """Its inputs' watermarks, compared with each other (a task with one input has nothing to align)."""
+        if len(self.inputs) < 2:
+            return []
+        marks = self.watermarks.marks
+        return [
+            AlignmentInput(self.task_id, where, marks.get(source_id(index, self.partition)), index in self._ended_inputs)
+            for index, where in enumerate(self.inputs)
+        ]
+
+    def rollback(self) -> None:
+        super().rollback()
+        self._ended_inputs.clear()

@@ -1,0 +1,133 @@
+"""The window store on its own: commits with their checkpoint, rollback, restore, the cache, a bad directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.core.pipeline import compile_pipelines
+from service.state.memory import StoreMemory
+from service.state.store import WindowStore, open_store
+from tests.helpers import Harness, at, session_config
+
+CONFIG = session_config(gap="10m", grace="0s")
+KIND = compile_pipelines(CONFIG.pipelines)[0].window
+
+
+@dataclass
+class Changelog:
+    """A changelog record as the restore consumer hands it over."""
+
+    k: bytes
+    v: bytes | None
+
+    def key(self) -> bytes:
+        return self.k
+
+    def value(self) -> bytes | None:
+        return self.v
+
+
+def test_a_commit_writes_windows_stream_time_and_its_checkpoint_together(tmp_path):
+    h = Harness(CONFIG, tmp_path / "s")
+    h.send({"user_id": "u", "ts": at("14:00")})
+    h.send({"user_id": "v", "ts": at("14:05")})
+    pending = h.store.prepare()
+    # One changelog record per changed key, and the stream time.
+    assert sorted(key for key, _ in pending.changelog if key.endswith((b"u", b"v"))) == [b"wu", b"wv"]
+    assert len(pending.changelog) == 3
+    h.store.apply(pending, checkpoint=41)
+    h.close()
+    again = WindowStore(tmp_path / "s", KIND)
+    try:
+        assert again.checkpoint == 41
+        assert again.stream_time == at("14:05")
+        assert sorted(again.keys()) == [b"u", b"v"]
+    finally:
+        again.close()
+
+
+def test_stream_time_survives_reopening_the_store(tmp_path):
+    first = Harness(CONFIG, tmp_path / "s")
+    first.send({"user_id": "u", "ts": at("14:00")})
+    first.send({"user_id": "v", "ts": at("14:30")})
+    first.commit()
+    first.close()
+    second = Harness(CONFIG, tmp_path / "s")
+    assert second.processor.stream_time == at("14:30")
+    second.send({"user_id": "u", "ts": at("14:05")})  # 25 minutes behind: late
+    assert len(second.late()) == 1
+    second.close()
+
+
+def test_rollback_forgets_uncommitted_changes(tmp_path):
+    h = Harness(session_config(gap="10m"), tmp_path / "s")
+    h.send({"user_id": "u", "ts": at("14:00")})
+    h.commit()
+    h.send({"user_id": "u", "ts": at("14:05")})
+    h.store.rollback()
+    assert h.processor.stream_time == at("14:00")
+    assert not h.store.has_changes
+    h.finish()
+    assert [(e["value"]["session_start_ms"], e["value"]["event_count"]) for e in h.emitted()] == [(at("14:00"), 1)]
+    h.close()
+
+
+def test_a_restore_from_another_stores_changelog_gives_the_same_windows(tmp_path):
+    source = Harness(CONFIG, tmp_path / "a")
+    changelog: list[Changelog] = []
+    for ts in ("14:00", "14:02", "14:30"):
+        source.send({"user_id": "u", "ts": at(ts)})
+        pending = source.store.prepare()
+        changelog += [Changelog(key, value) for key, value in pending.changelog]
+        source.store.apply(pending, checkpoint=None)
+    restored = WindowStore(tmp_path / "b", KIND)
+    try:
+        assert restored.restore(changelog, checkpoint=len(changelog)) == len(changelog)
+        assert restored.checkpoint == len(changelog)
+        assert restored.stream_time == source.store.stream_time
+        assert restored.peek(b"u") == source.store.peek(b"u")
+        # u's first session (14:00-14:02) closes at 14:12; the index entry its first record left
+        # (a close time of 14:10) is stale and found so by the scan, not taken for a due window.
+        assert restored.due(at("14:11")) == []
+        assert restored.due(at("14:13")) == [b"u"]
+    finally:
+        restored.close()
+        source.close()
+
+
+def test_the_write_back_cache_keeps_at_most_its_keys_and_every_key_reads_back(tmp_path):
+    store = WindowStore(tmp_path / "s", KIND, cache_max_keys=2)
+    try:
+        for n in range(5):
+            entry = store.entry(f"u{n}".encode())
+            KIND.add(entry.windows, at("14:00") + n, {"user_id": f"u{n}"}, at("14:00"), 0, [], at("14:00"))
+            store.touch(f"u{n}".encode(), entry)
+        store.apply(store.prepare(), checkpoint=None)
+        assert len(store._cache) <= 2
+        assert sorted(store.keys()) == [f"u{n}".encode() for n in range(5)]
+        assert all(len(store.peek(f"u{n}".encode())) == 1 for n in range(5))
+    finally:
+        store.close()
+
+
+def test_a_directory_that_is_not_a_store_is_wiped_and_opened_empty(tmp_path):
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / "CURRENT").write_text("not a manifest name\n")
+    store, why = open_store(path, KIND, 100)
+    try:
+        assert why is not None
+        assert list(store.keys()) == [] and store.checkpoint is None
+    finally:
+        store.close()
+
+
+def test_the_cache_budget_is_shared_equally_by_the_open_stores(tmp_path):
+    memory = StoreMemory()
+    one = WindowStore(tmp_path / "a", KIND, memory=memory)
+    assert memory.cache_share() == memory.config.cache_bytes
+    two = WindowStore(tmp_path / "b", KIND, memory=memory)
+    assert memory.cache_share() == memory.config.cache_bytes // 2
+    two.close()
+    assert memory.cache_share() == memory.config.cache_bytes
+    one.close()
