@@ -42,7 +42,7 @@ def reset(config: Config, to_datetime: str | None, yes: bool) -> int:
 
 
 def restore(config: Config, partitions: list[int] | None) -> int:
-    configure_logging(config.log_level, config.log_format, app_id=config.app_id, instance_id=config.instance_id)
+    configure_logging(config.log.level, config.log.format, app_id=config.app_id, instance_id=config.instance_id)
     total = restore_state(config, partitions)
     print(f"restored {total} changelog records")
     return 0

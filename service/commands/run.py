@@ -27,8 +27,8 @@ def run(config: Config) -> int:
     """The HTTP port answers from the start (``/healthz`` alive, ``/readyz`` saying why not ready);
     then the broker is reached, with retries, and the loop runs until a signal stops it."""
     configure_logging(
-        config.log_level,
-        config.log_format,
+        config.log.level,
+        config.log.format,
         secrets=secret_values(config),
         app_id=config.app_id,
         instance_id=config.instance_id,

@@ -25,12 +25,12 @@ def effective_config(config: Config) -> dict[str, Any]:
     if config.producer:
         kafka["producer"] = redact_properties(config.producer)
     http: dict[str, Any] = {
-        "host": config.http_host,
-        "port": config.http_port,
-        "liveness_timeout": format_duration_ms(config.http_liveness_timeout_ms),
-        "sessions_port": config.http_sessions_port,
+        "host": config.http.host,
+        "port": config.http.port,
+        "liveness_timeout": format_duration_ms(config.http.liveness_timeout_ms),
+        "sessions_port": config.http.sessions_port,
     }
-    if config.http_sessions_token is not None:
+    if config.http.sessions_token is not None:
         http["sessions_token"] = REDACTED
     document: dict[str, Any] = {
         "app": {
@@ -62,7 +62,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "write_buffer_bytes": format_size_bytes(config.state.write_buffer_bytes),
         },
         "http": http,
-        "log": {"level": config.log_level, "format": config.log_format},
+        "log": {"level": config.log.level, "format": config.log.format},
     }
     registry = config.schema_registry
     if registry is not None:

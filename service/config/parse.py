@@ -31,6 +31,8 @@ from service.config.schema import (
     AggregateConfig,
     ConditionConfig,
     Config,
+    HttpConfig,
+    LogConfig,
     OutputConfig,
     PairingConfig,
     PipelineConfig,
@@ -41,6 +43,7 @@ from service.config.schema import (
     StateConfig,
     TopicsConfig,
     WindowConfig,
+    default_of,
 )
 from service.config.table import Overrides, Table
 
@@ -55,23 +58,27 @@ def parse_config(
     """
     root = Table(raw, "", problems, overrides)
     app = root.table("app")
-    app_id = app.topic("id", "sessionizer") or "sessionizer"
+    app_id = app.topic("id", default_of(Config, "app_id"))
     instance_id = app.str("instance_id") or socket.gethostname()
-    state_dir = Path(app.str("state_dir", "./state") or "./state")
-    guarantee = app.choice("processing_guarantee", GUARANTEES, "exactly_once")
-    commit_ms = app.duration("commit_interval", 100, positive=True) or 100
-    punctuate_ms = app.duration("punctuate_interval", 1000, positive=True) or 1000
-    poll_batch = app.int("poll_batch", 5000, minimum=1) or 5000
-    cache_max_keys = app.int("cache_max_keys", 100_000, minimum=0)
-    max_task_idle_ms = app.duration("max_task_idle", 2_000)
-    idle_timeout_ms = app.duration("idle_timeout", 30_000, positive=True) or 30_000
-    max_drift_ms = app.duration("max_drift", 300_000, positive=True)
+    app_fields = {
+        "app_id": app_id,
+        "instance_id": instance_id,
+        "state_dir": Path(app.str("state_dir", str(default_of(Config, "state_dir")))),
+        "processing_guarantee": app.choice("processing_guarantee", GUARANTEES, default_of(Config, "processing_guarantee")),
+        "commit_interval_ms": app.duration("commit_interval", default_of(Config, "commit_interval_ms"), positive=True),
+        "punctuate_interval_ms": app.duration("punctuate_interval", default_of(Config, "punctuate_interval_ms"), positive=True),
+        "poll_batch": app.int("poll_batch", default_of(Config, "poll_batch"), minimum=1),
+        "cache_max_keys": app.int("cache_max_keys", default_of(Config, "cache_max_keys")),
+        "max_task_idle_ms": app.duration("max_task_idle", default_of(Config, "max_task_idle_ms")),
+        "max_drift_ms": app.duration("max_drift", default_of(Config, "max_drift_ms"), positive=True),
+        "idle_timeout_ms": app.duration("idle_timeout", default_of(Config, "idle_timeout_ms"), positive=True),
+    }
     app.finish()
 
     kafka_table = root.table("kafka")
     # [kafka]: bootstrap_servers plus any librdkafka property.
     kafka = _kafka_properties(kafka_table, "a string, number or boolean librdkafka property")
-    kafka.setdefault("bootstrap.servers", "127.0.0.1:9092")
+    kafka.setdefault("bootstrap.servers", default_of(Config, "kafka")["bootstrap.servers"])
     consumer = _client_properties(kafka_table, "consumer")
     producer = _client_properties(kafka_table, "producer")
     kafka_table.finish()
@@ -80,13 +87,13 @@ def parse_config(
     default_dlq = topics_table.topic("dead_letter", f"{app_id}-dead-letter")
     default_late = topics_table.topic("late", f"{app_id}-late")
     topics = TopicsConfig(
-        partitions=topics_table.int("partitions", 6, minimum=1) or 6,
+        partitions=topics_table.int("partitions", TopicsConfig.partitions, minimum=1),
         replication_factor=_replication_factor(topics_table),
-        internal_prefix=topics_table.str("internal_prefix", "", empty=True) or "",
-        create=topics_table.bool("create", True),
-        purge_interval_ms=topics_table.duration("purge_interval", 30_000, positive=True) or 30_000,
-        dead_letter=default_dlq or f"{app_id}-dead-letter",
-        late=default_late or f"{app_id}-late",
+        internal_prefix=topics_table.str("internal_prefix", TopicsConfig.internal_prefix, empty=True),
+        create=topics_table.bool("create", TopicsConfig.create),
+        purge_interval_ms=topics_table.duration("purge_interval", TopicsConfig.purge_interval_ms, positive=True),
+        dead_letter=default_dlq,
+        late=default_late,
     )
     topics_table.finish()
 
@@ -98,18 +105,21 @@ def parse_config(
     )
     state_table.finish()
 
-    http = root.table("http")
-    http_host = http.str("host", "0.0.0.0") or "0.0.0.0"
-    http_port = http.int("port", 9108, minimum=0)
-    liveness_ms = http.duration("liveness_timeout", 60_000, positive=True) or 60_000
-    sessions_token = http.str("sessions_token")
-    sessions_port = http.int("sessions_port", 0, minimum=0)
-    http.finish()
+    http_table = root.table("http")
+    http = HttpConfig(
+        host=http_table.str("host", HttpConfig.host),
+        port=http_table.int("port", HttpConfig.port),
+        liveness_timeout_ms=http_table.duration("liveness_timeout", HttpConfig.liveness_timeout_ms, positive=True),
+        sessions_token=http_table.str("sessions_token"),
+        sessions_port=http_table.int("sessions_port", HttpConfig.sessions_port),
+    )
+    http_table.finish()
 
-    log = root.table("log")
-    log_level = log.choice("level", LOG_LEVELS, "info")
-    log_format = log.choice("format", LOG_FORMATS, "auto")
-    log.finish()
+    log_table = root.table("log")
+    log = LogConfig(
+        level=log_table.choice("level", LOG_LEVELS, LogConfig.level), format=log_table.choice("format", LOG_FORMATS, LogConfig.format)
+    )
+    log_table.finish()
 
     schema_registry = _parse_schema_registry(root.table("schema_registry")) if root.has("schema_registry") else None
 
@@ -123,38 +133,23 @@ def parse_config(
         root.missing("pipelines", "at least one [pipelines.<name>] table")
     built = tuple(p for p in pipelines if p is not None)
     sources = _parse_sources(root.table("sources"), built)
-    _check_formats(root, built, sources, schema_registry)
-    root.finish()
-
-    return Config(
-        app_id=app_id,
-        instance_id=instance_id,
-        state_dir=state_dir,
-        processing_guarantee=guarantee,
-        commit_interval_ms=commit_ms,
-        punctuate_interval_ms=punctuate_ms,
-        poll_batch=poll_batch,
-        cache_max_keys=cache_max_keys if cache_max_keys is not None else 100_000,
-        max_task_idle_ms=max_task_idle_ms if max_task_idle_ms is not None else 2_000,
-        max_drift_ms=max_drift_ms or 300_000,
-        idle_timeout_ms=idle_timeout_ms,
-        state=state,
+    config = Config(
+        **app_fields,
+        pipelines=built,
         kafka=kafka,
         consumer=consumer,
         producer=producer,
         topics=topics,
-        http_host=http_host,
-        http_port=http_port if http_port is not None else 9108,
-        http_liveness_timeout_ms=liveness_ms,
-        http_sessions_token=sessions_token,
-        http_sessions_port=sessions_port or 0,
-        log_level=log_level,
-        log_format=log_format,
-        pipelines=built,
-        source=source,
+        state=state,
+        http=http,
+        log=log,
         sources=sources,
         schema_registry=schema_registry,
+        source=source,
     )
+    _check_formats(root, config)
+    root.finish()
+    return config
 
 
 #: ``[schema_registry]`` keys of the service's own; every other key is a client property.
@@ -189,13 +184,6 @@ def _parse_schema_registry(table: Table) -> SchemaRegistryConfig | None:
     return SchemaRegistryConfig(url, timeout, backoff, backoff_max, properties)
 
 
-def needs_registry(source: SourceConfig) -> bool:
-    """Whether reading ``source`` looks schemas up: JSON Schema bodies are only parsed, unless validated."""
-    if source.key_format not in ("string", "json_schema"):
-        return True
-    return source.format in ("avro", "protobuf") or source.validate
-
-
 def _parse_sources(table: Table, pipelines: tuple[PipelineConfig, ...]) -> dict[str, SourceConfig]:
     """``[sources."<topic>"]``: how a source topic's values (and keys) are written."""
     read = {topic for pipeline in pipelines for topic in pipeline.sources}
@@ -214,18 +202,13 @@ def _parse_sources(table: Table, pipelines: tuple[PipelineConfig, ...]) -> dict[
     return out
 
 
-def _check_formats(
-    root: Table,
-    pipelines: tuple[PipelineConfig, ...],
-    sources: dict[str, SourceConfig],
-    registry: SchemaRegistryConfig | None,
-) -> None:
+def _check_formats(root: Table, config: Config) -> None:
     """What formats ask of the rest: a registry to read and write schemas, one key format per ``@key`` pipeline."""
-    needing = [f'sources."{t}"' for t, s in sources.items() if needs_registry(s)]
-    needing += [f"pipelines.{p.name}.output" for p in pipelines if p.output.serialization != "json"]
-    if needing and registry is None and not root.has("schema_registry"):
+    needing = config.needs_registry
+    if needing and config.schema_registry is None and not root.has("schema_registry"):
         root.missing("schema_registry", f"a [schema_registry] table with url: {', '.join(needing)} use schemas")
-    for pipeline in pipelines:
+    sources = config.sources
+    for pipeline in config.pipelines:
         if pipeline.key == ("@key",):
             formats = {sources[t].key_format if t in sources else "string" for t in pipeline.sources}
             if len(formats) > 1:

@@ -366,6 +366,16 @@ class SourceConfig:
         """Whether values or keys carry Confluent's framing (a schema id)."""
         return self.format != "json" or self.key_format != "string"
 
+    @property
+    def values_need_registry(self) -> bool:
+        """Reading the values looks schemas up: JSON Schema bodies are only parsed, unless validated."""
+        return self.format in ("avro", "protobuf") or self.validate
+
+    @property
+    def keys_need_registry(self) -> bool:
+        """Reading the keys (of a pipeline grouped by ``@key``) looks schemas up; JSON Schema keys are only parsed."""
+        return self.key_format in ("avro", "protobuf")
+
 
 @dataclass(frozen=True)
 class SchemaRegistryConfig:
@@ -382,26 +392,49 @@ class SchemaRegistryConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """``[http]``: the operations port, and the queries' own port and token."""
+
+    host: str = "0.0.0.0"
+    #: 0: any free port.
+    port: int = 9108
+    #: ``/healthz`` fails once the loop has not moved for this long.
+    liveness_timeout_ms: int = 60_000
+    #: What ``/sessions/{key}`` requests must present; None leaves the queries open. A secret.
+    sessions_token: str | None = None
+    #: The port ``/sessions/{key}`` is served on; 0 serves it on ``port`` with ``/metrics``.
+    sessions_port: int = 0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: how much is logged, and how."""
+
+    #: One of ``LOG_LEVELS``.
+    level: str = "info"
+    #: One of ``LOG_FORMATS``: ``auto`` is JSON unless the output is a terminal.
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
 class Config:
-    app_id: str
+    """The whole file. The ``[app]`` keys are its own fields; each other table is a dataclass.
+
+    Every default is written here, once: the parser reads them from these
+    fields (``default_of``), and docs/configuration.md shows them.
+    """
+
+    #: ``app.instance_id``: the host name unless given.
     instance_id: str
-    state_dir: Path
-    processing_guarantee: str
-    commit_interval_ms: int
-    punctuate_interval_ms: int
-    poll_batch: int
-    cache_max_keys: int
-    kafka: dict[str, str]
-    consumer: dict[str, str]
-    producer: dict[str, str]
-    topics: TopicsConfig
-    http_host: str
-    http_port: int
-    http_liveness_timeout_ms: int
-    log_level: str
-    log_format: str
     pipelines: tuple[PipelineConfig, ...]
-    source: str = "<memory>"
+    app_id: str = "sessionizer"
+    state_dir: Path = Path("./state")
+    #: One of ``GUARANTEES``.
+    processing_guarantee: str = "exactly_once"
+    commit_interval_ms: int = 100
+    punctuate_interval_ms: int = 1_000
+    poll_batch: int = 5_000
+    cache_max_keys: int = 100_000
     #: How long a task's input that has delivered nothing yet holds the others back.
     max_task_idle_ms: int = 2_000
     #: How far (event time) an input may run ahead of the slowest one before it is paused.
@@ -409,18 +442,29 @@ class Config:
     #: How long a source partition must have had no records, while read to its end, before
     #: its watermark follows the wall clock (``service.runtime.ends``).
     idle_timeout_ms: int = 30_000
+    #: ``[kafka]``: librdkafka properties every client gets; ``[kafka.consumer]`` and ``[kafka.producer]``: one kind.
+    kafka: dict[str, str] = dataclasses.field(default_factory=lambda: {"bootstrap.servers": "127.0.0.1:9092"})
+    consumer: dict[str, str] = dataclasses.field(default_factory=dict)
+    producer: dict[str, str] = dataclasses.field(default_factory=dict)
+    topics: TopicsConfig = TopicsConfig()
     state: StateConfig = StateConfig()
-    #: What ``/sessions/{key}`` requests must present; None leaves the queries open. A secret.
-    http_sessions_token: str | None = None
-    #: The port ``/sessions/{key}`` is served on; 0 serves it on ``http_port`` with ``/metrics``.
-    http_sessions_port: int = 0
+    http: HttpConfig = HttpConfig()
+    log: LogConfig = LogConfig()
     #: ``[sources."<topic>"]`` entries, by topic; a topic without one is JSON.
     sources: Mapping[str, SourceConfig] = dataclasses.field(default_factory=dict)
     schema_registry: SchemaRegistryConfig | None = None
+    #: Where the configuration was read from (a path, or ``<memory>``).
+    source: str = "<memory>"
 
     @property
     def exactly_once(self) -> bool:
         return self.processing_guarantee == "exactly_once"
+
+    @property
+    def needs_registry(self) -> list[str]:
+        """What asks for a schema registry: sources whose records carry schemas, outputs serialized with one."""
+        needing = [f'sources."{t}"' for t, s in self.sources.items() if s.values_need_registry or s.keys_need_registry]
+        return needing + [f"pipelines.{p.name}.output" for p in self.pipelines if p.output.serialization != "json"]
 
     @property
     def bootstrap_servers(self) -> str:
@@ -437,3 +481,11 @@ class Config:
         for pipeline in self.pipelines:
             seen.update(dict.fromkeys(pipeline.sources))
         return list(seen)
+
+
+def default_of(cls: type[Any], name: str) -> Any:
+    """The default a dataclass declares for its field ``name``: the one place each default is written."""
+    found = cls.__dataclass_fields__[name]
+    if found.default is not dataclasses.MISSING:
+        return found.default
+    return found.default_factory()

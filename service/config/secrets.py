@@ -52,8 +52,8 @@ def secret_values(config: Config) -> list[str]:
         for name, value in table.items():
             if is_secret(name) and value:
                 values.add(value)
-    if config.http_sessions_token:
-        values.add(config.http_sessions_token)
+    if config.http.sessions_token:
+        values.add(config.http.sessions_token)
     registry = config.schema_registry
     if registry is not None:
         for name, prop in registry.properties.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, cast, overload
 
 from service.config.durations import DURATION_HELP, SIZE_HELP, format_size_bytes, parse_duration_ms, parse_size_bytes
 from service.config.schema import NAME
@@ -97,6 +97,16 @@ class Table:
     def has(self, name: builtins.str) -> builtins.bool:
         return name in self.data
 
+    @overload
+    def str(
+        self, name: builtins.str, default: builtins.str, *, required: builtins.bool = False, empty: builtins.bool = False
+    ) -> builtins.str: ...
+
+    @overload
+    def str(
+        self, name: builtins.str, default: None = None, *, required: builtins.bool = False, empty: builtins.bool = False
+    ) -> builtins.str | None: ...
+
     def str(
         self, name: builtins.str, default: builtins.str | None = None, *, required: builtins.bool = False, empty: builtins.bool = False
     ) -> builtins.str | None:
@@ -107,6 +117,12 @@ class Table:
             self.fail(name, value, "a string" if empty else "a non-empty string")
             return default
         return value
+
+    @overload
+    def topic(self, name: builtins.str, default: builtins.str, *, required: builtins.bool = False) -> builtins.str: ...
+
+    @overload
+    def topic(self, name: builtins.str, default: None = None, *, required: builtins.bool = False) -> builtins.str | None: ...
 
     def topic(
         self, name: builtins.str, default: builtins.str | None = None, *, required: builtins.bool = False
@@ -125,6 +141,12 @@ class Table:
             self.fail(name, value, one_of(choices))
             return default
         return cast(builtins.str, value)  # equal to one of the choices
+
+    @overload
+    def int(self, name: builtins.str, default: builtins.int, *, minimum: builtins.int = 0) -> builtins.int: ...
+
+    @overload
+    def int(self, name: builtins.str, default: None, *, minimum: builtins.int = 0) -> builtins.int | None: ...
 
     def int(
         self, name: builtins.str, default: builtins.int | None, *, minimum: builtins.int = 0
@@ -145,6 +167,16 @@ class Table:
             self.fail(name, value, "true or false")
             return default
         return value
+
+    @overload
+    def duration(
+        self, name: builtins.str, default: builtins.int, *, required: builtins.bool = False, positive: builtins.bool = False
+    ) -> builtins.int: ...
+
+    @overload
+    def duration(
+        self, name: builtins.str, default: None, *, required: builtins.bool = False, positive: builtins.bool = False
+    ) -> builtins.int | None: ...
 
     def duration(
         self, name: builtins.str, default: builtins.int | None, *, required: builtins.bool = False, positive: builtins.bool = False

@@ -97,7 +97,7 @@ class SessionQueries:
             part.status = UNASSIGNED
             return
         part.owner = {"instance_id": owner.instance_id, "client_id": owner.client_id, "host": owner.host}
-        port = self.config.http_sessions_port or self.config.http_port
+        port = self.config.http.sessions_port or self.config.http.port
         if port:
             # Instances of one app share the configured port (one container image).
             url = f"http://{_host_for_url(owner.host)}:{port}/sessions/{quote(key_text, safe='')}"

@@ -81,18 +81,18 @@ class OpsServer:
         self.registry = registry
         #: Given once the topics are known (after start-up, ``answer_sessions``); until then queries get 503.
         self._sessions: SessionQueries | None = None
-        self._token = config.http_sessions_token.encode() if config.http_sessions_token else None
-        separate = config.http_sessions_port != 0
-        self._servers = [self._listen(config.http_port, probes=True, sessions=not separate)]
+        self._token = config.http.sessions_token.encode() if config.http.sessions_token else None
+        separate = config.http.sessions_port != 0
+        self._servers = [self._listen(config.http.port, probes=True, sessions=not separate)]
         if separate:
-            self._servers.append(self._listen(config.http_sessions_port, probes=False, sessions=True))
+            self._servers.append(self._listen(config.http.sessions_port, probes=False, sessions=True))
 
     def answer_sessions(self, queries: SessionQueries) -> None:
         """From now on ``/sessions/{key}`` is answered by ``queries`` (start-up has found the topics)."""
         self._sessions = queries
 
     def _listen(self, port: int, probes: bool, sessions: bool) -> ThreadingHTTPServer:
-        httpd = ThreadingHTTPServer((self.config.http_host, port), _handler(self, probes, sessions))
+        httpd = ThreadingHTTPServer((self.config.http.host, port), _handler(self, probes, sessions))
         httpd.daemon_threads = True
         return httpd
 
@@ -107,7 +107,7 @@ class OpsServer:
     def start(self) -> None:
         for httpd in self._servers:
             threading.Thread(target=httpd.serve_forever, name="http", daemon=True).start()
-        log.info("http listening", host=self.config.http_host, port=self.port, sessions_port=self.sessions_port)
+        log.info("http listening", host=self.config.http.host, port=self.port, sessions_port=self.sessions_port)
 
     def close(self) -> None:
         for httpd in self._servers:
@@ -131,7 +131,7 @@ class OpsServer:
                 encoder, content_type = choose_encoder(accept or "")
                 return 200, content_type, encoder(self.registry), {}
             if path == "/healthz":
-                ok, body = liveness(self.stats, self.config.http_liveness_timeout_ms / 1000)
+                ok, body = liveness(self.stats, self.config.http.liveness_timeout_ms / 1000)
                 return _json(200 if ok else 503, body)
             if path == "/readyz":
                 ok, body = readiness(self.stats)

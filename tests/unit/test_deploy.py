@@ -155,7 +155,7 @@ def test_compose_service_runs_the_image_command_with_valid_overrides():
     assert config.bootstrap_servers == "kafka:9092"
     assert config.instance_id == service["hostname"]
     assert config.pipelines[0].window.grace_ms >= 12 * 60_000  # AllOfR's late event can merge
-    assert f"{config.http_port}:{config.http_port}" in service["ports"]
+    assert f"{config.http.port}:{config.http.port}" in service["ports"]
     (volume,) = service["volumes"]
     state_dir = next(e.split("=", 1)[1] for e in dockerfile("ENV") if e.startswith("SESSIONIZER__APP__STATE_DIR="))
     assert volume.split(":")[1] == state_dir

@@ -79,7 +79,7 @@ class Formats:
 
     def __init__(self, config: Config, registry: Registry | None = None) -> None:
         self.config = config
-        if registry is None and config.schema_registry is not None and self.needs_registry(config):
+        if registry is None and config.schema_registry is not None and config.needs_registry:
             registry = Registry.from_config(config.schema_registry)
         self.registry = registry
         #: Output schemas registered at start-up (``register_outputs``), by pipeline.
@@ -96,16 +96,10 @@ class Formats:
             keys = topic in keyed and source.key_format != "string"
             if keys:
                 self.key_decoders[topic] = key_decoder(value_decoder(source.key_format, registry, records_only=False, what="key"))
-            values_gated = source.format in ("avro", "protobuf") or source.validate
-            keys_gated = keys and source.key_format in ("avro", "protobuf")
+            values_gated = source.values_need_registry
+            keys_gated = keys and source.keys_need_registry
             if values_gated or keys_gated:
                 self.gated[topic] = (values_gated, keys_gated)
-
-    @staticmethod
-    def needs_registry(config: Config) -> bool:
-        from service.config.parse import needs_registry
-
-        return any(needs_registry(s) for s in config.sources.values()) or any(p.output.serialization != "json" for p in config.pipelines)
 
     @property
     def serialized_outputs(self) -> bool:

@@ -77,24 +77,24 @@ def test_underscores_in_kafka_properties_stand_for_dots():
 
 def test_sessions_token_and_port_parse_default_and_dump(tmp_path):
     config = config_from_toml(MINIMAL_CONFIG)
-    assert (config.http_sessions_token, config.http_sessions_port) == (None, 0)
+    assert (config.http.sessions_token, config.http.sessions_port) == (None, 0)
     assert "sessions_token" not in effective_config(config)["http"]
     config = config_from_toml(MINIMAL_CONFIG + '[http]\nsessions_token = "t0ken-1e5"\nsessions_port = 9109\n')
-    assert (config.http_sessions_token, config.http_sessions_port) == ("t0ken-1e5", 9109)
+    assert (config.http.sessions_token, config.http.sessions_port) == ("t0ken-1e5", 9109)
     dumped = to_toml(effective_config(config))
     assert "t0ken-1e5" not in dumped
     assert 'sessions_token = "<redacted>"' in dumped and "sessions_port = 9109" in dumped
     again = config_from_toml(dumped)
-    assert again.http_sessions_port == 9109
+    assert again.http.sessions_port == 9109
 
 
 def test_sessions_token_is_a_secret_from_the_environment_or_a_file(tmp_path):
     config = config_from_toml(MINIMAL_CONFIG, {"SESSIONIZER__HTTP__SESSIONS_TOKEN": "1e5"})
-    assert config.http_sessions_token == "1e5"  # a string as given, not 100000.0
+    assert config.http.sessions_token == "1e5"  # a string as given, not 100000.0
     assert secret_values(config) == ["1e5"]
     (tmp_path / "token").write_text("from-a-f1le\n")
     config = config_from_toml(MINIMAL_CONFIG, {"SESSIONIZER__HTTP__SESSIONS_TOKEN_FILE": str(tmp_path / "token")})
-    assert config.http_sessions_token == "from-a-f1le"
+    assert config.http.sessions_token == "from-a-f1le"
     assert scrub("GET /sessions/u?token=from-a-f1le", secret_values(config)) == "GET /sessions/u?token=<redacted>"
     assert is_secret("sessions_token")  # a log field so named is redacted too
     assert "from-a-f1le" not in to_toml(effective_config(config))

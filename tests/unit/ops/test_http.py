@@ -98,7 +98,7 @@ def protected(shop_config):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    config = replace(shop_config, http_sessions_token="s3cret-token", http_sessions_port=free)
+    config = replace(shop_config, http=replace(shop_config.http, sessions_token="s3cret-token", sessions_port=free))
     stats = LoopStats()
     ops = OpsServer(config, stats, build_registry(stats, config))
     ops.start()

@@ -100,4 +100,4 @@ def test_lookup_names_the_owners_url_when_instances_share_a_fixed_port(queries):
 def load_config_with_port(config, port):
     from dataclasses import replace
 
-    return replace(config, http_port=port)
+    return replace(config, http=replace(config.http, port=port))
