@@ -26,8 +26,9 @@ from service.runtime.formats.registry import Registry
 from service.runtime.stats import LoopStats
 
 if TYPE_CHECKING:  # their libraries are imported only when a format is used
+    from service.runtime.formats.framing import Encode
     from service.runtime.formats.gate import SchemaGate
-    from service.runtime.formats.output import Encode, Registered
+    from service.runtime.formats.registration import Registered
 
 __all__ = ["Formats", "Registry"]
 
@@ -112,7 +113,7 @@ class Formats:
         if self.registry is None:
             raise ConfigError(["output serialization needs a [schema_registry] url"])
         try:
-            from service.runtime.formats.output import register_outputs
+            from service.runtime.formats.registration import register_outputs
         except ImportError as exc:
             raise ConfigError([f"output serialization needs the registry extra: pip install 'sessionizer[registry]' ({exc})"]) from None
         self.registered = register_outputs(self.config, self.registry.client)
@@ -123,7 +124,7 @@ class Formats:
             return
         if self.registered is None:
             self.register_outputs()
-        from service.runtime.formats.output import encoder
+        from service.runtime.formats.registration import encoder
 
         by_pipeline: dict[str, dict[tuple[str, str], Encode]] = {}
         for pipeline_config, registered in self.registered or []:

@@ -7,8 +7,14 @@ count first, with ``[0]`` (the first message) written as a single 0 byte.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from service.core.reasons import BAD_FRAMING
 from service.errors import BadRecord
+
+#: An output format's encoder: a rendered record to its bytes (header included).
+Encode = Callable[[dict[str, Any]], bytes]
 
 MAGIC = 0
 #: Magic byte and schema id.

@@ -24,16 +24,12 @@ from service.core.extract import BadRecord  # noqa: E402
 from service.core.shapes import output_shapes  # noqa: E402
 from service.errors import ConfigError, RegistryUnavailable  # noqa: E402
 from service.runtime.formats import Formats, avro, json_schema, key_decoder, protobuf  # noqa: E402
+from service.runtime.formats.avro_output import avro_encoder, avro_schema  # noqa: E402
 from service.runtime.formats.framing import header, read_indexes, write_indexes  # noqa: E402
 from service.runtime.formats.gate import SchemaGate  # noqa: E402
-from service.runtime.formats.output import (  # noqa: E402
-    avro_encoder,
-    avro_schema,
-    json_schema_encoder,
-    proto_text,
-    protobuf_encoder,
-    register_outputs,
-)
+from service.runtime.formats.json_schema_output import json_schema_encoder  # noqa: E402
+from service.runtime.formats.protobuf_output import proto_text, protobuf_encoder  # noqa: E402
+from service.runtime.formats.registration import register_outputs  # noqa: E402
 from service.runtime.formats.registry import Registry  # noqa: E402
 from service.runtime.stats import LoopStats  # noqa: E402
 from tests.fakes import FakeMessage  # noqa: E402
