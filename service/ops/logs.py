@@ -71,7 +71,8 @@ class RedactSecrets:
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
-        return self._clean(event)
+        cleaned: EventDict = self._clean(event)
+        return cleaned
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -40,10 +40,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import structlog
-from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition, admin
+from confluent_kafka.admin import AdminClient
 
 from service.runtime.ids import Partition
 
@@ -52,6 +53,9 @@ log = structlog.get_logger("sessionizer.ends")
 
 #: Subtracted from the wall-clock time a partition was found read to its end (ms).
 END_MARGIN_MS = 1_000
+#: What every request asks of each partition: its end (under read_committed, its last stable offset).
+#: (The admin package imports ``OffsetSpec`` without exporting it, and leaves its methods untyped.)
+_LATEST = cast(Any, admin).OffsetSpec.latest()
 #: How long an end-offsets request may take before its partitions count as not found at their end (s).
 DEFAULT_PATIENCE = 10.0
 #: Requests failed in a row after which the admin client is replaced (see ``SourceEnds._failed_request``).
@@ -209,7 +213,7 @@ class SourceEnds:
         self.requests += 1
         try:
             request.futures = self._admin.list_offsets(
-                {TopicPartition(topic, partition): OffsetSpec.latest() for topic, partition in epochs},
+                {TopicPartition(topic, partition): _LATEST for topic, partition in epochs},
                 isolation_level=self._isolation,
                 request_timeout=self.patience / 2,
             )

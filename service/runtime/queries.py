@@ -51,7 +51,7 @@ class Query:
     key: bytes
     #: (pipeline, partition of its repartition topic)
     targets: list[tuple[Pipeline, int]]
-    answer: Future = field(default_factory=Future)
+    answer: Future[list[Part]] = field(default_factory=Future)
 
 
 class QueryInbox:
@@ -61,7 +61,7 @@ class QueryInbox:
         self._pending: deque[Query] = deque()
         self._closed = False
 
-    def submit(self, query: Query) -> Future:
+    def submit(self, query: Query) -> Future[list[Part]]:
         if self._closed:
             query.answer.set_exception(ServiceStopping())
         else:

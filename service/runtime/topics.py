@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from service.config import Config
 from service.core.topology import PipelinePlan, plan

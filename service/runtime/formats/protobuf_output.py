@@ -120,7 +120,8 @@ def protobuf_encoder(shape: RecordShape, schema_id: int, text: str) -> Encode:
     def encode(record: dict[str, Any]) -> bytes:
         message = cls()
         fill(message, record)
-        return prefix + message.SerializeToString()
+        body: bytes = message.SerializeToString()
+        return prefix + body
 
     return encode
 
