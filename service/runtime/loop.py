@@ -21,7 +21,6 @@ from service.config import Config
 from service.core.pipeline import Pipeline, compile_pipelines
 from service.core.topology import plan
 from service.core.watermarks import source_parts
-from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
 from service.runtime.formats import Formats
 from service.runtime.ids import Partition, TaskId
@@ -32,7 +31,7 @@ from service.runtime.progress import Progress
 from service.runtime.punctuator import Punctuator
 from service.runtime.queries import QueryInbox
 from service.runtime.stats import LoopStats, Sample
-from service.runtime.task_manager import TaskManager
+from service.runtime.task_manager import Clients, TaskManager
 from service.runtime.tasks import TaskState, WindowTask
 
 log = structlog.get_logger("sessionizer.loop")
@@ -65,14 +64,16 @@ class StreamLoop:
             config,
             self.pipelines,
             self.plans,
-            self.consumer,
-            self.producer,
-            ChangelogReader(Consumer(restore_consumer_config(config))),
-            admin,
-            self.stats,
             partitions,
+            Clients(
+                self.consumer,
+                self.producer,
+                Consumer(restore_consumer_config(config)),
+                admin,
+                ends_admin=lambda: AdminClient(admin_config(config)),
+            ),
+            self.stats,
             formats=formats,
-            ends_admin=lambda: AdminClient(admin_config(config)),
         )
         self.punctuator = Punctuator(config.punctuate_interval_ms / 1000)
         self._catching_up = Progress("catching up")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import cast
 
 import structlog
@@ -58,35 +59,55 @@ WAITING = "waiting for its co-partitioned inputs"
 WAITING_FOR_SCHEMA = "waiting for the schema registry"
 
 
+@dataclass(frozen=True)
+class Clients:
+    """The Kafka clients the task manager works through, made by the loop (fakes in tests)."""
+
+    consumer: Consumer
+    producer: TransactionalProducer
+    #: The consumer restores read changelogs with (it belongs to no group).
+    restore_consumer: Consumer
+    admin: AdminClient
+    #: Makes the admin client that asks for end offsets (``service.runtime.ends``); None: ``admin`` itself.
+    ends_admin: Callable[[], AdminClient] | None = None
+    #: What every client reports through librdkafka's error callback.
+    errors: ClientErrors = CLIENT_ERRORS
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """The clocks tasks and commits read; tests pass their own."""
+
+    #: Monotonic seconds.
+    monotonic: Callable[[], float] = time.monotonic
+    #: Epoch seconds: quiet sources' watermarks follow it.
+    wall: Callable[[], float] = time.time
+
+
 class TaskManager:
     def __init__(
         self,
         config: Config,
         pipelines: tuple[Pipeline, ...],
         plans: Mapping[str, PipelinePlan],
-        consumer: Consumer,
-        producer: TransactionalProducer,
-        reader: ChangelogReader,
-        admin: AdminClient,
-        stats: LoopStats,
         partitions: Mapping[str, int],
-        clock: Callable[[], float] = time.monotonic,
+        clients: Clients,
+        stats: LoopStats,
         formats: Formats | None = None,
-        wall_clock: Callable[[], float] = time.time,
-        client_errors: ClientErrors = CLIENT_ERRORS,
-        ends_admin: Callable[[], AdminClient] | None = None,
+        clocks: Clocks = Clocks(),
     ) -> None:
+        """``partitions``: partitions per topic, as found at start-up."""
         self.config = config
-        #: The clock (monotonic seconds) tasks and commits read; tests pass their own.
-        self.clock = clock
-        #: The wall clock (epoch seconds) quiet sources' watermarks follow.
-        self.wall_clock = wall_clock
+        self.clock = clocks.monotonic
+        self.wall_clock = clocks.wall
         self.pipelines = pipelines
+        consumer = clients.consumer
+        admin = clients.admin
         self.consumer = consumer
-        self.producer = producer
+        self.producer = clients.producer
         #: What every task writes through, into the producer's open transaction.
-        self.collector = RecordCollector(producer)
-        self.reader = reader
+        self.collector = RecordCollector(clients.producer)
+        self.reader = ChangelogReader(clients.restore_consumer)
         self.stats = stats
         #: How topics that are not JSON are decoded, and the gate that makes their partitions wait for the registry.
         self.formats = formats if formats is not None else Formats(config)
@@ -98,7 +119,7 @@ class TaskManager:
         self.positions = Positions(consumer)
         self.checkpoint = Checkpoint(self.creator.repartition_topics)
         self.committer = Committer(
-            producer,
+            clients.producer,
             self.collector,
             consumer,
             self.checkpoint,
@@ -110,9 +131,9 @@ class TaskManager:
         self.alignment = Alignment(consumer, config.max_drift_ms, config.max_task_idle_ms / 1000)
         #: Which source partitions are quiet, asked of the broker (``service.runtime.ends``).
         self.ends = SourceEnds(
-            ends_admin if ends_admin is not None else lambda: admin,
+            clients.ends_admin if clients.ends_admin is not None else lambda: admin,
             config.idle_timeout_ms / 1000,
-            lambda: client_errors.count,
+            lambda: clients.errors.count,
             read_committed=config.exactly_once,
             interval=config.punctuate_interval_ms / 1000,
         )

@@ -20,11 +20,10 @@ from confluent_kafka import TopicPartition
 from service.config import Config
 from service.core.pipeline import compile_pipelines
 from service.core.topology import plan
-from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.client_errors import ClientErrors
 from service.runtime.producer import TransactionalProducer
 from service.runtime.stats import LoopStats
-from service.runtime.task_manager import TaskManager
+from service.runtime.task_manager import Clients, Clocks, TaskManager
 from service.runtime.tasks import DirectTask, WindowTask
 from service.state.store import WindowStore
 from tests.fakes import FakeAdmin, FakeCluster, FakeConsumer, FakeProducer, Producers
@@ -78,15 +77,10 @@ class Instance:
             config,
             compile_pipelines(config.pipelines),
             self.plans,
-            self.consumer,
-            self.transactional,
-            ChangelogReader(self.restore_consumer),
-            self.admin,
-            self.stats,
             partitions,
-            clock=lambda: self.now,
-            wall_clock=lambda: self.now + WALL_CLOCK_OFFSET,
-            client_errors=self.client_errors,
+            Clients(self.consumer, self.transactional, self.restore_consumer, self.admin, errors=self.client_errors),
+            self.stats,
+            clocks=Clocks(lambda: self.now, lambda: self.now + WALL_CLOCK_OFFSET),
         )
         self.transactional.init()
 
