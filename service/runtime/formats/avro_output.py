@@ -14,19 +14,7 @@ from typing import Any
 import fastavro
 import orjson
 
-from service.core.shapes import (
-    BOOLEAN,
-    DOUBLE,
-    JSON,
-    LONG,
-    MAP_LONG,
-    MAP_STRING,
-    RECORD,
-    STRING,
-    FieldShape,
-    RecordShape,
-    identifier,
-)
+from service.core.shapes import BOOLEAN, DOUBLE, JSON, LONG, MAP_LONG, MAP_STRING, RECORD, STRING, FieldShape, RecordShape, identifier
 from service.runtime.formats.framing import Encode, header
 
 

@@ -14,19 +14,7 @@ from typing import Any
 import orjson
 from google.protobuf import descriptor_pool, message_factory
 
-from service.core.shapes import (
-    BOOLEAN,
-    DOUBLE,
-    JSON,
-    LONG,
-    MAP_LONG,
-    MAP_STRING,
-    RECORD,
-    STRING,
-    FieldShape,
-    RecordShape,
-    identifier,
-)
+from service.core.shapes import BOOLEAN, DOUBLE, JSON, LONG, MAP_LONG, MAP_STRING, RECORD, STRING, FieldShape, RecordShape, identifier
 from service.runtime.formats.framing import Encode, header, write_indexes
 from service.runtime.formats.protobuf import file_descriptor, parse_proto
 
