@@ -27,6 +27,7 @@ from service.config import Config, ConfigError, apply_env_overrides, parse_confi
 from service.config.dump import to_toml
 from service.core.pipeline import OutputRecord, Pipeline
 from service.core.processor import WindowProcessor
+from service.runtime.collector import Collector
 from service.runtime.ids import Partition
 from service.runtime.state_manager import StateManager
 from service.runtime.tasks import WindowTask
@@ -373,7 +374,7 @@ class ListCollector:
         return None
 
 
-def window_task(config: Config, pipeline: Pipeline, partition: int, state_dir: Path, collector: Any = None) -> WindowTask:
+def window_task(config: Config, pipeline: Pipeline, partition: int, state_dir: Path, collector: Collector | None = None) -> WindowTask:
     """A window task with its store under ``state_dir``, writing to a ``ListCollector`` by default."""
     config = dataclasses.replace(config, state_dir=state_dir)
     inputs = [Partition(pipeline.config.repartition_topic, partition)]

@@ -230,7 +230,7 @@ class StreamLoop:
             for topic, mark in topic_watermarks(task).items():
                 watermarks[(task.pipeline.name, task.partition, topic)] = mark
         remaining = self.tasks.restore_remaining()
-        self.stats.records_sent = self.tasks.collector.sent
+        self.stats.records_sent = self.tasks.records_sent
         return Sample(
             at=now,
             assigned=len(assignment),

@@ -158,6 +158,11 @@ class TaskManager:
         return self.tasks.windows
 
     @property
+    def records_sent(self) -> int:
+        """Records every task has written so far."""
+        return self.collector.sent
+
+    @property
     def running_windows(self) -> list[WindowTask]:
         return [task for task in self.tasks.windows.values() if task.running]
 
