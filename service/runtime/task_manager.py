@@ -22,7 +22,8 @@ whatever its kind.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
@@ -138,6 +139,10 @@ class TaskManager:
             interval=config.punctuate_interval_ms / 1000,
         )
         self.assigned: set[Partition] = set()
+        #: Inside a rebalance callback: the consumer must not be reassigned (``_rewind``).
+        self._in_rebalance = False
+        #: A rewind a rebalance callback left for the next batch.
+        self._rewind_pending = False
 
     @property
     def topics(self) -> list[str]:
@@ -170,6 +175,12 @@ class TaskManager:
 
     def route(self, batch: list[Message]) -> None:
         """Hand each partition's records to the tasks reading it; apply end-of-partition events after them."""
+        if self._rewind_pending:
+            # An abort inside a rebalance callback left its rewind for now: the batch
+            # in hand was fetched before it, and is read again from the committed offsets.
+            self._rewind_pending = False
+            self.seek_to_committed()
+            return
         groups, ends = _group(cast(list[Record], batch))
         groups = self.positions.fresh(groups)
         self.stats.redelivered = self.positions.redelivered
@@ -289,6 +300,20 @@ class TaskManager:
             for window in self.running_windows:
                 self._restore(window)
         if not lost:
+            self._rewind()
+
+    def _rewind(self) -> None:
+        """Seek every partition back to its committed offset; inside a rebalance callback, before the next batch.
+
+        Reading the committed offsets can take long after a broker restart, and
+        when it fails the partitions are assigned again: neither may happen
+        inside a rebalance callback, which the consumer's rebalance waits on
+        (seen: the loop silent for minutes after a revocation whose commit
+        failed, on a broker just restarted).
+        """
+        if self._in_rebalance:
+            self._rewind_pending = True
+        else:
             self.seek_to_committed()
 
     def seek_to_committed(self, patience: float = 20.0) -> None:
@@ -299,6 +324,26 @@ class TaskManager:
     # -- rebalances -------------------------------------------------------------
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._rebalance():
+            self._assigned(consumer, partitions)
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._rebalance():
+            self._revoked(partitions)
+
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._rebalance():
+            self._lost(partitions)
+
+    @contextmanager
+    def _rebalance(self) -> Iterator[None]:
+        self._in_rebalance = True
+        try:
+            yield
+        finally:
+            self._in_rebalance = False
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
         log.info("partitions assigned", partitions=[f"{p.topic}-{p.partition}" for p in partitions])
         if self.eager:
@@ -334,7 +379,7 @@ class TaskManager:
             self._restore(window)
         self._start_restored()
 
-    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _revoked(self, partitions: list[TopicPartition]) -> None:
         if not partitions:
             return
         self.stats.rebalances += 1
@@ -342,12 +387,12 @@ class TaskManager:
         self.commit()
         self._forget(partitions, suspend=True)
 
-    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _lost(self, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
         log.warning("partitions lost", partitions=[f"{p.topic}-{p.partition}" for p in partitions])
         self.abort_and_rewind(lost=True)
         self._forget(partitions)
-        self.seek_to_committed()
+        self._rewind()
 
     def _forget(self, partitions: list[TopicPartition], suspend: bool = False) -> None:
         """The partitions left this instance; so do the tasks reading them (suspended first, once committed)."""

@@ -510,13 +510,38 @@ def test_losing_partitions_aborts_without_committing(instance, cluster):
     assert a.tasks.window_tasks == {}
     assert set(a.tasks.source_tasks) == {(SOURCE, 0)}
     assert not a.tasks.checkpoint
-    # The partition still held is read again from where it started (nothing is committed yet).
+    # The partition still held is read again from where it started (nothing is committed yet),
+    # once out of the rebalance callback: the next batch, fetched before, is dropped for it.
+    assert a.consumer.seeks == []
+    a.tasks.route([source_record(1, "u8", T0)])
     assert a.consumer.seeks == [(SOURCE, 0, 0)]
+    assert cluster.journal.count("produce sessionizer-s-repartition") == 1, "only the lost batch's frame, never the dropped one's"
     # Nothing of the lost batch reached the store; the task's counts are kept.
     assert a.tasks.task_counts()[("s", 0)].processed == 3
     with a.reopened(path) as store:
         assert store.peek(b"u1") == []
         assert store.stream_time is None
+
+
+def test_a_commit_that_fails_in_a_revocation_rewinds_after_the_callback_never_inside_it(instance, cluster):
+    """Reading committed offsets, or assigning partitions again when they cannot be read, inside a
+    rebalance callback can hold the rebalance (and the loop) for minutes: the rewind waits for the next batch."""
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    a.tasks.route([source_record(0, "u9", T0), *FIRST_BATCH])
+    a.producer.fail("commit_transaction", ABORTABLE)
+    asked: list[object] = []
+    committed = a.consumer.committed
+    a.consumer.committed = lambda partitions, timeout=None: asked.append(partitions) or committed(partitions, timeout)  # type: ignore[method-assign]
+    a.revoke((REPARTITION, 0))
+    assert len(cluster.aborted) == 1
+    assert asked == [] and a.consumer.seeks == [], "nothing asked of the group coordinator inside the callback"
+    a.tasks.route([source_record(1, "u8", T0)])  # fetched before the rewind: dropped
+    assert len(asked) == 1
+    assert a.consumer.seeks == [(SOURCE, 0, 0)]
+    a.tasks.route([source_record(0, "u9", T0)])
+    a.tasks.commit()
+    assert cluster.group_offsets == {(SOURCE, 0): 1}
 
 
 def test_records_handed_over_again_are_processed_once_and_a_partition_wholly_behind_is_sought_forward(instance, cluster):
