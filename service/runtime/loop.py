@@ -178,7 +178,9 @@ class StreamLoop:
                 self.tasks.abort_and_rewind(lost=True)
             except Exception:
                 log.exception("abort failed")
-        self.consumer.close()  # leaves the group; the revoke callback commits and closes the tasks
+        if clean:
+            self._leave_group()
+        self.consumer.close()  # the revoke callback (if still assigned) commits and closes the tasks
         self.tasks.close()
         try:
             self.producer.close()
@@ -187,6 +189,23 @@ class StreamLoop:
             # producer go must not take the place of the reason the loop stops.
             log.warning("closing the producer failed", error=repr(exc))
         log.info("stopped", commits=self.stats.commits, clean=clean)
+
+    def _leave_group(self, patience: float = 10.0) -> None:
+        """Leave the group now, so the partitions move at once rather than after the session timeout.
+
+        A static member's ``close`` does not leave (KIP-345: it may come back
+        within the session timeout and keep its partitions); ``unsubscribe``
+        does, once the revocation it starts has run. Records consumed meanwhile
+        are dropped: they were not processed, and the next owner reads them
+        from the committed offsets.
+        """
+        try:
+            self.consumer.unsubscribe()
+            deadline = time.monotonic() + patience
+            while self.consumer.assignment() and time.monotonic() < deadline:
+                self.consumer.consume(self.config.poll_batch, 0.05)
+        except Exception as exc:  # leaving is a courtesy: the session timeout does it otherwise
+            log.warning("leaving the group failed", error=repr(exc))
 
     # -- measuring ----------------------------------------------------------------
 

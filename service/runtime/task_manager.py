@@ -34,7 +34,7 @@ from confluent_kafka.admin import AdminClient
 from service.config import Config
 from service.core.pipeline import Pipeline
 from service.core.topology import PipelinePlan
-from service.errors import BrokerError
+from service.errors import BrokerError, Fenced
 from service.runtime.alignment import RESTORING, Alignment
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.checkpoint import Checkpoint, Committer
@@ -443,6 +443,19 @@ class TaskManager:
         return self.stats.task_totals((task.task_id, task.counts()) for task in self.tasks.windows.values())
 
 
+def _consumer_failure(error: KafkaError) -> Exception:
+    """What a fatal consume error means. librdkafka hands it over as ``_FATAL``
+    (with ``fatal()`` false), the cause only in its text: a newer process with
+    this instance id joined the group under the same ``group.instance.id``."""
+    if "group.instance.id" in error.str():
+        log.error("fenced by another process with this instance id; stepping down", error=error.str())
+        return Fenced(
+            "another process with this instance id joined the consumer group and fenced this one, "
+            "which stops (give each instance its own instance_id)"
+        )
+    return BrokerError(error.str())
+
+
 def _group(messages: Iterable[Record]) -> tuple[Groups, list[tuple[Partition, int]]]:
     """A batch's records by partition, in order, and its end-of-partition events (partition, offset)."""
     groups: Groups = {}
@@ -452,8 +465,8 @@ def _group(messages: Iterable[Record]) -> tuple[Groups, list[tuple[Partition, in
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
                 ends.append((Partition(message.topic(), message.partition()), message.offset()))
-            elif error.fatal():
-                raise BrokerError(str(error))
+            elif error.fatal() or error.code() == KafkaError._FATAL:
+                raise _consumer_failure(error)
             else:
                 log.warning("consume error", error=str(error))
             continue

@@ -1,0 +1,90 @@
+"""Availability: restarts keep their partitions, stopped replicas hand theirs over at once,
+and standby replicas make a failover restore only the changelog's tail.
+
+Live production throughout, each source partition's disorder equal to grace,
+and the output compared with the independent oracle: moving partitions
+quickly must never cost a session or emit one twice.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from tests.integration.harness import bootstrap, wait_until
+from tests.integration.workload import Workload, assert_exact, collect, expected_sessions, pipeline_body
+
+pytestmark = pytest.mark.chaos
+
+PARTITIONS = 6
+#: Longer than any restart here takes, and far longer than a handover should.
+SESSION_TIMEOUT = {"SESSIONIZER__KAFKA__CONSUMER__SESSION_TIMEOUT_MS": "30000"}
+
+
+def assignments(app) -> dict[str, set[tuple[str, int]]]:
+    """Per instance id, the partitions the group's coordinator says it holds."""
+    admin = AdminClient({"bootstrap.servers": bootstrap()})
+    description = admin.describe_consumer_groups([app.id], request_timeout=10)[app.id].result(10)
+    held: dict[str, set[tuple[str, int]]] = {}
+    for member in description.members:
+        instance = member.client_id.removeprefix(f"{app.id}-").removesuffix("-consumer")
+        partitions = member.assignment.topic_partitions if member.assignment else []
+        held.setdefault(instance, set()).update((tp.topic, tp.partition) for tp in partitions)
+    return held
+
+
+def settled(app, instances: set[str], total: int) -> dict[str, set[tuple[str, int]]] | None:
+    """The assignment once exactly ``instances`` share ``total`` partitions, each some; else None."""
+    held = assignments(app)
+    if set(held) != instances or sum(len(p) for p in held.values()) != total or not all(held.values()):
+        return None
+    return held
+
+
+def test_a_restart_within_the_session_timeout_moves_no_partition(app):
+    """Static membership: a replica killed and started again on its disk, within the session
+    timeout, gets back exactly its partitions, and the other replica is never rebalanced."""
+    app.configure(pipeline_body(app), partitions=PARTITIONS)
+    workload = Workload(app, events=30_000, users=2_000, rate=1_500, seed=21)
+    workload.create_topics()
+    stays, restarts = app.service("i1", env=SESSION_TIMEOUT).start(), app.service("i2", env=SESSION_TIMEOUT).start()
+    stays.wait_started()
+    restarts.wait_started()
+    workload.start()
+    total = 3 * 3 + PARTITIONS  # three sources of three partitions, and the repartition topic
+    before = wait_until(lambda: settled(app, {"i1", "i2"}, total), 60, "both replicas to hold partitions")
+    marker = stays.mark("restart")
+    restarts.kill()
+    restarts.start()
+    restarts.wait_assigned()
+    workload.join(timeout=600)
+    after = settled(app, {"i1", "i2"}, total)
+    assert after == before
+    untouched = stays.log().split(marker)[-1]
+    assert '"partitions revoked"' not in untouched and '"partitions assigned"' not in untouched
+    expected = expected_sessions(app.config_path, workload.produced)
+    assert_exact(app, collect(app, [stays, restarts], len(expected)), expected, workload)
+
+
+def test_a_stopped_replica_hands_its_partitions_over_well_before_the_session_timeout(app):
+    """SIGTERM leaves the group: the other replica holds every partition within seconds,
+    where a static member that did not leave would keep them for the 30 s session timeout."""
+    app.configure(pipeline_body(app), partitions=PARTITIONS)
+    workload = Workload(app, events=30_000, users=2_000, rate=1_500, seed=22)
+    workload.create_topics()
+    stays, stops = app.service("i1", env=SESSION_TIMEOUT).start(), app.service("i2", env=SESSION_TIMEOUT).start()
+    stays.wait_started()
+    stops.wait_started()
+    workload.start()
+    total = 3 * 3 + PARTITIONS
+    wait_until(lambda: settled(app, {"i1", "i2"}, total), 60, "both replicas to hold partitions")
+    asked = time.monotonic()
+    assert stops.stop() == 0
+    wait_until(lambda: settled(app, {"i1"}, total), 25, "the remaining replica to hold every partition")
+    took = time.monotonic() - asked
+    assert took < 15, f"the handover took {took:.1f} s"
+    workload.join(timeout=600)
+    expected = expected_sessions(app.config_path, workload.produced)
+    assert_exact(app, collect(app, [stays], len(expected)), expected, workload)
