@@ -15,9 +15,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, ConsumerGroupState, KafkaError, KafkaException, TopicPartition
 
 Where = tuple[str, int]
 
@@ -604,6 +605,22 @@ class FakeAdmin:
         #: Ends to answer instead of the cluster's, by partition.
         self.ends: dict[Where, int] = {}
         self._held: list[tuple[Where, FakeFuture]] = []
+        #: The consumer group as ``describe_consumer_groups`` answers it: (client id, partitions) per member.
+        self.members: list[tuple[str, list[Where]]] = []
+
+    def describe_consumer_groups(self, groups: list[str], **_: Any) -> dict[str, FakeFuture]:
+        """A stable group of ``members``."""
+        members = [
+            SimpleNamespace(
+                client_id=client_id,
+                member_id=f"m-{client_id}",
+                host="/127.0.0.1",
+                assignment=SimpleNamespace(topic_partitions=[TopicPartition(t, p) for t, p in partitions]),
+            )
+            for client_id, partitions in self.members
+        ]
+        description = SimpleNamespace(state=ConsumerGroupState.STABLE, members=members)
+        return {groups[0]: FakeFuture(value=description)}
 
     def delete_records(self, offsets: list[TopicPartition], **_: Any) -> dict[TopicPartition, FakeFuture]:
         self.deleted += [(tp.topic, tp.partition, tp.offset) for tp in offsets]

@@ -45,6 +45,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "max_task_idle": format_duration_ms(config.max_task_idle_ms),
             "max_drift": format_duration_ms(config.max_drift_ms),
             "idle_timeout": format_duration_ms(config.idle_timeout_ms),
+            "num_standby_replicas": config.num_standby_replicas,
         },
         "kafka": kafka,
         "topics": {

@@ -105,6 +105,7 @@ KEYS: Mapping[str, str] = MappingProxyType(
         "app.max_task_idle": DURATION,
         "app.idle_timeout": DURATION,
         "app.max_drift": DURATION,
+        "app.num_standby_replicas": INTEGER,
         "state.cache_bytes": SIZE,
         "state.block_cache_bytes": SIZE,
         "state.write_buffer_bytes": SIZE,
@@ -442,6 +443,8 @@ class Config:
     #: How long a source partition must have had no records, while read to its end, before
     #: its watermark follows the wall clock (``service.runtime.ends``).
     idle_timeout_ms: int = 30_000
+    #: How many other instances keep a warm copy of each task's store, by tailing its changelog.
+    num_standby_replicas: int = 0
     #: ``[kafka]``: librdkafka properties every client gets; ``[kafka.consumer]`` and ``[kafka.producer]``: one kind.
     kafka: dict[str, str] = dataclasses.field(default_factory=lambda: {"bootstrap.servers": "127.0.0.1:9092"})
     consumer: dict[str, str] = dataclasses.field(default_factory=dict)

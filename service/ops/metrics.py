@@ -151,6 +151,15 @@ class LoopCollector(Collector):
             remaining.add_metric([pipeline, str(partition)], records)
         yield remaining
 
+        standby = GaugeMetricFamily(
+            "sessionizer_standby_lag_records",
+            "Changelog records each standby copy this instance keeps still lacks (app.num_standby_replicas).",
+            labels=["pipeline", "partition"],
+        )
+        for (pipeline, partition), records in sorted(sample.standby_lag.items()):
+            standby.add_metric([pipeline, str(partition)], records)
+        yield standby
+
         stream_time = GaugeMetricFamily(
             "sessionizer_stream_time_seconds",
             "Stream time (event time, epoch seconds) of each running window task, sampled each second.",

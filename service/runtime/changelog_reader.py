@@ -12,6 +12,11 @@ partition revoked mid-restore is simply dropped (a known wedge in other Python
 stream libraries). What finished restoring is pulled by the caller
 (``drain``), as from Kafka Streams' ``StateUpdater``; the reader itself is
 Kafka Streams' ``StoreChangelogReader``.
+
+The same consumer keeps standby copies up to date (``follow``): a standby is
+a restore that never finishes. Its partitions are paused while any active
+task restores, so a failover's restore gets the whole consumer, and a
+standby's batch is kept small, so applying it never holds the loop long.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from service.runtime.state_manager import StateManager
 log = structlog.get_logger("sessionizer.state")
 
 RESTORE_BATCH = 50_000
+#: Changelog records applied to standby copies per step when nothing restores.
+STANDBY_BATCH = 5_000
 #: Answers a partition's leader gives while it is not serving yet (a topic just
 #: created, a broker just restarted): asking again shortly succeeds.
 NOT_SERVING_YET = {
@@ -56,12 +63,22 @@ class Restoration:
         return max(0, self.end - self.position)
 
 
+@dataclass
+class Following:
+    """A standby copy kept up to date from its changelog."""
+
+    state: StateManager
+    position: int
+
+
 class ChangelogReader:
     """Restores stores from their changelogs with one consumer that belongs to no group."""
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
         self.restoring: dict[Partition, Restoration] = {}
+        #: Standby copies, by changelog partition.
+        self.following: dict[Partition, Following] = {}
         #: State managers whose store is up to date, until ``drain`` hands them over.
         self._restored: list[StateManager] = []
         self._progress = Progress("restore progress")
@@ -123,6 +140,55 @@ class ChangelogReader:
         if self.restoring.pop(Partition(state.changelog, state.partition), None) is not None:
             self._assign()
 
+    def follow(self, state: StateManager) -> None:
+        """Keep ``state``'s store (a standby copy) up to date with its changelog until ``unfollow``.
+
+        A copy whose checkpoint does not fit the changelog (older than its
+        start, or the topic was recreated) is wiped and copied from the start,
+        and the log says so.
+        """
+        low, high = self._offsets(TopicPartition(state.changelog, state.partition))
+        checkpoint = state.store.checkpoint
+        if checkpoint is not None and not low <= checkpoint <= high:
+            log.warning(
+                "standby checkpoint does not fit the changelog, copying it fully",
+                pipeline=state.pipeline.name,
+                partition=state.partition,
+                checkpoint=checkpoint,
+                low=low,
+                high=high,
+            )
+            state.reset()
+            checkpoint = None
+        position = low if checkpoint is None else checkpoint
+        log.info(
+            "standby started",
+            pipeline=state.pipeline.name,
+            partition=state.partition,
+            mode="full" if checkpoint is None else "tail",
+            start=position,
+            end=high,
+        )
+        self.following[Partition(state.changelog, state.partition)] = Following(state, position)
+        self._assign()
+
+    def unfollow(self, state: StateManager) -> None:
+        """Stop updating a standby copy (its store stays as it is, checkpointed)."""
+        if self.following.pop(Partition(state.changelog, state.partition), None) is not None:
+            self._assign()
+
+    def standby_lag(self) -> dict[Partition, int]:
+        """Per standby changelog partition, the records its copy lacks (from the last fetch's end offset)."""
+        lag: dict[Partition, int] = {}
+        for where, following in self.following.items():
+            try:
+                _low, high = self.consumer.get_watermark_offsets(TopicPartition(where.topic, where.partition), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                lag[where] = max(0, high - following.position)
+        return lag
+
     def drain(self) -> list[StateManager]:
         """The state managers whose store came up to date since the last call."""
         restored, self._restored = self._restored, []
@@ -138,10 +204,11 @@ class ChangelogReader:
         return bool(self.restoring)
 
     def step(self, timeout: float = 0.0) -> None:
-        """Apply one batch of changelog records to the stores being restored."""
-        if not self.restoring:
+        """Apply one batch of changelog records to the stores being restored, or else to the standby copies."""
+        if not self.restoring and not self.following:
             return
-        messages = cast(list[Record], self.consumer.consume(RESTORE_BATCH, timeout))
+        batch_size = RESTORE_BATCH if self.restoring else STANDBY_BATCH
+        messages = cast(list[Record], self.consumer.consume(batch_size, timeout))
         by_partition: dict[Partition, list[Record]] = {}
         finished: set[Partition] = set()
         for message in messages:
@@ -157,6 +224,7 @@ class ChangelogReader:
         for where, batch in by_partition.items():
             restoration = self.restoring.get(where)
             if restoration is None:
+                self._update_standby(where, batch)
                 continue
             next_offset = batch[-1].offset() + 1
             state = restoration.state
@@ -175,6 +243,14 @@ class ChangelogReader:
             if where in finished or restoration.position >= restoration.end:
                 self._finish(where, restoration)
 
+    def _update_standby(self, where: Partition, batch: list[Record]) -> None:
+        following = self.following.get(where)
+        if following is None:
+            return
+        next_offset = batch[-1].offset() + 1
+        following.state.store.restore(batch, next_offset)
+        following.position = next_offset
+
     def _finish(self, where: Partition, restoration: Restoration) -> None:
         del self.restoring[where]
         self._assign()
@@ -192,9 +268,17 @@ class ChangelogReader:
         self._restored.append(state)
 
     def _assign(self) -> None:
-        self.consumer.assign(
-            [TopicPartition(r.state.changelog, r.state.partition, r.position or OFFSET_BEGINNING) for r in self.restoring.values()]
-        )
+        """Read every changelog being restored or followed from where its store is; while any
+        restores, the standbys wait (paused), so a failover's restore reads at full speed."""
+        restoring = [
+            TopicPartition(r.state.changelog, r.state.partition, r.position or OFFSET_BEGINNING) for r in self.restoring.values()
+        ]
+        following = [
+            TopicPartition(f.state.changelog, f.state.partition, f.position or OFFSET_BEGINNING) for f in self.following.values()
+        ]
+        self.consumer.assign(restoring + following)
+        if restoring and following:
+            self.consumer.pause(following)
 
     def close(self) -> None:
         self.consumer.close()

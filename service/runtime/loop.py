@@ -120,8 +120,8 @@ class StreamLoop:
         if messages:
             tasks.route(messages)
         tasks.poll_schemas()
-        if restoring:
-            tasks.restore(timeout=0.0 if messages else 0.05)
+        if tasks.keeps_state:
+            tasks.restore(timeout=0.05 if restoring and not messages else 0.0)
         self.producer.poll()
         now = time.monotonic()
         restoring_now = len(tasks.restore_remaining())
@@ -249,6 +249,7 @@ class StreamLoop:
             for topic, mark in topic_watermarks(task).items():
                 watermarks[(task.pipeline.name, task.partition, topic)] = mark
         remaining = self.tasks.restore_remaining()
+        standby_lag = self.tasks.standby_lag()
         self.stats.records_sent = self.tasks.records_sent
         return Sample(
             at=now,
@@ -258,6 +259,7 @@ class StreamLoop:
             tasks=self.tasks.task_counts(),
             task_states={state.value: states.count(state) for state in TaskState},
             restore_remaining=remaining,
+            standby_lag=standby_lag,
             stream_time=stream_time,
             watermarks=watermarks,
         )

@@ -91,6 +91,8 @@ class Sample:
     task_states: dict[str, int] = field(default_factory=dict)
     #: (pipeline, partition) -> changelog records still to read.
     restore_remaining: dict[TaskId, int] = field(default_factory=dict)
+    #: Per standby copy this instance keeps, the changelog records it lacks.
+    standby_lag: dict[TaskId, int] = field(default_factory=dict)
     #: (pipeline, partition) -> stream time (event time, epoch ms) of each running window task that has one.
     stream_time: dict[TaskId, int] = field(default_factory=dict)
     #: (pipeline, partition, source topic) -> that topic's watermark as the task sees it (epoch ms).

@@ -25,6 +25,7 @@ from service.core.watermarks import source_id
 from service.runtime.collector import Collector
 from service.runtime.formats import Formats
 from service.runtime.ids import Partition, TaskId
+from service.runtime.standbys import Standbys
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import LoopStats
 from service.runtime.tasks import DirectTask, SourceTask, WindowTask
@@ -50,6 +51,7 @@ class TaskCreator:
         stats: LoopStats,
         formats: Formats,
         memory: StoreMemory,
+        standbys: Standbys | None = None,
     ) -> None:
         self._config = config
         self._plans = plans
@@ -59,6 +61,7 @@ class TaskCreator:
         self._stats = stats
         self._formats = formats
         self._memory = memory
+        self._standbys = standbys
         repartitioned = [p for p in pipelines if not plans[p.name].direct]
         #: Repartition topic -> its pipeline.
         self._by_repartition = {p.config.repartition_topic: p for p in repartitioned}
@@ -94,7 +97,7 @@ class TaskCreator:
         made = NewTasks()
         pipeline = self._by_repartition.get(where.topic)
         if pipeline is not None:
-            state = StateManager(self._config, pipeline, where.partition, self._memory)
+            state = self._state(pipeline, where.partition)
             made.windows.append(WindowTask(state, [where], self._collector, self.sources_of(pipeline), self._on_emit(pipeline)))
             return made
         if self._stage.routes(where.topic):
@@ -105,7 +108,7 @@ class TaskCreator:
             task_id = TaskId(direct.name, where.partition)
             needed = [Partition(topic, where.partition) for topic in direct.config.sources]
             if task_id not in existing and all(i in assigned for i in needed):
-                state = StateManager(self._config, direct, where.partition, self._memory)
+                state = self._state(direct, where.partition)
                 made.windows.append(
                     DirectTask(
                         state,
@@ -117,6 +120,11 @@ class TaskCreator:
                     )
                 )
         return made
+
+    def _state(self, pipeline: Pipeline, partition: int) -> StateManager:
+        """A new active task's store: its standby copy's when this instance keeps one, opened afresh otherwise."""
+        copy = self._standbys.take(TaskId(pipeline.name, partition)) if self._standbys is not None else None
+        return copy if copy is not None else StateManager(self._config, pipeline, partition, self._memory)
 
     def waiting_inputs(self, assigned: Iterable[Partition], existing: Container[TaskId]) -> list[Partition]:
         """Assigned inputs of direct tasks that cannot run here: another input of theirs is elsewhere."""

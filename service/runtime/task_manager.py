@@ -47,6 +47,7 @@ from service.runtime.ids import Partition, TaskId
 from service.runtime.positions import Groups, Positions
 from service.runtime.producer import TransactionalProducer
 from service.runtime.registry import Tasks
+from service.runtime.standbys import Standbys
 from service.runtime.stats import LoopStats, TaskCounts
 from service.runtime.task_creator import TaskCreator
 from service.runtime.tasks import SourceTask, Task, WindowTask
@@ -113,8 +114,11 @@ class TaskManager:
         #: How topics that are not JSON are decoded, and the gate that makes their partitions wait for the registry.
         self.formats = formats if formats is not None else Formats(config)
         self.schemas = self.formats.gate(stats)
+        memory = StoreMemory(config.state)
+        #: The standby copies this instance keeps of other instances' stores.
+        self.standbys = Standbys(config, pipelines, plans, self.reader, admin, memory, clocks.monotonic)
         self.creator = TaskCreator(
-            config, pipelines, plans, partitions, self.collector, stats, self.formats, StoreMemory(config.state)
+            config, pipelines, plans, partitions, self.collector, stats, self.formats, memory, self.standbys
         )
         self.tasks = Tasks()
         self.positions = Positions(consumer)
@@ -252,10 +256,21 @@ class TaskManager:
     def restoring(self) -> bool:
         return self.reader.busy
 
+    @property
+    def keeps_state(self) -> bool:
+        """Stores to restore, or standby copies to keep: the changelog reader has work between polls."""
+        return self.reader.busy or self.standbys.enabled
+
     def restore(self, timeout: float = 0.0) -> None:
-        """Restore one batch of changelog records; start the tasks whose store is up to date."""
+        """Restore one batch of changelog records (or update the standby copies with one);
+        start the tasks whose store is up to date; place the standby copies."""
         self.reader.step(timeout)
         self._start_restored()
+        self.standbys.maintain(self.tasks.windows.keys())
+
+    def standby_lag(self) -> dict[TaskId, int]:
+        """Per standby copy this instance keeps, the changelog records it lacks."""
+        return self.standbys.lag()
 
     def restore_remaining(self) -> dict[TaskId, int]:
         """Per task being restored, the changelog records still to read."""
@@ -345,6 +360,7 @@ class TaskManager:
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
+        self.standbys.rebalanced()
         log.info("partitions assigned", partitions=[f"{p.topic}-{p.partition}" for p in partitions])
         if self.eager:
             consumer.assign(partitions)
@@ -383,12 +399,14 @@ class TaskManager:
         if not partitions:
             return
         self.stats.rebalances += 1
+        self.standbys.rebalanced()
         log.info("partitions revoked", partitions=[f"{p.topic}-{p.partition}" for p in partitions])
         self.commit()
         self._forget(partitions, suspend=True)
 
     def _lost(self, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
+        self.standbys.rebalanced()
         log.warning("partitions lost", partitions=[f"{p.topic}-{p.partition}" for p in partitions])
         self.abort_and_rewind(lost=True)
         self._forget(partitions)
@@ -434,6 +452,7 @@ class TaskManager:
         if self.schemas is not None:
             self.schemas.close()
         self.tasks.clear()
+        self.standbys.close()
         self.reader.close()
 
     # -- for metrics --------------------------------------------------------------

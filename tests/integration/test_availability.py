@@ -13,7 +13,7 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.integration.harness import bootstrap, wait_until
+from tests.integration.harness import bootstrap, end_offsets, log_events, wait_until
 from tests.integration.workload import Workload, assert_exact, collect, expected_sessions, pipeline_body
 
 pytestmark = pytest.mark.chaos
@@ -88,3 +88,51 @@ def test_a_stopped_replica_hands_its_partitions_over_well_before_the_session_tim
     workload.join(timeout=600)
     expected = expected_sessions(app.config_path, workload.produced)
     assert_exact(app, collect(app, [stays], len(expected)), expected, workload)
+
+
+STANDBY = "num_standby_replicas = 1"
+
+
+def takeover(service, marker: str) -> list[dict]:
+    """What ``service`` logged about each store it started after ``marker``: promotions and restores."""
+    after = service.log().split(marker)[-1]
+    wanted = ("standby promoted", "restoring state", "state restored", "state up to date")
+    return [e for e in log_events(after) if e.get("event") in wanted and e.get("pipeline") == "sessions"]
+
+
+def test_with_a_standby_a_killed_replicas_partitions_restore_only_the_changelog_tail(app):
+    """Two replicas, one standby each: every partition's store is copied to the other
+    replica. One is killed mid-stream; the survivor promotes its copies and reads only the
+    changelog records written since their last update, and the output is exact."""
+    app.configure(pipeline_body(app), partitions=PARTITIONS, app_extra=STANDBY)
+    workload = Workload(app, events=60_000, users=5_000, rate=2_000, seed=23)
+    workload.create_topics()
+    survivor, victim = app.service("i1").start(), app.service("i2").start()
+    survivor.wait_started()
+    victim.wait_started()
+    workload.start()
+    total = 3 * 3 + PARTITIONS
+    held = wait_until(lambda: settled(app, {"i1", "i2"}, total), 60, "both replicas to hold partitions")
+    moving = {p for topic, p in held["i2"] if topic.endswith("-repartition")}
+    assert moving, held
+    wait_until(lambda: workload.progress() > 0.4, 120, "workload progress")
+    # Every store the victim runs has a copy on the survivor by now.
+    wait_until(lambda: len([e for e in log_events(survivor.log()) if e.get("event") == "standby started"]) >= len(moving), 30, "standbys")
+    marker = survivor.mark("kill")
+    victim.kill()
+    def taken_over() -> bool:
+        survivor.assert_alive()
+        done = {e["partition"] for e in takeover(survivor, marker) if e["event"] in ("state restored", "state up to date")}
+        return moving <= done
+
+    wait_until(taken_over, 60, "the survivor to restore the killed replica's partitions")
+    workload.join(timeout=600)
+    expected = expected_sessions(app.config_path, workload.produced)
+    assert_exact(app, collect(app, [survivor], len(expected)), expected, workload)
+    events = takeover(survivor, marker)
+    promoted = {e["partition"] for e in events if e["event"] == "standby promoted"}
+    assert promoted == moving
+    changelog_records = sum(end_offsets(app.topic("sessions-changelog"), PARTITIONS))
+    restored = sum(e["records"] for e in events if e["event"] == "state restored")
+    assert all(e["mode"] == "tail" for e in events if e["event"] == "restoring state"), events
+    assert restored < changelog_records / 4, f"restored {restored} of {changelog_records} changelog records"

@@ -290,6 +290,7 @@ def test_operations_guide_lists_each_metrics_labels_app_id_included():
     sample.tasks[("p", 0)] = TaskCounts()
     sample.stores[("p", 0)] = (0, 0)
     sample.restore_remaining[("p", 0)] = 0
+    sample.standby_lag[("p", 1)] = 0
     sample.stream_time[("p", 0)] = 0
     sample.watermarks[("p", 0, "t")] = 0
     sample.lag[("t", 0)] = 0
