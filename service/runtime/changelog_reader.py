@@ -247,6 +247,22 @@ class ChangelogReader:
         following = self.following.get(where)
         if following is None:
             return
+        low, _high = self.consumer.get_watermark_offsets(TopicPartition(where.topic, where.partition), cached=True)
+        if low > following.position:
+            # Records it had not read yet were deleted (retention): the copy cannot be
+            # brought up to date record by record, only copied again from the start.
+            state = following.state
+            log.warning(
+                "standby fell behind the changelog's start, copying it fully",
+                pipeline=state.pipeline.name,
+                partition=state.partition,
+                position=following.position,
+                low=low,
+            )
+            state.reset()
+            following.position = low
+            self._assign()
+            return
         next_offset = batch[-1].offset() + 1
         following.state.store.restore(batch, next_offset)
         following.position = next_offset

@@ -4,12 +4,19 @@ when their checkpoint no longer fits the changelog."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from service.runtime.clients import consumer_client_id
 from service.runtime.ids import TaskId
 from service.runtime.tasks import TaskState
-from tests.fakes import eof
+from tests.fakes import FakeCluster, eof
+from tests.unit.runtime.instances import Instances
 from tests.unit.runtime.test_task_manager import CHANGELOG, FIRST_BATCH, MINUTE, PARTITIONS, PIPELINE, REPARTITION, T0
 
 __all__ = ["PARTITIONS", "PIPELINE"]  # the instance fixture reads them from this module
@@ -87,3 +94,75 @@ def test_without_standbys_configured_the_group_is_never_described(instance):
     a.tasks.restore()
     a.tasks.restore()
     assert a.tasks.standbys.copies == {}
+
+
+def test_a_copy_that_fell_behind_the_changelogs_start_is_copied_again_in_full_and_says_so(instance, cluster):
+    a = instance("a")
+    a.assign((REPARTITION, 0))
+    a.tasks.route(FIRST_BATCH[:2])
+    a.tasks.commit()
+    b = instance("b", **STANDBY)
+    placed(b, [(REPARTITION, 0), (REPARTITION, 1)])
+    copy = b.tasks.standbys.copies[TaskId("s", 0)]
+    # Before the copy read anything, retention deleted the changelog's first records.
+    b.restore_consumer.watermarks[(CHANGELOG, 0)] = (2, cluster.end((CHANGELOG, 0)))
+    with capture_logs() as logs:
+        b.restore_consumer.feed(*cluster.messages(CHANGELOG)[2:])
+        b.tasks.restore()
+    assert [e["partition"] for e in logs if e["event"] == "standby fell behind the changelog's start, copying it fully"] == [0]
+    assert copy.state_manager.store.checkpoint is None
+    assert [f.position for f in b.tasks.reader.following.values() if f.state is copy.state_manager] == [2]
+
+
+MOVES = st.lists(
+    st.one_of(
+        st.tuples(st.just("assign"), st.integers(0, 1)),
+        st.tuples(st.just("revoke"), st.integers(0, 1)),
+        st.tuples(st.just("lose"), st.integers(0, 1)),
+        st.tuples(st.just("other runs"), st.frozensets(st.integers(0, 1))),
+        st.tuples(st.just("wait"), st.sampled_from([1.0, 40.0])),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(MOVES)
+def test_a_store_is_never_both_a_standby_copy_and_an_active_task_and_copies_stay_in_this_instances_directory(moves):
+    """Whatever the group does, one process never opens a partition's store twice (RocksDB
+    would refuse; worse, two writers), and its copies live under its own instance directory."""
+    root = Path(tempfile.mkdtemp())
+    made = Instances(FakeCluster(), root, PIPELINE, PARTITIONS)
+    try:
+        one = made("b", **STANDBY)
+        held: set[int] = set()
+        others: frozenset[int] = frozenset()
+        kept: set[TaskId] = set()
+        for move, value in moves:
+            if move == "assign" and value not in held:
+                one.assign((REPARTITION, value))
+                held.add(value)
+            elif move in ("revoke", "lose") and value in held:
+                (one.revoke if move == "revoke" else one.lose)((REPARTITION, value))
+                held.discard(value)
+            elif move == "other runs":
+                others = value
+            elif move == "wait":
+                one.now += value
+            one.admin.members = [
+                (consumer_client_id(one.config), [(REPARTITION, p) for p in sorted(held)]),
+                (OTHER, [(REPARTITION, p) for p in sorted(others - held)]),
+            ]
+            one.now += 2.0  # placement is looked at again a second after a rebalance
+            one.tasks.restore()  # asks
+            one.tasks.restore()  # acts
+            kept.update(one.tasks.standbys.copies)
+            copies, active = set(one.tasks.standbys.copies), set(one.tasks.window_tasks)
+            assert not copies & active
+            own = root / "b"
+            assert all(own in copy.state_manager.path.parents for copy in one.tasks.standbys.copies.values())
+        if others - held:
+            assert kept, "copies were placed"
+    finally:
+        made.close()
+        shutil.rmtree(root, ignore_errors=True)
