@@ -400,11 +400,13 @@ class FakeConsumer:
             self.paused.discard((tp.topic, tp.partition))
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Replace the assignment. As librdkafka does, a partition paused before stays paused
+        if it is assigned again (only ``resume`` or unassigning it ends the pause)."""
         self._assigned = {}
-        self.paused.clear()
         for tp in partitions:
             self._assigned[(tp.topic, tp.partition)] = None
             self.positions[(tp.topic, tp.partition)] = tp.offset
+        self.paused &= set(self._assigned)
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in partitions:
@@ -499,11 +501,12 @@ class FetchingConsumer(FakeConsumer):
             self._start(tp)
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """As ``FakeConsumer.assign``: pauses outlive a new assignment of the same partition."""
         self._assigned = {}
-        self.paused.clear()
         for tp in partitions:
             self._assigned[(tp.topic, tp.partition)] = None
             self._start(tp)
+        self.paused &= set(self._assigned)
 
     def seek(self, partition: TopicPartition) -> None:
         super().seek(partition)

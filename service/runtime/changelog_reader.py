@@ -69,6 +69,8 @@ class Following:
 
     state: StateManager
     position: int
+    #: The changelog's end when following began: the lag is known before the first fetch.
+    end: int = 0
 
 
 class ChangelogReader:
@@ -169,7 +171,7 @@ class ChangelogReader:
             start=position,
             end=high,
         )
-        self.following[Partition(state.changelog, state.partition)] = Following(state, position)
+        self.following[Partition(state.changelog, state.partition)] = Following(state, position, high)
         self._assign()
 
     def unfollow(self, state: StateManager) -> None:
@@ -184,9 +186,8 @@ class ChangelogReader:
             try:
                 _low, high = self.consumer.get_watermark_offsets(TopicPartition(where.topic, where.partition), cached=True)
             except KafkaException:
-                continue
-            if high >= 0:
-                lag[where] = max(0, high - following.position)
+                high = -1
+            lag[where] = max(0, max(high, following.end) - following.position)
         return lag
 
     def drain(self) -> list[StateManager]:
@@ -203,11 +204,12 @@ class ChangelogReader:
     def busy(self) -> bool:
         return bool(self.restoring)
 
-    def step(self, timeout: float = 0.0) -> None:
-        """Apply one batch of changelog records to the stores being restored, or else to the standby copies."""
+    def step(self, timeout: float = 0.0, warming_up: bool = False) -> None:
+        """Apply one batch of changelog records to the stores being restored, or else to the standby
+        copies (a large batch while ``warming_up``: nothing else runs then)."""
         if not self.restoring and not self.following:
             return
-        batch_size = RESTORE_BATCH if self.restoring else STANDBY_BATCH
+        batch_size = RESTORE_BATCH if self.restoring or warming_up else STANDBY_BATCH
         messages = cast(list[Record], self.consumer.consume(batch_size, timeout))
         by_partition: dict[Partition, list[Record]] = {}
         finished: set[Partition] = set()
@@ -293,8 +295,11 @@ class ChangelogReader:
             TopicPartition(f.state.changelog, f.state.partition, f.position or OFFSET_BEGINNING) for f in self.following.values()
         ]
         self.consumer.assign(restoring + following)
-        if restoring and following:
-            self.consumer.pause(following)
+        # librdkafka keeps a partition's pause through a new assignment: resume explicitly.
+        if restoring:
+            self.consumer.resume(restoring)
+        if following:
+            (self.consumer.pause if restoring else self.consumer.resume)(following)
 
     def close(self) -> None:
         self.consumer.close()

@@ -36,6 +36,9 @@ from service.runtime.tasks import TaskState, WindowTask
 
 log = structlog.get_logger("sessionizer.loop")
 
+#: Seconds a joining replica warms its standby copies up at most before it joins anyway.
+WARM_UP_PATIENCE = 300.0
+
 
 class StreamLoop:
     def __init__(
@@ -90,6 +93,7 @@ class StreamLoop:
         """Process until ``stop`` is called; then commit, close the stores and leave the group."""
         tasks = self.tasks
         self.producer.init()
+        self._warm_up()
         self.consumer.subscribe(self.topics, on_assign=tasks.on_assign, on_revoke=tasks.on_revoke, on_lost=tasks.on_lost)
         log.info("started", topics=self.topics, guarantee=self.config.processing_guarantee)
         interval = self.config.commit_interval_ms / 1000
@@ -110,6 +114,29 @@ class StreamLoop:
             clean = True
         finally:
             self._close(clean)
+
+    def _warm_up(self) -> None:
+        """With standbys, a replica joining a running group first copies the stores it may receive.
+
+        Kafka Streams warms a newcomer up while the others keep its future
+        partitions (KIP-441), which needs an assignor of its own; here the
+        newcomer warms up before it joins, so the partitions the group then
+        moves to it restore only their tails. It is not ready meanwhile, and
+        waits at most ``WARM_UP_PATIENCE``.
+        """
+        tasks = self.tasks
+        if not tasks.standbys.warm_up():
+            return
+        started = time.monotonic()
+        self.stats.not_ready = "warming up standby copies before joining the group"
+        log.info("warming up before joining the group", stores=len(tasks.standbys.copies), records=sum(tasks.standby_lag().values()))
+        warm = False
+        while not self._stop_requested and time.monotonic() - started < WARM_UP_PATIENCE:
+            self.stats.last_iteration = time.monotonic()  # alive (``/healthz``), not ready
+            if tasks.warm_up_step(0.1):
+                warm = True
+                break
+        log.info("warmed up" if warm else "joining before the copies are warm", seconds=round(time.monotonic() - started, 3))
 
     def _iterate(self, next_commit: float, interval: float) -> float:
         """One poll-process-punctuate(-commit) round; returns the next commit deadline."""

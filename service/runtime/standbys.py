@@ -41,6 +41,8 @@ AFTER_REBALANCE = 1.0
 LINGER = 30.0
 #: Seconds a description may take.
 DESCRIBE_TIMEOUT = 10.0
+#: A copy this close to its changelog's end counts as warm (Kafka Streams' ``acceptable.recovery.lag``).
+ACCEPTABLE_LAG = 10_000
 
 
 class Standbys:
@@ -119,6 +121,38 @@ class Standbys:
                     owners[task] = instance
         wanted = copies_for(self._config.instance_id, self._tasks, members, owners, self.replicas)
         self._apply(wanted - set(active), now)
+
+    def warm_up(self) -> bool:
+        """Before this instance joins: start a copy of every store, when the group has members.
+
+        The group's assignor, not this instance, decides which partitions a
+        newcomer receives, so it copies all of them; after it joined, the
+        copies it neither runs nor keeps as standbys are closed after
+        ``LINGER``. A group with no member (the application's first start, or
+        all of it restarting) is not waited for: there is no one to take over
+        from, and the disk's own stores restore their tails. False: no warm-up.
+        """
+        if not self.enabled:
+            return False
+        group = self._config.app_id
+        try:
+            description = self._admin.describe_consumer_groups([group], request_timeout=DESCRIBE_TIMEOUT)[group].result(
+                DESCRIBE_TIMEOUT
+            )
+        except Exception as exc:
+            log.warning("could not describe the consumer group; joining without warming up", error=str(exc))
+            return False
+        others = [m for m in description.members if instance_from_client_id(m.client_id, group) != self._config.instance_id]
+        if not others:
+            return False
+        for task in self._tasks:
+            if task not in self.copies:
+                self._start(task)
+        return True
+
+    def warm(self) -> bool:
+        """Every copy is within ``ACCEPTABLE_LAG`` records of its changelog's end."""
+        return all(lag <= ACCEPTABLE_LAG for lag in self.lag().values())
 
     def _apply(self, wanted: set[TaskId], now: float) -> None:
         for task in sorted(wanted - self.copies.keys()):

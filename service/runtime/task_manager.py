@@ -268,6 +268,11 @@ class TaskManager:
         self._start_restored()
         self.standbys.maintain(self.tasks.windows.keys())
 
+    def warm_up_step(self, timeout: float) -> bool:
+        """Before joining: apply one batch to the copies being warmed up; True once they are warm."""
+        self.reader.step(timeout, warming_up=True)
+        return self.standbys.warm()
+
     def standby_lag(self) -> dict[TaskId, int]:
         """Per standby copy this instance keeps, the changelog records it lacks."""
         return self.standbys.lag()

@@ -136,3 +136,38 @@ def test_with_a_standby_a_killed_replicas_partitions_restore_only_the_changelog_
     restored = sum(e["records"] for e in events if e["event"] == "state restored")
     assert all(e["mode"] == "tail" for e in events if e["event"] == "restoring state"), events
     assert restored < changelog_records / 4, f"restored {restored} of {changelog_records} changelog records"
+
+
+def restores(service) -> list[dict]:
+    """Every ``restoring state`` event of ``service``'s current run."""
+    return [e for e in log_events(service.run_log()) if e.get("event") == "restoring state"]
+
+
+def test_scaling_one_to_three_and_back_with_standbys_warms_newcomers_and_stays_exact(app):
+    """1 → 3 → 1 replicas under live traffic, one standby: each newcomer copies the stores
+    before it joins, so what the group moves to it restores only a tail; one leaves with
+    SIGTERM, one is killed; the output equals the oracle."""
+    app.configure(pipeline_body(app), partitions=PARTITIONS, app_extra=STANDBY)
+    workload = Workload(app, events=90_000, users=4_000, rate=2_000, seed=24)
+    workload.create_topics()
+    first = app.service("i1").start()
+    first.wait_started()
+    workload.start()
+    wait_until(lambda: workload.progress() > 0.2, 120, "workload progress")
+    second = app.service("i2").start()
+    wait_until(lambda: '"warmed up"' in second.run_log(), 120, "the second replica to warm up")
+    second.wait_assigned()
+    third = app.service("i3").start()
+    wait_until(lambda: '"warmed up"' in third.run_log(), 120, "the third replica to warm up")
+    third.wait_assigned()
+    wait_until(lambda: workload.progress() > 0.5, 120, "workload progress")
+    for newcomer in (second, third):
+        full = [e for e in restores(newcomer) if e["mode"] != "tail"]
+        assert not full, f"{newcomer.instance_id} restored in full: {full}"
+    assert second.stop() == 0
+    wait_until(lambda: workload.progress() > 0.7, 120, "workload progress")
+    third.kill()
+    workload.join(timeout=600)
+    expected = expected_sessions(app.config_path, workload.produced)
+    assert_exact(app, collect(app, [first], len(expected)), expected, workload)
+    assert not [e for e in restores(first) if e["mode"] != "tail" and e["start"] > 0]

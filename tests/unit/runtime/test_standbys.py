@@ -15,9 +15,9 @@ from structlog.testing import capture_logs
 from service.runtime.clients import consumer_client_id
 from service.runtime.ids import TaskId
 from service.runtime.tasks import TaskState
-from tests.fakes import FakeCluster, eof
-from tests.unit.runtime.instances import Instances
-from tests.unit.runtime.test_task_manager import CHANGELOG, FIRST_BATCH, MINUTE, PARTITIONS, PIPELINE, REPARTITION, T0
+from tests.fakes import FakeCluster, FakeMessage, eof
+from tests.unit.runtime.instances import Instances, event
+from tests.unit.runtime.test_task_manager import CHANGELOG, FIRST_BATCH, MINUTE, PARTITIONS, PIPELINE, REPARTITION, T0, frame
 
 __all__ = ["PARTITIONS", "PIPELINE"]  # the instance fixture reads them from this module
 
@@ -166,3 +166,52 @@ def test_a_store_is_never_both_a_standby_copy_and_an_active_task_and_copies_stay
     finally:
         made.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_replica_joining_a_running_group_copies_every_store_first_and_one_starting_alone_does_not(instance, cluster):
+    a = instance("a")
+    a.assign((REPARTITION, 0))
+    a.tasks.route(FIRST_BATCH[:2])
+    a.tasks.commit()
+
+    alone = instance("b", **STANDBY)
+    alone.admin.members = []
+    assert not alone.tasks.standbys.warm_up()
+    assert alone.tasks.standbys.copies == {}
+    alone.close()
+
+    joining = instance("c", **STANDBY)
+    joining.admin.members = [(OTHER, [(REPARTITION, 0), (REPARTITION, 1)])]
+    assert joining.tasks.standbys.warm_up()
+    assert set(joining.tasks.standbys.copies) == {TaskId("s", 0), TaskId("s", 1)}
+    # Before anything was fetched, the lag is what the changelog held when the copy began.
+    assert joining.tasks.standby_lag()[TaskId("s", 0)] == cluster.end((CHANGELOG, 0))
+    joining.restore_consumer.feed(*cluster.messages(CHANGELOG))
+    assert joining.tasks.warm_up_step(0.0)
+
+
+def test_copies_wait_while_a_store_restores_and_go_on_once_it_finished(instance, cluster):
+    """A restore reads alone, then the copies are read again: librdkafka keeps a pause when a
+    partition is assigned anew, so the reader must resume them itself (seen: copies that
+    never moved again, and a restore that waited on them for ever)."""
+    a = instance("a")
+    a.assign((REPARTITION, 0), (REPARTITION, 1))
+    on_1 = FakeMessage(REPARTITION, 1, 0, key=b"u9", value=frame(T0, T0) + event("u9", T0), timestamp_ms=T0)
+    a.tasks.route([*FIRST_BATCH[:2], on_1])
+    a.tasks.commit()
+    b = instance("b", **STANDBY)
+    placed(b, [(REPARTITION, 0), (REPARTITION, 1)])
+    assert set(b.tasks.standbys.copies) == {TaskId("s", 0), TaskId("s", 1)}
+    # Partition 1 comes here before its copy read anything: its promoted store restores a tail.
+    a.revoke((REPARTITION, 1))
+    tail = cluster.end((CHANGELOG, 1))
+    b.assign((REPARTITION, 1))
+    assert b.tasks.restoring
+    assert (CHANGELOG, 0) in b.restore_consumer.paused
+    b.restore_consumer.feed(*[m for m in cluster.messages(CHANGELOG) if m.partition() == 1], eof(CHANGELOG, 1, tail))
+    b.tasks.restore()
+    assert not b.tasks.restoring
+    assert (CHANGELOG, 0) not in b.restore_consumer.paused
+    b.restore_consumer.feed(*[m for m in cluster.messages(CHANGELOG) if m.partition() == 0])
+    b.tasks.restore()
+    assert b.tasks.standby_lag()[TaskId("s", 0)] <= 1
