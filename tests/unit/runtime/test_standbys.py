@@ -25,6 +25,15 @@ STANDBY = {"app": {"num_standby_replicas": 1}}
 OTHER = "sessionizer-other-consumer"
 
 
+def running_with_state(instance):
+    """Instance ``a`` running partition 0, with u1's session committed to its changelog."""
+    a = instance("a")
+    a.assign((REPARTITION, 0))
+    a.tasks.route(FIRST_BATCH[:2])
+    a.tasks.commit()
+    return a
+
+
 def placed(instance, owner_partitions):
     """The group: ``instance`` with nothing, another instance running ``owner_partitions``; one look at it."""
     instance.admin.members = [(consumer_client_id(instance.config), []), (OTHER, owner_partitions)]
@@ -33,10 +42,7 @@ def placed(instance, owner_partitions):
 
 
 def test_a_standby_copies_the_changelog_and_its_store_becomes_the_active_tasks_store(instance, cluster):
-    a = instance("a")
-    a.assign((REPARTITION, 0))
-    a.tasks.route(FIRST_BATCH[:2])
-    a.tasks.commit()
+    a = running_with_state(instance)
 
     b = instance("b", **STANDBY)
     placed(b, [(REPARTITION, 0), (REPARTITION, 1)])
@@ -65,10 +71,7 @@ def test_a_standby_copies_the_changelog_and_its_store_becomes_the_active_tasks_s
 
 
 def test_a_copy_whose_checkpoint_does_not_fit_the_changelog_is_copied_in_full_and_says_so(instance, cluster):
-    a = instance("a")
-    a.assign((REPARTITION, 0))
-    a.tasks.route(FIRST_BATCH[:2])
-    a.tasks.commit()
+    running_with_state(instance)
     b = instance("b", **STANDBY)
     placed(b, [(REPARTITION, 0), (REPARTITION, 1)])
     b.restore_consumer.feed(*cluster.messages(CHANGELOG))
@@ -97,10 +100,7 @@ def test_without_standbys_configured_the_group_is_never_described(instance):
 
 
 def test_a_copy_that_fell_behind_the_changelogs_start_is_copied_again_in_full_and_says_so(instance, cluster):
-    a = instance("a")
-    a.assign((REPARTITION, 0))
-    a.tasks.route(FIRST_BATCH[:2])
-    a.tasks.commit()
+    running_with_state(instance)
     b = instance("b", **STANDBY)
     placed(b, [(REPARTITION, 0), (REPARTITION, 1)])
     copy = b.tasks.standbys.copies[TaskId("s", 0)]
@@ -169,10 +169,7 @@ def test_a_store_is_never_both_a_standby_copy_and_an_active_task_and_copies_stay
 
 
 def test_a_replica_joining_a_running_group_copies_every_store_first_and_one_starting_alone_does_not(instance, cluster):
-    a = instance("a")
-    a.assign((REPARTITION, 0))
-    a.tasks.route(FIRST_BATCH[:2])
-    a.tasks.commit()
+    running_with_state(instance)
 
     alone = instance("b", **STANDBY)
     alone.admin.members = []
