@@ -9,7 +9,9 @@ import orjson
 import pytest
 
 from service.core.partitioner import partition_for
+from service.runtime.clients import consumer_client_id
 from service.runtime.ends import END_MARGIN_MS
+from service.runtime.ids import TaskId
 from service.runtime.task_manager import WAITING
 from service.runtime.tasks import TaskState
 from tests.fakes import FakeMessage, eof
@@ -147,3 +149,20 @@ def test_an_input_that_has_delivered_nothing_holds_the_others_back_for_at_most_m
     instance.now += 0.2
     instance.tasks.punctuate(instance.now)
     assert instance.consumer.paused == set(), "after max_task_idle the others go on"
+
+
+def test_a_direct_tasks_standby_copy_is_placed_by_who_runs_its_first_source_and_promoted_when_it_comes_here(tmp_path):
+    made = direct_instance(tmp_path, app={"num_standby_replicas": 1})
+    try:
+        made.admin.members = [
+            (consumer_client_id(made.config), []),
+            ("sessionizer-other-consumer", [(WEB, 0), (MOBILE, 0), (WEB, 1), (MOBILE, 1)]),
+        ]
+        made.tasks.restore()
+        made.tasks.restore()
+        assert set(made.tasks.standbys.copies) == {TaskId("s", 0), TaskId("s", 1)}
+        made.assign((WEB, 0), (MOBILE, 0))
+        assert TaskId("s", 0) not in made.tasks.standbys.copies
+        assert made.direct_task(0).state is TaskState.RUNNING
+    finally:
+        made.close()
