@@ -74,6 +74,17 @@ class Fenced(SessionizerError):
     exit_code = 4
 
 
+class ConsumerFenced(SessionizerError):
+    """The group coordinator fenced this process's consumer: a member with its ``group.instance.id`` joined.
+
+    Either another process with this instance id (then its producer is
+    fenced too, and this one steps down with ``Fenced``), or librdkafka's own
+    rejoin after its session timed out through a broker outage (librdkafka
+    issue #3437). A fenced consumer cannot be used again: the loop is closed
+    and started afresh, in the same process.
+    """
+
+
 class CommitFailed(SessionizerError):
     """A commit did not happen: under exactly-once nothing of its transaction is visible.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -13,7 +14,7 @@ from service import __version__
 from service.config import Config
 from service.config.dump import effective_config
 from service.config.secrets import secret_values
-from service.errors import ServiceStopping
+from service.errors import ConsumerFenced, Fenced, ServiceStopping
 from service.ops.logs import configure_logging
 from service.ops.metrics import build_registry
 from service.ops.queries import SessionQueries
@@ -39,18 +40,47 @@ def run(config: Config) -> int:
     server.start()
     stop = _Stop()
     _handle_signals(stop)
+    restarts: list[float] = []
     try:
-        try:
-            started = start(config, stats, stopping=lambda: stop.requested)
-        except ServiceStopping:
-            return 0
-        loop = started.loop
-        server.answer_sessions(SessionQueries(config, loop.pipelines, started.partitions, loop.queries, started.owners, loop.plans))
-        stop.loop = loop
-        loop.run()
+        while True:
+            try:
+                started = start(config, stats, stopping=lambda: stop.requested)
+            except ServiceStopping:
+                return 0
+            loop = started.loop
+            server.answer_sessions(
+                SessionQueries(config, loop.pipelines, started.partitions, loop.queries, started.owners, loop.plans)
+            )
+            stop.loop = loop
+            try:
+                loop.run()
+                return 0
+            except ConsumerFenced as exc:
+                restarts = _fenced_again(restarts, str(exc))
     finally:
         server.close()
-    return 0
+
+
+#: In-process restarts after a consumer fence allowed within ``FENCE_WINDOW`` seconds.
+MAX_FENCE_RESTARTS = 3
+FENCE_WINDOW = 300.0
+
+
+def _fenced_again(restarts: list[float], reason: str) -> list[float]:
+    """The loop's consumer was fenced and its producer was not: start the loop again, unless that keeps happening.
+
+    librdkafka fences a static member's consumer by itself when its session
+    timed out through a broker outage (issue #3437); a new consumer joins
+    cleanly. Fenced again and again, another process with this instance id
+    is taking turns with this one (at-least-once has no producer fence to
+    tell), and this one steps down.
+    """
+    now = time.monotonic()
+    recent = [at for at in restarts if now - at < FENCE_WINDOW] + [now]
+    if len(recent) > MAX_FENCE_RESTARTS:
+        raise Fenced(f"the consumer was fenced {len(recent)} times in {FENCE_WINDOW:.0f} s: another process has this instance id")
+    structlog.get_logger("sessionizer").warning("consumer fenced; starting the loop again", reason=reason)
+    return recent
 
 
 class _Stop:

@@ -46,6 +46,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "max_drift": format_duration_ms(config.max_drift_ms),
             "idle_timeout": format_duration_ms(config.idle_timeout_ms),
             "num_standby_replicas": config.num_standby_replicas,
+            "static_membership": config.static_membership,
         },
         "kafka": kafka,
         "topics": {

@@ -73,6 +73,7 @@ def parse_config(
         "max_drift_ms": app.duration("max_drift", default_of(Config, "max_drift_ms"), positive=True),
         "idle_timeout_ms": app.duration("idle_timeout", default_of(Config, "idle_timeout_ms"), positive=True),
         "num_standby_replicas": app.int("num_standby_replicas", default_of(Config, "num_standby_replicas"), minimum=0),
+        "static_membership": app.bool("static_membership", default_of(Config, "static_membership")),
     }
     app.finish()
 

@@ -106,6 +106,7 @@ KEYS: Mapping[str, str] = MappingProxyType(
         "app.idle_timeout": DURATION,
         "app.max_drift": DURATION,
         "app.num_standby_replicas": INTEGER,
+        "app.static_membership": BOOLEAN,
         "state.cache_bytes": SIZE,
         "state.block_cache_bytes": SIZE,
         "state.write_buffer_bytes": SIZE,
@@ -445,6 +446,8 @@ class Config:
     idle_timeout_ms: int = 30_000
     #: How many other instances keep a warm copy of each task's store, by tailing its changelog.
     num_standby_replicas: int = 0
+    #: Join the group as a static member (``group.instance.id`` = the instance id, KIP-345).
+    static_membership: bool = False
     #: ``[kafka]``: librdkafka properties every client gets; ``[kafka.consumer]`` and ``[kafka.producer]``: one kind.
     kafka: dict[str, str] = dataclasses.field(default_factory=lambda: {"bootstrap.servers": "127.0.0.1:9092"})
     consumer: dict[str, str] = dataclasses.field(default_factory=dict)

@@ -82,10 +82,14 @@ def consumer_config(config: Config, co_partitioned: bool = False) -> dict[str, A
     """
     props = _common(config, "consumer")
     props.update(_CONSUMER_DEFAULTS)
-    # Static membership (KIP-345): a restart within the session timeout keeps
-    # its partitions, with no rebalance. Two processes with one instance id
-    # fence each other (service.runtime.task_manager raises ``Fenced``).
-    props["group.instance.id"] = config.instance_id
+    # Static membership (KIP-345), when asked for: a restart within the session
+    # timeout keeps its partitions, with no rebalance. Off by default: after a
+    # broker outage longer than the session timeout, librdkafka 2.16 fences its
+    # own consumer on rejoining (issue #3437) and it stops fetching (seen in
+    # the broker-restart test). ``ConsumerFenced`` restarts the loop when the
+    # fence reaches it.
+    if config.static_membership:
+        props["group.instance.id"] = config.instance_id
     props.update(config.consumer)
     props.update(
         {

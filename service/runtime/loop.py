@@ -21,6 +21,7 @@ from service.config import Config
 from service.core.pipeline import Pipeline, compile_pipelines
 from service.core.topology import plan
 from service.core.watermarks import source_parts
+from service.errors import ConsumerFenced, Fenced
 from service.runtime.clients import admin_config, consumer_config, producer_config, restore_consumer_config
 from service.runtime.formats import Formats
 from service.runtime.ids import Partition, TaskId
@@ -100,6 +101,7 @@ class StreamLoop:
         next_commit = time.monotonic() + interval
         self._running = True
         clean = False
+        fenced = False
         try:
             while not self._stop_requested:
                 try:
@@ -112,8 +114,17 @@ class StreamLoop:
                     log.warning("processing failed, aborting and rewinding", error=str(exc.args[0]))
                     tasks.abort_and_rewind()
             clean = True
+        except ConsumerFenced:
+            fenced = True
+            raise
         finally:
             self._close(clean)
+            if fenced and self.producer.stepped_down:
+                # Its abort met the producer's fence and found the other process in the group.
+                raise Fenced(
+                    "another process with this instance id joined the group and took over its transactional id; "
+                    "this one stops (give each instance its own instance_id)"
+                ) from None
 
     def _warm_up(self) -> None:
         """With standbys, a replica joining a running group first copies the stores it may receive.

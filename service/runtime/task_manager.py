@@ -34,7 +34,7 @@ from confluent_kafka.admin import AdminClient
 from service.config import Config
 from service.core.pipeline import Pipeline
 from service.core.topology import PipelinePlan
-from service.errors import BrokerError, Fenced
+from service.errors import BrokerError, ConsumerFenced
 from service.runtime.alignment import RESTORING, Alignment
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.checkpoint import Checkpoint, Committer
@@ -469,14 +469,11 @@ class TaskManager:
 
 def _consumer_failure(error: KafkaError) -> Exception:
     """What a fatal consume error means. librdkafka hands it over as ``_FATAL``
-    (with ``fatal()`` false), the cause only in its text: a newer process with
-    this instance id joined the group under the same ``group.instance.id``."""
+    (with ``fatal()`` false), the cause only in its text; a fence by a member
+    with this ``group.instance.id`` is ``ConsumerFenced``."""
     if "group.instance.id" in error.str():
-        log.error("fenced by another process with this instance id; stepping down", error=error.str())
-        return Fenced(
-            "another process with this instance id joined the consumer group and fenced this one, "
-            "which stops (give each instance its own instance_id)"
-        )
+        log.error("consumer fenced by a member with this instance id", error=error.str())
+        return ConsumerFenced(error.str())
     return BrokerError(error.str())
 
 

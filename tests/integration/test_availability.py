@@ -19,8 +19,8 @@ from tests.integration.workload import Workload, assert_exact, collect, expected
 pytestmark = pytest.mark.chaos
 
 PARTITIONS = 6
-#: Longer than any restart here takes, and far longer than a handover should.
-SESSION_TIMEOUT = {"SESSIONIZER__KAFKA__CONSUMER__SESSION_TIMEOUT_MS": "30000"}
+#: Longer than any restart here takes, and far longer than a handover should; static members.
+SESSION_TIMEOUT = {"SESSIONIZER__KAFKA__CONSUMER__SESSION_TIMEOUT_MS": "30000", "SESSIONIZER__APP__STATIC_MEMBERSHIP": "true"}
 
 
 def assignments(app) -> dict[str, set[tuple[str, int]]]:
@@ -69,8 +69,9 @@ def test_a_restart_within_the_session_timeout_moves_no_partition(app):
 
 
 def test_a_stopped_replica_hands_its_partitions_over_well_before_the_session_timeout(app):
-    """SIGTERM leaves the group: the other replica holds every partition within seconds,
-    where a static member that did not leave would keep them for the 30 s session timeout."""
+    """SIGTERM leaves the group, static member or not: the other replica holds every partition
+    within seconds, where a static member that did not leave would keep them for the 30 s
+    session timeout."""
     app.configure(pipeline_body(app), partitions=PARTITIONS)
     workload = Workload(app, events=30_000, users=2_000, rate=1_500, seed=22)
     workload.create_topics()

@@ -86,7 +86,7 @@ def test_every_manifest_parses_and_names_its_kind():
 
 
 def test_instance_id_is_the_pod_name():
-    """A stable, unique instance id per replica: static membership and a transactional id that survives restarts."""
+    """A stable, unique instance id per replica: a state directory and a transactional id that survive restarts."""
     assert ENV["SESSIONIZER__APP__INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
