@@ -56,6 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     restore_cmd.add_argument("--instance-id", help="overrides [app] instance_id")
     restore_cmd.add_argument("--partitions", help="comma-separated partitions (default: all)")
 
+    rescale_cmd = commands.add_parser(
+        "rescale",
+        help="move the state to another partition count without replaying the sources (every replica stopped)",
+    )
+    rescale_cmd.add_argument("--config", required=True, type=Path)
+    what = rescale_cmd.add_mutually_exclusive_group(required=True)
+    what.add_argument("--partitions", type=int, metavar="N", help="the new partition count (then run with topics.partitions = N)")
+    what.add_argument("--cleanup", action="store_true", help="delete the internal topics of layouts before the committed one")
+
     args = parser.parse_args(argv)
     try:
         partitions = _partitions(args.partitions) if args.command == "restore-state" else None
@@ -70,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             from service.commands.maintenance import reset
 
             return reset(config, args.to_datetime, args.yes)
+        if args.command == "rescale":
+            from service.commands.rescale import rescale_command
+
+            return rescale_command(config, args.partitions, args.cleanup)
         if args.command == "restore-state":
             from service.commands.maintenance import restore
 

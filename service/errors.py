@@ -112,3 +112,12 @@ class OperationRefused(SessionizerError):
 
 class ServiceStopping(SessionizerError):
     """The stream loop has stopped and answers no more queries."""
+
+
+class LayoutChanged(SessionizerError):
+    """A source of a direct pipeline gained partitions while the service ran: its keys moved.
+
+    The loop stops before processing a record of a key whose state lives in
+    another partition; start-up then plans the pipeline again (through its
+    repartition topic, ``service.core.topology``).
+    """

@@ -378,6 +378,8 @@ class FakeConsumer:
         #: Every seek: (topic, partition, offset).
         self.seeks: list[tuple[str, int, int]] = []
         self.positions: dict[Where, int] = {}
+        #: What ``list_topics`` answers: partitions per topic.
+        self.topic_partitions: dict[str, int] = {}
         self.watermarks: dict[Where, tuple[int, int]] = {}
         self.closed = False
         self._assigned: dict[Where, None] = {}
@@ -450,6 +452,12 @@ class FakeConsumer:
         return self.watermarks.get(where, (0, self.cluster.end(where)))
 
     # -- reading ----------------------------------------------------------------
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> SimpleNamespace:
+        names = [topic] if topic is not None else list(self.topic_partitions)
+        return SimpleNamespace(
+            topics={n: SimpleNamespace(partitions=dict.fromkeys(range(self.topic_partitions[n])), error=None) for n in names}
+        )
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
         out: list[FakeMessage] = []

@@ -14,7 +14,7 @@ from service import __version__
 from service.config import Config
 from service.config.dump import effective_config
 from service.config.secrets import secret_values
-from service.errors import ConsumerFenced, Fenced, ServiceStopping
+from service.errors import ConsumerFenced, Fenced, LayoutChanged, ServiceStopping
 from service.ops.logs import configure_logging
 from service.ops.metrics import build_registry
 from service.ops.queries import SessionQueries
@@ -49,7 +49,7 @@ def run(config: Config) -> int:
                 return 0
             loop = started.loop
             server.answer_sessions(
-                SessionQueries(config, loop.pipelines, started.partitions, loop.queries, started.owners, loop.plans)
+                SessionQueries(started.config, loop.pipelines, started.partitions, loop.queries, started.owners, loop.plans)
             )
             stop.loop = loop
             try:
@@ -57,6 +57,9 @@ def run(config: Config) -> int:
                 return 0
             except ConsumerFenced as exc:
                 restarts = _fenced_again(restarts, str(exc))
+            except LayoutChanged as exc:
+                # Nothing of the batch in hand was committed; start-up plans the pipeline again.
+                structlog.get_logger("sessionizer").warning("sources gained partitions; starting the loop again", reason=str(exc))
     finally:
         server.close()
 

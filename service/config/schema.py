@@ -312,6 +312,8 @@ class PipelineConfig:
     changelog_topic: str
     rules: tuple[RuleConfig, ...] = ()
     pairing: PairingConfig | None = None
+    #: Which layout of the state the internal topics above belong to (``service.core.layout``): 0 until a rescale.
+    generation: int = 0
 
     def derived_topics(self) -> list[str]:
         """Topics this pipeline's rules and pairing write, besides output, late and dead letters."""

@@ -16,7 +16,7 @@ found in the wrong partition to the dead-letter topic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 from service.config import PipelineConfig
@@ -41,11 +41,23 @@ class PipelinePlan:
         return len(self.source_partitions) if self.direct else sum(self.source_partitions)
 
 
-def plan_pipeline(config: PipelineConfig, partitions: int, counts: Mapping[str, int]) -> PipelinePlan:
-    """``partitions`` is the pipeline's partition count; ``counts`` the partition counts of existing topics."""
+def plan_pipeline(
+    config: PipelineConfig, partitions: int, counts: Mapping[str, int], direct: Container[str] | None = None
+) -> PipelinePlan:
+    """``partitions`` is the pipeline's partition count; ``counts`` the partition counts of existing topics.
+
+    ``direct``: the pipelines a committed layout lets read their sources
+    directly (``service.core.layout``); None before any rescale. A rescaled
+    pipeline reads through its repartition topic unless the layout says so:
+    records its sources got before they gained partitions are not where a
+    direct task would look for their keys.
+    """
     source_partitions = tuple(counts.get(topic, 0) for topic in config.sources)
     if config.key != (RECORD_KEY,):
         return PipelinePlan(config.name, False, partitions, source_partitions)
+    if direct is not None and config.name not in direct:
+        note = "grouped by the record key, rescaled to a layout that reads it through the repartition topic"
+        return PipelinePlan(config.name, False, partitions, source_partitions, note)
     others = [f"{topic} has {n}" for topic, n in zip(config.sources, source_partitions) if n != partitions]
     if others:
         note = (
@@ -56,5 +68,7 @@ def plan_pipeline(config: PipelineConfig, partitions: int, counts: Mapping[str, 
     return PipelinePlan(config.name, True, partitions, source_partitions)
 
 
-def plan(configs: tuple[PipelineConfig, ...], partitions: int, counts: Mapping[str, int]) -> dict[str, PipelinePlan]:
-    return {config.name: plan_pipeline(config, partitions, counts) for config in configs}
+def plan(
+    configs: tuple[PipelineConfig, ...], partitions: int, counts: Mapping[str, int], direct: Container[str] | None = None
+) -> dict[str, PipelinePlan]:
+    return {config.name: plan_pipeline(config, partitions, counts, direct) for config in configs}

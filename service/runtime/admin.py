@@ -2,7 +2,8 @@
 
 ``reset`` makes the next ``run`` rebuild everything from the source topics: the
 consumer group starts again at the chosen point of every source topic, and the
-derived state (repartition and changelog topics, local stores) is deleted. It
+derived state (repartition and changelog topics of every generation, the
+layout, local stores) is deleted. It
 refuses while any member of the group is running, because a running instance
 would commit its old positions over the reset ones.
 
@@ -22,12 +23,14 @@ from confluent_kafka.admin import AdminClient
 
 from service.config import Config
 from service.core.extract import parse_time_ms
+from service.core.layout import apply_layout
 from service.core.pipeline import compile_pipelines
 from service.errors import BadRecord, OperationRefused
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.clients import admin_config, restore_consumer_config
+from service.runtime.layout import read_layout
 from service.runtime.state_manager import StateManager
-from service.runtime.topics import delete_topics, internal_topics
+from service.runtime.topics import delete_topics, every_generation
 from service.state.memory import StoreMemory
 
 
@@ -53,7 +56,7 @@ class ResetPlan:
 def plan_reset(config: Config, to_datetime: str | None = None) -> ResetPlan:
     """Where every source partition restarts: its earliest offset, or the first at or after a time."""
     admin = AdminClient(admin_config(config))
-    _require_empty_group(admin, config.app_id)
+    require_empty_group(admin, config.app_id)
     consumer = Consumer(restore_consumer_config(config))
     try:
         partitions = []
@@ -66,7 +69,7 @@ def plan_reset(config: Config, to_datetime: str | None = None) -> ResetPlan:
         existing = set(metadata.topics)
     finally:
         consumer.close()
-    topics = [t for t in internal_topics(config) if t in existing]
+    topics = every_generation(config, existing)
     return ResetPlan(config.app_id, offsets, topics, str(config.state_dir / config.app_id))
 
 
@@ -87,7 +90,7 @@ def _offsets_at(consumer: Consumer, partitions: list[TopicPartition], to_datetim
     return out
 
 
-def _require_empty_group(admin: AdminClient, group: str) -> None:
+def require_empty_group(admin: AdminClient, group: str) -> None:
     try:
         description = admin.describe_consumer_groups([group])[group].result(30)
     except KafkaException as exc:
@@ -104,7 +107,7 @@ def _require_empty_group(admin: AdminClient, group: str) -> None:
 def apply_reset(config: Config, plan: ResetPlan) -> None:
     """Delete the group (its repartition offsets go with it), set the source offsets, drop derived state."""
     admin = AdminClient(admin_config(config))
-    _require_empty_group(admin, plan.group)
+    require_empty_group(admin, plan.group)
     try:
         admin.delete_consumer_groups([plan.group])[plan.group].result(30)
     except KafkaException as exc:
@@ -114,11 +117,11 @@ def apply_reset(config: Config, plan: ResetPlan) -> None:
         request = ConsumerGroupTopicPartitions(plan.group, plan.offsets)
         admin.alter_consumer_group_offsets([request])[plan.group].result(30)
     delete_topics(admin, plan.topics)
-    _wait_until_gone(admin, plan.topics)
+    wait_until_gone(admin, plan.topics)
     shutil.rmtree(plan.state_dir, ignore_errors=True)
 
 
-def _wait_until_gone(admin: AdminClient, topics: list[str], timeout: float = 60.0) -> None:
+def wait_until_gone(admin: AdminClient, topics: list[str], timeout: float = 60.0) -> None:
     """Topic deletion is asynchronous; the next run must not find the old topics."""
     deadline = time.monotonic() + timeout
     while topics:
@@ -137,6 +140,8 @@ def restore_state(config: Config, partitions: list[int] | None = None, report: C
     states: list[StateManager] = []
     try:
         metadata = reader.consumer.list_topics(timeout=30)
+        counts = {name: len(topic.partitions) for name, topic in metadata.topics.items()}
+        config = apply_layout(config, read_layout(config, counts))
         for pipeline in compile_pipelines(config.pipelines):
             changelog = pipeline.config.changelog_topic
             if changelog not in metadata.topics:

@@ -147,6 +147,23 @@ def producer_config(config: Config) -> dict[str, Any]:
     return props
 
 
+def bulk_producer_config(config: Config, role: str) -> dict[str, Any]:
+    """A producer outside any transaction, for maintenance commands that copy many records.
+
+    Idempotent with ``acks=all``: a record is written once and only reported
+    delivered once every in-sync replica has it. Large batches: the copy is
+    throughput-bound. ``[kafka.producer]`` still applies (security, tuning).
+    """
+    props = _common(config, "producer")
+    props.update({"linger.ms": "50", "batch.size": "1048576", "queue.buffering.max.messages": "1000000"})
+    props.update(config.producer)
+    props.pop("transactional.id", None)
+    props.update(
+        {"client.id": f"{config.app_id}-{config.instance_id}-{role}", "enable.idempotence": "true", "acks": "all"}
+    )
+    return props
+
+
 def admin_config(config: Config) -> dict[str, Any]:
     props = _common(config, "admin")
     props["client.id"] = f"{config.app_id}-{config.instance_id}-admin"

@@ -11,7 +11,7 @@ clock, and every ``commit_interval`` commit.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
 import structlog
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -43,13 +43,25 @@ WARM_UP_PATIENCE = 300.0
 
 class StreamLoop:
     def __init__(
-        self, config: Config, partitions: Mapping[str, int], stats: LoopStats | None = None, formats: Formats | None = None
+        self,
+        config: Config,
+        partitions: Mapping[str, int],
+        stats: LoopStats | None = None,
+        formats: Formats | None = None,
+        direct: Container[str] | None = None,
+        drain: bool = False,
     ) -> None:
+        """``direct``: the pipelines the committed layout lets read their sources directly (None: never rescaled).
+
+        ``drain``: read only the repartition topics, and stop once every one
+        of their partitions is processed to its end and committed (``rescale``).
+        """
         self.config = config
+        self.drain = drain
         self.pipelines: tuple[Pipeline, ...] = compile_pipelines(config.pipelines)
         formats = formats if formats is not None else Formats(config)
         formats.attach_encoders(self.pipelines)
-        self.plans = plan(config.pipelines, config.topics.partitions, partitions)
+        self.plans = plan(config.pipelines, config.topics.partitions, partitions, direct)
         for pipeline_plan in self.plans.values():
             if pipeline_plan.note:
                 log.info("pipeline read through its repartition topic", pipeline=pipeline_plan.name, why=pipeline_plan.note)
@@ -88,13 +100,14 @@ class StreamLoop:
 
     @property
     def topics(self) -> list[str]:
-        return self.tasks.topics
+        return self.tasks.creator.repartition_topics if self.drain else self.tasks.topics
 
     def run(self) -> None:
         """Process until ``stop`` is called; then commit, close the stores and leave the group."""
         tasks = self.tasks
         self.producer.init()
-        self._warm_up()
+        if not self.drain:
+            self._warm_up()
         self.consumer.subscribe(self.topics, on_assign=tasks.on_assign, on_revoke=tasks.on_revoke, on_lost=tasks.on_lost)
         log.info("started", topics=self.topics, guarantee=self.config.processing_guarantee)
         interval = self.config.commit_interval_ms / 1000
@@ -175,6 +188,9 @@ class StreamLoop:
             self.tasks.punctuate(now)
         if now >= next_commit:
             self.tasks.commit()
+            if self.drain and self.tasks.drained():
+                log.info("repartition topics drained")
+                self._stop_requested = True
             return time.monotonic() + interval
         return next_commit
 

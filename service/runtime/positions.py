@@ -72,6 +72,10 @@ class Positions:
             return position
         return end
 
+    def at_end(self, where: Partition) -> bool:
+        """``where``'s end was reached after its last record (an end-of-partition event, no record since)."""
+        return where in self._ends_at
+
     def forget(self, where: Partition) -> None:
         """``where`` left this instance."""
         self._next.pop(where, None)

@@ -31,7 +31,7 @@ from service.runtime.formats import Formats
 from service.runtime.loop import StreamLoop
 from service.runtime.owners import OwnerDirectory
 from service.runtime.stats import LoopStats
-from service.runtime.topics import ensure_topics
+from service.runtime.topics import Prepared, prepare_topics
 
 log = structlog.get_logger("sessionizer.startup")
 
@@ -48,6 +48,8 @@ class Started:
     owners: OwnerDirectory
     #: Partitions per topic, as found or created.
     partitions: dict[str, int]
+    #: The configuration with the internal topics of the committed layout (``service.core.layout``).
+    config: Config
 
 
 def start(config: Config, stats: LoopStats | None = None, stopping: Callable[[], bool] = lambda: False) -> Started:
@@ -57,19 +59,21 @@ def start(config: Config, stats: LoopStats | None = None, stopping: Callable[[],
     """
     stats = stats or LoopStats()
     admin = _client(lambda: AdminClient(admin_config(config)))
-    partitions = _topics(admin, config, stats, stopping)
+    prepared = _topics(admin, config, stats, stopping)
+    config, partitions = prepared.config, prepared.partitions
     formats = _formats(config, stats, stopping)
-    loop = _client(lambda: StreamLoop(config, partitions, stats, formats))
-    return Started(loop, OwnerDirectory(admin, config), partitions)
+    direct = prepared.layout.direct if prepared.layout.committed else None
+    loop = _client(lambda: StreamLoop(config, partitions, stats, formats, direct=direct))
+    return Started(loop, OwnerDirectory(admin, config), partitions, config)
 
 
-def _topics(admin: AdminClient, config: Config, stats: LoopStats, stopping: Callable[[], bool]) -> dict[str, int]:
+def _topics(admin: AdminClient, config: Config, stats: LoopStats, stopping: Callable[[], bool]) -> Prepared:
     pause = 1.0
     attempt = 0
     while True:
         attempt += 1
         try:
-            partitions = ensure_topics(admin, config, timeout=ATTEMPT_TIMEOUT)
+            prepared = prepare_topics(admin, config, timeout=ATTEMPT_TIMEOUT)
         except KafkaException as exc:
             admin.poll(0.1)  # serves the admin client's error callbacks: the broker's address and why
             fatal = CLIENT_ERRORS.fatal
@@ -91,7 +95,7 @@ def _topics(admin: AdminClient, config: Config, stats: LoopStats, stopping: Call
         stats.not_ready = "starting"
         if attempt > 1:
             log.info("broker reached", bootstrap_servers=config.bootstrap_servers, attempts=attempt)
-        return partitions
+        return prepared
 
 
 def _formats(config: Config, stats: LoopStats, stopping: Callable[[], bool]) -> Formats:

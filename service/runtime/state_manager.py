@@ -20,7 +20,14 @@ log = structlog.get_logger("sessionizer.state")
 
 
 def store_path(config: Config, pipeline: Pipeline, partition: int) -> Path:
-    return config.state_dir / config.app_id / config.instance_id / f"{pipeline.name}-{partition}"
+    """A store's directory; from the first rescale on, the layout's generation is in its name (``service.core.layout``).
+
+    A store of another generation holds other keys under the same partition
+    number, and a checkpoint that is an offset of another changelog.
+    """
+    generation = pipeline.config.generation
+    name = f"{pipeline.name}-{partition}" if generation == 0 else f"{pipeline.name}-g{generation}-{partition}"
+    return config.state_dir / config.app_id / config.instance_id / name
 
 
 class StateManager:

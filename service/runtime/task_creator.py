@@ -52,8 +52,11 @@ class TaskCreator:
         formats: Formats,
         memory: StoreMemory,
         standbys: Standbys | None = None,
+        recount: Callable[[str], int] | None = None,
     ) -> None:
+        """``recount(topic)``: a topic's partition count now (direct tasks ask it of a key in the wrong partition)."""
         self._config = config
+        self._recount = recount
         self._plans = plans
         #: Partitions per topic, as found at start-up.
         self._partitions = partitions
@@ -82,6 +85,10 @@ class TaskCreator:
     @property
     def repartition_topics(self) -> list[str]:
         return list(self._by_repartition)
+
+    def partitions_of(self, topic: str) -> int:
+        """Partitions of ``topic``, as found at start-up."""
+        return self._partitions.get(topic, 0)
 
     @property
     def eager(self) -> bool:
@@ -117,6 +124,7 @@ class TaskCreator:
                         self._formats.decoders,
                         self._formats.key_decoders,
                         self._on_emit(direct),
+                        self._recount,
                     )
                 )
         return made
@@ -125,6 +133,21 @@ class TaskCreator:
         """A new active task's store: its standby copy's when this instance keeps one, opened afresh otherwise."""
         copy = self._standbys.take(TaskId(pipeline.name, partition)) if self._standbys is not None else None
         return copy if copy is not None else StateManager(self._config, pipeline, partition, self._memory)
+
+    def direct_sources(self) -> dict[str, int]:
+        """Each source topic of a direct pipeline, with the partition count its pipeline's state has."""
+        return {topic: self._plans[readers[0].name].partitions for topic, readers in self._direct_readers.items()}
+
+    def beyond_layout(self, where: Partition) -> str | None:
+        """Why ``where`` must not be read: a partition a direct pipeline's layout does not have (None: it may)."""
+        for direct in self._direct_readers.get(where.topic, ()):
+            partitions = self._plans[direct.name].partitions
+            if where.partition >= partitions:
+                return (
+                    f"source topic {where.topic!r} of pipeline {direct.name!r} gained partitions "
+                    f"(partition {where.partition} assigned, the pipeline's state has {partitions})"
+                )
+        return None
 
     def waiting_inputs(self, assigned: Iterable[Partition], existing: Container[TaskId]) -> list[Partition]:
         """Assigned inputs of direct tasks that cannot run here: another input of theirs is elsewhere."""

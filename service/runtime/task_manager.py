@@ -34,7 +34,7 @@ from confluent_kafka.admin import AdminClient
 from service.config import Config
 from service.core.pipeline import Pipeline
 from service.core.topology import PipelinePlan
-from service.errors import BrokerError, ConsumerFenced
+from service.errors import BrokerError, ConsumerFenced, LayoutChanged
 from service.runtime.alignment import RESTORING, Alignment
 from service.runtime.changelog_reader import ChangelogReader
 from service.runtime.checkpoint import Checkpoint, Committer
@@ -118,7 +118,7 @@ class TaskManager:
         #: The standby copies this instance keeps of other instances' stores.
         self.standbys = Standbys(config, pipelines, plans, self.reader, admin, memory, clocks.monotonic)
         self.creator = TaskCreator(
-            config, pipelines, plans, partitions, self.collector, stats, self.formats, memory, self.standbys
+            config, pipelines, plans, partitions, self.collector, stats, self.formats, memory, self.standbys, self._recount
         )
         self.tasks = Tasks()
         self.positions = Positions(consumer)
@@ -210,6 +210,16 @@ class TaskManager:
         if groups:
             self.alignment.align(self.tasks.running(), self.clock())
 
+    def drained(self) -> bool:
+        """Every partition of every repartition topic is here, its task running, read to its end (``rescale``)."""
+        wanted = [
+            Partition(topic, partition)
+            for topic in self.creator.repartition_topics
+            for partition in range(self.creator.partitions_of(topic))
+        ]
+        running = all(task.running for task in self.tasks.windows.values())
+        return running and all(where in self.assigned and self.positions.at_end(where) for where in wanted)
+
     def _process(self, where: Partition, group: list[Record]) -> bool:
         """Give one partition's records to its readers; False when none may read them yet."""
         readers = self.tasks.readers(where)
@@ -240,6 +250,7 @@ class TaskManager:
 
     def punctuate(self, now: float) -> None:
         """Ask which source partitions are quiet, tell their tasks, and move every task on."""
+        self._check_direct_sources()
         self.ends.probe(now, int(self.wall_clock() * 1000), self.positions.read_up_to)
         running = self.tasks.running()
         for task in running:
@@ -363,7 +374,31 @@ class TaskManager:
         finally:
             self._in_rebalance = False
 
+    def _check_direct_sources(self) -> None:
+        """A direct pipeline's source that gained partitions stops the loop within a punctuation.
+
+        Its producers now put some keys in the new partitions, whose records
+        no task here reads yet, while the tasks holding those keys' sessions
+        move on with stream time: the sooner the loop stops and start-up
+        reads the pipeline through its repartition topic, the fewer sessions
+        can close before their next event arrives (``docs/operations.md``).
+        The consumer itself would see them only at its next metadata refresh.
+        """
+        for topic, expected in self.creator.direct_sources().items():
+            now = self._recount(topic)
+            if now != expected:
+                raise LayoutChanged(f"source topic {topic!r} of a direct pipeline now has {now} partitions, its state {expected}")
+
+    def _recount(self, topic: str) -> int:
+        """``topic``'s partition count as the broker has it now."""
+        metadata = self.consumer.list_topics(topic, timeout=10)
+        return len(metadata.topics[topic].partitions)
+
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            beyond = self.creator.beyond_layout(Partition(tp.topic, tp.partition))
+            if beyond is not None:
+                raise LayoutChanged(beyond)
         self.stats.rebalances += 1
         self.standbys.rebalanced()
         log.info("partitions assigned", partitions=[f"{p.topic}-{p.partition}" for p in partitions])

@@ -18,8 +18,10 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from service.config import Config
+from service.core.layout import Layout, apply_layout, layout_topic
 from service.core.topology import PipelinePlan, plan
 from service.errors import ConfigError
+from service.runtime.layout import read_layout
 
 log = structlog.get_logger("sessionizer.topics")
 
@@ -64,7 +66,49 @@ def internal_topics(config: Config) -> list[str]:
     return [t for p in config.pipelines for t in (p.repartition_topic, p.changelog_topic)]
 
 
-def ensure_topics(admin: AdminClient, config: Config, timeout: float = 30.0) -> dict[str, int]:
+def every_generation(config: Config, existing: Collection[str]) -> list[str]:
+    """The internal topics of every generation that exist, and the layout topic (for ``reset`` and ``rescale --cleanup``)."""
+    bases = internal_topics(config)
+    names = [n for n in existing if n in bases or any(n.startswith(f"{b}-g") and n[len(b) + 2 :].isdigit() for b in bases)]
+    topic = layout_topic(config)
+    return sorted(names) + ([topic] if topic in existing else [])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What start-up found: the configuration with the layout's topics, the layout, partitions per topic."""
+
+    config: Config
+    layout: Layout
+    partitions: dict[str, int]
+
+
+def prepare_topics(admin: AdminClient, config: Config, timeout: float = 30.0) -> Prepared:
+    """Read the committed layout, check ``topics.partitions`` against it, then ``ensure_topics`` of its generation."""
+    layout = read_layout(config, _partition_counts(admin, timeout), timeout)
+    check_layout(config, layout)
+    applied = apply_layout(config, layout)
+    return Prepared(applied, layout, ensure_topics(admin, applied, timeout, layout))
+
+
+def check_layout(config: Config, layout: Layout) -> None:
+    """A service whose ``topics.partitions`` is not the state's partition count stops, naming the command that changes it."""
+    if config.topics.partitions == layout.partitions:
+        return
+    if all(p.name in layout.direct for p in config.pipelines):
+        return  # every pipeline reads its sources directly: their count, not topics.partitions, is the layout
+    where = f"layout generation {layout.generation}" if layout.committed else "its changelogs"
+    raise ConfigError(
+        [
+            f"topics.partitions = {config.topics.partitions}, but the application's state has {layout.partitions} "
+            f"partitions ({where}): to change it, stop every replica and run "
+            f"'sessionizer rescale --config <file> --partitions {config.topics.partitions}' "
+            f"(docs/operations.md, \"Adding partitions\"), or set topics.partitions = {layout.partitions}"
+        ]
+    )
+
+
+def ensure_topics(admin: AdminClient, config: Config, timeout: float = 30.0, layout: Layout | None = None) -> dict[str, int]:
     """Check the source topics, create what the service writes and is missing (when ``topics.create``); return partitions per topic.
 
     Sources come first: how a pipeline is read (directly or through a
@@ -80,7 +124,8 @@ def ensure_topics(admin: AdminClient, config: Config, timeout: float = 30.0) -> 
         raise ConfigError(problems)
     written_sources = [s for s in planned_topics(config) if s.name in config.source_topics()]
     existing = _create(admin, config, [s for s in written_sources if s.name not in existing], existing, timeout)
-    plans = plan(config.pipelines, config.topics.partitions, existing)
+    direct = layout.direct if layout is not None and layout.committed else None
+    plans = plan(config.pipelines, config.topics.partitions, existing, direct)
     specs = planned_topics(config, plans)
     existing = _create(admin, config, [s for s in specs if s.name not in existing], existing, timeout)
     for pipeline in config.pipelines:
@@ -95,7 +140,8 @@ def ensure_topics(admin: AdminClient, config: Config, timeout: float = 30.0) -> 
             raise ConfigError(
                 [
                     f"{pipeline.changelog_topic} has {changelog} partitions but {shadowed} need {tasks}; "
-                    "they must match (see 'Replay and rebuild' in the README)"
+                    f"they must match: stop every replica and run 'sessionizer rescale --config <file> --partitions {tasks}' "
+                    "(docs/operations.md, \"Adding partitions\")"
                 ]
             )
     return existing

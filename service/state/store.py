@@ -43,7 +43,9 @@ _OFFSET = 2**63
 # Changelog keys carry a one-byte kind so meta entries cannot collide with user keys.
 WINDOW_PREFIX = b"w"
 META_PREFIX = b"m"
-_STREAM_TIME = b"stream_time"
+#: The metadata entry holding stream time (its changelog key is ``META_PREFIX`` + this).
+STREAM_TIME = b"stream_time"
+_STREAM_TIME = STREAM_TIME
 _CHECKPOINT = b"checkpoint"
 
 

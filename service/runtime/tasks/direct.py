@@ -8,7 +8,7 @@ from service.core.extract import Decode, KeyDecode, parse_event
 from service.core.partitioner import partition_for
 from service.core.reasons import WRONG_PARTITION
 from service.core.watermarks import source_id
-from service.errors import BadRecord
+from service.errors import BadRecord, LayoutChanged
 from service.runtime.collector import Collector
 from service.runtime.frames import Record
 from service.runtime.ids import Partition
@@ -27,7 +27,9 @@ class DirectTask(WindowTask):
     is its own source stage: it decodes each record, checks that its key
     belongs in this partition, keeps each input's watermark itself, and a
     record found in the wrong partition goes to the dead-letter topic instead
-    of into another key's store.
+    of into another key's store. Unless the topic has gained partitions since
+    start-up: then keys have moved, and ``LayoutChanged`` stops the loop
+    before the record is processed (start-up plans the pipeline again).
     """
 
     def __init__(
@@ -38,7 +40,9 @@ class DirectTask(WindowTask):
         decoders: Mapping[str, Decode] | None = None,
         key_decoders: Mapping[str, KeyDecode] | None = None,
         on_emit: Callable[[int], None] | None = None,
+        recount: Callable[[str], int] | None = None,
     ) -> None:
+        """``recount(topic)``: the topic's partition count now, asked when a key is found in the wrong partition."""
         sources = state.pipeline.config.sources
         inputs = [Partition(topic, state.partition) for topic in sources]
         super().__init__(state, inputs, collector, [source_id(i, state.partition) for i in range(len(sources))], on_emit)
@@ -49,6 +53,7 @@ class DirectTask(WindowTask):
         self._decoders = [(decoders or {}).get(topic, parse_event) for topic in sources]
         self._key_decoders = [(key_decoders or {}).get(topic) for topic in sources]
         self._verified: set[bytes] = set()
+        self._recount = recount
         #: Indexes of the inputs read to their end, for alignment.
         self._ended_inputs: set[int] = set()
 
@@ -71,12 +76,12 @@ class DirectTask(WindowTask):
                 if key_decode is None:
                     key, time_ms = extract(event, record_ms if kind else None, message.key())
                     if key not in verified:
-                        self._verify(key, number)
+                        self._verify(key, number, partition.topic)
                 else:  # grouped by the decoded key; partitioned, by the producer, by its bytes
                     record_key = message.key()
                     key, time_ms = extract(event, record_ms if kind else None, key_decode(record_key))
                     if record_key not in verified:
-                        self._verify(record_key or b"", number)
+                        self._verify(record_key or b"", number, partition.topic)
             except BadRecord as exc:
                 self._dead_letter(str(exc), message, exc.code)
                 continue
@@ -85,9 +90,16 @@ class DirectTask(WindowTask):
         self._advance()
         self._flush()
 
-    def _verify(self, key: bytes, partition: int) -> None:
+    def _verify(self, key: bytes, partition: int, topic: str) -> None:
         expected = partition_for(key, self._partitions)
         if expected != partition:
+            now = self._recount(topic) if self._recount is not None else self._partitions
+            if now != self._partitions:
+                # Its producers now spread keys over more partitions: this key's state is elsewhere.
+                raise LayoutChanged(
+                    f"source topic {topic!r} of pipeline {self.pipeline.name!r} now has {now} partitions, "
+                    f"the pipeline's state {self._partitions}"
+                )
             raise BadRecord(
                 f"wrong partition: key {key!r} belongs in partition {expected} of {self._partitions} "
                 f"(Kafka's default partitioner), the record is in {partition}; the sources of a pipeline "
