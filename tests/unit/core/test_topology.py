@@ -24,3 +24,11 @@ def test_a_source_of_another_partition_count_sends_the_pipeline_through_its_repa
 def test_a_pipeline_grouped_by_a_field_goes_through_its_repartition_topic():
     planned = plan(pipelines("user_id"), 4, {"web": 4, "mobile": 4})["s"]
     assert not planned.direct and planned.note is None
+
+
+def test_a_committed_layout_decides_which_record_key_pipelines_read_directly():
+    """After a rescale a pipeline reads directly only when the layout says so, co-partitioned or not."""
+    assert not plan(pipelines("@key"), 4, {"web": 4, "mobile": 4}, direct=frozenset())["s"].direct
+    assert plan(pipelines("@key"), 4, {"web": 4, "mobile": 4}, direct={"s"})["s"].direct
+    # The layout's word is not enough when the sources have since gained partitions.
+    assert not plan(pipelines("@key"), 4, {"web": 8, "mobile": 8}, direct={"s"})["s"].direct

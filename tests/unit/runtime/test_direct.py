@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from service.core.partitioner import partition_for
+from service.errors import LayoutChanged
 from service.runtime.clients import consumer_client_id
 from service.runtime.ends import END_MARGIN_MS
 from service.runtime.ids import TaskId
@@ -166,3 +167,30 @@ def test_a_direct_tasks_standby_copy_is_placed_by_who_runs_its_first_source_and_
         assert made.direct_task(0).state is TaskState.RUNNING
     finally:
         made.close()
+
+
+def test_a_source_that_gained_partitions_stops_the_loop_before_a_moved_key_is_processed(instance):
+    """Producers now spread keys over more partitions: a key found in the wrong partition is
+    not dead-lettered but stops the loop (``LayoutChanged``), its batch not processed, so
+    start-up can read the pipeline through its repartition topic with the state in place."""
+    instance.assign((WEB, 0), (MOBILE, 0))
+    instance.consumer.topic_partitions[WEB] = 4
+    [elsewhere] = keys_in(1, 1)
+    with pytest.raises(LayoutChanged, match="now has 4 partitions"):
+        instance.tasks.route([record(WEB, 0, elsewhere, T0)])
+    assert instance.cluster.visible(instance.config.pipelines[0].dead_letter_topic) == []
+
+
+def test_a_partition_beyond_the_pipelines_state_is_never_read(instance):
+    """The group assigns a partition the direct pipeline's state does not have: the loop stops."""
+    with pytest.raises(LayoutChanged, match="partition 2 assigned, the pipeline's state has 2"):
+        instance.assign((WEB, 0), (MOBILE, 0), (WEB, 2))
+    assert instance.tasks.tasks.windows == {}
+
+
+def test_the_punctuator_notices_sources_that_gained_partitions(instance):
+    instance.assign((WEB, 0), (MOBILE, 0))
+    instance.tasks.punctuate(0.0)
+    instance.consumer.topic_partitions[MOBILE] = 3
+    with pytest.raises(LayoutChanged, match="now has 3 partitions, its state 2"):
+        instance.tasks.punctuate(1.0)

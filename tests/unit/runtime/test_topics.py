@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from service.core.layout import Layout
 from service.errors import ConfigError
-from service.runtime.topics import ensure_topics, missing_sources
+from service.runtime.layout import inferred_layout
+from service.runtime.topics import check_layout, ensure_topics, every_generation, missing_sources, prepare_topics
 from tests.helpers import config_from_toml, config_toml, pipeline, session_window
 
 
@@ -106,3 +108,45 @@ def test_a_source_the_service_writes_itself_is_created_first():
     ensure_topics(admin, config)
     assert admin.created[0][0] == "visits"
     assert "web" not in [name for name, _, _ in admin.created]
+
+
+def test_a_partition_count_other_than_the_states_stops_start_up_naming_the_rescale_command():
+    """The state has 2 partitions (its changelogs say so, never rescaled); the config asks for 4."""
+    admin = TopicAdmin({"web": 2, "mobile": 2, "shop-sessions-changelog": 2, "shop-sessions-repartition": 2})
+    with pytest.raises(ConfigError) as info:
+        prepare_topics(admin, shop({"partitions": 4}))  # type: ignore[arg-type]
+    [problem] = info.value.problems
+    assert problem.startswith("topics.partitions = 4, but the application's state has 2 partitions (its changelogs)")
+    assert "'sessionizer rescale --config <file> --partitions 4'" in problem and "or set topics.partitions = 2" in problem
+
+
+def test_the_layout_of_an_application_never_rescaled_is_read_from_its_changelogs():
+    config = shop()
+    assert inferred_layout(config, {"web": 2, "mobile": 2}) == Layout(0, 2, frozenset(), committed=False)
+    assert inferred_layout(config, {"web": 2, "mobile": 2, "shop-sessions-changelog": 6}).partitions == 6
+    keyed = shop(sessions=pipeline(["web", "mobile"], session_window("10m"), key="@key"))
+    assert inferred_layout(keyed, {"web": 2, "mobile": 2}).direct == {"sessions"}
+    # Once read through its repartition topic (its sources gained partitions), it stays so.
+    assert inferred_layout(keyed, {"web": 2, "mobile": 2, "shop-sessions-repartition": 2}).direct == frozenset()
+
+
+def test_a_committed_layout_names_the_generation_in_the_line():
+    with pytest.raises(ConfigError, match=r"has 12 partitions \(layout generation 3\)"):
+        check_layout(shop(), Layout(3, 12))
+
+
+def test_reset_and_cleanup_find_the_internal_topics_of_every_generation():
+    existing = [
+        "web",
+        "shop-sessions-changelog",
+        "shop-sessions-changelog-g1",
+        "shop-sessions-repartition-g2",
+        "shop-sessions-changelog-gx",
+        "shop-layout",
+    ]
+    assert every_generation(shop(), existing) == [
+        "shop-sessions-changelog",
+        "shop-sessions-changelog-g1",
+        "shop-sessions-repartition-g2",
+        "shop-layout",
+    ]
