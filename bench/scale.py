@@ -10,6 +10,9 @@
 3. Stops it, deletes its local state, starts it again and times how long
    until ``/readyz`` answers 200: every store restored from its changelog.
    Prints changelog records/s, start-up included, and the peak RSS of that run.
+4. With ``--rescale N``: stops it, runs ``sessionizer rescale --partitions N``
+   and prints its duration and peak RSS next to the restore's; then starts the
+   service on the new layout, its local state wiped, and times it until ready.
 
 Not a test: it prints figures. Shared machines are noisy; compare within one run.
 """
@@ -177,6 +180,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--key", default="user_id", help='"user_id" (through a repartition topic) or "@key" (direct)')
     parser.add_argument("--app-extra", default="", help="extra [app] lines, e.g. memory settings")
+    parser.add_argument("--rescale", type=int, metavar="N", help="then rescale the state to N partitions, and restore that")
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:6]
@@ -230,6 +234,53 @@ def main() -> None:
                 }
             )
         )
+        if args.rescale:
+            rescale_and_restore(args, config, log, port, restore, rss, app, topic, state)
+
+
+def rescale_and_restore(
+    args: argparse.Namespace, config: Path, log: Path, port: int, restore: float, restore_rss: float, app: str, topic: str, state: Path
+) -> None:
+    """``sessionizer rescale --partitions N`` on the state just restored, then a restore of the new layout."""
+    text = config.read_text().replace(f"partitions = {args.partitions}", f"partitions = {args.rescale}", 1)
+    config.write_text(text)
+    started = time.perf_counter()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "rescale", "--config", str(config), "--partitions", str(args.rescale)],
+            cwd=REPO,
+            stdout=out,
+            stderr=out,
+        )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise RuntimeError(log.read_text()[-3000:])
+    rss = usage.ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "rescale": f"{args.partitions} -> {args.rescale}",
+                "rescale_seconds": round(seconds, 1),
+                "rescale_peak_rss_mib": round(rss),
+                "rescale_over_restore_seconds": round(seconds / restore, 2),
+                "rescale_over_restore_peak_rss": round(rss / restore_rss, 2),
+            }
+        )
+    )
+    shutil.rmtree(state)
+    records = changelog_records(args.bootstrap, f"{app}-sessions-changelog-g1", args.rescale)
+    again, again_rss = run_until(config, log, lambda: ready(port), every=0.05)
+    print(
+        json.dumps(
+            {
+                "restore_after_rescale_seconds_to_ready": round(again, 1),
+                "changelog_records": records,
+                "restore_records_per_s": round(records / again),
+                "restore_peak_rss_mib": round(again_rss),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

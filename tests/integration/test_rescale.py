@@ -13,12 +13,16 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from tests.helpers import sessionizer
-from tests.integration.harness import REPO, bootstrap, end_offsets, log_events, wait_until
+from tests.helpers import config_toml, sessionizer
+from tests.integration.backlog import Backlog
+from tests.integration.harness import REPO, Reader, bootstrap, create_topics, end_offsets, log_events, produce, stop_and_read, wait_until
+from tests.integration.test_operations import HOLD_THE_WALL_CLOCK
+from tests.integration.test_rules import SHOP_TOPICS, by_user, calls_body, check_sessions, offline, online, shop_body
 from tests.integration.workload import (
     SOURCES,
     Workload,
@@ -166,3 +170,60 @@ def test_a_direct_pipelines_sources_gain_partitions_while_it_runs(app):
     assert_exact(app, got, expected, workload)
     events = [e for e in log_events(service.log()) if e.get("event") == "pipeline read through its repartition topic"]
     assert events, "after the rescale the pipeline reads through its repartition topic"
+
+
+def test_rule_and_pairing_state_moves_with_its_keys(app):
+    """Carts (a sequence rule's first step, two absence rules' too) and the first event of
+    each call pair are committed; the service stops; 3 → 5 partitions; payments and the
+    calls' second events follow. Every purchase, coupon, nudge and paired call comes out
+    once, as offline mode derives them from all the events, and the sessions are the oracle's.
+
+    The first run's wall clock is held back, so the carts' stream time stays at their event
+    time however long the barrier takes (``tests.integration.test_rules``).
+    """
+    shop = tomllib.loads(shop_body(app, gap="2s", grace="1s"))["pipelines"]["shop"]
+    calls = tomllib.loads(calls_body(app))["pipelines"]["calls"]
+    body = config_toml({"shop": shop, "calls": calls})
+    configured(app, body, 3)
+    web, mobile, analytics, metrics = (app.topic(t) for t in ("web", "mobile", "analytics", "metrics"))
+    create_topics([web, mobile, analytics, metrics])
+    service = app.service().start(env=HOLD_THE_WALL_CLOCK)
+    service.wait_started()
+    now = int(time.time() * 1000)
+    users = [f"user_{i}" for i in range(40)]
+    pairs = [(f"a{i}", f"b{i}") for i in range(20)]
+    carts = [{"user_id": u, "timestamp": now, "type": "item_added_to_cart", "event_id": f"c-{u}"} for u in users]
+    firsts = [{"user1": a, "user2": b, "timestamp": now, "analytics": f"x-{a}"} for a, b in pairs]
+    produce(web, carts, key=by_user)
+    produce(analytics, firsts)
+    changelogs = Reader([f"{app.id}-shop-changelog", f"{app.id}-calls-changelog"])
+
+    def committed():
+        changelogs.poll(0.3)
+        keys = {r.key for r in changelogs.records if r.key and r.key.startswith(b"w")}
+        return {b"w" + u.encode() for u in users} <= keys and len(keys) >= len(users) + len(pairs)
+
+    wait_until(committed, 60, "every cart and every first call event in the changelogs")
+    changelogs.close()
+    assert service.stop() == 0
+
+    done = rescale(app, 5)
+    assert done.returncode == 0, done.stderr
+    payments = [{"user_id": u, "timestamp": now + 1000, "type": "payment_processed", "event_id": f"p-{u}"} for u in users[::2]]
+    seconds = [{"user1": a, "user2": b, "timestamp": now + 400, "metrics": f"y-{a}"} for a, b in pairs]
+    produce(mobile, payments, key=by_user)
+    produce(metrics, seconds)
+    service = app.service().start()
+    reader = Reader([app.topic("sessions"), app.topic("calls")])
+    reader.wait_for(len(users), timeout=90, topic=app.topic("sessions"))
+    reader.wait_for(len(pairs), timeout=90, topic=app.topic("calls"))
+    reader.close()
+    got = stop_and_read([service], [app.topic(t) for t in (*SHOP_TOPICS, "calls")])
+    assert got[app.topic("late")] == [] and got[app.topic("dlq")] == []
+    assert len(got[app.topic("purchases")]) == len(payments)
+    assert len(got[app.topic("calls")]) == len(pairs)
+    assert all(set(r.json()) >= {"analytics", "metrics"} for r in got[app.topic("calls")]), "every call paired across the switch"
+    backlog = Backlog({web: carts, mobile: payments, analytics: firsts, metrics: seconds})
+    shop_only = {t: got[app.topic(t)] for t in SHOP_TOPICS}
+    check_sessions(app, {app.topic(t): v for t, v in shop_only.items()}, Backlog({web: carts, mobile: payments}), 2_000)
+    assert online(got) == offline(app.config_path, backlog)
