@@ -8,7 +8,7 @@ oracle, each session once, nothing late.
 
 from __future__ import annotations
 
-import random
+import os
 import signal
 import subprocess
 import sys
@@ -52,6 +52,30 @@ def layout_generation(app) -> int:
     topics = admin.list_topics(timeout=10).topics
     changelogs = [t for t in topics if t.startswith(app.topic("sessions-changelog"))]
     return max(int(t.rsplit("-g", 1)[1]) if "-g" in t else 0 for t in changelogs)
+
+
+def kill_at(app, point: str | tuple[str, ...] | None) -> bool:
+    """Start the command and SIGKILL it as soon as its output shows ``point`` (or 0.3 s in); True if it was killed."""
+    marks = (point,) if isinstance(point, str) else point
+    command = subprocess.Popen(
+        [sys.executable, "-m", "service", "rescale", "--config", str(app.config_path), "--partitions", "4"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert command.stdout is not None
+    if marks is None:
+        time.sleep(0.3)
+    else:
+        for line in command.stdout:
+            if any(mark in line for mark in marks):
+                break
+    alive = command.poll() is None
+    command.send_signal(signal.SIGKILL)
+    command.communicate(timeout=60)
+    return alive
 
 
 def produce_then_stop(app, workload: Workload, replicas: list[str], fraction: float):
@@ -103,7 +127,7 @@ def test_six_to_twelve_partitions_under_live_traffic_with_two_replicas_after(app
 
 
 def test_twelve_to_four_with_sessions_open_across_the_switch_and_kills_of_the_command(app):
-    """12 → 4, the command killed with SIGKILL at five random moments and run again each time:
+    """12 → 4, the command killed with SIGKILL at five moments and run again each time:
     sessions that started before the switch and ended after it come out once, whole."""
     configured(app, pipeline_body(app), 12)
     workload = Workload(app, events=36_000, users=400, rate=1_500, seed=32)
@@ -111,22 +135,11 @@ def test_twelve_to_four_with_sessions_open_across_the_switch_and_kills_of_the_co
     produce_then_stop(app, workload, ["i1"], 0.5)
     switch_ms = int(time.time() * 1000)
     app.configure(app.body, partitions=4, app_extra=app.extra)
-    rng = random.Random(32)
-    kills = 0
-    for _ in range(5):
-        command = subprocess.Popen(
-            [sys.executable, "-m", "service", "rescale", "--config", str(app.config_path), "--partitions", "4"],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        time.sleep(rng.uniform(0.5, 8.0))
-        if command.poll() is None:
-            command.send_signal(signal.SIGKILL)
-            kills += 1
-        command.wait(60)
-    assert kills >= 3, "the command finished before most kills; the test would not test them"
+    # Five kills, one in each phase: starting, before the drain, draining, writing the new
+    # topics, and between the copy and the commit. Each attempt before the commit starts over.
+    points = [None, "rescale of", ("state restored", "state up to date", "topic created"), ("topic created",), ("records of",)]
+    killed = [kill_at(app, point) for point in points]
+    assert killed == [True] * 5, killed
     done = rescale(app, 4)
     assert done.returncode == 0, done.stderr
     assert layout_generation(app) == 1
