@@ -115,6 +115,9 @@ def test_six_to_twelve_partitions_under_live_traffic_with_two_replicas_after(app
 
     done = rescale(app, 12)
     assert done.returncode == 0, done.stderr
+    # The last transaction of a replica stopped under traffic holds frames no window task read:
+    # the command processes them with the old layout's tasks before it copies anything.
+    assert "draining" in done.stdout and '"repartition topics drained"' in done.stderr, done.stdout
     assert "committed layout generation 1" in done.stdout
     assert layout_generation(app) == 1
     assert len(end_offsets(app.topic("sessions-changelog-g1"), 12)) == 12
