@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, runs ruff and mypy (settings in
-# pyproject.toml), starts a throwaway Kafka broker (its own port and data
-# directory) and a schema registry (scripts/registry.sh, its own port), runs
-# unit and integration tests, stops them. Without a JDK of 21 or newer the
-# registry cannot run: its tests are then reported as skipped, with the reason.
+# pyproject.toml), starts a throwaway Kafka broker (its own data directory) and
+# a schema registry (scripts/registry.sh), runs unit and integration tests,
+# stops them. Without a JDK of 21 or newer the registry cannot run: its tests
+# are then reported as skipped, with the reason.
+#
+# Ports: the broker listens on KAFKA_PORT, +1 (controller) and +2 (SASL), the
+# registry on its port and +1 (management). They are free ports picked at
+# random (scripts/free_ports.py) and printed, so two runs on one machine do not
+# collide, unless the caller sets SESSIONIZER_TEST_KAFKA_PORT,
+# SESSIONIZER_TEST_KAFKA_SASL_PORT or SESSIONIZER_TEST_REGISTRY_PORT.
 #
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh -m "not chaos"  # any pytest arguments
+#   SESSIONIZER_TEST_KAFKA_PORT=19092 bash scripts/test.sh   # a fixed broker port
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SESSIONIZER_EXTRAS=test,dev,registry source scripts/env.sh
@@ -21,12 +28,27 @@ if ! "$VENV/bin/python" -m mypy; then
   exit 1
 fi
 
-export KAFKA_PORT=${SESSIONIZER_TEST_KAFKA_PORT:-19092}
+# Free ports for what the caller did not set, clear of what it did set.
+avoid=()
+if [ -n "${SESSIONIZER_TEST_KAFKA_PORT:-}" ]; then
+  avoid+=("$SESSIONIZER_TEST_KAFKA_PORT" "$((SESSIONIZER_TEST_KAFKA_PORT + 1))" "$((SESSIONIZER_TEST_KAFKA_PORT + 2))")
+fi
+if [ -n "${SESSIONIZER_TEST_KAFKA_SASL_PORT:-}" ]; then
+  avoid+=("$SESSIONIZER_TEST_KAFKA_SASL_PORT")
+fi
+if [ -n "${SESSIONIZER_TEST_REGISTRY_PORT:-}" ]; then
+  avoid+=("$SESSIONIZER_TEST_REGISTRY_PORT" "$((SESSIONIZER_TEST_REGISTRY_PORT + 1))")
+fi
+free=$("$VENV/bin/python" scripts/free_ports.py 3 2 --avoid ${avoid[@]+"${avoid[@]}"})
+read -r free_kafka free_registry <<<"$free"
+export KAFKA_PORT=${SESSIONIZER_TEST_KAFKA_PORT:-$free_kafka}
 # A SASL/PLAIN listener too, for the authentication-failure test.
 export KAFKA_SASL_PORT=${SESSIONIZER_TEST_KAFKA_SASL_PORT:-$((KAFKA_PORT + 2))}
 KAFKA_DATA_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sessionizer-test-kafka.XXXXXX")
 export KAFKA_DATA_DIR
-export SESSIONIZER_TEST_REGISTRY_PORT=${SESSIONIZER_TEST_REGISTRY_PORT:-19181}
+export SESSIONIZER_TEST_REGISTRY_PORT=${SESSIONIZER_TEST_REGISTRY_PORT:-$free_registry}
+echo "test.sh: Kafka on 127.0.0.1:$KAFKA_PORT (controller $((KAFKA_PORT + 1)), SASL $KAFKA_SASL_PORT);" \
+  "schema registry on 127.0.0.1:$SESSIONIZER_TEST_REGISTRY_PORT (management $((SESSIONIZER_TEST_REGISTRY_PORT + 1)))"
 registry_started=
 cleanup() {
   bash scripts/kafka.sh stop >/dev/null 2>&1 || true

@@ -19,6 +19,7 @@ from service.core.extract import parse_time_ms
 from service.errors import BadRecord, UsageError
 from service.ops.logs import configure_logging
 from service.runtime.admin import apply_reset, plan_reset, restore_state
+from service.state.directory import require_state_dir
 
 
 def reset(config: Config, to_datetime: str | None, yes: bool) -> int:
@@ -27,6 +28,7 @@ def reset(config: Config, to_datetime: str | None, yes: bool) -> int:
             parse_time_ms(to_datetime, "iso8601", "--to-datetime")
         except BadRecord:
             raise UsageError(f"--to-datetime {to_datetime!r}: expected an ISO-8601 time such as 2026-11-01T00:00:00Z") from None
+    require_state_dir(config, instance=False)  # it deletes the app's local state: find out now, not after the group is reset
     plan = plan_reset(config, to_datetime)
     print(plan.describe())
     if not yes:
@@ -42,6 +44,7 @@ def reset(config: Config, to_datetime: str | None, yes: bool) -> int:
 
 
 def restore(config: Config, partitions: list[int] | None) -> int:
+    require_state_dir(config)  # before connecting: the stores are written only once the changelogs are read
     configure_logging(config.log.level, config.log.format, app_id=config.app_id, instance_id=config.instance_id)
     total = restore_state(config, partitions)
     print(f"restored {total} changelog records")

@@ -22,11 +22,20 @@ from service.ops.web import OpsServer
 from service.runtime.loop import StreamLoop
 from service.runtime.startup import start
 from service.runtime.stats import LoopStats
+from service.state.directory import require_state_dir
 
 
 def run(config: Config) -> int:
     """The HTTP port answers from the start (``/healthz`` alive, ``/readyz`` saying why not ready);
-    then the broker is reached, with retries, and the loop runs until a signal stops it."""
+    then the broker is reached, with retries, and the loop runs until a signal stops it.
+
+    What this machine must give (a writable state directory, free HTTP ports) is
+    checked first, before anything is logged: a problem there is one line on
+    stderr and exit status 2, like an invalid configuration.
+    """
+    require_state_dir(config)
+    stats = LoopStats()
+    server = OpsServer(config, stats, build_registry(stats, config))
     configure_logging(
         config.log.level,
         config.log.format,
@@ -35,8 +44,6 @@ def run(config: Config) -> int:
         instance_id=config.instance_id,
     )
     structlog.get_logger("sessionizer").info("configuration", version=__version__, config=effective_config(config))
-    stats = LoopStats()
-    server = OpsServer(config, stats, build_registry(stats, config))
     server.start()
     stop = _Stop()
     _handle_signals(stop)

@@ -14,10 +14,11 @@ reads that collect problems), ``plugins`` (user classes), plus ``durations``,
 from __future__ import annotations
 
 from service.config import schema
-from service.config.loading import ENV_PREFIX, apply_env_overrides, load_config
+from service.config.loading import apply_env_overrides, load_config
 from service.config.parse import kafka_property, parse_config
 from service.config.plugins import CUSTOM_METHODS, import_class
 from service.config.schema import *  # noqa: F403  (the dataclasses and the vocabulary: schema.__all__)
+from service.config.schema import ENV_PREFIX
 from service.errors import ConfigError
 
 __all__ = [

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from service.config.parse import parse_config
-from service.config.schema import BOOLEAN, INTEGER, KEYS, LIST, TABLE, VALUE, Config
+from service.config.schema import BOOLEAN, ENV_PREFIX, INTEGER, KEYS, LIST, TABLE, TOPIC_TABLE, VALUE, Config
 from service.config.table import Override
 from service.errors import ConfigError, UsageError
 
-ENV_PREFIX = "SESSIONIZER__"
 #: ``SESSIONIZER__KAFKA__SASL_PASSWORD_FILE=/run/secrets/kafka`` sets ``sasl.password`` to the file's content.
 FILE_SUFFIX = "_file"
 
@@ -81,6 +80,12 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], problem
     ``SESSIONIZER__KAFKA__SASL_PASSWORD`` (or ``…SASL.PASSWORD`` where the
     environment allows dots in names) reaches ``[kafka] "sasl.password"``.
 
+    Names are read in lower case, and a shell allows no ``.`` or ``-`` in
+    them, so ``SESSIONIZER__SOURCES__<TOPIC>__<KEY>`` reaches only topics
+    named in lower case with ``_``. ``SESSIONIZER__SOURCES`` reaches any:
+    its value is an inline TOML table of entries by topic name, set key by
+    key over the file's (``_topic_entries``).
+
     A variable whose name ends in ``_FILE`` names a file instead, whose
     content (less a trailing newline) is the value: how Docker and Kubernetes
     hand secrets over. Setting a key both ways is a problem.
@@ -105,30 +110,51 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], problem
             problems.append(f"environment variable {name}: {setters[key]} sets {key} too; set one of them")
             continue
         setters[key] = name
-        if from_file:
-            file_override = _read_file(name, text, problems)
-            if file_override is None:
-                continue
-            override = file_override
-        else:
-            override = Override(name, text)
-        value = env_value(key_kind(parts), override.text, override, problems)
-        if value is None:
+        override = _read_file(name, text, problems) if from_file else Override(name, text)
+        if override is None:
             continue
-        table = raw
-        for depth, part in enumerate(parts[:-1]):
-            if part not in table:
-                table[part] = {}
-                overrides.setdefault(".".join(parts[: depth + 1]), override)
-            child = table[part]
-            if not isinstance(child, dict):
-                problems.append(f"environment variable {name}: {part!r} is not a table")
-                break
-            table = child
+        if parts == [TOPIC_TABLE]:
+            settings = _topic_entries(override, problems)
+            setters.update((".".join(path), name) for path, _ in settings)
         else:
-            table[parts[-1]] = value
-            overrides[".".join(parts)] = override
+            value = env_value(key_kind(parts), override.text, override, problems)
+            settings = [] if value is None else [(parts, value)]
+        for path, value in settings:
+            _set(raw, path, value, override, overrides, problems)
     return overrides
+
+
+def _topic_entries(override: Override, problems: list[str]) -> list[tuple[list[str], Any]]:
+    """``SESSIONIZER__SOURCES='{ "Web.Events" = { format = "avro" } }'``: each key of each topic it names, as a path.
+
+    The topic names are TOML keys, spelt exactly (capitals, dots, dashes,
+    ``__``), which no variable name can carry. Each key is set on its own, so
+    the file's other entries and keys stay.
+    """
+    value = _toml_value(override.text)
+    if not isinstance(value, dict) or not all(isinstance(entry, dict) for entry in value.values()):
+        problems.append(
+            f"{override.describe()}: expected an inline TOML table of source topics, "
+            'such as { "Web.Events" = { format = "avro" } }'
+        )
+        return []
+    return [([TOPIC_TABLE, topic, key], setting) for topic, entry in value.items() for key, setting in entry.items()]
+
+
+def _set(raw: dict[str, Any], path: list[str], value: Any, override: Override, overrides: dict[str, Override], problems: list[str]) -> None:
+    """Put ``value`` at ``path`` in the document, making the tables on the way; record the variable behind each."""
+    table = raw
+    for depth, part in enumerate(path[:-1]):
+        if part not in table:
+            table[part] = {}
+            overrides.setdefault(".".join(path[: depth + 1]), override)
+        child = table[part]
+        if not isinstance(child, dict):
+            problems.append(f"environment variable {override.variable}: {part!r} is not a table")
+            return
+        table = child
+    table[path[-1]] = value
+    overrides[".".join(path)] = override
 
 
 def _read_file(name: str, path: str, problems: list[str]) -> Override | None:

@@ -16,6 +16,7 @@ from typing import Any
 from service.config.plugins import check_custom_class
 from service.config.schema import (
     AGGREGATE_TYPES,
+    ENV_PREFIX,
     FORMATS,
     GUARANTEES,
     KEY_FORMATS,
@@ -27,6 +28,7 @@ from service.config.schema import (
     SUBJECT_STRATEGIES,
     TIME_FORMATS,
     TIMESTAMP_FROM,
+    TOPIC_TABLE,
     WINDOW_TYPES,
     AggregateConfig,
     ConditionConfig,
@@ -45,7 +47,7 @@ from service.config.schema import (
     WindowConfig,
     default_of,
 )
-from service.config.table import Overrides, Table
+from service.config.table import Override, Overrides, Table
 
 
 def parse_config(
@@ -199,9 +201,42 @@ def _parse_sources(table: Table, pipelines: tuple[PipelineConfig, ...]) -> dict[
             spec.fail("validate", validate, 'true only with format = "json_schema"')
         spec.finish()
         if pipelines and topic not in read:
-            table.problems.append(f"{spec.path}: no pipeline reads topic {topic!r} (its sources are {sorted(read)})")
+            unread = f"no pipeline reads topic {topic!r} (its sources are {sorted(read)})"
+            override = table.overrides.get(spec.path)  # set when a variable made the entry
+            if override is None:
+                table.problems.append(f"{spec.path}: {unread}")
+            elif "__" in override.variable[len(ENV_PREFIX) :]:  # SESSIONIZER__SOURCES__<TOPIC>__<KEY>
+                table.problems.append(_unreachable_topic(override, topic, read, spec.data))
+            else:  # SESSIONIZER__SOURCES, which spells the topic exactly
+                table.problems.append(f"{override.describe(value=False)}: {unread}")
         out[topic] = SourceConfig(topic, fmt, key_format, validate)
     return out
+
+
+def _unreachable_topic(override: Override, topic: str, read: set[str], settings: dict[str, Any]) -> str:
+    """A ``SESSIONIZER__SOURCES__<TOPIC>__…`` variable names no topic read: say why, and the spelling that reaches it.
+
+    The name is read in lower case and a shell allows no ``.`` or ``-`` in it,
+    so the topic meant is likely one that reads the same once lower-cased with
+    ``_`` for ``.`` and ``-``; ``SESSIONIZER__SOURCES`` spells topics exactly.
+    """
+    folded = [t for t in sorted(read) if t.lower().replace(".", "_").replace("-", "_") == topic]
+    meant = folded[0] if len(folded) == 1 else "<topic>"
+    entry = ", ".join(f"{key} = {_inline(value)}" for key, value in settings.items())
+    return (
+        f"{override.describe(value=False)}: no pipeline reads topic {topic!r} (its sources are {sorted(read)}); "
+        "variable names are read in lower case and a shell allows no '.' or '-' in them, "
+        f"so set {ENV_PREFIX}{TOPIC_TABLE.upper()}='{{ \"{meant}\" = {{ {entry} }} }}' instead"
+    )
+
+
+def _inline(value: Any) -> str:
+    """A value as TOML writes it inline (strings quoted, booleans in lower case)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value)
 
 
 def _check_formats(root: Table, config: Config) -> None:

@@ -88,6 +88,14 @@ VALUE = "value"
 #: A table: an inline TOML table (``{ field = "page" }``).
 TABLE = "table"
 
+#: Environment variables that override keys start with this (``service.config.loading``).
+ENV_PREFIX = "SESSIONIZER__"
+#: The table whose entries are named by source topic (``[sources."<topic>"]``). A variable's name is
+#: read in lower case and, from a shell, holds only letters, digits and ``_``, so
+#: ``SESSIONIZER__SOURCES__<TOPIC>__<KEY>`` reaches only topics named so; ``SESSIONIZER__SOURCES``
+#: holds entries as an inline TOML table, whose keys are topic names of any spelling.
+TOPIC_TABLE = "sources"
+
 #: Every key a config file accepts, as docs/configuration.md lists them, with the
 #: kind of value it holds. ``<name>`` stands for a pipeline or aggregate name,
 #: ``<property>`` for any librdkafka property. A unit test checks these keys

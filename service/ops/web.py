@@ -8,7 +8,9 @@ counters, and session queries are handed to the loop (``service.ops.queries``).
 
 from __future__ import annotations
 
+import errno
 import hmac
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from service.config import Config
+from service.errors import ConfigError
 from service.ops.queries import SessionQueries
 from service.runtime.stats import LoopStats
 
@@ -82,17 +85,27 @@ class OpsServer:
         #: Given once the topics are known (after start-up, ``answer_sessions``); until then queries get 503.
         self._sessions: SessionQueries | None = None
         self._token = config.http.sessions_token.encode() if config.http.sessions_token else None
+        #: ``shutdown`` waits for ``serve_forever`` to end: only once it was started.
+        self._started = False
         separate = config.http.sessions_port != 0
-        self._servers = [self._listen(config.http.port, probes=True, sessions=not separate)]
+        self._servers = [self._listen("http.port", config.http.port, probes=True, sessions=not separate)]
         if separate:
-            self._servers.append(self._listen(config.http.sessions_port, probes=False, sessions=True))
+            try:
+                self._servers.append(self._listen("http.sessions_port", config.http.sessions_port, probes=False, sessions=True))
+            except ConfigError:
+                self.close()
+                raise
 
     def answer_sessions(self, queries: SessionQueries) -> None:
         """From now on ``/sessions/{key}`` is answered by ``queries`` (start-up has found the topics)."""
         self._sessions = queries
 
-    def _listen(self, port: int, probes: bool, sessions: bool) -> ThreadingHTTPServer:
-        httpd = ThreadingHTTPServer((self.config.http.host, port), _handler(self, probes, sessions))
+    def _listen(self, key: str, port: int, probes: bool, sessions: bool) -> ThreadingHTTPServer:
+        """Bind ``port`` (set by ``key``); a port that cannot be bound is a ``ConfigError`` naming both, not a traceback."""
+        try:
+            httpd = ThreadingHTTPServer((self.config.http.host, port), _handler(self, probes, sessions))
+        except OSError as exc:
+            raise ConfigError([listen_problem(key, self.config.http.host, port, exc)]) from None
         httpd.daemon_threads = True
         return httpd
 
@@ -105,13 +118,15 @@ class OpsServer:
         return self._servers[-1].server_address[1]
 
     def start(self) -> None:
+        self._started = True
         for httpd in self._servers:
             threading.Thread(target=httpd.serve_forever, name="http", daemon=True).start()
         log.info("http listening", host=self.config.http.host, port=self.port, sessions_port=self.sessions_port)
 
     def close(self) -> None:
         for httpd in self._servers:
-            httpd.shutdown()
+            if self._started:
+                httpd.shutdown()
             httpd.server_close()
 
     # -- routes -------------------------------------------------------------------
@@ -156,6 +171,20 @@ class OpsServer:
             return True
         scheme, _, presented = (authorization or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self._token)
+
+
+def listen_problem(key: str, host: str, port: int, error: OSError) -> str:
+    """One line for a port the HTTP server cannot bind: the key that sets it, the address and what to do."""
+    if isinstance(error, socket.gaierror):
+        return f"http.host = {host!r}: cannot listen there: {error.strerror or error}"
+    where = f"{key} = {port}: cannot listen on {host}:{port}"
+    if error.errno == errno.EADDRINUSE:
+        return f"{where}: the port is already in use (another process listens there); stop it, or set {key} to a free port (0 picks one)"
+    if error.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges); set {key} to a port above 1023"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: {error.strerror}; set http.host to an address of this machine (0.0.0.0: all of them)"
+    return f"{where}: {error.strerror or error}"
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> tuple[int, str, bytes, dict[str, str]]:

@@ -196,7 +196,8 @@ def test_prometheus_scrapes_the_service_and_mounted_files_exist():
 
 
 def _referenced_metrics(text: str) -> set[str]:
-    return set(re.findall(r"\b(sessionizer_[a-z_]+)", text))
+    """The service's own metrics and the process collector's (``process_start_time_seconds``) an expression uses."""
+    return set(re.findall(r"\b((?:sessionizer|process)_[a-z_]+)", text))
 
 
 def test_alerts_and_dashboard_use_metrics_that_exist():
@@ -240,11 +241,20 @@ def test_every_alert_has_a_severity_and_a_runbook_that_exists():
     assert runbooks == {f"runbook-{name.lower()}" for name in names}
 
 
+#: ``on (job, instance) group_left (app_id, …)``: a per-target series (``process_*``, which has no app_id)
+#: joined to ``sessionizer_info`` of the same target, which gives it app_id.
+TAKES_APP_ID = re.compile(r"\bon\s*\(([^)]*)\)\s*group_left\s*\(([^)]*)\)")
+
+
 def test_alerts_keep_app_id_so_two_applications_alert_apart():
     for rule in RULES:
         expr = rule["expr"]
         if "sessionizer_" not in expr:
             continue  # up{job="sessionizer"}: per target
+        for on, taken in TAKES_APP_ID.findall(expr):
+            assert {"job", "instance"} <= {label.strip() for label in on.split(",")}, (rule["alert"], on)
+            assert "app_id" in [label.strip() for label in taken.split(",")], (rule["alert"], taken)
+        expr = TAKES_APP_ID.sub(" ", expr)
         for grouping in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
             assert "app_id" in [label.strip() for label in grouping.split(",")], (rule["alert"], grouping)
         # an aggregation without "by" would add applications up
@@ -252,6 +262,29 @@ def test_alerts_keep_app_id_so_two_applications_alert_apart():
             assert aggregation.group(1), (rule["alert"], aggregation.group(0))
         for ignored in re.findall(r"\bignoring\s*\(([^)]*)\)", expr):
             assert "app_id" not in ignored, rule["alert"]
+
+
+def test_a_replica_that_keeps_restarting_alerts():
+    """A fenced process exits 4 and an always-restart policy brings it back: two holders of one instance id take
+    turns, and so does a crash loop. The alert counts starts the scrapes saw, names the instance id, and outlives
+    the scrapes that fail while the process is down."""
+    (rule,) = [rule for rule in RULES if rule["alert"] == "SessionizerRestarting"]
+    expr = " ".join(rule["expr"].split())
+    assert re.match(r'changes\(process_start_time_seconds\{job="sessionizer"\}\[15m\]\) \* on \(job, instance\) group_left', expr)
+    assert "process_start_time_seconds" in exported_names()
+    assert re.search(r"max by \(job, instance, app_id, instance_id\) \(sessionizer_info\) >= 3$", expr)
+    info_labels = {
+        label
+        for family in text_string_to_metric_families(generate_latest(build_registry(LoopStats(), sample_config())).decode())
+        if family.name == "sessionizer_info"
+        for sample in family.samples
+        for label in sample.labels
+    }
+    assert {"app_id", "instance_id"} <= info_labels
+    assert rule["keep_firing_for"] and rule["labels"]["severity"] == "critical"
+    assert "{{ $labels.instance_id }}" in rule["annotations"]["summary"]
+    runbook = (REPO / "docs" / "operations.md").read_text().split("### Runbook: SessionizerRestarting", 1)[1].split("\n### ", 1)[0]
+    assert "exit code" in runbook and "4" in runbook and "fenced" in runbook
 
 
 def test_operations_guide_anchor_links_resolve():

@@ -20,7 +20,7 @@ import orjson
 
 from service.core.reasons import BAD_BODY, NOT_AN_OBJECT, UNKNOWN_SCHEMA
 from service.errors import BadRecord
-from service.runtime.formats.framing import HEADER_SIZE, schema_id
+from service.runtime.formats.framing import HEADER_SIZE, header, schema_id
 from service.runtime.formats.registry import Fetched, Registry
 
 #: What fastavro raises for a body that does not fit its schema (the spike's census of random bodies).
@@ -116,6 +116,7 @@ def _record_converter(fields: list[tuple[str, Convert]]) -> Convert:
 def decoder(registry: Registry, records_only: bool = True, what: str = "value") -> Callable[[bytes | None], Any]:
     """Decode framed Avro values (``records_only``: the top level must be a record, as an event is)."""
     readers: dict[bytes, tuple[Any, Convert | None]] = {}
+    registry.on_evict(lambda sid: readers.pop(header(sid), None))  # bounded as the registry's cache is
     read = fastavro.schemaless_reader
     BytesIO = io.BytesIO
 

@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import structlog
 
 from service.errors import BadRecord, RegistryUnavailable
-from service.runtime.formats.framing import HEADER_SIZE
+from service.runtime.formats.framing import HEADER_SIZE, header
 from service.runtime.formats.registry import Fetched, Registry
 from service.runtime.frames import Record
 from service.runtime.ids import Partition
@@ -69,8 +69,10 @@ class SchemaGate:
         self.backoff_max = backoff_max
         self.clock = clock
         self._executor = executor
-        #: Headers (magic byte and id) whose schema is at hand, or known to be unknown.
+        #: Headers (magic byte and id) whose schema is at hand: always in the registry's cache, so
+        #: a record admitted never makes a decoder call the registry (dropped with the schema).
         self._ready: set[bytes] = set()
+        registry.on_evict(lambda sid: self._ready.discard(header(sid)))
         self._lookups: dict[int, _Lookup] = {}
         #: Paused partitions -> the schema id each waits for.
         self.waiting: dict[Partition, int] = {}
@@ -134,7 +136,7 @@ class SchemaGate:
             lookup.future = None
             error = future.exception()
             if error is None:
-                self.registry.schemas[sid] = future.result()
+                self.registry.remember(future.result())
                 del self._lookups[sid]
                 if lookup.failures:
                     log.info("schema registry answered again", schema_id=sid, failed_attempts=lookup.failures)

@@ -15,7 +15,7 @@ import orjson
 
 from service.core.reasons import BAD_BODY, NOT_AN_OBJECT, UNKNOWN_SCHEMA
 from service.errors import BadRecord
-from service.runtime.formats.framing import HEADER_SIZE, schema_id
+from service.runtime.formats.framing import HEADER_SIZE, header, schema_id
 from service.runtime.formats.registry import Registry
 
 
@@ -24,6 +24,8 @@ def decoder(
 ) -> Callable[[bytes | None], Any]:
     loads = orjson.loads
     validators: dict[bytes, Any] = {}
+    if registry is not None:
+        registry.on_evict(lambda sid: validators.pop(header(sid), None))  # bounded as the registry's cache is
 
     def validator(raw: bytes) -> Any:
         found = validators.get(raw[:HEADER_SIZE])

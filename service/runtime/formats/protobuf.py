@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 
 from service.core.reasons import BAD_BODY, UNKNOWN_SCHEMA
 from service.errors import BadRecord
-from service.runtime.formats.framing import HEADER_SIZE, read_indexes, schema_id
+from service.runtime.formats.framing import HEADER_SIZE, header, read_indexes, schema_id
 from service.runtime.formats.registry import Fetched, Registry
 
 Convert = Callable[[Any], Any]
@@ -279,6 +279,15 @@ def decoder(registry: Registry, records_only: bool = True, what: str = "value") 
     #: header + message index bytes -> (message class, its converter)
     classes: dict[bytes, tuple[Any, Convert]] = {}
     files: dict[int, tuple[Any, descriptor_pb2.FileDescriptorProto]] = {}
+
+    def evicted(sid: int) -> None:
+        """The registry dropped the schema: so do these, which stay as bounded as its cache."""
+        files.pop(sid, None)
+        prefix = header(sid)
+        for framing in [key for key in classes if key.startswith(prefix)]:
+            del classes[framing]
+
+    registry.on_evict(evicted)
 
     def resolve(raw: bytes | None) -> tuple[tuple[Any, Convert], int]:
         sid = schema_id(raw, what)

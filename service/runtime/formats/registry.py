@@ -8,11 +8,14 @@ Two kinds of failure are kept apart, because they call for opposite answers:
   authentication error. Nothing is wrong with the record, so it waits: the
   caller gets ``RegistryUnavailable`` and retries later.
 
-A schema never changes under its id, so a schema fetched once is kept for the
-life of the process (one entry per id: schema versions are few), and a steady
-stream never calls the registry. An id found unknown is remembered for
+A schema never changes under its id, so a schema fetched once is kept, and a
+steady stream never calls the registry. An id found unknown is remembered for
 ``UNKNOWN_TTL`` seconds, so a stream of such records does not ask for it on
-every record.
+every record. Both are bounded (``SCHEMA_CACHE_SIZE``): ids come from the
+records, and a producer that churns through schemas, or writes garbage ids,
+must not grow the process without end. Beyond the bound the entry least
+recently looked up here goes, with what the decoders and the gate built from
+it (``on_evict``); a record naming it again waits for it as for a new id.
 
 The client is confluent-kafka's ``SchemaRegistryClient``, with the service's
 timeout (its own default waits forever) and no retries of its own: the
@@ -22,9 +25,10 @@ service retries without blocking, partition by partition (``gate``).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from service.config import SchemaRegistryConfig
 from service.core.reasons import UNKNOWN_SCHEMA
@@ -32,6 +36,12 @@ from service.errors import BadRecord, ConfigError, RegistryUnavailable
 
 #: How long an id the registry said it does not know is taken as unknown without asking again (seconds).
 UNKNOWN_TTL = 60.0
+#: Most schemas kept, and most ids remembered as unknown, per process (docs/formats.md). Far above what
+#: a deployment's topics use (a few per topic, a version per change), far below what would weigh.
+SCHEMA_CACHE_SIZE = 1000
+
+K = TypeVar("K")
+V = TypeVar("V")
 #: Client properties that are numbers; from the environment they arrive as text.
 _NUMERIC = ("max.retries", "retries.wait.ms", "retries.max.wait.ms", "cache.capacity", "cache.latest.ttl.sec")
 
@@ -61,6 +71,47 @@ def make_client(config: SchemaRegistryConfig) -> Any:
         raise ConfigError([f"schema_registry: {exc}"]) from None
 
 
+class BoundedCache(Generic[K, V]):
+    """At most ``size`` entries; adding one more drops the least recently used, and tells ``on_evict`` its key.
+
+    ``get`` counts as a use; ``in`` does not (a look that changes nothing).
+    """
+
+    def __init__(self, size: int, on_evict: Callable[[K], None] | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"size {size}: expected at least 1")
+        self.size = size
+        self._on_evict = on_evict
+        self._entries: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            evicted, _ = self._entries.popitem(last=False)
+            if self._on_evict is not None:
+                self._on_evict(evicted)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def pop(self, key: K) -> V | None:
+        return self._entries.pop(key, None)
+
+    def keys(self) -> list[K]:
+        """Least recently used first."""
+        return list(self._entries)
+
+
 @dataclass(frozen=True)
 class Fetched:
     """A schema as the registry holds it, with the schemas it references (Protobuf imports, Avro named types)."""
@@ -83,21 +134,35 @@ def describe(error: BaseException) -> str:
 
 
 class Registry:
-    """Schemas by id, fetched once; the one place the client is called to read them."""
+    """Schemas by id, fetched once and kept up to ``size``; the one place the client is called to read them."""
 
-    def __init__(self, client: Any, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: Any, clock: Callable[[], float] = time.monotonic, size: int = SCHEMA_CACHE_SIZE) -> None:
         self.client = client
         self._clock = clock
-        self.schemas: dict[int, Fetched] = {}
+        #: Told the id of each schema dropped from the cache, to drop what they built from it.
+        self._listeners: list[Callable[[int], object]] = []
+        self.schemas: BoundedCache[int, Fetched] = BoundedCache(size, self._evicted)
         #: id -> when it stops counting as unknown
-        self._unknown: dict[int, float] = {}
+        self._unknown: BoundedCache[int, float] = BoundedCache(size)
 
     @classmethod
     def from_config(cls, config: SchemaRegistryConfig) -> Registry:
         return cls(make_client(config))
 
+    def on_evict(self, listener: Callable[[int], object]) -> None:
+        """Call ``listener(schema_id)`` when a schema leaves the cache: a decoder drops its parsed copy, the gate its pass."""
+        self._listeners.append(listener)
+
+    def _evicted(self, schema_id: int) -> None:
+        for listener in self._listeners:
+            listener(schema_id)
+
     def cached(self, schema_id: int) -> Fetched | None:
         return self.schemas.get(schema_id)
+
+    def remember(self, fetched: Fetched) -> None:
+        """Keep a schema fetched elsewhere (the gate's background thread)."""
+        self.schemas[fetched.id] = fetched
 
     def known_unknown(self, schema_id: int) -> bool:
         """The registry said lately that it has no schema ``schema_id``."""
@@ -105,7 +170,7 @@ class Registry:
         if until is None:
             return False
         if self._clock() >= until:
-            del self._unknown[schema_id]
+            self._unknown.pop(schema_id)
             return False
         return True
 
@@ -125,7 +190,7 @@ class Registry:
         except BadRecord:
             self.mark_unknown(schema_id)
             raise
-        self.schemas[schema_id] = fetched
+        self.remember(fetched)
         return fetched
 
     def mark_unknown(self, schema_id: int) -> None:
@@ -153,4 +218,5 @@ class Registry:
 
     def seed(self, schemas: Mapping[int, Fetched]) -> None:
         """Schemas known without asking (tests, and schemas this process registered)."""
-        self.schemas.update(schemas)
+        for schema_id, fetched in schemas.items():
+            self.schemas[schema_id] = fetched
