@@ -19,7 +19,7 @@ from tests.unit.commands.test_cli_errors import one_line_error
 
 # Nothing listens on port 1: a command that got past its checks would try to connect, not answer at once.
 BASE = MINIMAL_CONFIG + '\n[kafka]\nbootstrap_servers = "127.0.0.1:1"\n'
-STATE_COMMANDS = [["run"], ["restore-state"], ["reset", "--yes"]]
+STATE_COMMANDS = [["run"], ["restore-state"], ["reset", "--yes"], ["rescale", "--partitions", "4"], ["rescale", "--cleanup"]]
 
 
 def write_config(tmp_path: Path, state_dir: Path, http: str = 'host = "127.0.0.1"\nport = 0\n') -> Path:
