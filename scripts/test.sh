@@ -3,7 +3,8 @@
 # pyproject.toml), starts a throwaway Kafka broker (its own data directory) and
 # a schema registry (scripts/registry.sh), runs unit and integration tests,
 # stops them. Without a JDK of 21 or newer the registry cannot run: its tests
-# are then reported as skipped, with the reason.
+# are then reported as skipped, with the reason; in CI (CI=true, as CI runs
+# .ci/run) the run fails instead, at once.
 #
 # Ports: the broker listens on KAFKA_PORT, +1 (controller) and +2 (SASL), the
 # registry on its port and +1 (management). They are free ports picked at
@@ -16,6 +17,39 @@
 #   SESSIONIZER_TEST_KAFKA_PORT=19092 bash scripts/test.sh   # a fixed broker port
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# CI=true (as CI sets it); empty, 0, false or no is not CI. The same rule as
+# in_ci in tests/integration/expected.py.
+in_ci() {
+  case $(printf '%s' "${CI:-}" | tr '[:upper:]' '[:lower:]') in
+    "" | 0 | false | no) return 1 ;;
+    *) return 0 ;;
+  esac
+}
+
+# The schema registry, for tests/integration/test_registry.py. `registry.sh java`
+# exits 3 when no JDK >= 21 is found: those tests then skip with its reason. In
+# CI a skip would hide them from a green run, so the run fails here, before
+# anything is installed or started (tests/integration/conftest.py fails them in
+# CI too, should the registry be missing when they run).
+registry_skip=
+set +e
+java_reason=$(bash scripts/registry.sh java 2>&1 >/dev/null)
+java_status=$?
+set -e
+if [ "$java_status" -eq 3 ]; then
+  registry_skip=${java_reason#*: }
+  if in_ci; then
+    echo "test.sh: no schema registry: $registry_skip" >&2
+    echo "test.sh: in CI (CI=$CI) the schema registry tests must run, not be skipped: give this machine a JDK of 21 or newer (on PATH, under /usr/lib/jvm, or named by REGISTRY_JAVA)" >&2
+    exit 1
+  fi
+  echo "test.sh: no schema registry: $registry_skip (its tests will be skipped; in CI they fail the run)" >&2
+elif [ "$java_status" -ne 0 ]; then
+  echo "test.sh: registry.sh java failed: $java_reason" >&2
+  exit 1
+fi
+
 SESSIONIZER_EXTRAS=test,dev,registry source scripts/env.sh
 
 # Lint and type checks first: they need no broker, and a failure stops the run.
@@ -60,18 +94,9 @@ cleanup() {
 trap cleanup EXIT
 bash scripts/kafka.sh start
 
-# The schema registry, for tests/integration/test_registry.py. `registry.sh java`
-# exits 3 when no JDK >= 21 is found: those tests then skip with its reason.
-set +e
-java_reason=$(REGISTRY_PORT=$SESSIONIZER_TEST_REGISTRY_PORT bash scripts/registry.sh java 2>&1 >/dev/null)
-java_status=$?
-set -e
-if [ "$java_status" -eq 3 ]; then
-  export SESSIONIZER_TEST_REGISTRY_SKIP=${java_reason#*: }
-  echo "test.sh: no schema registry: $SESSIONIZER_TEST_REGISTRY_SKIP (its tests will be skipped)" >&2
-elif [ "$java_status" -ne 0 ]; then
-  echo "test.sh: registry.sh java failed: $java_reason" >&2
-  exit 1
+# The schema registry (Java was checked above).
+if [ -n "$registry_skip" ]; then
+  export SESSIONIZER_TEST_REGISTRY_SKIP=$registry_skip
 else
   registry_started=1
   REGISTRY_PORT=$SESSIONIZER_TEST_REGISTRY_PORT bash scripts/registry.sh start

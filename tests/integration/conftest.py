@@ -2,8 +2,9 @@
 
 A bare ``pytest`` run with no broker skips them. When a broker is expected,
 its absence is an error, so a run can never pass by testing nothing: in CI
-(``CI`` set), and whenever ``SESSIONIZER_TEST_BOOTSTRAP`` names one, as
-scripts/test.sh does after starting its broker.
+(``CI=true``, see tests/integration/expected.py), and whenever
+``SESSIONIZER_TEST_BOOTSTRAP`` names one, as scripts/test.sh does after
+starting its broker. The same holds for the schema registry in CI.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.expected import in_ci, missing_registry
 from tests.integration.harness import Service, bootstrap, unique
 
 
@@ -55,35 +57,36 @@ class Registry:
         return int(match.group(1))
 
 
+def _registry_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def schema_registry(broker) -> Registry:
-    """The registry at ``SESSIONIZER_TEST_REGISTRY_PORT``; skipped, with the reason, when scripts/test.sh could not start one.
+    """The registry at ``SESSIONIZER_TEST_REGISTRY_PORT``; without one, skipped with the reason, or failed in CI.
 
     scripts/test.sh starts it with a JDK of 21 or newer found on the machine;
     without one it sets ``SESSIONIZER_TEST_REGISTRY_SKIP`` to registry.sh's
-    reason, and these tests are reported as skipped with it, never silently absent.
+    reason, and these tests are reported as skipped with it, never silently
+    absent. In CI (``CI=true``) a missing registry fails them instead
+    (tests/integration/expected.py).
     """
-    reason = os.environ.get("SESSIONIZER_TEST_REGISTRY_SKIP")
-    if reason:
-        pytest.skip(f"no schema registry: {reason}")
-    port = int(os.environ.get("SESSIONIZER_TEST_REGISTRY_PORT", "0") or 0)
-    if not port:
-        pytest.skip("no schema registry: SESSIONIZER_TEST_REGISTRY_PORT is not set (run the suite with: bash scripts/test.sh)")
+    missing = missing_registry(os.environ, _registry_answers)
+    if missing is not None:
+        if missing.fail:
+            pytest.fail(missing.message)
+        pytest.skip(missing.message)
     pytest.importorskip("fastavro", reason="the registry extra is not installed: pip install -e '.[registry]'")
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            pass
-    except OSError:
-        message = f"no schema registry on port {port}; start one with: REGISTRY_PORT={port} bash scripts/registry.sh start"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return Registry(port)
+    return Registry(int(os.environ["SESSIONIZER_TEST_REGISTRY_PORT"]))
 
 
 def broker_expected(environ: Mapping[str, str] = os.environ) -> bool:
     """A missing broker fails the run in CI, or when a bootstrap address was given explicitly."""
-    return bool(environ.get("CI")) or bool(environ.get("SESSIONIZER_TEST_BOOTSTRAP"))
+    return in_ci(environ) or bool(environ.get("SESSIONIZER_TEST_BOOTSTRAP"))
 
 
 @pytest.fixture(scope="session")

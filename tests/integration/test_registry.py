@@ -29,7 +29,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from tests import oracle
+from tests import oracle, wire
 from tests.integration import backlog as bl
 from tests.integration.harness import Reader, Record, bootstrap, create_topics, read_all, wait_until
 from tests.integration.test_operations import get, http_port, scrape
@@ -131,32 +131,45 @@ grace = "{bl.GRACE_MS}ms"
 
 
 class Outputs:
-    """Output values decoded whatever their serialization: JSON, or framed with a schema fetched from the registry."""
+    """Output values decoded whatever their serialization, with the tests' own means (tests/wire.py), never the service's decoders.
+
+    JSON as it is; framed records by the schema their header names, fetched
+    from the registry: Avro with fastavro, Protobuf with a message class built
+    from the ``.proto`` text the registry holds (compiled by protoc), JSON
+    Schema validated by jsonschema against the schema the registry holds.
+    """
 
     def __init__(self, registry) -> None:
         self.client = client(registry)
-        self.schemas: dict[int, Any] = {}
-        from service.runtime.formats import protobuf
-        from service.runtime.formats.registry import Registry
-
-        self._protobuf = protobuf.decoder(Registry(self.client))
+        self.readers: dict[tuple[int, tuple[int, ...]], Any] = {}
 
     def decode(self, value: bytes) -> dict:
         if value[:1] != b"\x00":
             return orjson.loads(value)
-        schema_id = int.from_bytes(value[1:5], "big")
-        schema = self.client.get_schema(schema_id)
+        frame = wire.split_header(value)
+        schema = self.client.get_schema(frame.schema_id)
         if schema.schema_type == "PROTOBUF":
-            return self._protobuf(value)
+            indexes, message = wire.split_indexes(frame.body)
+            assert indexes == [0], "the record's message is the schema's first"
+            cls = self._reader((frame.schema_id, (0,)), lambda: wire.message_class(schema.schema_str, indexes))
+            return wire.message_dict(cls.FromString(message))
         if schema.schema_type == "JSON":
-            return orjson.loads(value[5:])
-        parsed = self.schemas.get(schema_id)
-        if parsed is None:
-            parsed = self.schemas[schema_id] = fastavro.parse_schema(json.loads(schema.schema_str))
-        stream = io.BytesIO(value[5:])
+            return self._reader((frame.schema_id, ()), lambda: wire.json_schema_reader(schema.schema_str))(frame.body)
+        parsed = self._reader((frame.schema_id, ()), lambda: fastavro.parse_schema(json.loads(schema.schema_str)))
+        stream = io.BytesIO(frame.body)
         record = fastavro.schemaless_reader(stream, parsed, None)
-        assert stream.tell() == len(value) - 5, "the output record is exactly one Avro record"
+        assert stream.tell() == len(frame.body), "the output record is exactly one Avro record"
         return record
+
+    def _reader(self, key: tuple[int, tuple[int, ...]], make) -> Any:
+        if key not in self.readers:
+            self.readers[key] = make()
+        return self.readers[key]
+
+    def assert_registered(self, records: list[Record], topic: str) -> None:
+        """Every record of ``topic`` is framed with the schema id registered (latest version) under its subject, ``<topic>-value``."""
+        registered = self.client.get_latest_version(f"{topic}-value").schema_id
+        assert {wire.split_header(r.value).schema_id for r in records} == {registered}
 
 
 def normalized(value: dict) -> dict:
@@ -224,6 +237,7 @@ def test_avro_in_and_out_gives_the_sessions_json_gives(app, schema_registry):
     outputs = Outputs(schema_registry)
     avro_values = [outputs.decode(r.value) for r in got[app.topic("avro")]]
     assert all(r.value[:1] == b"\x00" for r in got[app.topic("avro")]), "the Avro pipeline writes framed records"
+    outputs.assert_registered(got[app.topic("avro")], app.topic("avro"))
     json_values = [orjson.loads(r.value) for r in got[app.topic("json")]]
     oracle.assert_each_once(sessions(avro_values), expected)
     oracle.assert_each_once(sessions(json_values), expected)
@@ -284,8 +298,14 @@ def test_protobuf_in_from_a_proto_text_schema(app, schema_registry):
     assert {type(v["value"]["first_page"]) for v in values} == {str}
 
 
-def test_json_schema_in_validated_and_protobuf_out(app, schema_registry):
-    """JSON Schema records framed by confluent-kafka's own serializer, validated; sessions written as Protobuf."""
+def test_json_schema_in_validated_protobuf_and_json_schema_out(app, schema_registry):
+    """JSON Schema records framed by confluent-kafka's own serializer, validated; sessions written as Protobuf, JSON Schema and JSON.
+
+    The framed outputs are read with the tests' own means (``Outputs``): each
+    carries the schema id registered for its topic, Protobuf decodes with the
+    ``.proto`` text the registry holds compiled by protoc, JSON Schema bodies
+    are valid against the registered schema and are the JSON output's bytes.
+    """
     from confluent_kafka.schema_registry.json_schema import JSONSerializer
     from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -302,15 +322,29 @@ def test_json_schema_in_validated_and_protobuf_out(app, schema_registry):
     # One record breaks its schema: with validate = true it is dead-lettered as bad_body.
     breaking = serializer(events[0], context)[:5] + orjson.dumps({"user_id": 7, "ts": 1, "amount": 1})
     produce_frames(app.topic("web"), events, lambda e: serializer(e, context), extra=[breaking])
-    app.configure(
-        body(app, schema_registry, {"sessions": {"sources": "web", "serialization": "protobuf"}}, {"web": "json_schema"}, validate=True),
-        partitions=6,
-    )
+    pipelines = {
+        "sessions": {"sources": "web", "serialization": "protobuf"},
+        "schemaed": {"sources": "web", "serialization": "json_schema"},
+        "json": {"sources": "web"},
+    }
+    app.configure(body(app, schema_registry, pipelines, {"web": "json_schema"}, validate=True), partitions=6)
     expected = backlog.expected()
-    got = run(app, {"sessions": len(expected)})
+    got = run(app, {name: len(expected) for name in pipelines})
     outputs = Outputs(schema_registry)
-    values = [outputs.decode(r.value) for r in got[app.topic("sessions")]]
-    oracle.assert_each_once(sessions(values), expected)
+    protobuf_records, schemaed_records = got[app.topic("sessions")], got[app.topic("schemaed")]
+    outputs.assert_registered(protobuf_records, app.topic("sessions"))
+    outputs.assert_registered(schemaed_records, app.topic("schemaed"))
+    assert outputs.client.get_schema(wire.split_header(schemaed_records[0].value).schema_id).schema_type == "JSON"
+    protobuf_values = [outputs.decode(r.value) for r in protobuf_records]
+    schemaed_values = [outputs.decode(r.value) for r in schemaed_records]  # validated against the registered schema
+    json_values = [orjson.loads(r.value) for r in got[app.topic("json")]]
+    for values in (protobuf_values, schemaed_values, json_values):
+        oracle.assert_each_once(sessions(values), expected)
+    # Field for field what the JSON pipeline wrote: Protobuf once its JSON-text fields are parsed, JSON Schema byte for byte.
+    canonical = lambda values: sorted(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in values)  # noqa: E731
+    assert canonical(normalized(v) for v in protobuf_values) == canonical(json_values)
+    assert sorted(wire.split_header(r.value).body for r in schemaed_records) == sorted(r.value for r in got[app.topic("json")])
+    assert sum(sum(v["value"]["pages"].values()) for v in protobuf_values) == len(events)
     dead = got[app.topic("dlq")]
     assert [r.headers["sessionizer.reason_code"] for r in dead] == [b"bad_body"]
     assert dead[0].value == breaking

@@ -29,9 +29,10 @@ from service.runtime.formats.framing import header, read_indexes, write_indexes 
 from service.runtime.formats.gate import SchemaGate  # noqa: E402
 from service.runtime.formats.json_schema_output import json_schema_encoder  # noqa: E402
 from service.runtime.formats.protobuf_output import proto_text, protobuf_encoder  # noqa: E402
-from service.runtime.formats.registration import register_outputs  # noqa: E402
+from service.runtime.formats.registration import register_outputs, schema_text  # noqa: E402
 from service.runtime.formats.registry import Registry  # noqa: E402
 from service.runtime.stats import LoopStats  # noqa: E402
+from tests import wire  # noqa: E402
 from tests.fakes import FakeMessage  # noqa: E402
 from tests.helpers import config_from_toml  # noqa: E402
 from tests.unit.runtime.test_task_manager import PARTITIONS, PIPELINE  # noqa: E402, F401  (what ``instance`` runs)
@@ -150,6 +151,16 @@ def test_message_indexes_are_confluents():
         schema_id = confluent.SchemaId("PROTOBUF", 7, message_indexes=list(indexes))
         framed = schema_id.id_to_bytes()
         assert framed == header(7) + write_indexes(indexes)
+
+
+@pytest.mark.parametrize("indexes", [(0,), (1,), (0, 2), (3, 1, 4), (70, 200)])
+def test_the_tests_own_frame_reader_agrees_with_confluents_serde(indexes):
+    """tests/wire.py, which reads the service's output in the tests, reads what confluent-kafka frames."""
+    confluent = pytest.importorskip("confluent_kafka.schema_registry.common.serde")
+    framed = confluent.SchemaId("PROTOBUF", 300, message_indexes=list(indexes)).id_to_bytes() + b"body"
+    frame = wire.split_header(framed)
+    assert frame.schema_id == 300
+    assert wire.split_indexes(frame.body) == (list(indexes), b"body")
 
 
 # -- Avro in -------------------------------------------------------------------------------------------
@@ -474,10 +485,21 @@ def test_avro_output_round_trips_with_its_schema():
     assert value["by_type"] == {"cart": 2, "pay": 1} and value["paid"] is True
 
 
-def test_json_schema_output_is_the_json_behind_a_header():
+def test_json_schema_output_is_the_json_behind_a_header_and_valid_against_its_schema():
     shape = output_shapes(output_config("json_schema").pipelines[0])[0]
     record = rendered(VALUES)
-    assert json_schema_encoder(shape, 7)(record) == header(7) + orjson.dumps(record)
+    encoded = json_schema_encoder(shape, 7)(record)
+    assert encoded == header(7) + orjson.dumps(record)
+    # Read back by the tests' own means (tests/wire.py): jsonschema validates it against the text registered for it.
+    frame = wire.split_header(encoded)
+    assert frame.schema_id == 7
+    registered = schema_text(shape, "json_schema", None)
+    read = wire.json_schema_reader(registered)
+    assert read(frame.body) == record
+    import jsonschema
+
+    with pytest.raises(jsonschema.ValidationError, match="'3' is not of type 'integer'"):
+        read(orjson.dumps({**record, "value": {**VALUES, "n": "3"}}))
 
 
 def test_protobuf_output_round_trips_and_keeps_field_numbers_across_versions(client):
@@ -486,11 +508,19 @@ def test_protobuf_output_round_trips_and_keeps_field_numbers_across_versions(cli
     text = proto_text(shape)
     schema_id = client.add(text, "PROTOBUF")
     encoded = protobuf_encoder(shape, schema_id, text)(rendered(VALUES))
-    decoded = protobuf.decoder(Registry(client))(encoded)
-    assert decoded["user_id"] == "u1"
-    value = decoded["value"]
-    assert value["n"] == 3 and value["total"] == 12.0 and "low" not in value and value["mean"] == 4.5
-    assert orjson.loads(value["first_page"]) == {"path": "/a"} and value["by_type"] == {"cart": 2, "pay": 1}
+    # Read back by the tests' own means (tests/wire.py), not the service's decoder: the header and the
+    # message indexes split by test code, the .proto text compiled by protoc, the message parsed by protobuf.
+    frame = wire.split_header(encoded)
+    assert frame.schema_id == schema_id
+    indexes, message = wire.split_indexes(frame.body)
+    assert indexes == [0]
+    cls = wire.message_class(text, indexes)
+    assert cls.DESCRIPTOR.full_name == shape.full_name == "sessionizer.p.session"
+    decoded = wire.message_dict(cls.FromString(message))
+    # The record field for field: names made identifiers, `low` (None) unset, free-form values as their JSON text.
+    value = {k: v for k, v in VALUES.items() if k != "low"} | {"total": 12.0, "first_page": '{"path":"/a"}', "top": '[["/a",2]]'}
+    assert decoded == {"event": "session", "user_id": "u1", "timestamp": "2023-11-14 22:13:20", "value": value, "user_attributes": {}}
+    assert isinstance(decoded["value"]["total"], float) and isinstance(decoded["value"]["n"], int)
     # A later config drops `low` and adds `extra`: old numbers kept, `low`'s reserved, `extra` numbered after all.
     changed = config_from_toml(
         OUTPUT_CONFIG.replace("SER", "protobuf").replace("FORMAT", "").replace(
@@ -500,6 +530,8 @@ def test_protobuf_output_round_trips_and_keeps_field_numbers_across_versions(cli
     later = proto_text(output_shapes(changed.pipelines[0])[0], previous=text)
     assert "int64 n = 5;" in text and "int64 n = 5;" in later
     assert "reserved 7;" in later and "optional double extra = 14;" in later
+    later_value = wire.message_class(later, [0]).DESCRIPTOR.fields_by_name["value"].message_type
+    assert later_value.fields_by_name["n"].number == 5 and later_value.fields_by_name["extra"].number == 14, "protoc reads it so too"
 
 
 def test_output_schemas_are_registered_and_an_incompatible_change_names_its_field(client):
