@@ -210,17 +210,20 @@ def reading_events_0(a: Instance, records: int = 1) -> None:
 
 def test_a_source_is_quiet_once_the_broker_has_shown_it_read_to_its_end_for_the_idle_timeout(instance, cluster):
     """Then its reports carry its wall-clock bound: when the latest request for end offsets
-    that found it at its end was sent, minus a second, flagged IDLE. Every second it moves on."""
+    that found it at its end was sent, minus a second, flagged IDLE. Every second it moves on.
+
+    Only what the answers saw counts: the idle timeout after the first request, the clock has
+    run for it, but the latest answer taken is to the request sent a second before."""
     a = instance()
     reading_events_0(a)
     idle = a.config.idle_timeout_ms // 1000
     a.tick(0)  # the first request goes out at T0 on the wall clock
-    a.tick(times=idle - 1)
+    a.tick(times=idle)
     a.tasks.commit()
-    assert source_reports(cluster)[2:] == [], "quiet for less than the idle timeout: nothing new to say"
+    assert source_reports(cluster)[2:] == [], "seen quiet for less than the idle timeout: nothing new to say"
     a.tick()
     a.tasks.commit()
-    bound = T0 + (idle - 1) * SECOND - END_MARGIN_MS  # the answer taken is to the request sent a second ago
+    bound = T0 + idle * SECOND - END_MARGIN_MS  # the answer taken is to the request sent a second ago
     assert source_reports(cluster)[2:] == [(0, bound, IDLE), (1, bound, IDLE)]
     a.tick()
     a.tasks.commit()
@@ -279,6 +282,33 @@ def test_an_answer_to_a_request_sent_before_a_record_is_not_taken_for_quiet(inst
     a.tick(times=3)
     a.tasks.commit()
     assert not [r for r in source_reports(cluster) if r[2] & IDLE]
+
+
+def test_a_loop_that_stalled_counts_no_time_it_did_not_see(instance, cluster):
+    """The loop stalls between two requests for end offsets (a long pause of the process, a slow
+    commit) for as long as the idle timeout. Meanwhile nothing watched the partition: records could
+    have come, and the consumer not handed them over yet. That time does not count, however long the
+    clock ran: the partition is not quiet when the loop comes back, and the count starts again at
+    the first answer after the stall (a gap of more than three request intervals), so it is quiet an
+    idle timeout of answers later."""
+    a = instance()
+    reading_events_0(a)
+    idle = a.config.idle_timeout_ms // 1000
+    start = a.now  # T0 on the wall clock
+    a.tick(0)
+    a.tick(times=idle // 2)  # seen at its end for a while
+    a.tick(idle)  # the loop comes back from a stall as long as the idle timeout, and punctuates once
+    a.tasks.commit()
+    assert not [r for r in source_reports(cluster) if r[2] & IDLE], "the stall was not seen: it does not count"
+    resumed = a.now  # a request went out as the loop came back: the first one the count starts from
+    while a.now < resumed + idle:
+        a.tick()
+        a.tasks.commit()
+        assert not [r for r in source_reports(cluster) if r[2] & IDLE], f"{a.now - resumed:.0f} s after the stall"
+    a.tick()  # takes the answer to the request sent an idle timeout after the stall
+    a.tasks.commit()
+    bound = T0 + round((resumed + idle - start) * SECOND) - END_MARGIN_MS
+    assert [r for r in source_reports(cluster) if r[2] & IDLE] == [(0, bound, IDLE), (1, bound, IDLE)]
 
 
 # -- 3. purging repartition records --------------------------------------------------------------
