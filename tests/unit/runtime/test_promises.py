@@ -21,9 +21,9 @@ from service.core.watermarks import source_id
 from service.runtime.ends import END_MARGIN_MS
 from service.runtime.frames import DATA, DATA_FRAME, IDLE, REPORT_FRAME, report
 from service.runtime.tasks import DirectTask, TaskState, WindowTask
-from tests.fakes import FakeAdmin, FakeCluster, FakeMessage, Produced, eof
+from tests.fakes import FakeAdmin, FakeCluster, FakeMessage, FetchingConsumer, Produced, eof
 from tests.helpers import pipeline, session_window
-from tests.unit.runtime.instances import MOBILE, WEB, Instance, direct_instance, event
+from tests.unit.runtime.instances import MOBILE, WEB, Instance, Instances, direct_instance, event
 
 SOURCE = "events"
 REPARTITION = "sessionizer-s-repartition"
@@ -123,6 +123,50 @@ def test_each_partitions_stream_time_and_watermarks_are_restored_from_the_change
     # T0 + 4m is now the slowest (without it, stream time would wait for S0; with partition 1's, T0 + 7m).
     b.tasks.route([data(0, 2, "u5", T0 + 5 * MINUTE, S1)])
     assert b.window(0).store.stream_time == T0 + 4 * MINUTE
+
+
+def run(a: Instance, seconds: int) -> None:
+    """``a``'s loop for ``seconds`` of its clock, a second a round: poll what the cluster holds, restore, punctuate, commit."""
+    for _ in range(seconds):
+        a.now += 1
+        messages = a.consumer.consume(1_000, 0)
+        if messages:
+            a.tasks.route(messages)
+        if a.tasks.restoring:
+            a.tasks.restore()
+        a.tasks.punctuate(a.now)
+        a.tasks.commit()
+
+
+def test_stream_time_the_wall_clock_moved_is_restored_from_the_changelog(cluster, tmp_path):
+    """Once the wall-clock bounds of quiet sources have moved stream time past every event time, that
+    stream time, and each source's watermark, is state like any other: an instance on an empty disk
+    restores both from the changelog, exactly as they were committed, before any source reports again."""
+    made = Instances(cluster, tmp_path, PIPELINE, PARTITIONS, admin=RecordingAdmin, consumer=FetchingConsumer)
+    try:
+        a = made("a")
+        a.assign((SOURCE, 0), (SOURCE, 1), (REPARTITION, 0), (REPARTITION, 1))
+        for partition in (0, 1):  # one event in each source partition, at T0; nothing after it
+            cluster.records.append(Produced(SOURCE, partition, cluster.append((SOURCE, partition)), None, event(f"u{partition}", T0)))
+        idle = a.config.idle_timeout_ms // 1000
+        run(a, idle + 5)  # both sources seen quiet, their bounds reported and read by the window tasks
+        tasks = [a.window(0), a.window(1)]
+        moved = [t.store.stream_time for t in tasks]
+        marks = [t.watermarks.marks for t in tasks]
+        assert all(st is not None and st > T0 + (idle - 2) * SECOND for st in moved), (moved, "the wall clock moved stream time")
+        assert all(m[S0] > T0 and m[S1] > T0 for m in marks), marks
+
+        b = made("b")  # another instance, nothing on its disk, reading no source: nothing reports again
+        b.assign((REPARTITION, 0), (REPARTITION, 1))
+        restored = [b.window(0), b.window(1)]
+        assert [t.store.stream_time for t in restored] == [None, None]
+        for _ in range(10):  # the changelog reader, between polls that hand nothing over
+            b.tasks.restore()
+        assert [t.state for t in restored] == [TaskState.RUNNING, TaskState.RUNNING]
+        assert [t.store.stream_time for t in restored] == moved
+        assert [t.watermarks.marks for t in restored] == marks
+    finally:
+        made.close()
 
 
 # -- 2. quiet sources and the wall clock -------------------------------------------------------------
@@ -366,6 +410,48 @@ def test_at_least_once_does_not_purge_past_an_offset_commit_that_failed(instance
     a.tasks.commit()
     assert cluster.group_offsets == {(REPARTITION, 0): 1}  # the offset commit did fail
     assert deletions_past_committed(a) == []
+
+
+# -- 4. what a frame says -------------------------------------------------------------------------
+
+
+def test_a_frame_carries_its_sources_watermark_and_an_out_of_order_event_is_judged_by_it(instance, cluster):
+    """A data frame carries its event's time and its source partition's watermark: the largest event
+    time read from the partition so far, which for an event out of order is not its own. The window
+    task judges the event against it: exactly grace behind it is on time, more is late (behind its
+    watermark), though stream time is still unknown (the other source has said nothing)."""
+    a = instance()
+    a.assign((SOURCE, 0))
+    produced = [("u1", T0 + 10 * MINUTE), ("u2", T0 + 9 * MINUTE), ("u3", T0 + 8 * MINUTE), ("u4", T0 + 11 * MINUTE)]
+    a.tasks.route([FakeMessage(SOURCE, 0, n, value=event(user, at)) for n, (user, at) in enumerate(produced)])
+    a.tasks.commit()
+    framed = [r for r in cluster.visible(REPARTITION) if r.key is not None]
+    assert [(r.key, DATA_FRAME.unpack_from(r.value)) for r in framed] == [
+        (b"u1", (DATA, T0 + 10 * MINUTE, T0 + 10 * MINUTE, S0)),
+        (b"u2", (DATA, T0 + 9 * MINUTE, T0 + 10 * MINUTE, S0)),
+        (b"u3", (DATA, T0 + 8 * MINUTE, T0 + 10 * MINUTE, S0)),
+        (b"u4", (DATA, T0 + 11 * MINUTE, T0 + 11 * MINUTE, S0)),
+    ]
+
+    a.assign((REPARTITION, 0), (REPARTITION, 1))
+    a.tasks.route(cluster.messages(REPARTITION))
+    a.tasks.commit()
+    [late] = cluster.visible(LATE)
+    assert (late.key, late.value) == (b"u3", event("u3", T0 + 8 * MINUTE))
+    assert list(late.headers) == [
+        ("sessionizer.reason", too_late(T0 + 8 * MINUTE, MINUTE, T0 + 10 * MINUTE)),
+        ("sessionizer.pipeline", b"s"),
+        ("sessionizer.event_time_ms", str(T0 + 8 * MINUTE).encode()),
+        ("sessionizer.watermark_ms", str(T0 + 10 * MINUTE).encode()),
+        ("sessionizer.reason_code", b"behind_watermark"),
+    ]
+    windows = {user: a.window(partition_for(user.encode(), 2)).store.peek(user.encode()) for user in ("u1", "u2", "u4")}
+    assert {user: [(w.start, w.end, w.count) for w in found] for user, found in windows.items()} == {
+        "u1": [(T0 + 10 * MINUTE, T0 + 10 * MINUTE, 1)],
+        "u2": [(T0 + 9 * MINUTE, T0 + 9 * MINUTE, 1)],
+        "u4": [(T0 + 11 * MINUTE, T0 + 11 * MINUTE, 1)],
+    }
+    assert [a.window(p).store.stream_time for p in (0, 1)] == [None, None], "S1 has said nothing"
 
 
 # -- 5. late records -----------------------------------------------------------------------------
