@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from service.core.partitioner import partition_for
 from service.core.watermarks import source_id
 from service.runtime.ends import END_MARGIN_MS
-from service.runtime.frames import DATA, DATA_FRAME, IDLE, REPORT_FRAME, report
+from service.runtime.frames import DATA, DATA_FRAME, IDLE, LEGACY_FRAME, REPORT_FRAME, report
 from service.runtime.tasks import DirectTask, TaskState, WindowTask
 from tests.fakes import FakeAdmin, FakeCluster, FakeMessage, FetchingConsumer, Produced, eof
 from tests.helpers import pipeline, session_window
@@ -452,6 +452,53 @@ def test_a_frame_carries_its_sources_watermark_and_an_out_of_order_event_is_judg
         "u4": [(T0 + 11 * MINUTE, T0 + 11 * MINUTE, 1)],
     }
     assert [a.window(p).store.stream_time for p in (0, 1)] == [None, None], "S1 has said nothing"
+
+
+def legacy(offset: int, user: str, at_ms: int) -> FakeMessage:
+    """A frame as versions before watermarks wrote it: event time, source topic index, the event."""
+    return FakeMessage(REPARTITION, 0, offset, key=user.encode(), value=LEGACY_FRAME.pack(at_ms, 0) + event(user, at_ms))
+
+
+def test_frames_written_before_watermarks_are_read_after_an_upgrade_judged_by_stream_time_alone(instance, cluster):
+    """A repartition topic can still hold frames of a version before watermarks when the service is
+    upgraded (docs/semantics.md, Limitations). The new version reads them: their events count, judged
+    against the task's stream time alone, so one more than grace behind it is late behind stream
+    time; they move no source's watermark and no stream time."""
+    a = instance("a")
+    a.assign((REPARTITION, 0))
+    a.tasks.route([data(0, 0, "u1", T0 + 10 * MINUTE, S0), data(0, 1, "u2", T0 + 5 * MINUTE, S1)])
+    a.tasks.commit()
+
+    b = instance("b")  # the upgraded process, on an empty disk: its state comes from the changelog
+    b.assign((REPARTITION, 0))
+    b.restore_consumer.feed(*cluster.messages(CHANGELOG), eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))))
+    b.tasks.restore()
+    window = b.window()
+    assert window.store.stream_time == T0 + 5 * MINUTE
+    b.tasks.route(
+        [
+            legacy(2, "u3", T0 + 4 * MINUTE),  # exactly grace behind stream time: on time
+            legacy(3, "u4", T0 + 3 * MINUTE),  # more than grace behind: late
+            legacy(4, "u5", T0 + 30 * MINUTE),  # ahead of everything: on time, and moves nothing
+        ]
+    )
+    b.tasks.commit()
+    [late] = cluster.visible(LATE)
+    assert (late.key, late.value) == (b"u4", event("u4", T0 + 3 * MINUTE))
+    assert list(late.headers) == [
+        ("sessionizer.reason", too_late(T0 + 3 * MINUTE, MINUTE, T0 + 5 * MINUTE)),
+        ("sessionizer.pipeline", b"s"),
+        ("sessionizer.event_time_ms", str(T0 + 3 * MINUTE).encode()),
+        ("sessionizer.stream_time_ms", str(T0 + 5 * MINUTE).encode()),
+        # All a frame of before watermarks says of its source: it got as far as this event.
+        ("sessionizer.watermark_ms", str(T0 + 3 * MINUTE).encode()),
+        ("sessionizer.reason_code", b"behind_stream_time"),
+    ]
+    assert window.counts().late_reasons == {"behind_stream_time": 1}
+    assert [(w.start, w.count) for w in window.store.peek(b"u3")] == [(T0 + 4 * MINUTE, 1)]
+    assert [(w.start, w.count) for w in window.store.peek(b"u5")] == [(T0 + 30 * MINUTE, 1)]
+    assert window.store.stream_time == T0 + 5 * MINUTE
+    assert window.watermarks.marks == {S0: T0 + 10 * MINUTE, S1: T0 + 5 * MINUTE}
 
 
 # -- 5. late records -----------------------------------------------------------------------------
