@@ -21,6 +21,7 @@ from tests.integration.harness import (
     produce,
     stop_and_read,
     unique,
+    wait_until,
 )
 from tests.integration.workload import Workload, assert_exact, collect, expected_sessions, pipeline_body
 
@@ -258,19 +259,29 @@ def test_consumed_repartition_records_are_purged(app):
     """Consumed repartition records are deleted, never one the group has not committed past,
     and the sessions still come out exactly.
 
-    A live stream of about 20 s with a purge every second: while it runs, each
-    repartition partition's low watermark (where deletion has reached) is read
-    first, then the group's committed offset, and the low watermark is never
-    ahead. The order of the two reads makes a false alarm impossible: both only
-    grow, so a low watermark read first is at most the one of the moment the
-    offset is read. The offset is read stable (``require_stable``), as the
-    service's read_committed consumer reads it: a transaction's offsets are
-    decided when ``commit_transaction`` returns (and purging may follow), but
-    the group shows them only once the coordinator has written its markers;
-    until then an unstable read answers the previous offset (seen under load).
+    A live stream of 30,000 events (about 20 s) with a purge every second.
+    Throughout, each repartition partition's low watermark (where deletion
+    has reached) is read first, then the group's committed offset, and the low
+    watermark is never ahead. The order of the two reads makes a false alarm
+    impossible: both only grow, so a low watermark read first is at most the
+    one of the moment the offset is read. The offset is read stable
+    (``require_stable``), as the service's read_committed consumer reads it: a
+    transaction's offsets are decided when ``commit_transaction`` returns (and
+    purging may follow), but the group shows them only once the coordinator
+    has written its markers; until then an unstable read answers the previous
+    offset (seen under load).
+
+    That purging goes on while the stream does is shown at points of the
+    stream the test picks, not by counting samples on a timer: production
+    stops at each quarter, the end of each repartition partition is read, and
+    the deletion must reach it before production goes on. Each of the three
+    ends is beyond the one before (records were written between), so that is
+    three purges of each partition at least, with the stream still to come.
     """
     app.configure(pipeline_body(app), topics_extra='purge_interval = "1s"')
-    workload = Workload(app, events=30_000, users=1_000, rate=1_500, seed=6)
+    events = 30_000
+    workload = Workload(app, events=events, users=1_000, rate=1_500, seed=6)
+    quarters = [workload.hold(events * k // 4) for k in (1, 2, 3)]
     workload.create_topics()
     service = app.service().start()
     service.wait_started()
@@ -278,24 +289,40 @@ def test_consumed_repartition_records_are_purged(app):
     partitions = [TopicPartition(repartition, p) for p in range(3)]
     admin = AdminClient({"bootstrap.servers": bootstrap()})
     probe = Consumer({"bootstrap.servers": bootstrap(), "group.id": unique("probe")})
-    lows_seen: list[set[int]] = [set() for _ in partitions]
-    samples = 0
+
+    def lows_checked() -> list[int]:
+        """Each partition's low watermark, checked against the group's committed offset read after it."""
+        lows = [probe.get_watermark_offsets(tp, timeout=10, cached=False)[0] for tp in partitions]
+        committed = stable_offsets(admin, app.id, partitions)
+        for p, low in enumerate(lows):
+            assert low <= committed[p], f"partition {p}: records up to {low} deleted, the group committed only {committed[p]}"
+        return lows
+
+    def deleted_up_to(ends: list[int]) -> list[int] | None:
+        """The low watermarks once every partition's has reached its end in ``ends``; else None."""
+        lows = lows_checked()
+        return lows if all(low >= end for low, end in zip(lows, ends)) else None
+
+    reached: list[list[int]] = []  # per quarter, the low watermarks once deletion reached that quarter's ends
     try:
         workload.start()
+        for gate in quarters:
+            while workload.held_at is None:  # the stream runs: check as often as the broker answers
+                assert workload.running, "the workload ended before its hold"
+                lows_checked()
+                time.sleep(0.1)
+            ends = [probe.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in partitions]
+            what = f"deletion to reach the repartition ends {ends} with the stream held at {workload.held_at} events"
+            reached.append(wait_until(lambda ends=ends: deleted_up_to(ends), 120, what))
+            gate.set()
         while workload.running:
-            lows = [probe.get_watermark_offsets(tp, timeout=10, cached=False)[0] for tp in partitions]
-            committed = stable_offsets(admin, app.id, partitions)
-            for p, low in enumerate(lows):
-                assert low <= committed[p], f"partition {p}: records up to {low} deleted, the group committed only {committed[p]}"
-                lows_seen[p].add(low)
-            samples += 1
+            lows_checked()
             time.sleep(0.1)
     finally:
         probe.close()
     workload.join(timeout=600)
-    assert samples >= 20
-    # several purges of each partition while the stream ran
-    assert all(len([low for low in seen if low > 0]) >= 3 for seen in lows_seen), lows_seen
+    for p in range(3):
+        assert 0 < reached[0][p] < reached[1][p] < reached[2][p], f"partition {p}: three purges, each further: {reached}"
     expected = expected_sessions(app.config_path, workload.produced)
     got = collect(app, [service], len(expected))
     assert_exact(app, got, expected, len(workload.produced))

@@ -72,6 +72,7 @@ class Workload:
     produced; a quarter of them exactly that. With ``late_every`` (or
     ``malformed_every``) every so many records, once the stream is under way,
     is instead an event ``LATE_BY_MS`` late (or a value that is not JSON).
+    ``hold`` makes it wait at a point of the stream until the test says so.
     """
 
     app: object
@@ -95,6 +96,9 @@ class Workload:
     def __post_init__(self) -> None:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None
+        self._holds: dict[int, threading.Event] = {}
+        #: How many records were written when production stopped at a hold; None while it runs.
+        self.held_at: int | None = None
 
     def create_topics(self) -> None:
         create_topics([self.app.topic(s) for s in SOURCES], partitions=3)
@@ -113,6 +117,17 @@ class Workload:
 
     def progress(self) -> float:
         return self.written / self.events
+
+    def hold(self, at: int) -> threading.Event:
+        """Production stops once ``at`` records are written, and flushed, until the event returned is set.
+
+        Set before production gets there, it lets it go by. So a test can act
+        at a point of the stream it chose (and be sure the stream is still
+        to come), whatever the speed of the machine.
+        """
+        gate = threading.Event()
+        self._holds[at] = gate
+        return gate
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -147,7 +162,15 @@ class Workload:
         # The first records open every partition: only then are late ones certainly late.
         under_way = 2_000
         while self.written < self.events:
-            for _ in range(min(per_tick, self.events - self.written)):
+            gate = self._holds.get(self.written)
+            if gate is not None and not gate.is_set():
+                assert producer.flush(600) == 0
+                self.held_at = self.written
+                gate.wait()
+                self.held_at = None
+                next_tick = time.monotonic()
+            upto = min([at for at in self._holds if self.written < at < self.events], default=self.events)
+            for _ in range(min(per_tick, upto - self.written)):
                 n = self.written
                 if self.late_every and n > under_way and n % self.late_every == 0:
                     raw, into = self._event(rng, n, LATE_BY_MS), self.late
