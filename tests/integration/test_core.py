@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 
 import orjson
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
@@ -205,6 +206,131 @@ def test_two_pipelines_in_one_service(app):
     assert window.json()["event"] == "session_summary"
     assert window.json()["value"] == {"window_start_ms": second, "window_end_ms": second + 1000, "event_count": 5}
     reader.close()
+
+
+#: The capped and hopping pipelines' settings (test_session_caps_and_hopping_windows_end_to_end).
+CAP_GAP_MS, CAP_EVENTS, CAP_DURATION_MS = 1_000, 3, 2_000
+HOP_SIZE_MS, HOP_ADVANCE_MS = 2_000, 500
+
+
+def capped_split(times: list[int], gap_ms: int, max_events: int | None = None, max_duration_ms: int | None = None) -> list[tuple[int, int, int]]:
+    """(start, end, count) of one key's sessions over events in time order: a new session where the gap is
+    wider than ``gap_ms``, or where the event would break a cap (docs/semantics.md: in-order input gives the
+    sorted split, with splits at the caps). Written the plainest way, sharing nothing with the service."""
+    out: list[list[int]] = []
+    for t in sorted(times):
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and t - last[1] <= gap_ms
+            and (max_events is None or last[2] < max_events)
+            and (max_duration_ms is None or t - last[0] <= max_duration_ms)
+        ):
+            last[1], last[2] = t, last[2] + 1
+        else:
+            out.append([t, t, 1])
+    return [(start, end, count) for start, end, count in out]
+
+
+def hopping_counts(times: list[int], size_ms: int, advance_ms: int) -> list[tuple[int, int]]:
+    """(window start, events) of one key's hopping windows: [start, start + size), starts at multiples of advance."""
+    counts: Counter[int] = Counter()
+    for t in times:
+        start = t - t % advance_ms
+        while start > t - size_ms:
+            counts[start] += 1
+            start -= advance_ms
+    return sorted(counts.items())
+
+
+def test_session_caps_and_hopping_windows_end_to_end(app):
+    """Sessions capped by ``max_events``, sessions capped by ``max_duration`` and hopping windows, three
+    pipelines over one topic of the broker: each emits exactly the windows the plain reference above
+    computes, and offline mode agrees. Each user's events are in one partition, in time order (keyed,
+    produced sorted): with caps, arrival order matters, and in order the result is the sorted split."""
+    web = app.topic("web")
+    window = {"type": "session", "gap": f"{CAP_GAP_MS}ms", "grace": "500ms"}
+    amount = 'amount = { type = "sum", field = "amount" }'
+    pipelines = {
+        "by_events": pipeline([web], window | {"max_events": CAP_EVENTS}, output=app.topic("by-events"), aggregates=amount),
+        "by_duration": pipeline([web], window | {"max_duration": f"{CAP_DURATION_MS}ms"}, output=app.topic("by-duration"), aggregates=amount),
+        "hopping": pipeline(
+            [web], {"type": "hopping", "size": f"{HOP_SIZE_MS}ms", "advance": f"{HOP_ADVANCE_MS}ms", "grace": "500ms"}, output=app.topic("hopping")
+        ),
+    }
+    config_path = app.configure(config_toml(pipelines))
+    create_topics([web])
+    rng = random.Random(24)
+    base = (int(time.time()) - 600) * 1000  # ten minutes ago: every window closes once the sources are quiet
+    times: dict[str, list[int]] = {}
+    for u in range(25):
+        clock = base + rng.randrange(0, 5_000)
+        times[f"user-{u}"] = stamps = []
+        for _ in range(rng.randrange(4, 16)):
+            clock += rng.choice([100, 200, 300, 450, 700, 900, CAP_GAP_MS + 500])
+            stamps.append(clock)
+    events = sorted(({"user_id": user, "ts": t, "amount": t % 7} for user, stamps in times.items() for t in stamps), key=lambda e: e["ts"])
+    produce(web, events, key=by_user)
+
+    amounts = {(e["user_id"], e["ts"]): e["amount"] for e in events}
+
+    def with_amounts(user: str, split: list[tuple[int, int, int]]) -> list[tuple]:
+        stamps = times[user]
+        return [(user, start, end, count, sum(amounts[user, t] for t in stamps if start <= t <= end)) for start, end, count in split]
+
+    expected = {
+        "by-events": sorted(s for user, stamps in times.items() for s in with_amounts(user, capped_split(stamps, CAP_GAP_MS, max_events=CAP_EVENTS))),
+        "by-duration": sorted(
+            s for user, stamps in times.items() for s in with_amounts(user, capped_split(stamps, CAP_GAP_MS, max_duration_ms=CAP_DURATION_MS))
+        ),
+        "hopping": sorted(
+            (user, start, start + HOP_SIZE_MS, count) for user, stamps in times.items() for start, count in hopping_counts(stamps, HOP_SIZE_MS, HOP_ADVANCE_MS)
+        ),
+    }
+    # The caps cut: without them the sessions would be fewer (the test exercises them, whatever the seed).
+    uncapped = sum(len(capped_split(stamps, CAP_GAP_MS)) for stamps in times.values())
+    assert len(expected["by-events"]) > uncapped and len(expected["by-duration"]) > uncapped
+    assert max(s[3] for s in expected["by-events"]) == CAP_EVENTS
+    assert max(s[2] - s[1] for s in expected["by-duration"]) <= CAP_DURATION_MS
+
+    def read_as(name: str, records: list) -> list[tuple]:
+        out = []
+        for record in records:
+            value = record if isinstance(record, dict) else record.json()
+            v = value["value"]
+            if name == "hopping":
+                assert value["event"] == "session_summary"
+                out.append((value["user_id"], v["window_start_ms"], v["window_end_ms"], v["event_count"]))
+            else:
+                assert v["duration_ms"] == v["session_end_ms"] - v["session_start_ms"]
+                out.append((value["user_id"], v["session_start_ms"], v["session_end_ms"], v["event_count"], v["amount"]))
+        return sorted(out)
+
+    offline: dict[str, list[dict]] = {name: [] for name in expected}
+    process_lines(load_config(config_path), [orjson.dumps(e) for e in events], lambda line: collect_offline(offline, app, line))
+    for name, windows in expected.items():
+        assert read_as(name, offline[name]) == windows, f"offline mode, {name}"
+
+    service = app.service().start()
+    service.wait_started()
+    reader = Reader([app.topic(name) for name in expected])
+    try:
+        for name, windows in expected.items():
+            reader.wait_for(len(windows), timeout=120, topic=app.topic(name))
+    finally:
+        reader.close()
+    got = stop_and_read([service], [app.topic(name) for name in expected] + [app.topic("late"), app.topic("dlq")])
+    assert got[app.topic("late")] == [] and got[app.topic("dlq")] == []
+    for name, windows in expected.items():
+        assert read_as(name, got[app.topic(name)]) == windows, name  # each exactly once, nothing else
+
+
+def collect_offline(into: dict[str, list[dict]], app, line: bytes) -> None:
+    """Offline mode's output line, by the name of its topic (one of ``into``'s)."""
+    record = orjson.loads(line)
+    name = record["topic"].removeprefix(f"{app.id}-")
+    if name in into:
+        into[name].append(record["value"])
 
 
 def test_repartitioning_puts_each_key_where_a_java_producer_would(app):
