@@ -26,11 +26,10 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from tests import oracle
 from tests.integration import backlog as bl
-from tests.integration.harness import Reader, Record, bootstrap, create_topics, read_all, wait_until
+from tests.integration.harness import Reader, Record, by_topic, create_topics, producer, read_all, send, wait_until
 from tests.integration.test_operations import get, http_port, scrape
 
 fastavro = pytest.importorskip("fastavro", reason="the registry extra is not installed: pip install -e '.[registry]'")
@@ -90,20 +89,15 @@ def with_details(backlog: bl.Backlog) -> bl.Backlog:
 
 def produce_frames(topic: str, events: list[dict], frame, partitions: int = 6, seed: int = 7, extra: list[bytes | None] = ()) -> set[int]:
     """Each event framed by ``frame``, to a random partition (in order), then ``extra`` raw values; the partitions written to."""
-    producer = Producer({"bootstrap.servers": bootstrap(), "linger.ms": 20, "enable.idempotence": True})
+    out = producer()
     rng = random.Random(seed)
     values = [frame(e) if isinstance(e, dict) else e for e in events] + list(extra)
     written = set()
     for value in values:
         partition = rng.randrange(partitions)
         written.add(partition)
-        while True:
-            try:
-                producer.produce(topic, value, partition=partition)
-                break
-            except BufferError:
-                producer.poll(0.1)
-    assert producer.flush(120) == 0
+        send(out, topic, value, partition=partition)
+    assert out.flush(120) == 0
     return written
 
 
@@ -184,24 +178,14 @@ def sessions(values: list[dict], key: str = "user_id") -> list[oracle.Session]:
     return sorted(out)
 
 
-def run(app, outputs: dict[str, int], timeout: float = 240) -> dict[str, list[Record]]:
+def run(app, outputs: dict[str, int]) -> dict[str, list[Record]]:
     """Start one service, wait for every expected session, stop it, read outputs, late and dead letters."""
-    service = app.service().start()
-    service.wait_started()
-    reader = Reader([app.topic(name) for name in outputs])
-    try:
-        for name, count in outputs.items():
-            reader.wait_for(count, timeout=timeout, topic=app.topic(name))
-    finally:
-        reader.close()
-    assert service.stop() == 0
-    return read(app, list(outputs))
+    return bl.run_to_completion(app, outputs, timeout=240)
 
 
 def read(app, outputs: list[str]) -> dict[str, list[Record]]:
     topics = [app.topic(name) for name in outputs] + [app.topic("late"), app.topic("dlq")]
-    records = read_all(topics)
-    return {topic: [r for r in records if r.topic == topic] for topic in topics}
+    return by_topic(read_all(topics), topics)
 
 
 def test_avro_in_and_out_gives_the_sessions_json_gives(app, schema_registry):

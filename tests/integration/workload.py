@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Producer
 
 from service.commands.process import process_lines
 from service.config import load_config
 from tests import oracle
 from tests.helpers import session_body
-from tests.integration.harness import Reader, Record, Service, bootstrap, create_topics, stop_and_read
+from tests.integration.harness import Record, Service, collect_outputs, create_topics, producer, send
 
 SOURCES = ("web", "mobile", "backend")
 Session = tuple[str, int, int, int, int]  # user, start, end, events, sum of amount
@@ -145,16 +144,7 @@ class Workload:
         rng = random.Random(self.seed)
         # Idempotent, as Java producers are by default: retries after a broker
         # restart keep each partition's order.
-        producer = Producer(
-            {
-                "bootstrap.servers": bootstrap(),
-                "linger.ms": 20,
-                "message.timeout.ms": 600_000,
-                "enable.idempotence": True,
-                "partitioner": "murmur2_random",
-                **self.producer_config,
-            }
-        )
+        out = producer({"message.timeout.ms": 600_000, **self.producer_config})
         topics = [self.app.topic(s) for s in SOURCES]
         tick = 0.05
         per_tick = max(1, int(self.rate * tick))
@@ -164,7 +154,7 @@ class Workload:
         while self.written < self.events:
             gate = self._holds.get(self.written)
             if gate is not None and not gate.is_set():
-                assert producer.flush(600) == 0
+                assert out.flush(600) == 0
                 self.held_at = self.written
                 gate.wait()
                 self.held_at = None
@@ -179,17 +169,12 @@ class Workload:
                 else:
                     delay = self.disorder_ms if rng.random() < 0.25 else rng.randrange(0, self.disorder_ms + 1)
                     raw, into = self._event(rng, n, delay), self.produced
-                while True:
-                    try:
-                        producer.produce(rng.choice(topics), raw, self._key(raw))
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                send(out, rng.choice(topics), raw, self._key(raw))
                 into.append(raw)
-            producer.poll(0)
+            out.poll(0)
             next_tick += tick
             time.sleep(max(0.0, next_tick - time.monotonic()))
-        assert producer.flush(600) == 0
+        assert out.flush(600) == 0
 
     def _key(self, raw: bytes) -> bytes | None:
         if not self.keyed or raw.startswith(b"not json"):
@@ -265,13 +250,7 @@ def collect(app, services: list[Service], expected: int, timeout: float = 240, r
     The wait is only a barrier: the assertions run on what ``read_all`` finds
     once nothing can be written any more.
     """
-    reader = Reader([app.topic("sessions")])
-    try:
-        reader.wait_for(expected, timeout=timeout, topic=app.topic("sessions"))
-    finally:
-        reader.close()
-    topics = [app.topic("sessions"), app.topic("late"), app.topic("dlq")]
-    return stop_and_read(services, topics + ([app.topic("derived")] if rule else []))
+    return collect_outputs(app, services, {"sessions": expected}, timeout, also=["derived"] if rule else [])
 
 
 def assert_exact(
