@@ -22,7 +22,10 @@ consumer's lag in ``max.task.idle.ms``:
   it behind its end, a request that fails or is not answered, an error any
   Kafka client of the process reports (a broker connection lost), a rewind,
   and a gap of more than ``max_gap`` between two answers (a loop that stalled
-  saw nothing meanwhile). After a broker outage, a restart or a move,
+  saw nothing meanwhile). Only observed time counts: the span from the first
+  request that found it at its end to the latest one, never the time since
+  the latest request, which nothing has watched yet (however long a stalled
+  loop took to come back). After a broker outage, a restart or a move,
   producers get that long to deliver what they held.
 - **The bound.** A quiet partition's watermark may become the wall-clock time
   at which it was last found read to its end, minus ``END_MARGIN_MS``: every
@@ -97,9 +100,14 @@ class Quiet:
         if self.end_ms is None or sent_ms > self.end_ms:
             self.end_ms = sent_ms
 
-    def bound(self, now: float, idle_timeout: float) -> int | None:
-        """The wall-clock watermark the partition may have, once it has been quiet for ``idle_timeout``."""
-        if self.since is None or self.end_ms is None or now - self.since < idle_timeout:
+    def bound(self, idle_timeout: float) -> int | None:
+        """The wall-clock watermark the partition may have, once it has been seen quiet for ``idle_timeout``.
+
+        Seen: between the first request that found it at its end and the
+        latest one. What happened after the latest request was sent is not
+        known yet, so that time does not count, whatever the clock says now.
+        """
+        if self.since is None or self.end_ms is None or self.last is None or self.last - self.since < idle_timeout:
             return None
         return self.end_ms - END_MARGIN_MS
 
@@ -176,10 +184,10 @@ class SourceEnds:
 
     # -- what it answers ----------------------------------------------------------------
 
-    def bound(self, where: Partition, now: float) -> int | None:
+    def bound(self, where: Partition) -> int | None:
         """``where``'s wall-clock watermark (epoch ms), or None while it is not quiet."""
         quiet = self._quiet.get(where)
-        return None if quiet is None else quiet.bound(now, self.idle_timeout)
+        return None if quiet is None else quiet.bound(self.idle_timeout)
 
     # -- asking the broker -----------------------------------------------------------------
 

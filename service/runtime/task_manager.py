@@ -255,7 +255,7 @@ class TaskManager:
         running = self.tasks.running()
         for task in running:
             for where in task.inputs:
-                bound = self.ends.bound(where, now)
+                bound = self.ends.bound(where)
                 if bound is not None:
                     task.input_bound(where, bound)
             task.punctuate(now)

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
 
 from service.commands.process import process_lines
 from service.config import load_config
 from tests import oracle
-from tests.integration.harness import Reader, Record, Service, bootstrap, create_topics
+from tests.integration.harness import Reader, Record, Service, collect_outputs, create_topics, producer, send
 
 GAP_MS = 2_000
 GRACE_MS = 1_000
@@ -97,23 +96,25 @@ def produce(backlog: Backlog, partitions: int = 6, keyed: bool = True) -> None:
     Otherwise every record goes to a random partition.
     """
     create_topics(list(backlog.by_topic), partitions=partitions)
-    producer = Producer(
-        {"bootstrap.servers": bootstrap(), "partitioner": "murmur2_random", "linger.ms": 20, "enable.idempotence": True}
-    )
+    out = producer()
     rng = random.Random(7)
     for topic, events in backlog.by_topic.items():
         for event in events:
             raw = orjson.dumps(event)
-            while True:
-                try:
-                    if keyed:
-                        producer.produce(topic, raw, event["user_id"].encode())
-                    else:
-                        producer.produce(topic, raw, partition=rng.randrange(partitions))
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-    assert producer.flush(120) == 0
+            if keyed:
+                send(out, topic, raw, event["user_id"].encode())
+            else:
+                send(out, topic, raw, partition=rng.randrange(partitions))
+    assert out.flush(120) == 0
+
+
+def run_to_completion(app, outputs: dict[str, int], replicas: int = 1, timeout: float = 180) -> dict[str, list[Record]]:
+    """Start the replicas on the backlog, wait for every expected session, stop them, read everything."""
+    services = [app.service(f"i{n + 1}").start() for n in range(replicas)]
+    services[0].wait_started()  # the topics exist once a task is up
+    for service in services[1:]:
+        service.wait_assigned()  # with more replicas than window tasks, some have none
+    return collect_outputs(app, services, outputs, timeout)
 
 
 def kill_while_replaying(

@@ -17,7 +17,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
 
 
 def bootstrap() -> str:
@@ -47,21 +47,33 @@ def create_topics(names: Iterable[str], partitions: int = 3) -> None:
         future.result(30)
 
 
+def producer(settings: dict[str, Any] | None = None) -> Producer:
+    """The tests' producer: keys placed as Java's default partitioner places them (murmur2), and
+    idempotent, so a retried batch cannot land after a later one and make its events late.
+    ``settings`` adds or overrides librdkafka properties."""
+    return Producer(
+        {"bootstrap.servers": bootstrap(), "partitioner": "murmur2_random", "linger.ms": 20, "enable.idempotence": True, **(settings or {})}
+    )
+
+
+def send(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1) -> None:
+    """``producer.produce``, waiting for room while its queue is full (``partition`` -1: the partitioner picks)."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, partition=partition)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def produce(topic: str, values: Iterable[Any], key: Callable[[Any], bytes | None] | None = None) -> int:
     """Produce JSON values (bytes are sent as they are), keyed with murmur2 like Java."""
-    # Idempotent: a retried batch cannot land after a later one and make its events late.
-    producer = Producer({"bootstrap.servers": bootstrap(), "partitioner": "murmur2_random", "linger.ms": 20, "enable.idempotence": True})
+    out = producer()
     count = 0
     for value in values:
-        raw = value if isinstance(value, bytes) else orjson.dumps(value)
-        while True:
-            try:
-                producer.produce(topic, raw, key(value) if key else None)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        send(out, topic, value if isinstance(value, bytes) else orjson.dumps(value), key(value) if key else None)
         count += 1
-    assert producer.flush(60) == 0
+    assert out.flush(60) == 0
     return count
 
 
@@ -193,6 +205,23 @@ def stop_and_read(services: Iterable[Service], topics: list[str]) -> dict[str, l
         code = service.stop()
         assert code == 0, f"service {service.instance_id} exited {code}:\n{service.log()[-4000:]}"
     return by_topic(read_all(topics), topics)
+
+
+def collect_outputs(app: Any, services: Iterable[Service], outputs: dict[str, int], timeout: float, also: Iterable[str] = ()) -> dict[str, list[Record]]:
+    """Wait until each of ``app``'s ``outputs`` topics (by name) holds its count of records, then
+    ``stop_and_read`` the services: the outputs, the late and dead-letter topics, and the topics ``also`` names.
+
+    The wait is only a barrier: what the test asserts is what ``read_all`` finds
+    once nothing can be written any more.
+    """
+    reader = Reader([app.topic(name) for name in outputs])
+    try:
+        for name, count in outputs.items():
+            reader.wait_for(count, timeout=timeout, topic=app.topic(name))
+    finally:
+        reader.close()
+    names = [*outputs, "late", "dlq", *also]
+    return stop_and_read(services, [app.topic(name) for name in names])
 
 
 def log_events(text: str) -> list[dict[str, Any]]:

@@ -19,8 +19,15 @@ from tests.integration.workload import Workload, assert_exact, collect, expected
 pytestmark = pytest.mark.chaos
 
 PARTITIONS = 6
-#: Longer than any restart here takes, and far longer than a handover should; static members.
-SESSION_TIMEOUT = {"SESSIONIZER__KAFKA__CONSUMER__SESSION_TIMEOUT_MS": "30000", "SESSIONIZER__APP__STATIC_MEMBERSHIP": "true"}
+#: The session timeout of these tests' static members (s): longer than a restart here takes, and far
+#: longer than a handover should.
+SESSION_TIMEOUT_S = 30
+SESSION_TIMEOUT = {"SESSIONIZER__KAFKA__CONSUMER__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_S * 1000), "SESSIONIZER__APP__STATIC_MEMBERSHIP": "true"}
+#: The members' heartbeat interval (s), ``heartbeat.interval.ms`` of every test config (conftest.py).
+HEARTBEAT_S = 0.5
+#: How soon after a moment a member was still alive the coordinator could drop it without being told:
+#: the session timeout after its last heartbeat, which was at most a heartbeat interval before.
+EXPIRY_S = SESSION_TIMEOUT_S - HEARTBEAT_S
 
 
 def assignments(app) -> dict[str, set[tuple[str, int]]]:
@@ -56,9 +63,13 @@ def test_a_restart_within_the_session_timeout_moves_no_partition(app):
     total = 3 * 3 + PARTITIONS  # three sources of three partitions, and the repartition topic
     before = wait_until(lambda: settled(app, {"i1", "i2"}, total), 60, "both replicas to hold partitions")
     marker = stays.mark("restart")
+    killed = time.monotonic()
     restarts.kill()
     restarts.start()
-    restarts.wait_assigned()
+    restarts.wait_assigned(timeout=EXPIRY_S)
+    back = time.monotonic() - killed
+    # The premise, checked rather than hoped for: back in the group before the coordinator could drop it.
+    assert back < EXPIRY_S, f"the restart took {back:.1f} s: longer than the session timeout this test is about"
     workload.join(timeout=600)
     after = settled(app, {"i1", "i2"}, total)
     assert after == before
@@ -81,11 +92,13 @@ def test_a_stopped_replica_hands_its_partitions_over_well_before_the_session_tim
     workload.start()
     total = 3 * 3 + PARTITIONS
     wait_until(lambda: settled(app, {"i1", "i2"}, total), 60, "both replicas to hold partitions")
-    asked = time.monotonic()
+    asked = time.monotonic()  # it heartbeats until it stops: its last heartbeat is at most HEARTBEAT_S before
     assert stops.stop() == 0
-    wait_until(lambda: settled(app, {"i1"}, total), 25, "the remaining replica to hold every partition")
+    # Had it not left the group, the coordinator would drop it no sooner than EXPIRY_S after it was asked
+    # to stop: every partition with the other replica before that is the proof it left.
+    wait_until(lambda: settled(app, {"i1"}, total), EXPIRY_S, "the remaining replica to hold every partition")
     took = time.monotonic() - asked
-    assert took < 15, f"the handover took {took:.1f} s"
+    assert took < EXPIRY_S, f"the handover took {took:.1f} s after the stop was asked for"
     workload.join(timeout=600)
     expected = expected_sessions(app.config_path, workload.produced)
     assert_exact(app, collect(app, [stays], len(expected)), expected, workload)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 
 import orjson
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
@@ -21,6 +22,7 @@ from tests.integration.harness import (
     produce,
     stop_and_read,
     unique,
+    wait_until,
 )
 from tests.integration.workload import Workload, assert_exact, collect, expected_sessions, pipeline_body
 
@@ -206,6 +208,131 @@ def test_two_pipelines_in_one_service(app):
     reader.close()
 
 
+#: The capped and hopping pipelines' settings (test_session_caps_and_hopping_windows_end_to_end).
+CAP_GAP_MS, CAP_EVENTS, CAP_DURATION_MS = 1_000, 3, 2_000
+HOP_SIZE_MS, HOP_ADVANCE_MS = 2_000, 500
+
+
+def capped_split(times: list[int], gap_ms: int, max_events: int | None = None, max_duration_ms: int | None = None) -> list[tuple[int, int, int]]:
+    """(start, end, count) of one key's sessions over events in time order: a new session where the gap is
+    wider than ``gap_ms``, or where the event would break a cap (docs/semantics.md: in-order input gives the
+    sorted split, with splits at the caps). Written the plainest way, sharing nothing with the service."""
+    out: list[list[int]] = []
+    for t in sorted(times):
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and t - last[1] <= gap_ms
+            and (max_events is None or last[2] < max_events)
+            and (max_duration_ms is None or t - last[0] <= max_duration_ms)
+        ):
+            last[1], last[2] = t, last[2] + 1
+        else:
+            out.append([t, t, 1])
+    return [(start, end, count) for start, end, count in out]
+
+
+def hopping_counts(times: list[int], size_ms: int, advance_ms: int) -> list[tuple[int, int]]:
+    """(window start, events) of one key's hopping windows: [start, start + size), starts at multiples of advance."""
+    counts: Counter[int] = Counter()
+    for t in times:
+        start = t - t % advance_ms
+        while start > t - size_ms:
+            counts[start] += 1
+            start -= advance_ms
+    return sorted(counts.items())
+
+
+def test_session_caps_and_hopping_windows_end_to_end(app):
+    """Sessions capped by ``max_events``, sessions capped by ``max_duration`` and hopping windows, three
+    pipelines over one topic of the broker: each emits exactly the windows the plain reference above
+    computes, and offline mode agrees. Each user's events are in one partition, in time order (keyed,
+    produced sorted): with caps, arrival order matters, and in order the result is the sorted split."""
+    web = app.topic("web")
+    window = {"type": "session", "gap": f"{CAP_GAP_MS}ms", "grace": "500ms"}
+    amount = 'amount = { type = "sum", field = "amount" }'
+    pipelines = {
+        "by_events": pipeline([web], window | {"max_events": CAP_EVENTS}, output=app.topic("by-events"), aggregates=amount),
+        "by_duration": pipeline([web], window | {"max_duration": f"{CAP_DURATION_MS}ms"}, output=app.topic("by-duration"), aggregates=amount),
+        "hopping": pipeline(
+            [web], {"type": "hopping", "size": f"{HOP_SIZE_MS}ms", "advance": f"{HOP_ADVANCE_MS}ms", "grace": "500ms"}, output=app.topic("hopping")
+        ),
+    }
+    config_path = app.configure(config_toml(pipelines))
+    create_topics([web])
+    rng = random.Random(24)
+    base = (int(time.time()) - 600) * 1000  # ten minutes ago: every window closes once the sources are quiet
+    times: dict[str, list[int]] = {}
+    for u in range(25):
+        clock = base + rng.randrange(0, 5_000)
+        times[f"user-{u}"] = stamps = []
+        for _ in range(rng.randrange(4, 16)):
+            clock += rng.choice([100, 200, 300, 450, 700, 900, CAP_GAP_MS + 500])
+            stamps.append(clock)
+    events = sorted(({"user_id": user, "ts": t, "amount": t % 7} for user, stamps in times.items() for t in stamps), key=lambda e: e["ts"])
+    produce(web, events, key=by_user)
+
+    amounts = {(e["user_id"], e["ts"]): e["amount"] for e in events}
+
+    def with_amounts(user: str, split: list[tuple[int, int, int]]) -> list[tuple]:
+        stamps = times[user]
+        return [(user, start, end, count, sum(amounts[user, t] for t in stamps if start <= t <= end)) for start, end, count in split]
+
+    expected = {
+        "by-events": sorted(s for user, stamps in times.items() for s in with_amounts(user, capped_split(stamps, CAP_GAP_MS, max_events=CAP_EVENTS))),
+        "by-duration": sorted(
+            s for user, stamps in times.items() for s in with_amounts(user, capped_split(stamps, CAP_GAP_MS, max_duration_ms=CAP_DURATION_MS))
+        ),
+        "hopping": sorted(
+            (user, start, start + HOP_SIZE_MS, count) for user, stamps in times.items() for start, count in hopping_counts(stamps, HOP_SIZE_MS, HOP_ADVANCE_MS)
+        ),
+    }
+    # The caps cut: without them the sessions would be fewer (the test exercises them, whatever the seed).
+    uncapped = sum(len(capped_split(stamps, CAP_GAP_MS)) for stamps in times.values())
+    assert len(expected["by-events"]) > uncapped and len(expected["by-duration"]) > uncapped
+    assert max(s[3] for s in expected["by-events"]) == CAP_EVENTS
+    assert max(s[2] - s[1] for s in expected["by-duration"]) <= CAP_DURATION_MS
+
+    def read_as(name: str, records: list) -> list[tuple]:
+        out = []
+        for record in records:
+            value = record if isinstance(record, dict) else record.json()
+            v = value["value"]
+            if name == "hopping":
+                assert value["event"] == "session_summary"
+                out.append((value["user_id"], v["window_start_ms"], v["window_end_ms"], v["event_count"]))
+            else:
+                assert v["duration_ms"] == v["session_end_ms"] - v["session_start_ms"]
+                out.append((value["user_id"], v["session_start_ms"], v["session_end_ms"], v["event_count"], v["amount"]))
+        return sorted(out)
+
+    offline: dict[str, list[dict]] = {name: [] for name in expected}
+    process_lines(load_config(config_path), [orjson.dumps(e) for e in events], lambda line: collect_offline(offline, app, line))
+    for name, windows in expected.items():
+        assert read_as(name, offline[name]) == windows, f"offline mode, {name}"
+
+    service = app.service().start()
+    service.wait_started()
+    reader = Reader([app.topic(name) for name in expected])
+    try:
+        for name, windows in expected.items():
+            reader.wait_for(len(windows), timeout=120, topic=app.topic(name))
+    finally:
+        reader.close()
+    got = stop_and_read([service], [app.topic(name) for name in expected] + [app.topic("late"), app.topic("dlq")])
+    assert got[app.topic("late")] == [] and got[app.topic("dlq")] == []
+    for name, windows in expected.items():
+        assert read_as(name, got[app.topic(name)]) == windows, name  # each exactly once, nothing else
+
+
+def collect_offline(into: dict[str, list[dict]], app, line: bytes) -> None:
+    """Offline mode's output line, by the name of its topic (one of ``into``'s)."""
+    record = orjson.loads(line)
+    name = record["topic"].removeprefix(f"{app.id}-")
+    if name in into:
+        into[name].append(record["value"])
+
+
 def test_repartitioning_puts_each_key_where_a_java_producer_would(app):
     # No purge while the test runs: the repartition topic is read whole at the end.
     app.configure(session_body(app, ["web", "mobile"]), partitions=4, topics_extra='purge_interval = "1h"')
@@ -258,19 +385,29 @@ def test_consumed_repartition_records_are_purged(app):
     """Consumed repartition records are deleted, never one the group has not committed past,
     and the sessions still come out exactly.
 
-    A live stream of about 20 s with a purge every second: while it runs, each
-    repartition partition's low watermark (where deletion has reached) is read
-    first, then the group's committed offset, and the low watermark is never
-    ahead. The order of the two reads makes a false alarm impossible: both only
-    grow, so a low watermark read first is at most the one of the moment the
-    offset is read. The offset is read stable (``require_stable``), as the
-    service's read_committed consumer reads it: a transaction's offsets are
-    decided when ``commit_transaction`` returns (and purging may follow), but
-    the group shows them only once the coordinator has written its markers;
-    until then an unstable read answers the previous offset (seen under load).
+    A live stream of 30,000 events (about 20 s) with a purge every second.
+    Throughout, each repartition partition's low watermark (where deletion
+    has reached) is read first, then the group's committed offset, and the low
+    watermark is never ahead. The order of the two reads makes a false alarm
+    impossible: both only grow, so a low watermark read first is at most the
+    one of the moment the offset is read. The offset is read stable
+    (``require_stable``), as the service's read_committed consumer reads it: a
+    transaction's offsets are decided when ``commit_transaction`` returns (and
+    purging may follow), but the group shows them only once the coordinator
+    has written its markers; until then an unstable read answers the previous
+    offset (seen under load).
+
+    That purging goes on while the stream does is shown at points of the
+    stream the test picks, not by counting samples on a timer: production
+    stops at each quarter, the end of each repartition partition is read, and
+    the deletion must reach it before production goes on. Each of the three
+    ends is beyond the one before (records were written between), so that is
+    three purges of each partition at least, with the stream still to come.
     """
     app.configure(pipeline_body(app), topics_extra='purge_interval = "1s"')
-    workload = Workload(app, events=30_000, users=1_000, rate=1_500, seed=6)
+    events = 30_000
+    workload = Workload(app, events=events, users=1_000, rate=1_500, seed=6)
+    quarters = [workload.hold(events * k // 4) for k in (1, 2, 3)]
     workload.create_topics()
     service = app.service().start()
     service.wait_started()
@@ -278,24 +415,40 @@ def test_consumed_repartition_records_are_purged(app):
     partitions = [TopicPartition(repartition, p) for p in range(3)]
     admin = AdminClient({"bootstrap.servers": bootstrap()})
     probe = Consumer({"bootstrap.servers": bootstrap(), "group.id": unique("probe")})
-    lows_seen: list[set[int]] = [set() for _ in partitions]
-    samples = 0
+
+    def lows_checked() -> list[int]:
+        """Each partition's low watermark, checked against the group's committed offset read after it."""
+        lows = [probe.get_watermark_offsets(tp, timeout=10, cached=False)[0] for tp in partitions]
+        committed = stable_offsets(admin, app.id, partitions)
+        for p, low in enumerate(lows):
+            assert low <= committed[p], f"partition {p}: records up to {low} deleted, the group committed only {committed[p]}"
+        return lows
+
+    def deleted_up_to(ends: list[int]) -> list[int] | None:
+        """The low watermarks once every partition's has reached its end in ``ends``; else None."""
+        lows = lows_checked()
+        return lows if all(low >= end for low, end in zip(lows, ends)) else None
+
+    reached: list[list[int]] = []  # per quarter, the low watermarks once deletion reached that quarter's ends
     try:
         workload.start()
+        for gate in quarters:
+            while workload.held_at is None:  # the stream runs: check as often as the broker answers
+                assert workload.running, "the workload ended before its hold"
+                lows_checked()
+                time.sleep(0.1)
+            ends = [probe.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in partitions]
+            what = f"deletion to reach the repartition ends {ends} with the stream held at {workload.held_at} events"
+            reached.append(wait_until(lambda ends=ends: deleted_up_to(ends), 120, what))
+            gate.set()
         while workload.running:
-            lows = [probe.get_watermark_offsets(tp, timeout=10, cached=False)[0] for tp in partitions]
-            committed = stable_offsets(admin, app.id, partitions)
-            for p, low in enumerate(lows):
-                assert low <= committed[p], f"partition {p}: records up to {low} deleted, the group committed only {committed[p]}"
-                lows_seen[p].add(low)
-            samples += 1
+            lows_checked()
             time.sleep(0.1)
     finally:
         probe.close()
     workload.join(timeout=600)
-    assert samples >= 20
-    # several purges of each partition while the stream ran
-    assert all(len([low for low in seen if low > 0]) >= 3 for seen in lows_seen), lows_seen
+    for p in range(3):
+        assert 0 < reached[0][p] < reached[1][p] < reached[2][p], f"partition {p}: three purges, each further: {reached}"
     expected = expected_sessions(app.config_path, workload.produced)
     got = collect(app, [service], len(expected))
     assert_exact(app, got, expected, len(workload.produced))

@@ -20,7 +20,7 @@ from service.commands.process import process_lines
 from service.config import load_config
 from tests import oracle
 from tests.integration import backlog as bl
-from tests.integration.harness import Reader, create_topics, log_events, produce, read_all
+from tests.integration.harness import create_topics, log_events, produce, stop_and_read
 
 
 def body(app, pipelines: dict[str, tuple[list[str], str]]) -> str:
@@ -46,25 +46,6 @@ amount = {{ type = "sum", field = "amount" }}
     return "\n".join(out)
 
 
-def run_to_completion(app, outputs: dict[str, int], replicas: int = 1, timeout: float = 180) -> dict[str, list]:
-    """Start the replicas on the backlog, wait for every expected session, stop them, read everything."""
-    services = [app.service(f"i{n + 1}").start() for n in range(replicas)]
-    services[0].wait_started()  # the topics exist once a task is up
-    for service in services[1:]:
-        service.wait_assigned()  # with more replicas than window tasks, some have none
-    reader = Reader([app.topic(name) for name in outputs])
-    try:
-        for name, count in outputs.items():
-            reader.wait_for(count, timeout=timeout, topic=app.topic(name))
-    finally:
-        reader.close()
-    for service in services:
-        assert service.stop() == 0
-    topics = [app.topic(name) for name in outputs] + [app.topic("late"), app.topic("dlq")]
-    records = read_all(topics)
-    return {topic: [r for r in records if r.topic == topic] for topic in topics}
-
-
 def check(app, got: dict[str, list], name: str, backlog: bl.Backlog, key: str = "user_id") -> None:
     expected = backlog.expected()
     sessions = bl.emitted(got[app.topic(name)], key)
@@ -83,7 +64,7 @@ def test_three_topics_keyed_by_the_record_key_read_directly_and_through_a_repart
     backlog = bl.generate([app.topic(s) for s in sources], users=1_500, seed=11)
     bl.produce(backlog, partitions=6, keyed=True)
     expected = len(backlog.expected())
-    got = run_to_completion(app, {"direct": expected, "rekeyed": expected})
+    got = bl.run_to_completion(app, {"direct": expected, "rekeyed": expected})
 
     check(app, got, "rekeyed", backlog)
     # The direct pipeline's envelope names the record key "key"; its sessions are the same.
@@ -98,7 +79,7 @@ def test_one_topic_of_six_partitions_into_two_repartition_partitions_on_two_repl
     app.configure(body(app, {"sessions": (["web"], "user_id")}), partitions=2)
     backlog = bl.generate([app.topic("web")], users=2_000, seed=12)
     bl.produce(backlog, partitions=6, keyed=False)  # every user's events spread over the six partitions
-    got = run_to_completion(app, {"sessions": len(backlog.expected())}, replicas=2)
+    got = bl.run_to_completion(app, {"sessions": len(backlog.expected())}, replicas=2)
     check(app, got, "sessions", backlog)
 
 
@@ -110,7 +91,7 @@ def test_three_topics_of_six_partitions_into_two_repartition_partitions_on_three
     app.configure(body(app, {"sessions": (sources, "user_id")}), partitions=2)
     backlog = bl.generate([app.topic(s) for s in sources], users=2_000, seed=16)
     bl.produce(backlog, partitions=6, keyed=False)
-    got = run_to_completion(app, {"sessions": len(backlog.expected())}, replicas=3)
+    got = bl.run_to_completion(app, {"sessions": len(backlog.expected())}, replicas=3)
     check(app, got, "sessions", backlog)
     for service in app.services:
         assert '"partitions assigned"' in service.log(), f"{service.instance_id} took part"
@@ -122,7 +103,7 @@ def test_a_source_topic_with_no_events_does_not_stop_windows_closing(app):
     backlog = bl.generate([app.topic(s) for s in sources], users=1_000, seed=13, empty=(app.topic("silent"),))
     bl.produce(backlog, partitions=6, keyed=False)
     assert backlog.by_topic[app.topic("silent")] == []
-    got = run_to_completion(app, {"sessions": len(backlog.expected())})
+    got = bl.run_to_completion(app, {"sessions": len(backlog.expected())})
     check(app, got, "sessions", backlog)
 
 
@@ -137,7 +118,7 @@ def test_a_source_lagging_minutes_behind_the_others_is_waited_for_not_dropped(ap
     app.configure(body(app, {"sessions": (sources, "user_id")}), partitions=6)
     backlog = bl.generate([app.topic(s) for s in sources], users=1_000, seed=14, lag_ms={app.topic("backend"): 120_000})
     bl.produce(backlog, partitions=6, keyed=False)
-    got = run_to_completion(app, {"sessions": len(backlog.expected())})
+    got = bl.run_to_completion(app, {"sessions": len(backlog.expected())})
     check(app, got, "sessions", backlog)
 
 
@@ -152,10 +133,7 @@ def test_kill_9_while_replaying_a_backlog_of_three_topics(app):
     service.wait_started()
     stores = [f"sessions-{p}" for p in range(6)]
     bl.kill_while_replaying(app, service, len(expected), kills=4, restored=range(6), stores=stores)
-    assert service.stop() == 0
-    topics = [app.topic("sessions"), app.topic("late"), app.topic("dlq")]
-    records = read_all(topics)
-    check(app, {topic: [r for r in records if r.topic == topic] for topic in topics}, "sessions", backlog)
+    check(app, stop_and_read([service], [app.topic("sessions"), app.topic("late"), app.topic("dlq")]), "sessions", backlog)
     restores = [e for e in log_events(service.run_log(3)) if e.get("event") == "restoring state"]
     assert {e["partition"] for e in restores if e["mode"] == "full"} == set(range(6)), "the deleted stores were rebuilt from the whole changelog"
 
@@ -199,7 +177,7 @@ grace = "1s"
     process_lines(load_config(app.config_path, {}), backlog.wrapped_lines(), lambda line: offline.append(orjson.loads(line)), wrapped=True)
     assert not [r for r in offline if r["topic"].endswith("-late")]
     expected = sorted(_canonical(r["value"]) for r in offline if r["topic"] == app.topic("calls"))
-    got = run_to_completion(app, {"calls": len(expected)})
+    got = bl.run_to_completion(app, {"calls": len(expected)})
     assert got[app.topic("late")] == []
     assert sorted(_canonical(orjson.loads(r.value)) for r in got[app.topic("calls")]) == expected
 

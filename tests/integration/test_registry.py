@@ -22,16 +22,14 @@ import json
 import os
 import random
 import signal
-import time
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from tests import oracle, wire
 from tests.integration import backlog as bl
-from tests.integration.harness import Reader, Record, bootstrap, create_topics, read_all, wait_until
+from tests.integration.harness import Reader, Record, by_topic, create_topics, producer, read_all, send, wait_until
 from tests.integration.test_operations import get, http_port, scrape
 
 fastavro = pytest.importorskip("fastavro", reason="the registry extra is not installed: pip install -e '.[registry]'")
@@ -89,19 +87,18 @@ def with_details(backlog: bl.Backlog) -> bl.Backlog:
     return backlog
 
 
-def produce_frames(topic: str, events: list[dict], frame, partitions: int = 6, seed: int = 7, extra: list[bytes | None] = ()) -> None:
-    """Each event framed by ``frame``, to a random partition (in order), then ``extra`` raw values."""
-    producer = Producer({"bootstrap.servers": bootstrap(), "linger.ms": 20, "enable.idempotence": True})
+def produce_frames(topic: str, events: list[dict], frame, partitions: int = 6, seed: int = 7, extra: list[bytes | None] = ()) -> set[int]:
+    """Each event framed by ``frame``, to a random partition (in order), then ``extra`` raw values; the partitions written to."""
+    out = producer()
     rng = random.Random(seed)
     values = [frame(e) if isinstance(e, dict) else e for e in events] + list(extra)
+    written = set()
     for value in values:
-        while True:
-            try:
-                producer.produce(topic, value, partition=rng.randrange(partitions))
-                break
-            except BufferError:
-                producer.poll(0.1)
-    assert producer.flush(120) == 0
+        partition = rng.randrange(partitions)
+        written.add(partition)
+        send(out, topic, value, partition=partition)
+    assert out.flush(120) == 0
+    return written
 
 
 def body(app, registry, pipelines: dict[str, dict[str, str]], sources: dict[str, str], validate: bool = False) -> str:
@@ -194,24 +191,14 @@ def sessions(values: list[dict], key: str = "user_id") -> list[oracle.Session]:
     return sorted(out)
 
 
-def run(app, outputs: dict[str, int], timeout: float = 240) -> dict[str, list[Record]]:
+def run(app, outputs: dict[str, int]) -> dict[str, list[Record]]:
     """Start one service, wait for every expected session, stop it, read outputs, late and dead letters."""
-    service = app.service().start()
-    service.wait_started()
-    reader = Reader([app.topic(name) for name in outputs])
-    try:
-        for name, count in outputs.items():
-            reader.wait_for(count, timeout=timeout, topic=app.topic(name))
-    finally:
-        reader.close()
-    assert service.stop() == 0
-    return read(app, list(outputs))
+    return bl.run_to_completion(app, outputs, timeout=240)
 
 
 def read(app, outputs: list[str]) -> dict[str, list[Record]]:
     topics = [app.topic(name) for name in outputs] + [app.topic("late"), app.topic("dlq")]
-    records = read_all(topics)
-    return {topic: [r for r in records if r.topic == topic] for topic in topics}
+    return by_topic(read_all(topics), topics)
 
 
 def test_avro_in_and_out_gives_the_sessions_json_gives(app, schema_registry):
@@ -379,13 +366,18 @@ def test_schema_evolution_mid_stream(app, schema_registry):
     by_user: dict[str, list[dict]] = {}
     for event in events:
         by_user.setdefault(event["user_id"], []).append(event)
-    spanning = 0
+
+    def held(user: str, start: int, end: int) -> list[dict]:
+        return [e for e in by_user[user] if start <= e["ts"] <= end]
+
     for value in values:
         v = value["value"]
-        held = [e for e in by_user[value["user_id"]] if v["session_start_ms"] <= e["ts"] <= v["session_end_ms"]]
-        assert v["countries"] == len({e["country"] for e in held if "country" in e})
-        spanning += any("country" in e for e in held) and any("country" not in e for e in held)
-    assert spanning > 0, "some sessions hold events of both versions"
+        countries = {e["country"] for e in held(value["user_id"], v["session_start_ms"], v["session_end_ms"]) if "country" in e}
+        assert v["countries"] == len(countries)
+    # The sessions that hold events of both versions, as many as the oracle's sessions that do (some).
+    both = [s for s in expected if len({"country" in e for e in held(s.key, s.start, s.end)}) == 2]
+    spanning = [v for v in values if len({"country" in e for e in held(v["user_id"], v["value"]["session_start_ms"], v["value"]["session_end_ms"])}) == 2]
+    assert len(spanning) == len(both) > 0, "sessions holding events of both versions"
 
 
 def test_unknown_schema_id_corrupt_body_and_bad_framing_go_to_the_dead_letter_topic(app, schema_registry):
@@ -408,9 +400,12 @@ def test_unknown_schema_id_corrupt_body_and_bad_framing_go_to_the_dead_letter_to
     oracle.assert_each_once(sessions([orjson.loads(r.value) for r in got[app.topic("sessions")]]), expected)
     dead = got[app.topic("dlq")]
     assert sorted((r.value, r.headers["sessionizer.reason_code"]) for r in dead) == sorted(bad.items())
+    # Each dead letter names the very record it was: the source record at that partition and offset has its bytes.
+    source = {(r.partition, r.offset): r.value for r in read_all([app.topic("web")])}
     for record in dead:
         assert record.headers["sessionizer.topic"] == app.topic("web").encode()
-        assert int(record.headers["sessionizer.offset"]) >= 0
+        where = (int(record.headers["sessionizer.partition"]), int(record.headers["sessionizer.offset"]))
+        assert source[where] == record.value, where
         assert record.headers["sessionizer.error"]
 
 
@@ -419,11 +414,16 @@ LATER_HALF_MS = 120_000
 
 
 def test_a_frozen_registry_pauses_partitions_and_loses_nothing(app, schema_registry):
-    """SIGSTOP the registry for 10 s while records with a schema id the service has not seen arrive.
+    """SIGSTOP the registry while records with a schema id the service has not seen arrive.
 
     Those partitions wait: nothing reaches the dead-letter topic, ``/readyz``
     and the metrics say why, and once the registry answers again processing
     resumes on its own, every session exactly once.
+
+    The registry stays frozen until what the test waits for has happened, not
+    for a fixed time: every partition written to has stopped at its first new
+    record, and lookups have failed twice (each after the 2 s
+    ``schema_registry.timeout``), i.e. were retried while it was frozen.
 
     The second half's event times start two minutes after the first half's end.
     Between the halves everything is read, so the sources become quiet and their
@@ -454,21 +454,25 @@ def test_a_frozen_registry_pauses_partitions_and_loses_nothing(app, schema_regis
         reader.wait_for(1, timeout=120, topic=app.topic("sessions"))  # v1's schema is cached by now
         v2 = avro_framer(register(schema_registry, subject, EVENT_V2), EVENT_V2)  # an id the service has not seen
         os.kill(pid, signal.SIGSTOP)
-        frozen_at = time.monotonic()
         try:
-            produce_frames(app.topic("web"), second, v2, seed=8)
+            stopping = produce_frames(app.topic("web"), second, v2, seed=8)  # every partition has a v2 record to stop at
 
-            def waiting() -> dict | None:
+            def all_waiting() -> dict | None:
                 status, ready = get(port, "/readyz")
-                return ready if status == 503 and "schema registry" in ready.get("reason", "") else None
+                if status != 503 or "schema registry" not in ready.get("reason", ""):
+                    return None
+                return ready if ready.get("partitions_waiting_for_schema_registry") == len(stopping) else None
 
-            ready = wait_until(waiting, 10, "/readyz to say partitions wait for the schema registry")
-            assert ready["partitions_waiting_for_schema_registry"] >= 1
-            metrics = scrape(port)
-            assert metrics["sessionizer_schema_registry_waiting_partitions"] >= 1
-            time.sleep(max(0.0, 10 - (time.monotonic() - frozen_at)))
-            metrics = scrape(port)
-            assert metrics["sessionizer_schema_registry_errors_total"] >= 2, "lookups were retried while it was frozen"
+            # The waits end on events, each within a barrier; frozen at most a minute in all, under LATER_HALF_MS.
+            ready = wait_until(all_waiting, 30, f"/readyz to say {len(stopping)} partitions wait for the schema registry")
+            assert ready["status"].startswith(f"{len(stopping)} partition(s) waiting for the schema registry"), ready
+
+            def retried() -> dict | None:
+                metrics = scrape(port)
+                return metrics if metrics["sessionizer_schema_registry_errors_total"] >= 2 else None
+
+            metrics = wait_until(retried, 30, "a lookup to fail twice (retried while the registry is frozen)")
+            assert metrics["sessionizer_schema_registry_waiting_partitions"] == len(stopping)
             assert metrics['sessionizer_dead_letter_records_total{{app_id="{}",reason="unknown_schema",topic="{}"}}'.format(app.id, app.topic("dlq"))] == 0
         finally:
             os.kill(pid, signal.SIGCONT)

@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Producer
 
 from service.commands.process import process_lines
 from service.config import load_config
 from tests import oracle
 from tests.helpers import session_body
-from tests.integration.harness import Reader, Record, Service, bootstrap, create_topics, stop_and_read
+from tests.integration.harness import Record, Service, collect_outputs, create_topics, producer, send
 
 SOURCES = ("web", "mobile", "backend")
 Session = tuple[str, int, int, int, int]  # user, start, end, events, sum of amount
@@ -72,6 +71,7 @@ class Workload:
     produced; a quarter of them exactly that. With ``late_every`` (or
     ``malformed_every``) every so many records, once the stream is under way,
     is instead an event ``LATE_BY_MS`` late (or a value that is not JSON).
+    ``hold`` makes it wait at a point of the stream until the test says so.
     """
 
     app: object
@@ -95,6 +95,9 @@ class Workload:
     def __post_init__(self) -> None:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None
+        self._holds: dict[int, threading.Event] = {}
+        #: How many records were written when production stopped at a hold; None while it runs.
+        self.held_at: int | None = None
 
     def create_topics(self) -> None:
         create_topics([self.app.topic(s) for s in SOURCES], partitions=3)
@@ -114,6 +117,17 @@ class Workload:
     def progress(self) -> float:
         return self.written / self.events
 
+    def hold(self, at: int) -> threading.Event:
+        """Production stops once ``at`` records are written, and flushed, until the event returned is set.
+
+        Set before production gets there, it lets it go by. So a test can act
+        at a point of the stream it chose (and be sure the stream is still
+        to come), whatever the speed of the machine.
+        """
+        gate = threading.Event()
+        self._holds[at] = gate
+        return gate
+
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the workload did not finish producing"
@@ -130,16 +144,7 @@ class Workload:
         rng = random.Random(self.seed)
         # Idempotent, as Java producers are by default: retries after a broker
         # restart keep each partition's order.
-        producer = Producer(
-            {
-                "bootstrap.servers": bootstrap(),
-                "linger.ms": 20,
-                "message.timeout.ms": 600_000,
-                "enable.idempotence": True,
-                "partitioner": "murmur2_random",
-                **self.producer_config,
-            }
-        )
+        out = producer({"message.timeout.ms": 600_000, **self.producer_config})
         topics = [self.app.topic(s) for s in SOURCES]
         tick = 0.05
         per_tick = max(1, int(self.rate * tick))
@@ -147,7 +152,15 @@ class Workload:
         # The first records open every partition: only then are late ones certainly late.
         under_way = 2_000
         while self.written < self.events:
-            for _ in range(min(per_tick, self.events - self.written)):
+            gate = self._holds.get(self.written)
+            if gate is not None and not gate.is_set():
+                assert out.flush(600) == 0
+                self.held_at = self.written
+                gate.wait()
+                self.held_at = None
+                next_tick = time.monotonic()
+            upto = min([at for at in self._holds if self.written < at < self.events], default=self.events)
+            for _ in range(min(per_tick, upto - self.written)):
                 n = self.written
                 if self.late_every and n > under_way and n % self.late_every == 0:
                     raw, into = self._event(rng, n, LATE_BY_MS), self.late
@@ -156,17 +169,12 @@ class Workload:
                 else:
                     delay = self.disorder_ms if rng.random() < 0.25 else rng.randrange(0, self.disorder_ms + 1)
                     raw, into = self._event(rng, n, delay), self.produced
-                while True:
-                    try:
-                        producer.produce(rng.choice(topics), raw, self._key(raw))
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                send(out, rng.choice(topics), raw, self._key(raw))
                 into.append(raw)
-            producer.poll(0)
+            out.poll(0)
             next_tick += tick
             time.sleep(max(0.0, next_tick - time.monotonic()))
-        assert producer.flush(600) == 0
+        assert out.flush(600) == 0
 
     def _key(self, raw: bytes) -> bytes | None:
         if not self.keyed or raw.startswith(b"not json"):
@@ -242,13 +250,7 @@ def collect(app, services: list[Service], expected: int, timeout: float = 240, r
     The wait is only a barrier: the assertions run on what ``read_all`` finds
     once nothing can be written any more.
     """
-    reader = Reader([app.topic("sessions")])
-    try:
-        reader.wait_for(expected, timeout=timeout, topic=app.topic("sessions"))
-    finally:
-        reader.close()
-    topics = [app.topic("sessions"), app.topic("late"), app.topic("dlq")]
-    return stop_and_read(services, topics + ([app.topic("derived")] if rule else []))
+    return collect_outputs(app, services, {"sessions": expected}, timeout, also=["derived"] if rule else [])
 
 
 def assert_exact(

@@ -121,7 +121,9 @@ class WindowTask(Task):
                 else:  # a frame written before watermarks: judged by stream time alone
                     time_ms, index = LEGACY_FRAME.unpack_from(raw)
                     body = memoryview(raw)[LEGACY_FRAME.size :]
-                    process(key, time_ms, loads(body), body, index, self.store.stream_time or time_ms)
+                    # Its source's watermark is unknown: all the frame says is that the source got as
+                    # far as this event. Late, then, only behind stream time (``behind_stream_time``).
+                    process(key, time_ms, loads(body), body, index, time_ms)
             except (struct.error, TypeError, IndexError, orjson.JSONDecodeError) as exc:
                 self._dead_letter(f"unreadable repartition record: {exc}", message, UNREADABLE_FRAME)
         self._advance()

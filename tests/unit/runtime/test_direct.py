@@ -119,11 +119,13 @@ def test_quiet_inputs_let_the_wall_clock_close_windows(instance):
     instance.tasks.route([record(WEB, 0, a, T0), eof(WEB, 0, 1), eof(MOBILE, 0, 0)])
     idle = instance.config.idle_timeout_ms // 1000
     instance.tick(0)  # the first request for the end offsets goes out at T0 on the wall clock
-    instance.tick(times=idle - 1)
-    assert task.store.stream_time is None, "mobile is not quiet for long enough yet: it may still hold anything"
+    instance.tick(times=idle)
+    # The idle timeout has passed on the clock, but the latest answer is to the request sent a
+    # second ago: mobile was seen at its end for idle - 1 seconds only.
+    assert task.store.stream_time is None, "mobile is not seen quiet for long enough yet: it may still hold anything"
     instance.tick()
-    # The latest answer is to the request sent a second ago, idle - 1 seconds after the first.
-    assert task.store.stream_time == T0 + (idle - 1) * SECOND - END_MARGIN_MS
+    # The latest answer is to the request sent a second ago, idle seconds after the first.
+    assert task.store.stream_time == T0 + idle * SECOND - END_MARGIN_MS
     instance.tasks.commit()
     assert len(instance.cluster.visible(OUTPUT)) == 1
 

@@ -19,11 +19,11 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from service.core.partitioner import partition_for
 from service.core.watermarks import source_id
 from service.runtime.ends import END_MARGIN_MS
-from service.runtime.frames import DATA, DATA_FRAME, IDLE, REPORT_FRAME, report
+from service.runtime.frames import DATA, DATA_FRAME, IDLE, LEGACY_FRAME, REPORT_FRAME, report
 from service.runtime.tasks import DirectTask, TaskState, WindowTask
-from tests.fakes import FakeAdmin, FakeCluster, FakeMessage, Produced, eof
+from tests.fakes import FakeAdmin, FakeCluster, FakeMessage, FetchingConsumer, Produced, eof
 from tests.helpers import pipeline, session_window
-from tests.unit.runtime.instances import MOBILE, WEB, Instance, direct_instance, event
+from tests.unit.runtime.instances import MOBILE, WEB, Instance, Instances, direct_instance, event
 
 SOURCE = "events"
 REPARTITION = "sessionizer-s-repartition"
@@ -125,6 +125,50 @@ def test_each_partitions_stream_time_and_watermarks_are_restored_from_the_change
     assert b.window(0).store.stream_time == T0 + 4 * MINUTE
 
 
+def run(a: Instance, seconds: int) -> None:
+    """``a``'s loop for ``seconds`` of its clock, a second a round: poll what the cluster holds, restore, punctuate, commit."""
+    for _ in range(seconds):
+        a.now += 1
+        messages = a.consumer.consume(1_000, 0)
+        if messages:
+            a.tasks.route(messages)
+        if a.tasks.restoring:
+            a.tasks.restore()
+        a.tasks.punctuate(a.now)
+        a.tasks.commit()
+
+
+def test_stream_time_the_wall_clock_moved_is_restored_from_the_changelog(cluster, tmp_path):
+    """Once the wall-clock bounds of quiet sources have moved stream time past every event time, that
+    stream time, and each source's watermark, is state like any other: an instance on an empty disk
+    restores both from the changelog, exactly as they were committed, before any source reports again."""
+    made = Instances(cluster, tmp_path, PIPELINE, PARTITIONS, admin=RecordingAdmin, consumer=FetchingConsumer)
+    try:
+        a = made("a")
+        a.assign((SOURCE, 0), (SOURCE, 1), (REPARTITION, 0), (REPARTITION, 1))
+        for partition in (0, 1):  # one event in each source partition, at T0; nothing after it
+            cluster.records.append(Produced(SOURCE, partition, cluster.append((SOURCE, partition)), None, event(f"u{partition}", T0)))
+        idle = a.config.idle_timeout_ms // 1000
+        run(a, idle + 5)  # both sources seen quiet, their bounds reported and read by the window tasks
+        tasks = [a.window(0), a.window(1)]
+        moved = [t.store.stream_time for t in tasks]
+        marks = [t.watermarks.marks for t in tasks]
+        assert all(st is not None and st > T0 + (idle - 2) * SECOND for st in moved), (moved, "the wall clock moved stream time")
+        assert all(m[S0] > T0 and m[S1] > T0 for m in marks), marks
+
+        b = made("b")  # another instance, nothing on its disk, reading no source: nothing reports again
+        b.assign((REPARTITION, 0), (REPARTITION, 1))
+        restored = [b.window(0), b.window(1)]
+        assert [t.store.stream_time for t in restored] == [None, None]
+        for _ in range(10):  # the changelog reader, between polls that hand nothing over
+            b.tasks.restore()
+        assert [t.state for t in restored] == [TaskState.RUNNING, TaskState.RUNNING]
+        assert [t.store.stream_time for t in restored] == moved
+        assert [t.watermarks.marks for t in restored] == marks
+    finally:
+        made.close()
+
+
 # -- 2. quiet sources and the wall clock -------------------------------------------------------------
 
 
@@ -210,17 +254,20 @@ def reading_events_0(a: Instance, records: int = 1) -> None:
 
 def test_a_source_is_quiet_once_the_broker_has_shown_it_read_to_its_end_for_the_idle_timeout(instance, cluster):
     """Then its reports carry its wall-clock bound: when the latest request for end offsets
-    that found it at its end was sent, minus a second, flagged IDLE. Every second it moves on."""
+    that found it at its end was sent, minus a second, flagged IDLE. Every second it moves on.
+
+    Only what the answers saw counts: the idle timeout after the first request, the clock has
+    run for it, but the latest answer taken is to the request sent a second before."""
     a = instance()
     reading_events_0(a)
     idle = a.config.idle_timeout_ms // 1000
     a.tick(0)  # the first request goes out at T0 on the wall clock
-    a.tick(times=idle - 1)
+    a.tick(times=idle)
     a.tasks.commit()
-    assert source_reports(cluster)[2:] == [], "quiet for less than the idle timeout: nothing new to say"
+    assert source_reports(cluster)[2:] == [], "seen quiet for less than the idle timeout: nothing new to say"
     a.tick()
     a.tasks.commit()
-    bound = T0 + (idle - 1) * SECOND - END_MARGIN_MS  # the answer taken is to the request sent a second ago
+    bound = T0 + idle * SECOND - END_MARGIN_MS  # the answer taken is to the request sent a second ago
     assert source_reports(cluster)[2:] == [(0, bound, IDLE), (1, bound, IDLE)]
     a.tick()
     a.tasks.commit()
@@ -281,6 +328,33 @@ def test_an_answer_to_a_request_sent_before_a_record_is_not_taken_for_quiet(inst
     assert not [r for r in source_reports(cluster) if r[2] & IDLE]
 
 
+def test_a_loop_that_stalled_counts_no_time_it_did_not_see(instance, cluster):
+    """The loop stalls between two requests for end offsets (a long pause of the process, a slow
+    commit) for as long as the idle timeout. Meanwhile nothing watched the partition: records could
+    have come, and the consumer not handed them over yet. That time does not count, however long the
+    clock ran: the partition is not quiet when the loop comes back, and the count starts again at
+    the first answer after the stall (a gap of more than three request intervals), so it is quiet an
+    idle timeout of answers later."""
+    a = instance()
+    reading_events_0(a)
+    idle = a.config.idle_timeout_ms // 1000
+    start = a.now  # T0 on the wall clock
+    a.tick(0)
+    a.tick(times=idle // 2)  # seen at its end for a while
+    a.tick(idle)  # the loop comes back from a stall as long as the idle timeout, and punctuates once
+    a.tasks.commit()
+    assert not [r for r in source_reports(cluster) if r[2] & IDLE], "the stall was not seen: it does not count"
+    resumed = a.now  # a request went out as the loop came back: the first one the count starts from
+    while a.now < resumed + idle:
+        a.tick()
+        a.tasks.commit()
+        assert not [r for r in source_reports(cluster) if r[2] & IDLE], f"{a.now - resumed:.0f} s after the stall"
+    a.tick()  # takes the answer to the request sent an idle timeout after the stall
+    a.tasks.commit()
+    bound = T0 + round((resumed + idle - start) * SECOND) - END_MARGIN_MS
+    assert [r for r in source_reports(cluster) if r[2] & IDLE] == [(0, bound, IDLE), (1, bound, IDLE)]
+
+
 # -- 3. purging repartition records --------------------------------------------------------------
 
 
@@ -336,6 +410,95 @@ def test_at_least_once_does_not_purge_past_an_offset_commit_that_failed(instance
     a.tasks.commit()
     assert cluster.group_offsets == {(REPARTITION, 0): 1}  # the offset commit did fail
     assert deletions_past_committed(a) == []
+
+
+# -- 4. what a frame says -------------------------------------------------------------------------
+
+
+def test_a_frame_carries_its_sources_watermark_and_an_out_of_order_event_is_judged_by_it(instance, cluster):
+    """A data frame carries its event's time and its source partition's watermark: the largest event
+    time read from the partition so far, which for an event out of order is not its own. The window
+    task judges the event against it: exactly grace behind it is on time, more is late (behind its
+    watermark), though stream time is still unknown (the other source has said nothing)."""
+    a = instance()
+    a.assign((SOURCE, 0))
+    produced = [("u1", T0 + 10 * MINUTE), ("u2", T0 + 9 * MINUTE), ("u3", T0 + 8 * MINUTE), ("u4", T0 + 11 * MINUTE)]
+    a.tasks.route([FakeMessage(SOURCE, 0, n, value=event(user, at)) for n, (user, at) in enumerate(produced)])
+    a.tasks.commit()
+    framed = [r for r in cluster.visible(REPARTITION) if r.key is not None]
+    assert [(r.key, DATA_FRAME.unpack_from(r.value)) for r in framed] == [
+        (b"u1", (DATA, T0 + 10 * MINUTE, T0 + 10 * MINUTE, S0)),
+        (b"u2", (DATA, T0 + 9 * MINUTE, T0 + 10 * MINUTE, S0)),
+        (b"u3", (DATA, T0 + 8 * MINUTE, T0 + 10 * MINUTE, S0)),
+        (b"u4", (DATA, T0 + 11 * MINUTE, T0 + 11 * MINUTE, S0)),
+    ]
+
+    a.assign((REPARTITION, 0), (REPARTITION, 1))
+    a.tasks.route(cluster.messages(REPARTITION))
+    a.tasks.commit()
+    [late] = cluster.visible(LATE)
+    assert (late.key, late.value) == (b"u3", event("u3", T0 + 8 * MINUTE))
+    assert list(late.headers) == [
+        ("sessionizer.reason", too_late(T0 + 8 * MINUTE, MINUTE, T0 + 10 * MINUTE)),
+        ("sessionizer.pipeline", b"s"),
+        ("sessionizer.event_time_ms", str(T0 + 8 * MINUTE).encode()),
+        ("sessionizer.watermark_ms", str(T0 + 10 * MINUTE).encode()),
+        ("sessionizer.reason_code", b"behind_watermark"),
+    ]
+    windows = {user: a.window(partition_for(user.encode(), 2)).store.peek(user.encode()) for user in ("u1", "u2", "u4")}
+    assert {user: [(w.start, w.end, w.count) for w in found] for user, found in windows.items()} == {
+        "u1": [(T0 + 10 * MINUTE, T0 + 10 * MINUTE, 1)],
+        "u2": [(T0 + 9 * MINUTE, T0 + 9 * MINUTE, 1)],
+        "u4": [(T0 + 11 * MINUTE, T0 + 11 * MINUTE, 1)],
+    }
+    assert [a.window(p).store.stream_time for p in (0, 1)] == [None, None], "S1 has said nothing"
+
+
+def legacy(offset: int, user: str, at_ms: int) -> FakeMessage:
+    """A frame as versions before watermarks wrote it: event time, source topic index, the event."""
+    return FakeMessage(REPARTITION, 0, offset, key=user.encode(), value=LEGACY_FRAME.pack(at_ms, 0) + event(user, at_ms))
+
+
+def test_frames_written_before_watermarks_are_read_after_an_upgrade_judged_by_stream_time_alone(instance, cluster):
+    """A repartition topic can still hold frames of a version before watermarks when the service is
+    upgraded (docs/semantics.md, Limitations). The new version reads them: their events count, judged
+    against the task's stream time alone, so one more than grace behind it is late behind stream
+    time; they move no source's watermark and no stream time."""
+    a = instance("a")
+    a.assign((REPARTITION, 0))
+    a.tasks.route([data(0, 0, "u1", T0 + 10 * MINUTE, S0), data(0, 1, "u2", T0 + 5 * MINUTE, S1)])
+    a.tasks.commit()
+
+    b = instance("b")  # the upgraded process, on an empty disk: its state comes from the changelog
+    b.assign((REPARTITION, 0))
+    b.restore_consumer.feed(*cluster.messages(CHANGELOG), eof(CHANGELOG, 0, cluster.end((CHANGELOG, 0))))
+    b.tasks.restore()
+    window = b.window()
+    assert window.store.stream_time == T0 + 5 * MINUTE
+    b.tasks.route(
+        [
+            legacy(2, "u3", T0 + 4 * MINUTE),  # exactly grace behind stream time: on time
+            legacy(3, "u4", T0 + 3 * MINUTE),  # more than grace behind: late
+            legacy(4, "u5", T0 + 30 * MINUTE),  # ahead of everything: on time, and moves nothing
+        ]
+    )
+    b.tasks.commit()
+    [late] = cluster.visible(LATE)
+    assert (late.key, late.value) == (b"u4", event("u4", T0 + 3 * MINUTE))
+    assert list(late.headers) == [
+        ("sessionizer.reason", too_late(T0 + 3 * MINUTE, MINUTE, T0 + 5 * MINUTE)),
+        ("sessionizer.pipeline", b"s"),
+        ("sessionizer.event_time_ms", str(T0 + 3 * MINUTE).encode()),
+        ("sessionizer.stream_time_ms", str(T0 + 5 * MINUTE).encode()),
+        # All a frame of before watermarks says of its source: it got as far as this event.
+        ("sessionizer.watermark_ms", str(T0 + 3 * MINUTE).encode()),
+        ("sessionizer.reason_code", b"behind_stream_time"),
+    ]
+    assert window.counts().late_reasons == {"behind_stream_time": 1}
+    assert [(w.start, w.count) for w in window.store.peek(b"u3")] == [(T0 + 4 * MINUTE, 1)]
+    assert [(w.start, w.count) for w in window.store.peek(b"u5")] == [(T0 + 30 * MINUTE, 1)]
+    assert window.store.stream_time == T0 + 5 * MINUTE
+    assert window.watermarks.marks == {S0: T0 + 10 * MINUTE, S1: T0 + 5 * MINUTE}
 
 
 # -- 5. late records -----------------------------------------------------------------------------
