@@ -4,7 +4,8 @@ Per key: sort the event times, split where two neighbours are more than
 ``gap`` apart, then count and sum. That is the promise of docs/semantics.md
 for any arrival order within grace, written the plainest way, so that a bug
 in the service's merging, closing, aggregates or stores cannot also be in the
-reference and cancel out.
+reference and cancel out. ``late_events`` is the same for lateness: per-source
+watermarks and grace, from each source's arrival order alone.
 """
 
 from __future__ import annotations
@@ -41,6 +42,27 @@ def sessions(events: Iterable[tuple[str, int, int]], gap_ms: int) -> list[Sessio
             total += amount
         out.append(Session(key, start, end, count, total))
     return sorted(out)
+
+
+def late_events(arrivals: Iterable[tuple[Hashable, int, Hashable]], grace_ms: int) -> set[Hashable]:
+    """Which events are late, from nothing but each source's arrival order: docs/semantics.md's rule.
+
+    ``arrivals``: (source, event time ms, event id) in the order each source
+    delivers them (one source: one partition of one topic). A source's
+    watermark is the largest event time it has delivered, this event's
+    included; an event more than ``grace_ms`` behind its own source's
+    watermark is late. Nothing about the other sources, stream time or how
+    the service interleaves them enters into it.
+    """
+    marks: dict[Hashable, int] = {}
+    late: set[Hashable] = set()
+    for source, time_ms, ident in arrivals:
+        mark = marks.get(source)
+        if mark is None or time_ms > mark:
+            marks[source] = mark = time_ms
+        if time_ms < mark - grace_ms:
+            late.add(ident)
+    return late
 
 
 def conserved(emitted: Iterable[Session], late: int, produced: int) -> bool:
