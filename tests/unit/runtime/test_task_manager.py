@@ -664,3 +664,33 @@ def test_a_quiet_sources_reports_close_a_quiet_users_session_on_the_wall_clock(i
     a.lose((SOURCE, 0))
     a.tick(times=60)
     assert window.store.stream_time == before
+
+
+def test_a_quiet_users_session_closes_within_the_promised_delay_after_its_close_time(instance, cluster):
+    """docs/semantics.md, "Closing latency": when the whole stream is quiet, a session closes at
+    most the bound's margin (END_MARGIN_MS) plus a request interval and the report's commit
+    after its close time, and never before it. The clock is the test's, so the bound is exact.
+    """
+    a = instance()
+    a.assign((SOURCE, 0), (REPARTITION, 0))
+    a.admin.ends = {(SOURCE, 0): 0}
+    a.tasks.route([repartition_record(0, "u1", T0), eof(REPARTITION, 0, 1), eof(SOURCE, 0, 0)])
+    close_ms = T0 + 10 * 60_000  # the last event, plus gap (10 minutes), plus grace (none)
+    interval_ms = a.config.punctuate_interval_ms
+    delivered = 1
+    emitted_at = None
+    for _ in range(12 * 60):
+        a.tick(interval_ms / 1000)
+        a.tasks.commit()
+        new = [r for r in reports(cluster.visible(REPARTITION)) if r.partition == 0][delivered - 1 :]
+        batch = [FakeMessage(REPARTITION, 0, delivered + n, key=None, value=r.value) for n, r in enumerate(new)]
+        delivered += len(new)
+        a.tasks.route([*batch, eof(REPARTITION, 0, delivered)])
+        a.tick(0)
+        a.tasks.commit()
+        if sessions(cluster.visible(OUTPUT)):
+            emitted_at = T0 + round((a.now - 1_000) * 1000)
+            break
+    assert emitted_at is not None, "the session never closed"
+    assert emitted_at > close_ms, "never before its close time"
+    assert emitted_at - close_ms <= END_MARGIN_MS + 2 * interval_ms, emitted_at - close_ms
