@@ -166,7 +166,11 @@ class StreamLoop:
         """One poll-process-punctuate(-commit) round; returns the next commit deadline."""
         tasks = self.tasks
         restoring = tasks.restoring
-        wait = 0.0 if restoring else max(0.0, next_commit - time.monotonic())
+        # Wait for records until the next commit or punctuation, whichever is first: an idle loop must
+        # still punctuate every punctuate_interval, or the broker's answers on quiet sources come too
+        # far apart to count as watched time (``service.runtime.ends``) and quiet windows never close.
+        now = time.monotonic()
+        wait = 0.0 if restoring else max(0.0, min(next_commit - now, self.punctuator.remaining(now)))
         messages = self.consumer.consume(self.config.poll_batch, wait)
         if messages:
             tasks.route(messages)

@@ -18,3 +18,7 @@ class Punctuator:
             return False
         self._next = now + self.interval
         return True
+
+    def remaining(self, now: float) -> float:
+        """Seconds until the next punctuation is due: how long the loop may wait for records."""
+        return 0.0 if self._next is None else max(0.0, self._next - now)
