@@ -221,25 +221,33 @@ def main() -> None:
             )
         )
 
-        shutil.rmtree(state)
-        records = changelog_records(args.bootstrap, f"{app}-sessions-changelog", args.partitions)
-        restore, rss = run_until(config, log, lambda: ready(port), every=0.05)
-        print(
-            json.dumps(
-                {
-                    "restore_seconds_to_ready": round(restore, 1),
-                    "changelog_records": records,
-                    "restore_records_per_s": round(records / restore),
-                    "restore_peak_rss_mib": round(rss),
-                }
-            )
-        )
+        restore, rss = timed_restore(args, config, log, port, state, f"{app}-sessions-changelog", args.partitions, "restore")
         if args.rescale:
-            rescale_and_restore(args, config, log, port, restore, rss, app, topic, state)
+            rescale_and_restore(args, config, log, port, restore, rss, app, state)
+
+
+def timed_restore(
+    args: argparse.Namespace, config: Path, log: Path, port: int, state: Path, changelog: str, partitions: int, label: str
+) -> tuple[float, float]:
+    """Wipe the local state, start the service and time it until ``/readyz``: (seconds, peak RSS MiB), printed too."""
+    shutil.rmtree(state)
+    records = changelog_records(args.bootstrap, changelog, partitions)
+    seconds, rss = run_until(config, log, lambda: ready(port), every=0.05)
+    print(
+        json.dumps(
+            {
+                f"{label}_seconds_to_ready": round(seconds, 1),
+                "changelog_records": records,
+                "restore_records_per_s": round(records / seconds),
+                "restore_peak_rss_mib": round(rss),
+            }
+        )
+    )
+    return seconds, rss
 
 
 def rescale_and_restore(
-    args: argparse.Namespace, config: Path, log: Path, port: int, restore: float, restore_rss: float, app: str, topic: str, state: Path
+    args: argparse.Namespace, config: Path, log: Path, port: int, restore: float, restore_rss: float, app: str, state: Path
 ) -> None:
     """``sessionizer rescale --partitions N`` on the state just restored, then a restore of the new layout."""
     text = config.read_text().replace(f"partitions = {args.partitions}", f"partitions = {args.rescale}", 1)
@@ -268,19 +276,7 @@ def rescale_and_restore(
             }
         )
     )
-    shutil.rmtree(state)
-    records = changelog_records(args.bootstrap, f"{app}-sessions-changelog-g1", args.rescale)
-    again, again_rss = run_until(config, log, lambda: ready(port), every=0.05)
-    print(
-        json.dumps(
-            {
-                "restore_after_rescale_seconds_to_ready": round(again, 1),
-                "changelog_records": records,
-                "restore_records_per_s": round(records / again),
-                "restore_peak_rss_mib": round(again_rss),
-            }
-        )
-    )
+    timed_restore(args, config, log, port, state, f"{app}-sessions-changelog-g1", args.rescale, "restore_after_rescale")
 
 
 if __name__ == "__main__":
