@@ -156,7 +156,7 @@ class Positions:
         deadline = time.monotonic() + patience
         while True:
             try:
-                committed = self.consumer.committed(partitions, timeout=min(10.0, patience))
+                committed = checked(self.consumer.committed(partitions, timeout=min(10.0, patience)))
                 break
             except KafkaException as exc:
                 if time.monotonic() > deadline:
@@ -200,3 +200,19 @@ class Positions:
         paused = [TopicPartition(topic, partition) for topic, partition in held]
         if paused:
             self.consumer.pause(paused)
+
+
+def checked(committed: list[TopicPartition]) -> list[TopicPartition]:
+    """``committed`` offsets, or the first partition's error raised.
+
+    librdkafka reports a failed request by raising, but a partition the
+    coordinator could not answer for (offsets still loading after a broker
+    restart, a transaction's offsets not yet stable) comes back with an error
+    and no offset: taken for "nothing committed", it sent a rewind back to
+    where this member started reading, records already committed were
+    processed again, and their sessions emitted twice.
+    """
+    for tp in committed:
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+    return committed

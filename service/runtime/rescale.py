@@ -50,6 +50,7 @@ from service.runtime.admin import require_empty_group, wait_until_gone
 from service.runtime.clients import admin_config, bulk_producer_config, restore_consumer_config
 from service.runtime.layout import read_layout, write_layout
 from service.runtime.loop import StreamLoop
+from service.runtime.positions import checked
 from service.runtime.tasks.window import WATERMARKS
 from service.runtime.topics import delete_topics, ensure_topics, every_generation, internal_topics
 from service.state.store import META_PREFIX, STREAM_TIME, WINDOW_PREFIX, decode_time, encode_time
@@ -293,7 +294,7 @@ def _unconsumed(config: Config, partitions: list[TopicPartition]) -> list[TopicP
     props = {**restore_consumer_config(config), "group.id": config.app_id}
     consumer = Consumer(props)
     try:
-        committed = consumer.committed(partitions, timeout=30)
+        committed = checked(consumer.committed(partitions, timeout=30))
         start = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed]
         consumer.assign(start)
         pending = {(tp.topic, tp.partition) for tp in start}

@@ -9,7 +9,7 @@ transactions what became visible together.
 from __future__ import annotations
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException
 
 from service.core.watermarks import source_id
 from service.runtime.ends import END_MARGIN_MS
@@ -694,3 +694,38 @@ def test_a_quiet_users_session_closes_within_the_promised_delay_after_its_close_
     assert emitted_at is not None, "the session never closed"
     assert emitted_at > close_ms, "never before its close time"
     assert emitted_at - close_ms <= END_MARGIN_MS + 2 * interval_ms, emitted_at - close_ms
+
+
+class _Unanswered:
+    """A partition ``committed`` returns with an error instead of an offset (the coordinator could not answer for it)."""
+
+    def __init__(self, tp, error):
+        self.topic, self.partition, self.offset, self.error = tp.topic, tp.partition, OFFSET_INVALID, error
+
+
+def test_a_partition_the_coordinator_cannot_answer_for_is_not_taken_for_nothing_committed(instance, monkeypatch):
+    """Seen in CI after a broker restart: ``committed`` came back with per-partition errors and no
+    offsets, the rewind took that for "nothing committed" and went back to where this member had
+    started reading, and records already committed were processed (and their sessions emitted) twice.
+    Such an answer is retried like a failed request; the rewind lands on the committed offset."""
+    a = instance()
+    a.assign((REPARTITION, 0))
+    a.tasks.route(FIRST_BATCH)
+    a.tasks.commit()  # committed: FIRST_BATCH is done
+    a.tasks.route([repartition_record(len(FIRST_BATCH), "u9", T0 + 21 * MINUTE)])
+    a.producer.fail("commit_transaction", ABORTABLE)
+    real = a.consumer.committed
+    answers = []
+
+    def loading(partitions, timeout=None):
+        if not answers:
+            answers.append("error")
+            return [_Unanswered(tp, KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)) for tp in partitions]
+        answers.append("offsets")
+        return real(partitions, timeout)
+
+    monkeypatch.setattr(a.consumer, "committed", loading)
+    monkeypatch.setattr("service.runtime.positions.time.sleep", lambda seconds: None)
+    a.tasks.commit()
+    assert answers == ["error", "offsets"]
+    assert a.consumer.seeks == [(REPARTITION, 0, len(FIRST_BATCH))], "rewound before the committed offset"
