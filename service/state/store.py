@@ -7,6 +7,9 @@ Layout (three column families):
   range scan up to stream time, so closing never walks the whole store. An
   index entry can outlive its key's close time (a restore writes without
   reading); the scan checks each against the key's value and drops the stale.
+  The scan starts at a floor below which no live entry is left (``due``):
+  every commit deletes the entries of the close times it moved, and a scan
+  from the start would step over all those tombstones until compaction.
 - ``meta``: stream time, task metadata (the sources' watermarks), and the
   changelog offset the local state reflects (the checkpoint)
 
@@ -77,6 +80,8 @@ class PendingCommit:
     batch: WriteBatch = field(default_factory=lambda: WriteBatch(raw_mode=True))
     #: Each changed entry, with its new close time and size.
     entries: list[tuple[Entry, int | None, int]] = field(default_factory=list)
+    #: The index's scan floor once this commit is written (``WindowStore.due``).
+    scan_floor: int | None = None
 
 
 class KeyValue(Protocol):
@@ -107,6 +112,12 @@ class WindowStore:
         self._dirty: dict[bytes, Entry] = {}
         #: Index entries found stale by ``due``, deleted with the next commit.
         self._stale: list[bytes] = []
+        #: No live index entry has a smaller close time (None: unknown, scan from the start).
+        self._scan_floor: int | None = None
+        #: How far ``due`` scanned since the last commit: the next floor, once that commit is written.
+        self._due_floor: int | None = None
+        #: The keys those scans found due, with their index entries' close times.
+        self._found: list[tuple[bytes, int]] = []
         self.stream_time: int | None = self._read_stream_time()
         self._committed_stream_time = self.stream_time
         #: Task metadata written with the next commit (e.g. source watermarks), by name.
@@ -140,7 +151,15 @@ class WindowStore:
         return [] if raw is None else self.kind.load(orjson.loads(memoryview(raw)[8:]))
 
     def due(self, stream_time: int) -> list[bytes]:
-        """Keys holding at least one window that is closed at ``stream_time``."""
+        """Keys holding at least one window that is closed at ``stream_time``.
+
+        The index is scanned from the floor up to ``stream_time``. Every entry
+        the scan meets is stale (dropped with the next commit) or due (the
+        caller pops the key's closed windows and touches it, so the commit
+        rewrites it): once that commit is written, nothing live is left below
+        ``stream_time`` but what the commit writes and the due keys the caller
+        left alone, which ``prepare`` takes into the next floor.
+        """
         keys = []
         for key, entry in self._dirty.items():
             entry.close = self.kind.next_close(entry.windows) if entry.windows else None
@@ -148,14 +167,19 @@ class WindowStore:
                 keys.append(key)
         options = ReadOptions()
         options.set_iterate_upper_bound(encode_time(stream_time))
-        for index_key in _raw_keys(self._index.keys(read_opt=options)):
+        # A seek, not ``set_iterate_lower_bound``: rocksdict 0.3 ignores that bound here.
+        start = None if self._scan_floor is None else encode_time(self._scan_floor)
+        for index_key in _raw_keys(self._index.keys(from_key=start, read_opt=options)):
             key = index_key[8:]
             if key in self._dirty:
                 continue
-            if self.entry(key).stored_close != decode_time(index_key):
+            close = decode_time(index_key)
+            if self.entry(key).stored_close != close:
                 self._stale.append(index_key)  # written by a restore, for a close time since changed
                 continue
             keys.append(key)
+            self._found.append((key, close))
+        self._due_floor = stream_time if self._due_floor is None else max(self._due_floor, stream_time)
         return keys
 
     def keys(self) -> Iterator[bytes]:
@@ -186,9 +210,15 @@ class WindowStore:
         pending = PendingCommit()
         batch = pending.batch
         index_cf = self._index_cf
+        floor = self._scan_floor if self._due_floor is None else self._due_floor
+        for key, found in self._found:
+            if floor is not None and found < floor and key not in self._dirty:
+                floor = found
         for key, entry in self._dirty.items():
             windows = entry.windows
             close = self.kind.next_close(windows) if windows else None
+            if close is not None and floor is not None and close < floor:
+                floor = close
             if close is None:
                 value = None
                 size = 0
@@ -204,6 +234,7 @@ class WindowStore:
                     batch.put(encode_time(close) + key, b"", index_cf)
             pending.changelog.append((WINDOW_PREFIX + key, value))
             pending.entries.append((entry, close, size))
+        pending.scan_floor = floor
         for index_key in self._stale:
             batch.delete(index_key, index_cf)
         if self.stream_time is not None and self.stream_time != self._committed_stream_time:
@@ -232,6 +263,9 @@ class WindowStore:
         self._stale.clear()
         self._meta_changes.clear()
         self._committed_stream_time = self.stream_time
+        self._scan_floor = pending.scan_floor
+        self._due_floor = None
+        self._found.clear()
         self._evict()
 
     def rollback(self) -> None:
@@ -243,6 +277,8 @@ class WindowStore:
         self._dirty.clear()
         self._stale.clear()
         self._meta_changes.clear()
+        self._due_floor = None
+        self._found.clear()
         self.stream_time = self._committed_stream_time
 
     def _evict(self) -> None:
@@ -298,6 +334,9 @@ class WindowStore:
                     put(key, value, meta_cf)
         put(_CHECKPOINT, checkpoint.to_bytes(8, "big"), meta_cf)
         self._db.write(batch)
+        # The restored close times can be anywhere: the next scan starts from the beginning.
+        self._scan_floor = self._due_floor = None
+        self._found.clear()
         if self._cache:
             self._cache.clear()
             self.cached_bytes = 0

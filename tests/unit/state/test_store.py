@@ -131,3 +131,83 @@ def test_the_cache_budget_is_shared_equally_by_the_open_stores(tmp_path):
     two.close()
     assert memory.cache_share() == memory.config.cache_bytes
     one.close()
+
+
+# -- the index scan's floor: each scan starts where the last committed one ended ------------------
+
+
+def _sessions(h: Harness) -> list[tuple[str, int]]:
+    return [(e["user_id"], e["value"]["event_count"]) for e in h.emitted()]
+
+
+def test_a_scan_starts_at_the_last_committed_one_and_still_finds_every_due_key(tmp_path):
+    h = Harness(CONFIG, tmp_path / "s")
+    for minute, user in enumerate("abcdef"):
+        h.send({"user_id": user, "ts": at(f"14:{minute:02}")})
+        h.commit()
+    h.send({"user_id": "z", "ts": at("14:14")})  # a, b, c and d closed (at 14:10 ... 14:13)
+    h.commit()
+    assert _sessions(h) == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
+    assert h.store._scan_floor == at("14:14")
+    h.send({"user_id": "z", "ts": at("14:20")})
+    h.commit()
+    assert _sessions(h)[4:] == [("e", 1), ("f", 1)]
+    h.close()
+
+
+def test_a_rolled_back_commit_leaves_its_due_keys_to_the_next_scan(tmp_path):
+    h = Harness(CONFIG, tmp_path / "s")
+    h.send({"user_id": "a", "ts": at("14:00")})
+    h.commit()
+    h.send({"user_id": "z", "ts": at("14:11")})
+    h.processor.close_due()
+    h.out.clear()
+    h.store.rollback()  # the transaction carrying a's session aborted
+    h.send({"user_id": "z", "ts": at("14:11")})
+    h.commit()
+    assert _sessions(h) == [("a", 1)]
+    h.close()
+
+
+def test_a_due_key_the_caller_leaves_alone_is_due_again(tmp_path):
+    h = Harness(CONFIG, tmp_path / "s")
+    h.send({"user_id": "a", "ts": at("14:00")})
+    h.commit()
+    h.send({"user_id": "z", "ts": at("14:11")})
+    h.commit()
+    h.send({"user_id": "b", "ts": at("14:12")})
+    h.commit()
+    assert h.store.due(at("14:30")) == [b"z", b"b"]
+    h.store.apply(h.store.prepare(), checkpoint=None)  # neither popped
+    assert h.store.due(at("14:30")) == [b"z", b"b"]
+    h.close()
+
+
+def test_a_window_closed_after_the_scan_of_its_commit_is_found_by_the_next(tmp_path):
+    # max_events: the session's close time jumps to the distant past, below the scan's floor.
+    h = Harness(session_config(gap="10m", extra_window="max_events = 2"), tmp_path / "s")
+    h.send({"user_id": "a", "ts": at("14:00")})
+    h.commit()
+    h.send({"user_id": "z", "ts": at("14:05")})
+    h.processor.close_due()
+    h.send({"user_id": "a", "ts": at("14:05")})  # a's second event: full, closed at once
+    h.store.apply(h.store.prepare(), checkpoint=None)
+    assert h.out == []
+    h.commit()
+    assert _sessions(h) == [("a", 2)]
+    h.close()
+
+
+def test_after_a_restore_the_scan_starts_from_the_beginning(tmp_path):
+    source = Harness(CONFIG, tmp_path / "a")
+    source.send({"user_id": "u", "ts": at("14:00")})
+    pending = source.store.prepare()
+    changelog = [Changelog(key, value) for key, value in pending.changelog]
+    source.store.apply(pending, checkpoint=None)
+    h = Harness(CONFIG, tmp_path / "b")
+    h.send({"user_id": "z", "ts": at("14:20")})
+    h.commit()  # the floor passes 14:10, u's close time in the changelog
+    h.store.restore(changelog, checkpoint=1)
+    assert h.store.due(at("14:30")) == [b"u"]
+    source.close()
+    h.close()
