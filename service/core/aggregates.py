@@ -370,6 +370,21 @@ def _same(state: Any) -> Any:
     return state
 
 
+#: The ``dump``/``load`` functions that return what they are given.
+_IDENTITIES = frozenset({_FieldAggregate.dump, _FieldAggregate.load, AnyMatch.dump, AnyMatch.load, _same})
+
+
+def keeps_state_as_is(aggregate: Aggregate) -> bool:
+    """Do the aggregate's ``dump`` and ``load`` both return what they are given?
+
+    Windows then store its state without a call per state and window (the
+    store writes every changed key's windows at every commit). Judged by the
+    functions themselves, so a subclass or a custom class with its own
+    ``dump`` or ``load`` is never taken for one that stores as it is.
+    """
+    return all(getattr(method, "__func__", method) in _IDENTITIES for method in (aggregate.dump, aggregate.load))
+
+
 def _json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 

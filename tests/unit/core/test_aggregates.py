@@ -219,3 +219,21 @@ def test_custom_aggregate_optional_dump_load_and_check(tmp_path):
         assert h.emitted()[0]["value"]["tags"] == ["a", "b"]
     finally:
         h.close()
+
+
+def test_which_aggregates_store_their_state_as_it_is():
+    from service.core.aggregates import Sum, keeps_state_as_is
+
+    def built(kind: str, field: str | None = "v", **extra) -> object:
+        return build_aggregates((AggregateConfig("x", kind, field, **extra),))[0]
+
+    class Rounded(Sum):
+        def dump(self, state):
+            return round(state)
+
+    as_is = [kind for kind, field, _ in CASES if keeps_state_as_is(built(kind, field))]
+    assert as_is == ["count", "count", "sum", "min", "max", "avg", "first", "last", "count_by"]
+    assert not keeps_state_as_is(Rounded("x", "v"))  # its own dump: stored through it
+    top_pages = built("custom", None, class_path="examples.aggregates:TopValues", params={"field": "page"})
+    assert keeps_state_as_is(top_pages)
+    assert not keeps_state_as_is(built("custom", None, class_path=f"{__name__}:WithDumpAndCheck"))
