@@ -39,6 +39,8 @@ class WindowState(Protocol):
 
     def touch(self, key: bytes, entry: Any) -> None: ...
 
+    def changing(self, key: bytes) -> list[Any]: ...
+
     def peek(self, key: bytes) -> list[Any]: ...
 
     def due(self, stream_time: int) -> list[bytes]: ...
@@ -116,12 +118,11 @@ class WindowProcessor:
                 self._late(key, time_ms, stream_time, watermark, reason, raw)
                 if not kind.partial_late:
                     return
-        entry = store.entry(key)
         derived = self._derived
         floor = EARLIEST if stream_time is None else stream_time
-        self.counters.merges += kind.add(entry.windows, time_ms, event, limit, source, derived, floor)
-        store.touch(key, entry)
-        self.counters.processed += 1
+        counters = self.counters
+        counters.merges += kind.add(store.changing(key), time_ms, event, limit, source, derived, floor)
+        counters.processed += 1
         if derived:
             self._emit_derived(key)
 

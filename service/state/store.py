@@ -142,6 +142,17 @@ class WindowStore:
         """Mark a changed entry; it is written at the next commit."""
         self._dirty[key] = entry
 
+    def changing(self, key: bytes) -> list[Any]:
+        """The key's windows, marked changed before the caller changes them (``entry`` and ``touch`` in one).
+
+        Every event goes through here: a key already changed since the last
+        commit, most of a busy partition's events, costs one dictionary lookup.
+        """
+        entry = self._dirty.get(key)
+        if entry is None:
+            entry = self._dirty[key] = self.entry(key)
+        return entry.windows
+
     def peek(self, key: bytes) -> list[Any]:
         """The key's windows without caching them (for queries)."""
         entry = self._cache.get(key)

@@ -211,3 +211,16 @@ def test_after_a_restore_the_scan_starts_from_the_beginning(tmp_path):
     assert h.store.due(at("14:30")) == [b"u"]
     source.close()
     h.close()
+
+
+def test_changing_marks_the_key_before_it_changes_and_a_rollback_forgets_it(tmp_path):
+    store = WindowStore(tmp_path / "s", KIND)
+    try:
+        windows = store.changing(b"u")
+        KIND.add(windows, at("14:00"), {"user_id": "u"}, at("14:00"), 0, [], at("14:00"))
+        assert store.changing(b"u") is windows
+        assert [key for key, _ in store.prepare().changelog] == [b"wu"]
+        store.rollback()
+        assert store.peek(b"u") == [] and not store.has_changes
+    finally:
+        store.close()
