@@ -2,10 +2,14 @@
 
 Layout (three column families):
 
-- ``default``: grouping key -> 8-byte close time + JSON list of the key's open windows
-- ``index``: 8-byte close time + grouping key -> empty. Windows due to close are a
-  range scan up to stream time, so closing never walks the whole store. An
-  index entry can outlive its key's close time (a restore writes without
+- ``default``: grouping key -> 8-byte indexed close time + JSON list of the key's open windows
+- ``index``: 8-byte indexed close time + grouping key -> empty. Windows due to close are a
+  range scan up to stream time, so closing never walks the whole store. The
+  indexed close time is the key's earliest close or earlier: an event that
+  extends a session moves its close time later, and the index entry stays
+  where it is until a scan reaches it and finds the key not due yet, which
+  moves it (``due``). So a commit mostly rewrites values, not index entries.
+  An index entry can outlive its key's close time (a restore writes without
   reading); the scan checks each against the key's value and drops the stale.
   The scan starts at a floor below which no live entry is left (``due``):
   every commit deletes the entries of the close times it moved, and a scan
@@ -63,7 +67,7 @@ def decode_time(data: bytes) -> int:
 
 @dataclass(slots=True)
 class Entry:
-    """A key's open windows, decoded, and the close time the index holds for it."""
+    """A key's open windows, decoded, and the close time the index holds for it (never after their earliest close)."""
 
     windows: list[Any]
     stored_close: int | None = None
@@ -165,11 +169,13 @@ class WindowStore:
         """Keys holding at least one window that is closed at ``stream_time``.
 
         The index is scanned from the floor up to ``stream_time``. Every entry
-        the scan meets is stale (dropped with the next commit) or due (the
-        caller pops the key's closed windows and touches it, so the commit
-        rewrites it): once that commit is written, nothing live is left below
-        ``stream_time`` but what the commit writes and the due keys the caller
-        left alone, which ``prepare`` takes into the next floor.
+        the scan meets is stale (dropped with the next commit), early (the key
+        is not due yet: it is marked changed, so the commit moves its entry to
+        its close time) or due (the caller pops the key's closed windows and
+        touches it, so the commit rewrites it): once that commit is written,
+        nothing live is left below ``stream_time`` but what the commit writes
+        and the due keys the caller left alone, which ``prepare`` takes into
+        the next floor.
         """
         keys = []
         for key, entry in self._dirty.items():
@@ -185,8 +191,12 @@ class WindowStore:
             if key in self._dirty:
                 continue
             close = decode_time(index_key)
-            if self.entry(key).stored_close != close:
+            entry = self.entry(key)
+            if entry.stored_close != close:
                 self._stale.append(index_key)  # written by a restore, for a close time since changed
+                continue
+            if entry.windows and not closed(self.kind.next_close(entry.windows), stream_time):
+                self._dirty[key] = entry  # early: moved to its close time by the commit
                 continue
             keys.append(key)
             self._found.append((key, close))
@@ -221,30 +231,36 @@ class WindowStore:
         pending = PendingCommit()
         batch = pending.batch
         index_cf = self._index_cf
-        floor = self._scan_floor if self._due_floor is None else self._due_floor
+        scanned = self._scan_floor if self._due_floor is None else self._due_floor
+        floor = scanned
         for key, found in self._found:
             if floor is not None and found < floor and key not in self._dirty:
                 floor = found
         for key, entry in self._dirty.items():
             windows = entry.windows
-            close = self.kind.next_close(windows) if windows else None
-            if close is not None and floor is not None and close < floor:
-                floor = close
-            if close is None:
+            stored = entry.stored_close
+            if not windows:
+                indexed = None
+            else:
+                close = self.kind.next_close(windows)
+                indexed = stored if _keeps(stored, close, scanned) else close
+            if indexed is not None and floor is not None and indexed < floor:
+                floor = indexed
+            if indexed is None:
                 value = None
                 size = 0
                 batch.delete(key)
             else:
-                value = encode_time(close) + orjson.dumps(self.kind.dump(windows))
+                value = encode_time(indexed) + orjson.dumps(self.kind.dump(windows))
                 size = entry_bytes(len(value))
                 batch.put(key, value)
-            if entry.stored_close != close:
-                if entry.stored_close is not None:
-                    batch.delete(encode_time(entry.stored_close) + key, index_cf)
-                if close is not None:
-                    batch.put(encode_time(close) + key, b"", index_cf)
+            if stored != indexed:
+                if stored is not None:
+                    batch.delete(encode_time(stored) + key, index_cf)
+                if indexed is not None:
+                    batch.put(encode_time(indexed) + key, b"", index_cf)
             pending.changelog.append((WINDOW_PREFIX + key, value))
-            pending.entries.append((entry, close, size))
+            pending.entries.append((entry, indexed, size))
         pending.scan_floor = floor
         for index_key in self._stale:
             batch.delete(index_key, index_cf)
@@ -373,6 +389,15 @@ class WindowStore:
     def _read_stream_time(self) -> int | None:
         raw = self._meta.get(_STREAM_TIME)
         return None if raw is None else decode_time(raw)
+
+
+def _keeps(stored: int | None, close: int, scanned: int | None) -> bool:
+    """May a changed key's index entry stay at ``stored`` now that its earliest close is ``close``?
+
+    Yes while it is not after the close (the scan must reach the key in time)
+    and not below what the scans have passed (it must still be reached).
+    """
+    return stored is not None and stored <= close and (scanned is None or stored >= scanned)
 
 
 def _open(path: Path, memory: StoreMemory) -> Rdict:

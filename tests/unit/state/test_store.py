@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from service.core.pipeline import compile_pipelines
 from service.state.memory import StoreMemory
-from service.state.store import WindowStore, open_store
+from service.state.store import WindowStore, decode_time, open_store
 from tests.helpers import Harness, at, session_config
 
 CONFIG = session_config(gap="10m", grace="0s")
@@ -86,8 +86,8 @@ def test_a_restore_from_another_stores_changelog_gives_the_same_windows(tmp_path
         assert restored.checkpoint == len(changelog)
         assert restored.stream_time == source.store.stream_time
         assert restored.peek(b"u") == source.store.peek(b"u")
-        # u's first session (14:00-14:02) closes at 14:12; the index entry its first record left
-        # (a close time of 14:10) is stale and found so by the scan, not taken for a due window.
+        # u's first session (14:00-14:02) closes at 14:12; its index entry stayed at 14:10, the
+        # first event's close: the scan finds it early there, not due, and moves it.
         assert restored.due(at("14:11")) == []
         assert restored.due(at("14:13")) == [b"u"]
     finally:
@@ -224,3 +224,24 @@ def test_changing_marks_the_key_before_it_changes_and_a_rollback_forgets_it(tmp_
         assert store.peek(b"u") == [] and not store.has_changes
     finally:
         store.close()
+
+
+def test_an_extended_session_keeps_its_index_entry_until_a_scan_finds_it_early(tmp_path):
+    h = Harness(CONFIG, tmp_path / "s")
+    h.send({"user_id": "u", "ts": at("14:00")})
+    h.commit()
+    h.send({"user_id": "u", "ts": at("14:05")})  # closes at 14:15 now
+    h.commit()
+    def index() -> list[tuple[bytes, int]]:
+        keys = list(h.store._index.keys())
+        return [(key[8:], decode_time(key)) for key in keys]
+
+    assert index() == [(b"u", at("14:10"))]  # no index write for the extension
+    h.send({"user_id": "z", "ts": at("14:12")})
+    h.commit()  # the scan meets u at 14:10: early, moved to 14:15
+    assert h.emitted() == []
+    assert index() == [(b"u", at("14:15")), (b"z", at("14:22"))]
+    h.send({"user_id": "z", "ts": at("14:16")})
+    h.commit()
+    assert _sessions(h) == [("u", 2)]
+    h.close()
