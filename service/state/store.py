@@ -82,8 +82,8 @@ class PendingCommit:
 
     changelog: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     batch: WriteBatch = field(default_factory=lambda: WriteBatch(raw_mode=True))
-    #: Each changed entry, with its new close time and size.
-    entries: list[tuple[Entry, int | None, int]] = field(default_factory=list)
+    #: Each changed key and entry, with its new indexed close time (None: no window left) and size.
+    entries: list[tuple[bytes, Entry, int | None, int]] = field(default_factory=list)
     #: The index's scan floor once this commit is written (``WindowStore.due``).
     scan_floor: int | None = None
 
@@ -260,7 +260,7 @@ class WindowStore:
                 if indexed is not None:
                     batch.put(encode_time(indexed) + key, b"", index_cf)
             pending.changelog.append((WINDOW_PREFIX + key, value))
-            pending.entries.append((entry, indexed, size))
+            pending.entries.append((key, entry, indexed, size))
         pending.scan_floor = floor
         for index_key in self._stale:
             batch.delete(index_key, index_cf)
@@ -279,13 +279,13 @@ class WindowStore:
             pending.batch.put(_CHECKPOINT, checkpoint.to_bytes(8, "big"), self._meta_cf)
         if not pending.batch.is_empty():
             self._db.write(pending.batch)
-        for entry, close, size in pending.entries:
+        cache = self._cache
+        for key, entry, close, size in pending.entries:
             entry.stored_close = close
             self.cached_bytes += size - entry.size
             entry.size = size
-        for key, entry in list(self._dirty.items()):
-            if not entry.windows and self._cache.pop(key, None) is not None:
-                self.cached_bytes -= entry.size
+            if close is None:  # no window left: the key is gone from the store
+                cache.pop(key, None)
         self._dirty.clear()
         self._stale.clear()
         self._meta_changes.clear()

@@ -47,8 +47,8 @@ class SessionWindows(WindowKindBase[Session]):
         self.gap = gap_ms
         self.grace = grace_ms
         self.aggregates = aggregates
-        #: The aggregates' ``add`` methods, bound once: they run for every event.
-        self._adds = tuple(a.add for a in aggregates)
+        #: The aggregates' ``add`` methods, bound once and numbered: they run for every event.
+        self._adds = tuple(enumerate(a.add for a in aggregates))
         self.max_duration = max_duration_ms
         self.max_events = max_events
         self.capped = max_duration_ms is not None or max_events is not None
@@ -141,7 +141,7 @@ class SessionWindows(WindowKindBase[Session]):
             session.end = time_ms
         session.count += 1
         aggs = session.aggs
-        for i, add in enumerate(self._adds):
+        for i, add in self._adds:
             aggs[i] = add(aggs[i], event, time_ms)
 
     def _absorb(self, target: Session, other: Session) -> None:
