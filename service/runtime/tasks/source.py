@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import orjson
 
-from service.core.extract import parse_event
+from service.core.extract import BadRecord, parse_event
 from service.core.pipeline import OutputRecord
 from service.core.reasons import OTHER, REASON_CODE_HEADER
-from service.core.source import Route, SourceStage
+from service.core.source import Forward, Route, SourceStage
 from service.core.watermarks import source_id
 from service.runtime import frames
 from service.runtime.collector import Collector
@@ -110,7 +110,9 @@ class SourceTask(Task):
         process = self._stage.process
         routes = self._routes
         reject = self._reject
-        if decode is parse_event and key_decode is None:  # JSON: the path as it always was
+        if decode is parse_event and key_decode is None and len(routes) == 1:
+            self._add_json(records, forward)
+        elif decode is parse_event and key_decode is None:  # JSON read by several pipelines
             for message in records:
                 kind, record_ms = message.timestamp()
                 process(routes, message.value(), record_ms if kind else None, message, forward, reject)
@@ -121,6 +123,45 @@ class SourceTask(Task):
                 process(routes, message.value(), record_ms if kind else None, message, forward_one, reject, decode, key_decode)
         self.caught_up = False
         self._bound = None
+
+    def _add_json(self, records: list[Record], forward: Forward) -> None:
+        """JSON read by one pipeline, the common case: ``SourceStage.process`` with its calls made here.
+
+        Every record costs four Python calls fewer than through the stage
+        (``process``, ``parse_event``, ``process_event``, ``forward``). Only the
+        happy path is here: a record that does not decode to an object, or
+        that its pipeline rejects, goes through ``SourceStage.process``, which
+        decides the dead letter as for every other record.
+        """
+        [route] = self._routes
+        state = self._progress[0]
+        extract = route.pipeline.extract
+        send = self.collector.send
+        pack = DATA_FRAME.pack
+        loads = orjson.loads
+        topic = state.repartition_topic
+        source = state.source
+        watermark = state.watermark
+        process = self._stage.process
+        routes = self._routes
+        reject = self._reject
+        for message in records:
+            raw = message.value()
+            kind, record_ms = message.timestamp()
+            try:
+                event = loads(raw)  # type: ignore[arg-type]  # None raises, and goes the stage's way
+                if type(event) is not dict:
+                    raise TypeError
+                key, time_ms = extract(event, record_ms if kind else None, message.key())
+            except (orjson.JSONDecodeError, TypeError, BadRecord):
+                state.watermark = watermark
+                process(routes, raw, record_ms if kind else None, message, forward, reject)
+                watermark = state.watermark
+                continue
+            if watermark is None or time_ms > watermark:
+                watermark = time_ms
+            send(topic, key, pack(DATA, time_ms, watermark, source) + raw)  # type: ignore[operator]  # it decoded, so not None
+        state.watermark = watermark
 
     def _decoded_forward(self) -> Callable[[Route, bytes, int, object, bytes], None]:
         """``forward`` for a topic that is not JSON: decoded frames, the event's JSON made once for all routes."""
