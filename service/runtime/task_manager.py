@@ -516,6 +516,11 @@ def _group(messages: Iterable[Record]) -> tuple[Groups, list[tuple[Partition, in
     """A batch's records by partition, in order, and its end-of-partition events (partition, offset)."""
     groups: Groups = {}
     ends: list[tuple[Partition, int]] = []
+    # librdkafka hands a batch over in runs of one partition's records: a record of the
+    # current run's partition is appended without a Partition made or a dict looked up.
+    topic: str | None = None
+    number = -1
+    group: list[Record] = []
     for message in messages:
         error = message.error()
         if error is not None:
@@ -526,10 +531,12 @@ def _group(messages: Iterable[Record]) -> tuple[Groups, list[tuple[Partition, in
             else:
                 log.warning("consume error", error=str(error))
             continue
-        where = Partition(message.topic(), message.partition())
-        group = groups.get(where)
-        if group is None:
-            groups[where] = [message]
-        else:
-            group.append(message)
+        if message.partition() != number or message.topic() != topic:
+            topic, number = message.topic(), message.partition()
+            where = Partition(topic, number)
+            found = groups.get(where)
+            if found is None:
+                found = groups[where] = []
+            group = found
+        group.append(message)
     return groups, ends

@@ -9,7 +9,9 @@ transactions what became visible together.
 from __future__ import annotations
 
 import orjson
-from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.core.watermarks import source_id
 from service.runtime.ends import END_MARGIN_MS
@@ -729,3 +731,29 @@ def test_a_partition_the_coordinator_cannot_answer_for_is_not_taken_for_nothing_
     a.tasks.commit()
     assert answers == ["error", "offsets"]
     assert a.consumer.seeks == [(REPARTITION, 0, len(FIRST_BATCH))], "rewound before the committed offset"
+
+
+# -- a batch by partition ---------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 2), st.booleans()), max_size=40))
+def test_a_batch_is_grouped_by_partition_in_order_whatever_the_runs(draws):
+    """``_group`` appends to the current run's partition without a lookup: runs that break and
+    resume, another topic's partition of the same number, and end-of-partition events between
+    records must still give each partition its records in order."""
+    from service.runtime.task_manager import _group
+
+    messages = []
+    for offset, (topic, number, end) in enumerate(draws):
+        if end:
+            messages.append(Message(topic=topic, partition=number, offset=offset, error=KafkaError(KafkaError._PARTITION_EOF)))
+        else:
+            messages.append(Message(topic=topic, partition=number, offset=offset, value=b"v"))
+    groups, ends = _group(messages)
+    expected: dict[tuple[str, int], list[int]] = {}
+    for offset, (topic, number, end) in enumerate(draws):
+        if not end:
+            expected.setdefault((topic, number), []).append(offset)
+    assert {where: [m.offset() for m in group] for where, group in groups.items()} == expected
+    assert ends == [((topic, number), offset) for offset, (topic, number, end) in enumerate(draws) if end]
