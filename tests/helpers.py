@@ -28,6 +28,7 @@ from service.config.dump import to_toml
 from service.core.pipeline import OutputRecord, Pipeline
 from service.core.processor import WindowProcessor
 from service.runtime.collector import Collector
+from service.runtime.frames import DATA, DATA_FRAME, PACKED, REPORT, unpack
 from service.runtime.ids import Partition
 from service.runtime.state_manager import StateManager
 from service.runtime.tasks import WindowTask
@@ -372,6 +373,27 @@ class ListCollector:
 
     def changelog_end(self, topic: str, partition: int) -> int | None:
         return None
+
+
+def framed(records: Iterable[Any]) -> list[tuple[bytes, int, int, int, bytes]]:
+    """The events of repartition records, data frames or packs, in order: (key, event time, watermark, source id, event)."""
+    out = []
+    for r in records:
+        value = r.value
+        if value is None or value[0] == REPORT:
+            continue
+        if value[0] == DATA:
+            _, time_ms, watermark, source = DATA_FRAME.unpack_from(value)
+            out.append((r.key, time_ms, watermark, source, bytes(value[DATA_FRAME.size :])))
+        elif value[0] == PACKED:
+            source, events = unpack(value)
+            out.extend((key, time_ms, watermark, source, body) for key, time_ms, watermark, body in events)
+    return out
+
+
+def is_report(record: Any) -> bool:
+    """A watermark report (a pack has no key either: the first byte tells them apart)."""
+    return record.key is None and record.value is not None and record.value[0] == REPORT
 
 
 def window_task(config: Config, pipeline: Pipeline, partition: int, state_dir: Path, collector: Collector | None = None) -> WindowTask:

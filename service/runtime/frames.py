@@ -12,6 +12,16 @@ decoded event as n bytes of JSON, then the original record's bytes. The
 window stage parses JSON only, needs no schema registry, and still sends the
 late topic the record exactly as it was sent.
 
+A **pack** carries several data frames' contents in one record:
+``kind=4 | source id``, then per event ``event time | watermark | key length |
+event length | key | event``. A source partition's events bound for one
+repartition partition go out as one pack per poll (up to ``PACK_LIMIT``
+bytes), not a record per event: a produce call, a consumed record and the
+broker's work per record become per pack, and the watermark still travels
+with every event, so the window task judges each exactly as it judged a data
+frame. It has no key, as a report: the first byte tells them apart. Versions
+before packs read a pack as an unreadable record (``app.pack_frames``).
+
 A **watermark report** has no key and no event:
 ``kind=2 | watermark | source id | flags``. Each source partition sends one to
 every repartition partition of a pipeline, so the window tasks it feeds
@@ -31,17 +41,29 @@ before the year 4000).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 from confluent_kafka import KafkaError
 
+from service.core.partitioner import partition_for
+
 DATA = 1
 REPORT = 2
 DECODED = 3
+PACKED = 4
 #: kind, event time, watermark, source id
 DATA_FRAME = struct.Struct(">BqqI")
 #: kind, event time, watermark, source id, length of the decoded event's JSON that follows
 DECODED_FRAME = struct.Struct(">BqqII")
+#: kind, source id; the entries follow
+PACK_HEAD = struct.Struct(">BI")
+#: event time, watermark, key length, event length; the key and the event follow
+PACK_ENTRY = struct.Struct(">qqII")
+#: A pack is sent once it holds this many bytes: well under the broker's default 1 MB record limit.
+PACK_LIMIT = 256 * 1024
+#: Keys whose partition a ``Packer`` remembers; it starts over beyond that.
+PARTITION_CACHE = 100_000
 #: kind, watermark, source id, flags
 REPORT_FRAME = struct.Struct(">BqIB")
 #: The frame of versions before watermarks: event time, source topic index.
@@ -53,6 +75,90 @@ IDLE = 1
 
 def report(watermark: int | None, source: int, idle: bool) -> bytes:
     return REPORT_FRAME.pack(REPORT, NO_WATERMARK if watermark is None else watermark, source, IDLE if idle else 0)
+
+
+#: ``Collector.send`` as the source task calls it: topic, key, value, partition.
+Send = Callable[..., None]
+
+
+class Frames(Protocol):
+    """Where a source task puts its data frames for one repartition topic."""
+
+    def add(self, key: bytes, time_ms: int, watermark: int, event: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class Single:
+    """A data frame per event, keyed by the event's key (``app.pack_frames = false``)."""
+
+    def __init__(self, topic: str, source: int, send: Send) -> None:
+        self._topic = topic
+        self._source = source
+        self._send = send
+
+    def add(self, key: bytes, time_ms: int, watermark: int, event: bytes) -> None:
+        self._send(self._topic, key, DATA_FRAME.pack(DATA, time_ms, watermark, self._source) + event)
+
+    def flush(self) -> None:
+        pass
+
+
+class Packer:
+    """Events packed per repartition partition until ``flush`` (or until a pack reaches ``PACK_LIMIT``).
+
+    The partition is the producer's own (``murmur2_random``) for the event's
+    key, so a key's events reach the same window task packed or not.
+    """
+
+    def __init__(self, topic: str, partitions: int, source: int, send: Send, limit: int = PACK_LIMIT) -> None:
+        self._topic = topic
+        self._partitions = partitions
+        self._head = PACK_HEAD.pack(PACKED, source)
+        self._send = send
+        self._limit = limit
+        self._partition_of: dict[bytes, int] = {}
+        #: partition -> [bytes so far, head, entry, key, event, entry, key, event, ...]
+        self._packs: dict[int, list[object]] = {}
+
+    def add(self, key: bytes, time_ms: int, watermark: int, event: bytes) -> None:
+        partition = self._partition_of.get(key)
+        if partition is None:
+            if len(self._partition_of) >= PARTITION_CACHE:
+                self._partition_of.clear()
+            partition = self._partition_of[key] = partition_for(key, self._partitions)
+        pack = self._packs.get(partition)
+        if pack is None:
+            pack = self._packs[partition] = [0, self._head]
+        pack += (PACK_ENTRY.pack(time_ms, watermark, len(key), len(event)), key, event)
+        size = pack[0] = pack[0] + len(event)  # type: ignore[operator]  # the first item is the size
+        if size >= self._limit:
+            self._send_pack(partition, self._packs.pop(partition))
+
+    def flush(self) -> None:
+        for partition, pack in self._packs.items():
+            self._send_pack(partition, pack)
+        self._packs.clear()
+
+    def _send_pack(self, partition: int, pack: list[object]) -> None:
+        self._send(self._topic, None, b"".join(pack[1:]), partition=partition)  # type: ignore[arg-type]  # bytes after the size
+
+
+def unpack(value: bytes) -> tuple[int, list[tuple[bytes, int, int, bytes]]]:
+    """A pack's source id and its events: (key, event time, watermark, event)."""
+    _, source = PACK_HEAD.unpack_from(value)
+    events = []
+    offset = PACK_HEAD.size
+    while offset < len(value):
+        time_ms, watermark, key_size, size = PACK_ENTRY.unpack_from(value, offset)
+        offset += PACK_ENTRY.size
+        key = value[offset : offset + key_size]
+        offset += key_size
+        events.append((key, time_ms, watermark, value[offset : offset + size]))
+        offset += size
+    if offset != len(value):
+        raise struct.error("a pack's last event runs past its end")
+    return source, events
 
 
 class Record(Protocol):

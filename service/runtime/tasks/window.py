@@ -12,7 +12,19 @@ from service.core.processor import WindowProcessor
 from service.core.reasons import UNREADABLE_FRAME
 from service.core.watermarks import Watermarks
 from service.runtime.collector import Collector
-from service.runtime.frames import DATA, DATA_FRAME, DECODED, DECODED_FRAME, LEGACY_FRAME, NO_WATERMARK, REPORT_FRAME, Record
+from service.runtime.frames import (
+    DATA,
+    DATA_FRAME,
+    DECODED,
+    DECODED_FRAME,
+    LEGACY_FRAME,
+    NO_WATERMARK,
+    PACK_ENTRY,
+    PACK_HEAD,
+    PACKED,
+    REPORT_FRAME,
+    Record,
+)
 from service.runtime.ids import Partition, TaskId
 from service.runtime.state_manager import StateManager
 from service.runtime.stats import TaskCounts
@@ -23,6 +35,8 @@ from service.state.store import PendingCommit, WindowStore
 WATERMARKS = b"watermarks"
 _DATA_SIZE = DATA_FRAME.size
 _DECODED_SIZE = DECODED_FRAME.size
+_HEAD_SIZE = PACK_HEAD.size
+_ENTRY_SIZE = PACK_ENTRY.size
 
 
 class WindowTask(Task):
@@ -104,6 +118,9 @@ class WindowTask(Task):
                 self._dead_letter("unreadable repartition record: no value", message, UNREADABLE_FRAME)
                 continue
             try:
+                if raw[0] == PACKED:
+                    self._add_pack(raw)
+                    continue
                 if key is None:
                     _, watermark, source, _flags = REPORT_FRAME.unpack(raw)
                     # IDLE says the watermark is its source's wall-clock bound; a watermark either way.
@@ -128,6 +145,26 @@ class WindowTask(Task):
                 self._dead_letter(f"unreadable repartition record: {exc}", message, UNREADABLE_FRAME)
         self._advance()
         self._flush()
+
+    def _add_pack(self, raw: bytes) -> None:
+        """A pack's events in order, each with the watermark it was sent with (``frames.unpack``, written out)."""
+        process = self.processor.process
+        loads = orjson.loads
+        entry = PACK_ENTRY.unpack_from
+        advance = self.watermarks.advance
+        _, source = PACK_HEAD.unpack_from(raw)
+        origin = source >> 16
+        view = memoryview(raw)
+        offset = _HEAD_SIZE
+        end = len(raw)
+        while offset < end:
+            time_ms, watermark, key_size, size = entry(raw, offset)
+            start = offset + _ENTRY_SIZE + key_size
+            offset = start + size
+            if offset > end:
+                raise struct.error("a pack's last event runs past its end")
+            body = view[start:offset]
+            process(raw[start - key_size : start], time_ms, loads(body), body, origin, advance(source, watermark))
 
     def _advance(self) -> None:
         """Stream time follows the slowest source."""
