@@ -20,6 +20,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, ConsumerGroupState, KafkaError, KafkaException, TopicPartition
 
+from service.core.partitioner import partition_for
+
 Where = tuple[str, int]
 
 #: How long a hung call blocks at most, so a test that forgets ``release`` still ends.
@@ -118,6 +120,9 @@ class FakeCluster:
         self._next: dict[Where, int] = {}
         #: Every producer writing here, for the offsets of their open transactions.
         self.producers: list[FakeProducer] = []
+        #: Partition counts of topics whose keyed records go where librdkafka's ``murmur2_random``
+        #: puts them; a keyed record of any other topic, and a record without a key, go to partition 0.
+        self.partitioned: dict[str, int] = {}
 
     def append(self, where: Where) -> int:
         """Give the next offset of a partition's log (a record or a transaction marker takes one)."""
@@ -156,7 +161,8 @@ class FakeProducer:
     transaction the records wait in ``open`` until the commit makes them
     visible; an abort drops them and their pending reports. Either ends with a
     marker that takes one offset in every partition the transaction wrote.
-    ``partition=-1`` (let the partitioner choose) writes to partition 0.
+    ``partition=-1`` (let the partitioner choose) writes to partition 0, or,
+    for a keyed record of a topic in ``cluster.partitioned``, to the key's partition.
 
     ``fail(call, error)`` makes the next ``call`` raise ``error``; a fatal error
     sticks, so every later call raises it too, like a fenced producer's.
@@ -221,7 +227,9 @@ class FakeProducer:
         if self.transactional and not self.in_transaction:
             raise KafkaException(KafkaError(KafkaError._STATE, "produce outside a transaction"))
         self.cluster.journal.append(f"produce {topic}")
-        partition = max(partition, 0)
+        if partition < 0:
+            count = self.cluster.partitioned.get(topic)
+            partition = partition_for(key, count) if count and key is not None else 0
         error = self._delivery_failures.pop(0) if self._delivery_failures else None
         offset = -1 if error is not None else self.cluster.append((topic, partition))
         record = Produced(topic, partition, offset, key, value, tuple(headers or ()))

@@ -41,6 +41,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "commit_interval": format_duration_ms(config.commit_interval_ms),
             "punctuate_interval": format_duration_ms(config.punctuate_interval_ms),
             "poll_batch": config.poll_batch,
+            "pack_frames": config.pack_frames,
             "cache_max_keys": config.cache_max_keys,
             "max_task_idle": format_duration_ms(config.max_task_idle_ms),
             "max_drift": format_duration_ms(config.max_drift_ms),

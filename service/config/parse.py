@@ -76,6 +76,7 @@ def parse_config(
         "idle_timeout_ms": app.duration("idle_timeout", default_of(Config, "idle_timeout_ms"), positive=True),
         "num_standby_replicas": app.int("num_standby_replicas", default_of(Config, "num_standby_replicas"), minimum=0),
         "static_membership": app.bool("static_membership", default_of(Config, "static_membership")),
+        "pack_frames": app.bool("pack_frames", default_of(Config, "pack_frames")),
     }
     app.finish()
 

@@ -109,6 +109,7 @@ KEYS: Mapping[str, str] = MappingProxyType(
         "app.commit_interval": DURATION,
         "app.punctuate_interval": DURATION,
         "app.poll_batch": INTEGER,
+        "app.pack_frames": BOOLEAN,
         "app.cache_max_keys": INTEGER,
         "app.max_task_idle": DURATION,
         "app.idle_timeout": DURATION,
@@ -458,6 +459,8 @@ class Config:
     num_standby_replicas: int = 0
     #: Join the group as a static member (``group.instance.id`` = the instance id, KIP-345).
     static_membership: bool = False
+    #: Pack a poll's events per repartition partition into one record (``service.runtime.frames``).
+    pack_frames: bool = True
     #: ``[kafka]``: librdkafka properties every client gets; ``[kafka.consumer]`` and ``[kafka.producer]``: one kind.
     kafka: dict[str, str] = dataclasses.field(default_factory=lambda: {"bootstrap.servers": "127.0.0.1:9092"})
     consumer: dict[str, str] = dataclasses.field(default_factory=dict)

@@ -109,7 +109,14 @@ class TaskCreator:
             return made
         if self._stage.routes(where.topic):
             made.sources.append(
-                SourceTask(where, self._stage, self._partitions, self._collector, self._stats.source_dead_letters)
+                SourceTask(
+                    where,
+                    self._stage,
+                    self._partitions,
+                    self._collector,
+                    self._stats.source_dead_letters,
+                    pack=self._config.pack_frames,
+                )
             )
         for direct in self._direct_readers.get(where.topic, ()):
             task_id = TaskId(direct.name, where.partition)

@@ -14,7 +14,7 @@ from service.core.source import Forward, Route, SourceStage
 from service.core.watermarks import source_id
 from service.runtime import frames
 from service.runtime.collector import Collector
-from service.runtime.frames import DATA, DATA_FRAME, DECODED, DECODED_FRAME, Record
+from service.runtime.frames import DECODED, DECODED_FRAME, Frames, Packer, Record, Single
 from service.runtime.ids import Partition
 from service.runtime.tasks.base import AlignmentInput, Task
 
@@ -32,6 +32,8 @@ class _Progress:
     repartition_topic: str
     repartition_partitions: int
     source: int
+    #: Where its data frames go: packed per repartition partition, or one record each.
+    frames: Frames
     watermark: int | None = None
     committed: int | None = None
     #: (watermark, quiet) of the last report sent, and when (monotonic s).
@@ -62,20 +64,19 @@ class SourceTask(Task):
         collector: Collector,
         dead_letters: dict[tuple[str, str], int],
         report_interval: float = REPORT_INTERVAL,
+        pack: bool = True,
     ) -> None:
         super().__init__([partition])
         self.topic, self.partition = partition
         self.collector = collector
         self._stage = stage
         self._routes = stage.routes(self.topic)
-        self._progress = [
-            _Progress(
-                route.pipeline.config.repartition_topic,
-                partitions[route.pipeline.config.repartition_topic],
-                source_id(route.index, self.partition),
-            )
-            for route in self._routes
-        ]
+        self._progress = []
+        for route in self._routes:
+            topic = route.pipeline.config.repartition_topic
+            source = source_id(route.index, self.partition)
+            frames = Packer(topic, partitions[topic], source, collector.send) if pack else Single(topic, source, collector.send)
+            self._progress.append(_Progress(topic, partitions[topic], source, frames))
         #: (dead-letter topic, reason code) -> records written; shared by the source tasks, for metrics.
         self._dead_letters = dead_letters
         self._report_interval = report_interval
@@ -94,8 +95,6 @@ class SourceTask(Task):
     # -- records and inputs -----------------------------------------------------------------
 
     def add_records(self, partition: Partition, records: list[Record]) -> None:
-        send = self.collector.send
-        pack = DATA_FRAME.pack
         progress = self._progress
         decode = self._decode
         key_decode = self._key_decode
@@ -105,7 +104,7 @@ class SourceTask(Task):
             watermark = state.watermark
             if watermark is None or time_ms > watermark:
                 state.watermark = watermark = time_ms
-            send(state.repartition_topic, key, pack(DATA, time_ms, watermark, state.source) + raw)
+            state.frames.add(key, time_ms, watermark, raw)
 
         process = self._stage.process
         routes = self._routes
@@ -121,6 +120,8 @@ class SourceTask(Task):
             for message in records:
                 kind, record_ms = message.timestamp()
                 process(routes, message.value(), record_ms if kind else None, message, forward_one, reject, decode, key_decode)
+        for state in progress:
+            state.frames.flush()
         self.caught_up = False
         self._bound = None
 
@@ -136,11 +137,8 @@ class SourceTask(Task):
         [route] = self._routes
         state = self._progress[0]
         extract = route.pipeline.extract
-        send = self.collector.send
-        pack = DATA_FRAME.pack
+        add = state.frames.add
         loads = orjson.loads
-        topic = state.repartition_topic
-        source = state.source
         watermark = state.watermark
         process = self._stage.process
         routes = self._routes
@@ -160,7 +158,7 @@ class SourceTask(Task):
                 continue
             if watermark is None or time_ms > watermark:
                 watermark = time_ms
-            send(topic, key, pack(DATA, time_ms, watermark, source) + raw)  # type: ignore[operator]  # it decoded, so not None
+            add(key, time_ms, watermark, raw)  # type: ignore[arg-type]  # it decoded, so not None
         state.watermark = watermark
 
     def _decoded_forward(self) -> Callable[[Route, bytes, int, object, bytes], None]:

@@ -13,13 +13,14 @@ from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.core.partitioner import partition_for
 from service.core.watermarks import source_id
 from service.runtime.ends import END_MARGIN_MS
 from service.runtime.frames import DATA, DATA_FRAME, report
 from service.runtime.tasks import SourceTask, TaskState, WindowTask
 from service.state.store import WindowStore
 from tests.fakes import FakeMessage, eof
-from tests.helpers import pipeline, session_window
+from tests.helpers import framed, is_report, pipeline, session_window
 from tests.unit.runtime.instances import event
 
 SOURCE = "events"
@@ -54,12 +55,12 @@ def frame(at_ms: int, watermark: int) -> bytes:
 
 
 def events(records):
-    """The records that are not watermark reports (reports have no key, see service.runtime.frames)."""
-    return [r for r in records if not (r.topic == REPARTITION and r.key is None)]
+    """The records that are not watermark reports (``service.runtime.frames``)."""
+    return [r for r in records if not (r.topic == REPARTITION and is_report(r))]
 
 
 def reports(records):
-    return [r for r in records if r.topic == REPARTITION and r.key is None]
+    return [r for r in records if r.topic == REPARTITION and is_report(r)]
 
 
 def sessions(records) -> list[tuple[bytes, int, int, int]]:
@@ -159,8 +160,9 @@ def test_a_source_record_goes_to_the_repartition_topic_keyed_by_its_grouping_key
     [transaction] = cluster.transactions
     [record] = events(transaction.records)
     assert record.topic == REPARTITION
-    assert record.key == b"u1"
-    assert record.value == frame(T0, T0) + event("u1", T0)
+    # Packed (service.runtime.frames): in the partition the producer would pick for the key.
+    assert record.partition == partition_for(b"u1", PARTITIONS[REPARTITION])
+    assert framed([record]) == [(b"u1", T0, T0, source_id(0, 0), event("u1", T0))]
     assert transaction.offsets == {(SOURCE, 0): 8}
     # In the same transaction, after the frame: the source's watermark, to every repartition partition.
     assert [(r.partition, r.value) for r in reports(transaction.records)] == [
@@ -569,7 +571,7 @@ def test_records_handed_over_again_are_processed_once_and_a_partition_wholly_beh
     assert a.stats.redelivered == 4
     assert cluster.group_offsets == {(SOURCE, 0): 3, (REPARTITION, 0): 4}
     # Source offsets 0, 1 and 2 went to the repartition topic once each.
-    assert [r.key for r in events(cluster.visible(REPARTITION))] == [b"u5", b"u5", b"u6"]
+    assert [f[0] for f in framed(events(cluster.visible(REPARTITION)))] == [b"u5", b"u5", b"u6"]
     assert sessions(cluster.visible(OUTPUT)) == [(b"u1", T0, T0 + MINUTE, 2)]
 
 
