@@ -15,7 +15,7 @@ from service.config import load_config
 from service.core.partitioner import partition_for
 from service.runtime.ends import END_MARGIN_MS
 from tests import oracle
-from tests.helpers import config_toml, pipeline, session_body
+from tests.helpers import config_toml, framed, pipeline, session_body
 from tests.integration.harness import (
     Reader,
     bootstrap,
@@ -358,15 +358,15 @@ def test_repartitioning_puts_each_key_where_a_java_producer_would(app):
     reader.close()
     repartition = f"{app.id}-sessions-repartition"
     got = stop_and_read([service], [repartition, app.topic("sessions"), app.topic("late")])
-    # keyless records are the source partitions' watermark reports (service.runtime.frames)
-    records = [r for r in got[repartition] if r.key is not None]
-    assert len(records) == 60  # each event once
-    for record in records:
-        assert record.partition == partition_for(record.key, 4), record.key
+    # events travel packed, with watermark reports between them (service.runtime.frames)
+    placed = [(key, record.partition) for record in got[repartition] for key, *_ in framed([record])]
+    assert len(placed) == 60  # each event once
+    for key, partition in placed:
+        assert partition == partition_for(key, 4), key
     # both topics' events of a user met in one partition, and in one session
     partitions = {}
-    for record in records:
-        partitions.setdefault(record.key, set()).add(record.partition)
+    for key, partition in placed:
+        partitions.setdefault(key, set()).add(partition)
     assert all(len(p) == 1 for p in partitions.values())
     assert sessions_of(got[app.topic("sessions")]) == expected_of(events * 2, 400)
     assert conserved(got[app.topic("sessions")], got[app.topic("late")], events * 2)
