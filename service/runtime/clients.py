@@ -12,6 +12,10 @@ from typing import Any
 
 from service.config import Config
 from service.runtime.client_errors import CLIENT_ERRORS
+from service.runtime.frames import PACK_LIMIT
+
+#: librdkafka's default ``message.max.bytes``.
+_LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000
 
 #: The standard-library logger every client logs through (``service.ops.logs`` renders it).
 KAFKA_LOGGER = "sessionizer.librdkafka"
@@ -145,6 +149,22 @@ def producer_config(config: Config) -> dict[str, Any]:
     if config.exactly_once:
         props["transactional.id"] = transactional_id(config)
     return props
+
+
+def pack_limit(config: Config) -> int | None:
+    """Bytes of entries a repartition pack holds at most; None for a record per event (``app.pack_frames = false``).
+
+    Half the producer's ``message.max.bytes`` when that is less than
+    ``PACK_LIMIT``: a pack, with its header and the record's overhead, then
+    always fits what the producer accepts.
+    """
+    if not config.pack_frames:
+        return None
+    most = producer_config(config).get("message.max.bytes", _LIBRDKAFKA_MESSAGE_MAX_BYTES)
+    try:
+        return min(PACK_LIMIT, int(most) // 2)
+    except ValueError:  # librdkafka refuses it when the producer is made, with its own message
+        return PACK_LIMIT
 
 
 def bulk_producer_config(config: Config, role: str) -> dict[str, Any]:

@@ -61,11 +61,13 @@ DECODED_FRAME = struct.Struct(">BqqII")
 PACK_HEAD = struct.Struct(">BI")
 #: event time, watermark, key length, event length; the key and the event follow
 PACK_ENTRY = struct.Struct(">qqII")
-#: A pack is sent once it holds this many bytes: well under the broker's default 1 MB record limit.
+#: The most bytes of entries a pack holds (unless one event alone is more): well under the default
+#: 1 MB record limit of producers and brokers; ``clients.pack_limit`` lowers it to fit the producer's.
 PACK_LIMIT = 256 * 1024
 #: Keys whose repartition partition the process remembers (about 10 MB at most with keys of 13 bytes, shared by every
 #: ``Packer``): a key seen again costs a cache hit, not a MurmurHash2 in Python (1.6 µs).
 PARTITION_CACHE = 1 << 16
+_ENTRY_SIZE = PACK_ENTRY.size
 _partition_of = lru_cache(maxsize=PARTITION_CACHE)(partition_for)
 #: kind, watermark, source id, flags
 REPORT_FRAME = struct.Struct(">BqIB")
@@ -108,7 +110,7 @@ class Single:
 
 
 class Packer:
-    """Events packed per repartition partition until ``flush`` (or until a pack reaches ``PACK_LIMIT``).
+    """Events packed per repartition partition until ``flush``, or until the next would take a pack past ``limit`` bytes.
 
     The partition is the producer's own (``murmur2_random``) for the event's
     key, so a key's events reach the same window task packed or not.
@@ -120,18 +122,20 @@ class Packer:
         self._head = PACK_HEAD.pack(PACKED, source)
         self._send = send
         self._limit = limit
-        #: partition -> [bytes so far, head, entry, key, event, entry, key, event, ...]
+        #: partition -> [bytes of its entries, head, entry, key, event, entry, key, event, ...]
         self._packs: dict[int, list[object]] = {}
 
     def add(self, key: bytes, time_ms: int, watermark: int, event: bytes) -> None:
         partition = _partition_of(key, self._partitions)
+        size = _ENTRY_SIZE + len(key) + len(event)
         pack = self._packs.get(partition)
         if pack is None:
             pack = self._packs[partition] = [0, self._head]
+        elif pack[0] + size > self._limit:  # type: ignore[operator]  # the first item is the size
+            self._send_pack(partition, pack)
+            pack = self._packs[partition] = [0, self._head]
         pack += (PACK_ENTRY.pack(time_ms, watermark, len(key), len(event)), key, event)
-        size = pack[0] = pack[0] + len(event)  # type: ignore[operator]  # the first item is the size
-        if size >= self._limit:
-            self._send_pack(partition, self._packs.pop(partition))
+        pack[0] += size  # type: ignore[operator]
 
     def flush(self) -> None:
         for partition, pack in self._packs.items():

@@ -22,6 +22,7 @@ from service.core.pipeline import Pipeline
 from service.core.source import SourceStage
 from service.core.topology import PipelinePlan
 from service.core.watermarks import source_id
+from service.runtime.clients import pack_limit
 from service.runtime.collector import Collector
 from service.runtime.formats import Formats
 from service.runtime.ids import Partition, TaskId
@@ -65,6 +66,7 @@ class TaskCreator:
         self._formats = formats
         self._memory = memory
         self._standbys = standbys
+        self._pack_limit = pack_limit(config)
         repartitioned = [p for p in pipelines if not plans[p.name].direct]
         #: Repartition topic -> its pipeline.
         self._by_repartition = {p.config.repartition_topic: p for p in repartitioned}
@@ -115,7 +117,7 @@ class TaskCreator:
                     self._partitions,
                     self._collector,
                     self._stats.source_dead_letters,
-                    pack=self._config.pack_frames,
+                    pack_limit=self._pack_limit,
                 )
             )
         for direct in self._direct_readers.get(where.topic, ()):

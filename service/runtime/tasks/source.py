@@ -14,7 +14,7 @@ from service.core.source import Forward, Route, SourceStage
 from service.core.watermarks import source_id
 from service.runtime import frames
 from service.runtime.collector import Collector
-from service.runtime.frames import DECODED, DECODED_FRAME, Frames, Packer, Record, Single
+from service.runtime.frames import DECODED, DECODED_FRAME, PACK_LIMIT, Frames, Packer, Record, Single
 from service.runtime.ids import Partition
 from service.runtime.tasks.base import AlignmentInput, Task
 
@@ -53,7 +53,9 @@ class SourceTask(Task):
     It also keeps, per pipeline, the partition's watermark (the largest event
     time read from it). Every frame carries it, and at commits it reports it,
     or its wall-clock bound while the partition is quiet, to every repartition
-    partition: see ``service.runtime.frames``.
+    partition: see ``service.runtime.frames``. A poll's events bound for one
+    repartition partition travel as packs of at most ``pack_limit`` bytes of
+    entries, or, with None, a record each.
     """
 
     def __init__(
@@ -64,7 +66,7 @@ class SourceTask(Task):
         collector: Collector,
         dead_letters: dict[tuple[str, str], int],
         report_interval: float = REPORT_INTERVAL,
-        pack: bool = True,
+        pack_limit: int | None = PACK_LIMIT,
     ) -> None:
         super().__init__([partition])
         self.topic, self.partition = partition
@@ -75,7 +77,11 @@ class SourceTask(Task):
         for route in self._routes:
             topic = route.pipeline.config.repartition_topic
             source = source_id(route.index, self.partition)
-            frames = Packer(topic, partitions[topic], source, collector.send) if pack else Single(topic, source, collector.send)
+            frames: Frames = (
+                Single(topic, source, collector.send)
+                if pack_limit is None
+                else Packer(topic, partitions[topic], source, collector.send, pack_limit)
+            )
             self._progress.append(_Progress(topic, partitions[topic], source, frames))
         #: (dead-letter topic, reason code) -> records written; shared by the source tasks, for metrics.
         self._dead_letters = dead_letters

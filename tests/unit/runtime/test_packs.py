@@ -18,10 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.core.partitioner import partition_for
-from service.runtime.frames import PACK_ENTRY, PACK_HEAD, PACKED, Packer, unpack
+from service.runtime.clients import pack_limit
+from service.runtime.frames import PACK_ENTRY, PACK_HEAD, PACK_LIMIT, PACKED, Packer, unpack
 from tests.fakes import FakeCluster, FakeMessage
 from tests.helpers import framed, pipeline, session_window
-from tests.unit.runtime.instances import Instances
+from tests.unit.runtime.instances import Instances, runtime_config
 
 SOURCE = "events"
 REPARTITION = "sessionizer-s-repartition"
@@ -102,14 +103,17 @@ def test_a_packer_sends_a_pack_per_partition_in_order_of_adding():
     assert len(sent) == len({partition_for(key, 4) for key, *_ in added}), "a flush sends a pack once"
 
 
-def test_a_pack_is_sent_once_it_reaches_the_limit():
+def test_a_pack_is_sent_before_an_event_would_take_it_past_the_limit():
     sent: list[bytes] = []
     packer = Packer("r", 1, 0, lambda topic, key, value, partition: sent.append(value), limit=100)
-    for n in range(10):
-        packer.add(b"k", T0 + n, T0 + n, b"x" * 30)
+    for n in range(5):
+        packer.add(b"k", T0 + n, T0 + n, b"x" * 20)  # 45 bytes with its key and entry header
+    packer.add(b"k", T0 + 5, T0 + 5, b"x" * 200)  # more than the limit alone: a pack of its own
+    packer.add(b"k", T0 + 6, T0 + 6, b"x" * 20)
     packer.flush()
-    assert [len(unpack(value)[1]) for value in sent] == [4, 4, 2], "sent at 120 bytes of events, the rest at the flush"
-    assert [e[1] for value in sent for e in unpack(value)[1]] == [T0 + n for n in range(10)]
+    assert [len(unpack(value)[1]) for value in sent] == [2, 2, 1, 1, 1]
+    assert all(len(value) <= 100 + PACK_HEAD.size for value in sent if len(unpack(value)[1]) > 1)
+    assert [e[1] for value in sent for e in unpack(value)[1]] == [T0 + n for n in range(7)]
 
 
 def test_framed_reads_packs_and_single_frames_alike():
@@ -122,3 +126,13 @@ def test_framed_reads_packs_and_single_frames_alike():
     record = Record()
     record.value = value  # type: ignore[attr-defined]
     assert framed([record]) == [(b"u1", T0, T0 + 1, 3, b"{}"), (b"v", T0 + 2, T0 + 3, 3, b"[1]")]
+
+
+def test_a_pack_fits_the_producers_record_limit_and_pack_frames_false_sends_a_record_per_event(tmp_path):
+    def limit(**tables):
+        return pack_limit(runtime_config(tmp_path, PIPELINE, **tables))
+
+    assert limit() == PACK_LIMIT
+    assert limit(kafka={"producer": {"message.max.bytes": 100_000}}) == 50_000
+    assert limit(kafka={"producer": {"message.max.bytes": 10_000_000}}) == PACK_LIMIT
+    assert limit(app={"pack_frames": False}) is None
