@@ -12,7 +12,11 @@
    (over every partition of every source topic).
 3. The service (a subprocess) from the moment it is processing until its
    consumer group has committed every source offset, and every repartition
-   offset when it has a repartition topic: events/s end to end. Then it waits
+   offset when it has a repartition topic: events/s end to end, and the CPU
+   the service's process (every thread of it) spent meanwhile, in µs per
+   event: on a shared machine the CPU per event moves far less between runs
+   than the events/s. ``--repo OTHER`` runs another checkout's service (an
+   A/B against a worktree of an older commit, on the same data). Then it waits
    until every session is on the output topic, checks the count against
    offline mode, and counts the records on the late topic (a replay must give 0).
    - one-topic: the pipeline re-keys by user_id through a repartition topic,
@@ -397,6 +401,17 @@ class ServiceRun:
     #: Records on the late topic and on the dead-letter topic, read to their end once the service has stopped.
     late: int
     dead: int
+    #: CPU seconds (user + system, every thread) the service spent per event meanwhile, in µs; None without /proc.
+    cpu_us: float | None = None
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU of a process and all its threads so far (Linux's /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def service_run(
@@ -408,8 +423,9 @@ def service_run(
     expected_sessions: int,
     key: str = "user_id",
     registry: str | None = None,
+    repo: Path = REPO,
 ) -> ServiceRun:
-    """One run of the service on a fresh app id over ``sources``, grouped by ``key`` ("@key" reads them directly).
+    """One run of ``repo``'s service on a fresh app id over ``sources``, grouped by ``key`` ("@key" reads them directly).
 
     Raises RuntimeError, with the service's log, when it exits early, when the
     output topic does not hold exactly ``expected_sessions`` sessions, or when
@@ -424,7 +440,7 @@ def service_run(
         config.write_text(config_text(app, f"{tmp}/state", guarantee, bootstrap, partitions, names, key, registry))
         log_path = Path(tmp) / "service.log"
         with open(log_path, "wb") as log:  # the child keeps its own descriptor
-            proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=log, stderr=log)
+            proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=repo, stdout=log, stderr=log)
         try:
             # The direct path has no repartition topic: waiting for its offsets would wait forever.
             topics = {name: partitions for name in names}
@@ -436,11 +452,13 @@ def service_run(
                     raise RuntimeError(log_path.read_text())
                 time.sleep(0.05)
             started = time.perf_counter()
+            cpu_before = _cpu_seconds(proc.pid)
             while not committed_everything(bootstrap, app, topics):
                 if proc.poll() is not None:
                     raise RuntimeError(log_path.read_text())
                 time.sleep(0.2)
             processed = time.perf_counter() - started
+            cpu_after = _cpu_seconds(proc.pid)
             seen = count_records(bootstrap, f"{app}-sessions", expected_sessions, timeout=180)
             all_out = time.perf_counter() - started
         finally:
@@ -457,7 +475,8 @@ def service_run(
             problems.append(f"the direct pipeline has a repartition topic, {repartition}")
         if problems:
             raise RuntimeError("; ".join(problems) + f" ({app}); the service's log:\n" + log_path.read_text(errors="replace")[-5000:])
-    return ServiceRun(n / processed, all_out, late, dead)
+    cpu_us = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / n * 1e6
+    return ServiceRun(n / processed, all_out, late, dead, cpu_us)
 
 
 def _any_committed(bootstrap: str, app: str, topics: str | list[str], partitions: int) -> bool:
@@ -564,7 +583,11 @@ def main() -> None:
     parser.add_argument("--format", choices=["json", "avro"], default="json",
                         help="avro: also run with Avro in and out, next to JSON (one-topic only; needs --schema-registry)")  # fmt: skip
     parser.add_argument("--schema-registry", default=os.environ.get("SESSIONIZER_BENCH_REGISTRY", "http://127.0.0.1:8081/apis/ccompat/v7"))
+    parser.add_argument("--repo", type=Path, nargs="+", default=[REPO],
+                        help="the checkouts whose service runs (default: this one); several run interleaved, on the same "
+                             "data, each compared with the first")  # fmt: skip
     args = parser.parse_args()
+    repos = [repo.resolve() for repo in args.repo]
     if args.format == "avro":
         if args.shape != "one-topic":
             parser.error("--format avro runs the one-topic shape")
@@ -589,42 +612,62 @@ def main() -> None:
     over = "" if len(backlog.topics) == 1 else f" over the {len(backlog.topics)} topics"
     print(f"ceiling (bare confluent-kafka consume loop{over}): median {ceiling_median:,.0f} events/s  runs {[round(c) for c in ceilings]}")
 
-    runs: dict[tuple[str, str], list[ServiceRun]] = {(g, p): [] for g in guarantees for p in paths}
-    # Interleaved: one run of each guarantee and path, then the next, so a noisy neighbour hurts them alike.
+    runs: dict[tuple[Path, str, str], list[ServiceRun]] = {(r, g, p): [] for r in repos for g in guarantees for p in paths}
+    # Interleaved: one run of each checkout, guarantee and path, then the next, so a noisy neighbour hurts them alike.
     for round_ in range(args.runs):
         for guarantee in guarantees:
             for path in paths:
-                run = service_run(
-                    args.bootstrap, backlog.topics, args.events, guarantee, args.partitions, sessions,
-                    key="@key" if path == "direct" else "user_id",
-                )  # fmt: skip
-                runs[(guarantee, path)].append(run)
-                if args.shape != "one-topic":
-                    print(f"  run {round_ + 1}: {path} {guarantee} {run.rate:,.0f} events/s, all sessions out after {run.all_out:.1f} s, "
-                          f"{run.late} late, {run.dead} dead letters", flush=True)  # fmt: skip
+                for repo in repos:
+                    run = service_run(
+                        args.bootstrap, backlog.topics, args.events, guarantee, args.partitions, sessions,
+                        key="@key" if path == "direct" else "user_id", repo=repo,
+                    )  # fmt: skip
+                    runs[(repo, guarantee, path)].append(run)
+                    if args.shape != "one-topic" or len(repos) > 1:
+                        where = f" {repo}" if len(repos) > 1 else ""
+                        print(f"  run {round_ + 1}:{where} {path} {guarantee} {run.rate:,.0f} events/s, "
+                              f"CPU {_us(run.cpu_us)} µs/event, all sessions out after {run.all_out:.1f} s, "
+                              f"{run.late} late, {run.dead} dead letters", flush=True)  # fmt: skip
 
-    medians: dict[tuple[str, str], float] = {}
-    for (guarantee, path), done in runs.items():
-        medians[(guarantee, path)] = median = statistics.median(r.rate for r in done)
+    medians: dict[tuple[Path, str, str], tuple[float, float | None]] = {}
+    for (repo, guarantee, path), done in runs.items():
+        median = statistics.median(r.rate for r in done)
+        cpus = [r.cpu_us for r in done if r.cpu_us is not None]
+        cpu = statistics.median(cpus) if cpus else None
+        medians[(repo, guarantee, path)] = (median, cpu)
         name = "sessionizer" if args.shape == "one-topic" else f"sessionizer {path}"
+        if len(repos) > 1:
+            name += f" [{repo}]"
         print(
             f"{name} {guarantee}: median {median:,.0f} events/s end to end  runs {[round(r.rate) for r in done]}  "
-            f"ratio to ceiling {median / ceiling_median:.3f}  "
+            f"ratio to ceiling {median / ceiling_median:.3f}  CPU median {_us(cpu)} µs/event  "
             f"(all {sessions} sessions out after median {statistics.median(r.all_out for r in done):.1f} s; "
             f"late records {[r.late for r in done]}, dead letters {[r.dead for r in done]})"
         )
-    if len(guarantees) == 2:
-        for path in paths:
-            eos, alo = (medians[(g, path)] for g in guarantees)
-            print(f"exactly_once / at_least_once{'' if args.shape == 'one-topic' else ' (' + path + ')'}: {eos / alo:.2f}")
-    if len(paths) == 2:
+    for repo in repos:
+        where = f" [{repo}]" if len(repos) > 1 else ""
+        if len(guarantees) == 2:
+            for path in paths:
+                eos, alo = (medians[(repo, g, path)][0] for g in guarantees)
+                print(f"exactly_once / at_least_once{'' if args.shape == 'one-topic' else ' (' + path + ')'}{where}: {eos / alo:.2f}")
+        if len(paths) == 2:
+            for guarantee in guarantees:
+                direct, repartition = (medians[(repo, guarantee, p)][0] for p in paths)
+                print(f"direct / repartition ({guarantee}){where}: {direct / repartition:.2f}")
+    for repo in repos[1:]:
         for guarantee in guarantees:
-            direct, repartition = (medians[(guarantee, p)] for p in paths)
-            print(f"direct / repartition ({guarantee}): {direct / repartition:.2f}")
+            for path in paths:
+                (rate, cpu), (first_rate, first_cpu) = medians[(repo, guarantee, path)], medians[(repos[0], guarantee, path)]
+                per_event = f", CPU per event {cpu / first_cpu:.2f}x" if cpu and first_cpu else ""
+                print(f"{repo} / {repos[0]} ({path} {guarantee}): events/s {rate / first_rate:.2f}x{per_event}")
     late = sum(r.late for done in runs.values() for r in done)
     if late:
         print(f"FAILED: {late} records on the late topics; a replay of a backlog must give none")
         sys.exit(1)
+
+
+def _us(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
 
 
 def avro_main(args: argparse.Namespace) -> None:
