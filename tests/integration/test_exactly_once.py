@@ -349,3 +349,29 @@ def _covered(reader: Reader, topic: str, expected) -> bool:
     for user, start, end, count, _ in map(session_of, reader.of(topic)):
         emitted[(user, start, end)] = max(count, emitted.get((user, start, end), 0))
     return all(emitted.get((user, start, end), -1) >= count for user, start, end, count, _ in expected)
+
+
+def test_the_second_roll_of_an_upgrade_to_packs_loses_and_repeats_nothing(app):
+    """docs/operations.md, "Upgrades": two replicas writing a repartition record per event
+    (``app.pack_frames = false``, the first roll) are restarted one at a time with packs, while
+    producing live. Meanwhile one writes packs and the other single frames, and each reads both."""
+    app.configure(pipeline_body(app), partitions=6, app_extra=APP_EXTRA)
+    workload = Workload(app, events=60_000, users=2_000, rate=2_000, seed=8, late_every=1_000, malformed_every=1_000)
+    workload.create_topics()
+    single = {"SESSIONIZER__APP__PACK_FRAMES": "false"}
+    first, second = app.service("i1").start(env=single), app.service("i2").start(env=single)
+    first.wait_started()
+    second.wait_started()
+    workload.start()
+    wait_until(lambda: workload.progress() > 0.3, 120, "workload progress")
+    assert first.stop() == 0
+    first.start()  # with packs
+    first.wait_started()
+    wait_until(lambda: workload.progress() > 0.6, 120, "workload progress")
+    assert second.stop() == 0
+    second.start()
+    second.wait_started()
+    workload.join(timeout=600)
+    expected = expected_sessions(app.config_path, workload.produced)
+    got = collect(app, [first, second], len(expected))
+    assert_exact(app, got, expected, workload)
