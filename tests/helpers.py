@@ -387,7 +387,7 @@ def framed(records: Iterable[Any]) -> list[tuple[bytes, int, int, int, bytes]]:
             out.append((r.key, time_ms, watermark, source, bytes(value[DATA_FRAME.size :])))
         elif value[0] == PACKED:
             source, events = unpack(value)
-            out.extend((key, time_ms, watermark, source, body) for key, time_ms, watermark, body in events)
+            out.extend((key, time_ms, watermark, source, bytes(body)) for key, time_ms, watermark, body in events)
     return out
 
 

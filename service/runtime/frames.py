@@ -41,7 +41,7 @@ before the year 4000).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Protocol
 
@@ -146,21 +146,27 @@ class Packer:
         self._send(self._topic, None, b"".join(pack[1:]), partition=partition)  # type: ignore[arg-type]  # bytes after the size
 
 
-def unpack(value: bytes) -> tuple[int, list[tuple[bytes, int, int, bytes]]]:
-    """A pack's source id and its events: (key, event time, watermark, event)."""
+def unpack(value: bytes) -> tuple[int, Iterator[tuple[bytes, int, int, memoryview]]]:
+    """A pack's source id, and its events as they are read: (key, event time, watermark, event).
+
+    An event that runs past the pack's end raises ``struct.error`` before it is given.
+    """
     _, source = PACK_HEAD.unpack_from(value)
-    events = []
+    return source, _events(value)
+
+
+def _events(value: bytes) -> Iterator[tuple[bytes, int, int, memoryview]]:
+    entry = PACK_ENTRY.unpack_from
+    view = memoryview(value)
     offset = PACK_HEAD.size
-    while offset < len(value):
-        time_ms, watermark, key_size, size = PACK_ENTRY.unpack_from(value, offset)
-        offset += PACK_ENTRY.size
-        key = value[offset : offset + key_size]
-        offset += key_size
-        events.append((key, time_ms, watermark, value[offset : offset + size]))
-        offset += size
-    if offset != len(value):
-        raise struct.error("a pack's last event runs past its end")
-    return source, events
+    end = len(value)
+    while offset < end:
+        time_ms, watermark, key_size, size = entry(value, offset)
+        start = offset + _ENTRY_SIZE + key_size
+        offset = start + size
+        if offset > end:
+            raise struct.error("a pack's last event runs past its end")
+        yield value[start - key_size : start], time_ms, watermark, view[start:offset]
 
 
 class Record(Protocol):

@@ -19,11 +19,10 @@ from service.runtime.frames import (
     DECODED_FRAME,
     LEGACY_FRAME,
     NO_WATERMARK,
-    PACK_ENTRY,
-    PACK_HEAD,
     PACKED,
     REPORT_FRAME,
     Record,
+    unpack,
 )
 from service.runtime.ids import Partition, TaskId
 from service.runtime.state_manager import StateManager
@@ -35,8 +34,6 @@ from service.state.store import PendingCommit, WindowStore
 WATERMARKS = b"watermarks"
 _DATA_SIZE = DATA_FRAME.size
 _DECODED_SIZE = DECODED_FRAME.size
-_HEAD_SIZE = PACK_HEAD.size
-_ENTRY_SIZE = PACK_ENTRY.size
 
 
 class WindowTask(Task):
@@ -147,24 +144,14 @@ class WindowTask(Task):
         self._flush()
 
     def _add_pack(self, raw: bytes) -> None:
-        """A pack's events in order, each with the watermark it was sent with (``frames.unpack``, written out)."""
+        """A pack's events in order, each with the watermark it was sent with."""
         process = self.processor.process
         loads = orjson.loads
-        entry = PACK_ENTRY.unpack_from
         advance = self.watermarks.advance
-        _, source = PACK_HEAD.unpack_from(raw)
+        source, events = unpack(raw)
         origin = source >> 16
-        view = memoryview(raw)
-        offset = _HEAD_SIZE
-        end = len(raw)
-        while offset < end:
-            time_ms, watermark, key_size, size = entry(raw, offset)
-            start = offset + _ENTRY_SIZE + key_size
-            offset = start + size
-            if offset > end:
-                raise struct.error("a pack's last event runs past its end")
-            body = view[start:offset]
-            process(raw[start - key_size : start], time_ms, loads(body), body, origin, advance(source, watermark))
+        for key, time_ms, watermark, body in events:
+            process(key, time_ms, loads(body), body, origin, advance(source, watermark))
 
     def _advance(self) -> None:
         """Stream time follows the slowest source."""
