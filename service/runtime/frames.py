@@ -93,6 +93,9 @@ class Frames(Protocol):
 
     def flush(self) -> None: ...
 
+    def discard(self) -> None:
+        """Forget what is not sent yet: the transaction it belonged to aborted, and the source is read again."""
+
 
 class Single:
     """A data frame per event, keyed by the event's key (``app.pack_frames = false``)."""
@@ -106,6 +109,9 @@ class Single:
         self._send(self._topic, key, DATA_FRAME.pack(DATA, time_ms, watermark, self._source) + event)
 
     def flush(self) -> None:
+        pass
+
+    def discard(self) -> None:
         pass
 
 
@@ -138,8 +144,12 @@ class Packer:
         pack[0] += size  # type: ignore[operator]
 
     def flush(self) -> None:
-        for partition, pack in self._packs.items():
+        # Taken out first: a send that fails leaves nothing behind to go out with a later transaction.
+        packs, self._packs = self._packs, {}
+        for partition, pack in packs.items():
             self._send_pack(partition, pack)
+
+    def discard(self) -> None:
         self._packs.clear()
 
     def _send_pack(self, partition: int, pack: list[object]) -> None:

@@ -252,5 +252,6 @@ class SourceTask(Task):
         for state in self._progress:
             state.watermark = state.committed
             state.reported = None
+            state.frames.discard()
         self.caught_up = False
         self._bound = None

@@ -137,3 +137,27 @@ def test_a_pack_fits_the_producers_record_limit_and_pack_frames_false_sends_a_re
     assert limit(kafka={"producer": {"message.max.bytes": 100_000}}) == 50_000
     assert limit(kafka={"producer": {"message.max.bytes": 10_000_000}}) == PACK_LIMIT
     assert limit(app={"pack_frames": False}) is None
+
+
+def test_events_a_failed_send_left_unsent_never_go_out_with_a_later_transaction():
+    """A send that raises (a fenced or aborting producer) aborts the transaction; the source task
+    rolls back and reads its records again. Nothing packed before that may be sent afterwards."""
+    sent: list[bytes] = []
+    failing = [True]
+
+    def send(topic, key, value, partition):
+        if failing[0]:
+            raise RuntimeError("transaction must be aborted")
+        sent.append(value)
+
+    packer = Packer("r", 4, 0, send)
+    for n in range(20):
+        packer.add(f"k{n}".encode(), T0 + n, T0 + n, b"{}")
+    try:
+        packer.flush()
+    except RuntimeError:
+        packer.discard()  # SourceTask.rollback
+    failing[0] = False
+    packer.add(b"k1", T0 + 100, T0 + 100, b"{}")
+    packer.flush()
+    assert [[e[1] for e in unpack(value)[1]] for value in sent] == [[T0 + 100]]
