@@ -182,11 +182,8 @@ class WindowStore:
             entry.close = self.kind.next_close(entry.windows) if entry.windows else None
             if entry.close is not None and closed(entry.close, stream_time):
                 keys.append(key)
-        options = ReadOptions()
-        options.set_iterate_upper_bound(encode_time(stream_time))
-        # A seek, not ``set_iterate_lower_bound``: rocksdict 0.3 ignores that bound here.
         start = None if self._scan_floor is None else encode_time(self._scan_floor)
-        for index_key in _raw_keys(self._index.keys(from_key=start, read_opt=options)):
+        for index_key in _keys_below(self._index, start, encode_time(stream_time)):
             key = index_key[8:]
             if key in self._dirty:
                 continue
@@ -411,6 +408,21 @@ def _open(path: Path, memory: StoreMemory) -> Rdict:
 def _raw_keys(keys: Iterable[Any]) -> Iterable[bytes]:
     """A raw-mode store's keys, which are bytes: rocksdict types keys for every mode (str, int, ...)."""
     return cast(Iterable[bytes], keys)
+
+
+def _keys_below(column: Rdict, start: bytes | None, end: bytes) -> Iterator[bytes]:
+    """The column's keys from ``start`` (None: the first) up to ``end``, excluded.
+
+    RocksDB's iterator keeps a pointer to the upper bound held by its read
+    options, and rocksdict's iterator does not keep those options alive: once
+    they are freed the bound is garbage and the scan can stop early, leaving
+    due keys unfound (seen when nothing else held them). This generator's frame
+    holds them until the scan is done.
+    """
+    options = ReadOptions()
+    options.set_iterate_upper_bound(end)
+    # A seek, not ``set_iterate_lower_bound``: rocksdict 0.3 ignores that bound here.
+    yield from _raw_keys(column.keys(from_key=start, read_opt=options))
 
 
 def wipe(path: Path) -> None:

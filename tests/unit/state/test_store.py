@@ -245,3 +245,25 @@ def test_an_extended_session_keeps_its_index_entry_until_a_scan_finds_it_early(t
     h.commit()
     assert _sessions(h) == [("u", 2)]
     h.close()
+
+
+def test_the_index_scan_keeps_its_upper_bound_alive_until_it_is_done(tmp_path):
+    """RocksDB's iterator points at the upper bound its read options hold, and rocksdict's iterator
+    does not keep them alive: freed, the bound is garbage and the scan stopped after the first key."""
+    import gc
+
+    from service.state.store import _keys_below, encode_time
+
+    store = WindowStore(tmp_path / "s", KIND)
+    try:
+        index = store._index
+        for n in range(200):
+            index[encode_time(n) + b"k"] = b""
+        found = []
+        for key in _keys_below(index, encode_time(10), encode_time(150)):
+            gc.collect()
+            index.get(key)  # reads allocate, and may reuse what was freed, as ``due``'s do
+            found.append(decode_time(key))
+        assert found == list(range(10, 150))
+    finally:
+        store.close()
