@@ -97,6 +97,10 @@ class KeyValue(Protocol):
 
 
 class WindowStore:
+    #: ``close`` deletes these (the column-family views hold the database open). mypyc, which
+    #: ``bench/compiled.py`` runs on this module, compiles ``del`` of an attribute only when listed here.
+    __deletable__ = ["_index", "_meta", "_index_cf", "_meta_cf", "_db"]
+
     def __init__(self, path: Path, kind: WindowKind, cache_max_keys: int = 100_000, memory: StoreMemory | None = None) -> None:
         self.path = path
         self.kind = kind
