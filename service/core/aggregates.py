@@ -244,7 +244,7 @@ class CountDistinct(_FieldAggregate):
     def add(self, state: set[Any], event: dict[str, Any], time_ms: int) -> set[Any]:
         value = self.get(event)
         if value is not None:
-            state.add(_hashable(value))
+            state.add(hashable(value))
         return state
 
     def merge(self, left: set[Any], right: set[Any]) -> set[Any]:
@@ -389,7 +389,8 @@ def _json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
-def _hashable(value: Any) -> Any:
+def hashable(value: Any) -> Any:
+    """The value as a set member: objects and lists by their JSON text (keys sorted)."""
     if isinstance(value, (dict, list)):
         return _json(value).decode()
     return value

@@ -14,6 +14,7 @@ from typing import Any
 
 from service.core.aggregates import Aggregate
 from service.core.closing import closed
+from service.core.fold import adder
 from service.core.windows.base import WindowKindBase
 
 
@@ -32,6 +33,8 @@ class FixedWindows(WindowKindBase[Window]):
         self.advance = advance_ms
         self.grace = grace_ms
         self.aggregates = aggregates
+        #: Adds an event to a window's aggregate states (``service.core.fold``).
+        self._add_to = adder(aggregates)
 
     def closes_at(self, start: int) -> int:
         """Close time of the window starting at ``start``."""
@@ -58,6 +61,7 @@ class FixedWindows(WindowKindBase[Window]):
     ) -> int:
         by_start = {w.start: w for w in windows}
         closes_at = self.closes_at
+        add_to = self._add_to
         for start in self.starts(time_ms):
             if closed(closes_at(start), limit):
                 continue  # the late record for it was made by the processor
@@ -66,9 +70,7 @@ class FixedWindows(WindowKindBase[Window]):
                 window = Window(start, 0, [a.init() for a in self.aggregates])
                 windows.append(window)
             window.count += 1
-            aggs = window.aggs
-            for i, agg in enumerate(self.aggregates):
-                aggs[i] = agg.add(aggs[i], event, time_ms)
+            add_to(window.aggs, event, time_ms)
         return 0
 
     def bounds(self, window: Window) -> tuple[int, int]:

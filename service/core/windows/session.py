@@ -17,6 +17,7 @@ from typing import Any
 
 from service.core.aggregates import Aggregate
 from service.core.closing import closed
+from service.core.fold import adder
 from service.core.windows.base import WindowKindBase
 
 #: Close time of a session that reached ``max_events``: closed at any stream time.
@@ -47,8 +48,8 @@ class SessionWindows(WindowKindBase[Session]):
         self.gap = gap_ms
         self.grace = grace_ms
         self.aggregates = aggregates
-        #: The aggregates' ``add`` methods, bound once and numbered: they run for every event.
-        self._adds = tuple(enumerate(a.add for a in aggregates))
+        #: Adds an event to a session's aggregate states: it runs for every event (``service.core.fold``).
+        self._add_to = adder(aggregates)
         self.max_duration = max_duration_ms
         self.max_events = max_events
         self.capped = max_duration_ms is not None or max_events is not None
@@ -132,7 +133,9 @@ class SessionWindows(WindowKindBase[Session]):
         return [Session(start, end, count, load_aggs(states)) for start, end, count, states, *_ in data]
 
     def _new(self, time_ms: int, event: dict[str, Any]) -> Session:
-        return Session(time_ms, time_ms, 1, [a.add(a.init(), event, time_ms) for a in self.aggregates])
+        states = [a.init() for a in self.aggregates]
+        self._add_to(states, event, time_ms)
+        return Session(time_ms, time_ms, 1, states)
 
     def _add_event(self, session: Session, time_ms: int, event: dict[str, Any]) -> None:
         if time_ms < session.start:
@@ -140,9 +143,7 @@ class SessionWindows(WindowKindBase[Session]):
         elif time_ms > session.end:
             session.end = time_ms
         session.count += 1
-        aggs = session.aggs
-        for i, add in self._adds:
-            aggs[i] = add(aggs[i], event, time_ms)
+        self._add_to(session.aggs, event, time_ms)
 
     def _absorb(self, target: Session, other: Session) -> None:
         target.start = min(target.start, other.start)
