@@ -27,7 +27,7 @@ KeyDecode = Callable[[bytes | None], bytes | None]
 
 # Epoch numbers at or above this are milliseconds: 1e11 seconds is the year 5138,
 # 1e11 milliseconds is 1973.
-_MS_THRESHOLD = 100_000_000_000
+MS_THRESHOLD = 100_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -101,19 +101,19 @@ class KeyExtractor:
     paths: tuple[str, ...]
     _getters: tuple[Getter, ...] = field(init=False, repr=False, compare=False)
     #: The one top-level field of a plain key, for the per-event fast path; None otherwise.
-    _top: str | None = field(init=False, repr=False, compare=False)
+    plain_field: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_getters", tuple(field_getter(p) for p in self.paths))
         plain = len(self.paths) == 1 and "." not in self.paths[0] and self.paths[0] != RECORD_KEY
-        object.__setattr__(self, "_top", self.paths[0] if plain else None)
+        object.__setattr__(self, "plain_field", self.paths[0] if plain else None)
 
     @property
     def record_key(self) -> bool:
         return self.paths == (RECORD_KEY,)
 
     def __call__(self, event: dict[str, Any], record_key: bytes | None = None) -> bytes:
-        top = self._top
+        top = self.plain_field
         if top is not None:
             value = event.get(top)
             if type(value) is str and value:  # the common case, decided in two steps
@@ -162,19 +162,19 @@ class TimeExtractor:
     format: str = "auto"
     _get: Getter | None = field(init=False, repr=False, compare=False)
     #: The top-level field for the per-event fast path (an int of milliseconds); None otherwise.
-    _top: str | None = field(init=False, repr=False, compare=False)
+    plain_field: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_get", field_getter(self.path) if self.path else None)
         fast = self.path is not None and "." not in self.path and self.format in ("auto", "epoch_ms")
-        object.__setattr__(self, "_top", self.path if fast else None)
+        object.__setattr__(self, "plain_field", self.path if fast else None)
 
     def __call__(self, event: dict[str, Any], record_ms: int | None) -> int:
-        top = self._top
+        top = self.plain_field
         if top is not None:
             value = event.get(top)
             # Epoch milliseconds as an int: the common case, decided in two steps.
-            if type(value) is int and (value >= _MS_THRESHOLD or self.format == "epoch_ms"):
+            if type(value) is int and (value >= MS_THRESHOLD or self.format == "epoch_ms"):
                 return value
         get = self._get
         value = get(event) if get is not None else None
@@ -205,7 +205,7 @@ def parse_time_ms(value: Any, fmt: str, path: str) -> int:
             raise BadRecord(f"bad timestamp in {path!r}: {value!r}", BAD_TIMESTAMP)
         if fmt == "iso8601":
             raise BadRecord(f"bad timestamp in {path!r}: {value!r} is a number, expected ISO-8601 text", BAD_TIMESTAMP)
-        if fmt == "epoch_ms" or (fmt == "auto" and abs(value) >= _MS_THRESHOLD):
+        if fmt == "epoch_ms" or (fmt == "auto" and abs(value) >= MS_THRESHOLD):
             return int(value)
         return int(round(value * 1000))
     raise BadRecord(f"bad timestamp in {path!r}: {type(value).__name__} {value!r}", BAD_TIMESTAMP)

@@ -12,6 +12,7 @@ import orjson
 from service.config import OutputConfig, PipelineConfig
 from service.core.aggregates import Aggregate, build_aggregates
 from service.core.extract import BadRecord, KeyExtractor, TimeExtractor
+from service.core.inline import Extractor, extractor
 from service.core.reasons import OTHER, REASON_CODE_HEADER
 from service.core.rules import Rule, build_rules
 from service.core.windows import WindowKind, build_window_kind
@@ -121,15 +122,9 @@ class Pipeline:
         self.envelope = Envelope(config.output, self.key)
         #: A pairing pipeline's closed session becomes the paired record, not a summary.
         self.emits_summary = config.pairing is None
-        self._checks = tuple(a.check for a in self.aggregates if a.check is not None)
-
-    def extract(self, event: dict[str, Any], record_ms: int | None, record_key: bytes | None = None) -> tuple[bytes, int]:
-        """Key and event time of a decoded event; raises ``BadRecord`` for an unusable one."""
-        key = self.key(event, record_key)
-        time_ms = self.time(event, record_ms)
-        for check in self._checks:
-            check(event)
-        return key, time_ms
+        #: ``extract(event, record_ms, record_key=None)``: key and event time of a decoded event, the
+        #: aggregates' checks passed; raises ``BadRecord`` for an unusable one (written out in line).
+        self.extract: Extractor = extractor(self.key, self.time, self.aggregates)
 
 
 def compile_pipelines(configs: tuple[PipelineConfig, ...]) -> tuple[Pipeline, ...]:

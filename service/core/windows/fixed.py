@@ -14,7 +14,7 @@ from typing import Any
 
 from service.core.aggregates import Aggregate
 from service.core.closing import closed
-from service.core.fold import adder
+from service.core.inline import adder
 from service.core.windows.base import WindowKindBase
 
 
@@ -33,7 +33,7 @@ class FixedWindows(WindowKindBase[Window]):
         self.advance = advance_ms
         self.grace = grace_ms
         self.aggregates = aggregates
-        #: Adds an event to a window's aggregate states (``service.core.fold``).
+        #: Adds an event to a window's aggregate states (``service.core.inline``).
         self._add_to = adder(aggregates)
 
     def closes_at(self, start: int) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from service.core.aggregates import Aggregate
 from service.core.closing import closed
-from service.core.fold import adder
+from service.core.inline import adder
 from service.core.windows.base import WindowKindBase
 
 #: Close time of a session that reached ``max_events``: closed at any stream time.
@@ -48,7 +48,7 @@ class SessionWindows(WindowKindBase[Session]):
         self.gap = gap_ms
         self.grace = grace_ms
         self.aggregates = aggregates
-        #: Adds an event to a session's aggregate states: it runs for every event (``service.core.fold``).
+        #: Adds an event to a session's aggregate states: it runs for every event (``service.core.inline``).
         self._add_to = adder(aggregates)
         self.max_duration = max_duration_ms
         self.max_events = max_events

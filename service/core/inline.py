@@ -1,0 +1,157 @@
+"""Per-pipeline functions with the per-event work written out in line.
+
+Every event goes through a pipeline's extract (key, time, the aggregates'
+type checks) and through every aggregate of its window. Through the objects'
+methods that is a Python call per step and another per field lookup: about
+ten calls an event for two aggregates, a third of the window stage's time
+(``bench/stages.py``). So, as ``dataclasses`` writes a class's ``__init__``,
+this module writes the source of one function per pipeline with the common
+case of each step in line, and compiles it once at start-up:
+
+- ``adder``: each built-in aggregate's ``add`` (``_LINES``) with its field
+  lookup; first, last, any, all, custom and any subclass are called through
+  their ``add``, as before;
+- ``extractor``: the key's and time's fast paths (a plain top-level field, an
+  int of milliseconds) and the numeric aggregates' check for an int, a float
+  or nothing; anything else calls the extractor or the check itself, which
+  decides and names the problem.
+
+The written-out lines must do exactly what the methods do:
+``tests/unit/core/test_inline.py`` checks them on generated events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from service.core.aggregates import Aggregate, Avg, Count, CountBy, CountDistinct, Max, Min, Sum, hashable
+from service.core.extract import MS_THRESHOLD, KeyExtractor, TimeExtractor
+
+#: Adds one event (and its time) to a window's aggregate states, in place.
+Adder = Callable[[list[Any], dict[str, Any], int], None]
+#: ``(event, record timestamp, record key) -> (key, time)``; raises ``BadRecord``.
+Extractor = Callable[[dict[str, Any], int | None, bytes | None], tuple[bytes, int]]
+
+#: Each built-in aggregate's ``add``, in line: ``{state}`` is its state (an
+#: item of the list), ``value`` the value of its field (None when absent).
+#: Keyed by the exact class, so a subclass with its own ``add`` is not taken for it.
+_LINES: dict[type, str] = {
+    Sum: "if value is not None:\n    {state} += value",
+    Min: "if value is not None:\n    old = {state}\n    if old is None or value < old:\n        {state} = value",
+    Max: "if value is not None:\n    old = {state}\n    if old is None or value > old:\n        {state} = value",
+    Avg: "if value is not None:\n    pair = {state}\n    pair[0] += value\n    pair[1] += 1",
+    CountDistinct: "if value is not None:\n    {state}.add(hashable(value))",
+    CountBy: (
+        "if value is not None:\n"
+        "    label = value if isinstance(value, str) else orjson.dumps(value).decode()\n"
+        "    counts = {state}\n"
+        "    counts[label] = counts.get(label, 0) + 1"
+    ),
+}
+#: ``count`` without a field counts every event.
+_COUNT_ALL = "{state} += 1"
+_COUNT_FIELD = "if value is not None:\n    {state} += 1"
+#: The aggregates whose check wants a number (``aggregates._NumericCheck``).
+_NUMERIC = (Sum, Min, Max, Avg)
+
+
+def adder(aggregates: tuple[Aggregate, ...]) -> Adder:
+    """``add(states, event, time_ms)``: the event added to ``states``, one per aggregate, in their order."""
+    namespace: dict[str, Any] = {"orjson": orjson, "hashable": hashable}
+    function: Adder = _define("add", adder_source(aggregates, namespace), namespace, [a.name for a in aggregates])
+    return function
+
+
+def adder_source(aggregates: tuple[Aggregate, ...], namespace: dict[str, Any]) -> str:
+    """The source of ``add``; what it calls (getters, ``add`` methods) goes into ``namespace``."""
+    body = []
+    for i, aggregate in enumerate(aggregates):
+        state = f"states[{i}]"
+        kind = type(aggregate)
+        field = getattr(aggregate, "field", "")
+        lines = (_COUNT_FIELD if field else _COUNT_ALL) if kind is Count else _LINES.get(kind)
+        if lines is None:
+            namespace[f"add_{i}"] = aggregate.add
+            body.append(f"{state} = add_{i}({state}, event, time_ms)")
+            continue
+        if field:
+            body.append(_value_source(field, f"get_{i}", aggregate, namespace))
+        body.append(lines.format(state=state))
+    return _function("add(states, event, time_ms)", body)
+
+
+def extractor(key: KeyExtractor, time: TimeExtractor, aggregates: tuple[Aggregate, ...]) -> Extractor:
+    """``extract(event, record_ms, record_key=None)``: the key, the time, and every aggregate's check."""
+    namespace: dict[str, Any] = {"key_of": key, "time_of": time}
+    function: Extractor = _define("extract", extractor_source(key, time, aggregates, namespace), namespace, ["extract"])
+    return function
+
+
+def extractor_source(key: KeyExtractor, time: TimeExtractor, aggregates: tuple[Aggregate, ...], namespace: dict[str, Any]) -> str:
+    """The source of ``extract``; the extractors and checks it falls back on are in ``namespace``."""
+    body = []
+    if key.plain_field is None:
+        body.append("key = key_of(event, record_key)")
+    else:
+        body.append(
+            f"value = event.get({key.plain_field!r})\n"
+            "if type(value) is str and value:\n"
+            "    key = value.encode()\n"
+            "else:\n"
+            "    key = key_of(event, record_key)"
+        )
+    if time.plain_field is None:
+        body.append("time_ms = time_of(event, record_ms)")
+    else:
+        in_ms = "" if time.format == "epoch_ms" else f" and value >= {MS_THRESHOLD}"
+        body.append(
+            f"value = event.get({time.plain_field!r})\n"
+            f"if type(value) is int{in_ms}:\n"
+            "    time_ms = value\n"
+            "else:\n"
+            "    time_ms = time_of(event, record_ms)"
+        )
+    for i, aggregate in enumerate(aggregates):
+        check = aggregate.check
+        if check is None:
+            continue
+        namespace[f"check_{i}"] = check
+        if type(aggregate) in _NUMERIC:
+            body.append(_value_source(getattr(aggregate, "field"), f"get_{i}", aggregate, namespace))  # noqa: B009
+            body.append(f"kind = type(value)\nif not (kind is int or kind is float or value is None):\n    check_{i}(event)")
+        else:
+            body.append(f"check_{i}(event)")
+    body.append("return key, time_ms")
+    return _function("extract(event, record_ms, record_key=None)", body)
+
+
+def _value_source(field: str, getter: str, aggregate: Aggregate, namespace: dict[str, Any]) -> str:
+    """``value = `` the field's value, as ``service.core.extract.field_getter`` finds it."""
+    parts = field.split(".")
+    if len(parts) == 1:
+        return f"value = event.get({field!r})"
+    if len(parts) == 2:
+        # A top-level key with the dot wins over the nested walk.
+        outer, inner = parts
+        return (
+            f"value = event.get({field!r})\n"
+            "if value is None:\n"
+            f"    value = event.get({outer!r})\n"
+            f"    value = value.get({inner!r}) if type(value) is dict else None"
+        )
+    namespace[getter] = getattr(aggregate, "get")  # noqa: B009  # deeper paths: the aggregate's own getter
+    return f"value = {getter}(event)"
+
+
+def _function(signature: str, body: list[str]) -> str:
+    lines = [line for block in body for line in block.splitlines()] or ["pass"]
+    return f"def {signature}:\n" + "".join(f"    {line}\n" for line in lines)
+
+
+def _define(name: str, source: str, namespace: dict[str, Any], what: list[str]) -> Any:
+    """Compile ``source`` in ``namespace`` and return its function ``name``; tracebacks name ``what``."""
+    exec(compile(source, f"<sessionizer {name}: {', '.join(what)}>", "exec"), namespace)
+    return namespace[name]
