@@ -11,8 +11,8 @@ case of each step in line, and compiles it once at start-up:
 - ``adder``: each built-in aggregate's ``add`` (``_LINES``) with its field
   lookup; first, last, any, all, custom and any subclass are called through
   their ``add``, as before;
-- ``extractor``: the key's and time's fast paths (a plain top-level field, an
-  int of milliseconds) and the numeric aggregates' check for an int, a float
+- ``extractor``: the key's and time's fast paths (a plain top-level field or
+  the record key, an int of milliseconds) and the numeric aggregates' check for an int, a float
   or nothing; anything else calls the extractor or the check itself, which
   decides and names the problem.
 
@@ -93,7 +93,9 @@ def extractor(key: KeyExtractor, time: TimeExtractor, aggregates: tuple[Aggregat
 def extractor_source(key: KeyExtractor, time: TimeExtractor, aggregates: tuple[Aggregate, ...], namespace: dict[str, Any]) -> str:
     """The source of ``extract``; the extractors and checks it falls back on are in ``namespace``."""
     body = []
-    if key.plain_field is None:
+    if key.record_key:
+        body.append("key = record_key if record_key else key_of(event, record_key)")
+    elif key.plain_field is None:
         body.append("key = key_of(event, record_key)")
     else:
         body.append(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import orjson
+
 from service.core.extract import Decode, KeyDecode, parse_event
 from service.core.partitioner import partition_for
 from service.core.reasons import WRONG_PARTITION
@@ -58,34 +60,51 @@ class DirectTask(WindowTask):
         self._ended_inputs: set[int] = set()
 
     def add_records(self, partition: Partition, records: list[Record]) -> None:
-        """Records of one input: decoded, keyed by the record key, checked, processed."""
+        """Records of one input: decoded, keyed by the record key, checked, processed.
+
+        The input's watermark is kept in a local while the records go by and
+        handed back once: it is this input's alone, and nothing else reads it meanwhile.
+        """
         index = self._index[partition]
         source = source_id(index, self.partition)
         extract = self.pipeline.extract
         process = self.processor.process
-        observe = self.watermarks.advance
         verified = self._verified
         number = self.partition
         decode = self._decoders[index]
+        json = decode is parse_event  # the common case, decoded here without a call per record
+        loads = orjson.loads
         key_decode = self._key_decoders[index]
-        for message in records:
-            raw = message.value()
-            try:
-                event = decode(raw)
-                kind, record_ms = message.timestamp()
-                if key_decode is None:
-                    key, time_ms = extract(event, record_ms if kind else None, message.key())
-                    if key not in verified:
-                        self._verify(key, number, partition.topic)
-                else:  # grouped by the decoded key; partitioned, by the producer, by its bytes
-                    record_key = message.key()
-                    key, time_ms = extract(event, record_ms if kind else None, key_decode(record_key))
-                    if record_key not in verified:
-                        self._verify(record_key or b"", number, partition.topic)
-            except BadRecord as exc:
-                self._dead_letter(str(exc), message, exc.code)
-                continue
-            process(key, time_ms, event, raw, index, observe(source, time_ms))  # type: ignore[arg-type]  # raw parsed, so not None
+        mark = self.watermarks.marks.get(source)
+        try:
+            for message in records:
+                raw = message.value()
+                try:
+                    try:
+                        event = loads(raw) if json and raw is not None else None
+                    except orjson.JSONDecodeError:
+                        event = None
+                    if type(event) is not dict:
+                        event = decode(raw)  # another format; or not a JSON object, and decode raises, naming the problem
+                    kind, record_ms = message.timestamp()
+                    if key_decode is None:
+                        key, time_ms = extract(event, record_ms if kind else None, message.key())
+                        if key not in verified:
+                            self._verify(key, number, partition.topic)
+                    else:  # grouped by the decoded key; partitioned, by the producer, by its bytes
+                        record_key = message.key()
+                        key, time_ms = extract(event, record_ms if kind else None, key_decode(record_key))
+                        if record_key not in verified:
+                            self._verify(record_key or b"", number, partition.topic)
+                except BadRecord as exc:
+                    self._dead_letter(str(exc), message, exc.code)
+                    continue
+                if mark is None or time_ms > mark:
+                    mark = time_ms
+                process(key, time_ms, event, raw, index, mark)  # type: ignore[arg-type]  # raw parsed, so not None
+        finally:
+            if mark is not None:
+                self.watermarks.advance(source, mark)
         self._ended_inputs.discard(index)
         self._advance()
         self._flush()

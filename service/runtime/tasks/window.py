@@ -144,14 +144,24 @@ class WindowTask(Task):
         self._flush()
 
     def _add_pack(self, raw: bytes) -> None:
-        """A pack's events in order, each with the watermark it was sent with."""
+        """A pack's events in order, each with the watermark it was sent with.
+
+        The pack's source's watermark is kept in a local while its events go by
+        and handed back once: nothing else reads it meanwhile.
+        """
         process = self.processor.process
         loads = orjson.loads
-        advance = self.watermarks.advance
         source, events = unpack(raw)
         origin = source >> 16
-        for key, time_ms, watermark, body in events:
-            process(key, time_ms, loads(body), body, origin, advance(source, watermark))
+        mark = self.watermarks.marks.get(source)
+        try:
+            for key, time_ms, watermark, body in events:
+                if mark is None or watermark > mark:
+                    mark = watermark
+                process(key, time_ms, loads(body), body, origin, mark)
+        finally:
+            if mark is not None:
+                self.watermarks.advance(source, mark)
 
     def _advance(self) -> None:
         """Stream time follows the slowest source."""

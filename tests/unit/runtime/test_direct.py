@@ -92,6 +92,25 @@ def test_a_record_in_the_wrong_partition_goes_to_the_dead_letter_topic(instance)
     assert instance.direct_task(0).counts().processed == 0
 
 
+def test_values_that_are_no_json_object_go_to_the_dead_letter_topic_with_their_reason(instance):
+    """The task decodes JSON itself (no call per record): refusals still come from ``parse_event``."""
+    instance.assign((WEB, 0), (MOBILE, 0))
+    [key] = keys_in(0, 1)
+    values = [b"{not json", b"[1, 2]", None, orjson.dumps({"ts": T0, "from": WEB})]
+    instance.tasks.route(
+        [FakeMessage(WEB, 0, offset, key=key, value=value, timestamp_ms=T0) for offset, value in enumerate(values)]
+    )
+    instance.tasks.commit()
+    dead = instance.cluster.visible(instance.config.pipelines[0].dead_letter_topic)
+    errors = [dict(r.headers)["sessionizer.error"].decode() for r in dead]
+    assert errors[0].startswith("invalid JSON")
+    assert errors[1] == "expected a JSON object, got list"
+    assert errors[2] == "empty value (tombstone)"
+    assert [dict(r.headers)["sessionizer.reason_code"] for r in dead] == [b"invalid_json", b"not_an_object", b"invalid_json"]
+    assert instance.direct_task(0).counts().processed == 1
+    assert instance.direct_task(0).watermarks.marks == {0: T0}
+
+
 def test_stream_time_is_the_slower_inputs_and_its_events_are_on_time(instance):
     instance.assign((WEB, 0), (MOBILE, 0))
     [a, b] = keys_in(0, 2)
