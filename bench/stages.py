@@ -1,4 +1,4 @@
-"""Per-event cost by stage, no broker: the source task, decode, extract, and the window stage, in µs per event.
+"""Per-event cost by stage, no broker: the source task, the direct task, decode, extract, and the window stage, in µs per event.
 
     python3 bench/stages.py                  # this checkout
     python3 bench/stages.py --repo OTHER     # another checkout, e.g. a worktree of an older commit
@@ -154,6 +154,36 @@ def main() -> None:
             task.add_records(where, messages[start : start + COMMIT_EVERY])
         producer.producer.purge()
 
+    def direct_task() -> None:
+        """The direct path's task, all of it but the consumer: decode, extract, check the key's partition,
+        window, commit (close what is due, write the changelog records to a producer that connects nowhere,
+        write the store)."""
+        from confluent_kafka import Producer
+
+        task_module = module("service.runtime.tasks")
+        collector_module = module("service.runtime.collector")
+        producer_module = module("service.runtime.producer")
+        ids = module("service.runtime.ids")
+        state_module = module("service.runtime.state_manager")
+        settings = {"bootstrap.servers": "127.0.0.1:1", "queue.buffering.max.messages": 2_000_000, "log_level": 0}
+        producer = producer_module.TransactionalProducer(lambda: Producer(settings), exactly_once=False)
+        with tempfile.TemporaryDirectory() as directory:
+            direct_config = config_module.parse_config(
+                tomllib.loads(f'[app]\nstate_dir = "{directory}"\n' + PIPELINE.replace('key = "user_id"', 'key = "@key"')), problems
+            )
+            direct = pipeline_module.Pipeline(direct_config.pipelines[0])
+            state = state_module.StateManager(direct_config, direct, 0)
+            # One partition: every key belongs in it, as the task checks.
+            task = task_module.DirectTask(state, collector_module.RecordCollector(producer), 1)
+            task.start()
+            where = ids.Partition("web", 0)
+            for start in range(0, len(keyed_messages), COMMIT_EVERY):
+                task.add_records(where, keyed_messages[start : start + COMMIT_EVERY])
+                task.prepare_commit(0.0)
+                task.post_commit()
+            state.close()
+        producer.producer.purge()
+
     try:
         from confluent_kafka import Message
 
@@ -161,6 +191,15 @@ def main() -> None:
         source_cost = f"{best(source_task, args.runs, args.events):6.2f} µs/event"
     except (ImportError, AttributeError, TypeError) as exc:  # an older checkout, or an older confluent-kafka
         source_cost = f"   n/a ({exc})"
+
+    try:
+        keyed_messages = [
+            Message(topic="web", partition=0, offset=n, key=key, value=raw, timestamp=(1, 0))
+            for n, ((key, _), _, raw) in enumerate(keyed)
+        ]
+        direct_cost = f"{best(direct_task, args.runs, args.events):6.2f} µs/event"
+    except (ImportError, AttributeError, TypeError, NameError) as exc:  # an older checkout
+        direct_cost = f"   n/a ({exc})"
 
     def grouping() -> None:
         """The loop's first step on a consumed batch: its records by partition (five runs of 1,000 per batch)."""
@@ -179,6 +218,7 @@ def main() -> None:
     print(f"{args.events:,} events of {USERS:,} users, best of {args.runs} runs, {args.repo}")
     print(f"batch grouped by partition:                       {grouping_cost}")
     print(f"source task (decode, extract, frame, produce):    {source_cost}")
+    print(f"direct task (decode, extract, window, commit):    {direct_cost}")
     print(f"decode (orjson.loads):                            {best(decode, args.runs, args.events):6.2f} µs/event")
     print(f"extract (key, time, checks):                      {best(extract_all, args.runs, args.events):6.2f} µs/event")
     print(f"window stage (add, close due, commit to RocksDB): {best(window_stage, args.runs, args.events):6.2f} µs/event")
