@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 from service.core.pipeline import compile_pipelines
 from service.state.memory import StoreMemory
-from service.state.store import WindowStore, decode_time, open_store
+from service.state.store import WindowStore, _keys_below, decode_time, encode_time, open_store
 from tests.helpers import Harness, at, session_config
 
 CONFIG = session_config(gap="10m", grace="0s")
@@ -250,10 +251,6 @@ def test_an_extended_session_keeps_its_index_entry_until_a_scan_finds_it_early(t
 def test_the_index_scan_keeps_its_upper_bound_alive_until_it_is_done(tmp_path):
     """RocksDB's iterator points at the upper bound its read options hold, and rocksdict's iterator
     does not keep them alive: freed, the bound is garbage and the scan stopped after the first key."""
-    import gc
-
-    from service.state.store import _keys_below, encode_time
-
     store = WindowStore(tmp_path / "s", KIND)
     try:
         index = store._index
