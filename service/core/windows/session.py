@@ -86,11 +86,19 @@ class SessionWindows(WindowKindBase[Session]):
         """
         low = time_ms - self.gap
         high = time_ms + self.gap
-        if len(sessions) == 1 and not self.capped:  # the common case: the key's one open session
+        # The common cases first, without building the list of touching sessions:
+        # the event extends the key's one open session, or starts the key's next one.
+        if len(sessions) == 1:
             only = sessions[0]
-            if only.start <= high and only.end >= low:
+            if only.start > high or only.end < low:
+                sessions.append(self._new(time_ms, event))
+                return 0
+            if not self.capped:
                 self._add_event(only, time_ms, event)
                 return 0
+        elif not sessions:
+            sessions.append(self._new(time_ms, event))
+            return 0
         touching = [s for s in sessions if s.start <= high and s.end >= low]
         if not touching:
             sessions.append(self._new(time_ms, event))

@@ -69,6 +69,21 @@ def test_gap_is_inclusive(harness):
     assert bounds(h.emitted()) == [(at("14:30"), at("14:50"), 3)]
 
 
+def test_gap_is_inclusive_before_a_session_too(harness):
+    """An event exactly gap before the key's one open session joins it, and one a millisecond earlier starts another."""
+    h = harness(gap="10m", grace="15m")
+    h.send({"user_id": "u", "ts": at("14:40")})
+    h.send({"user_id": "u", "ts": at("14:30")})
+    h.send({"user_id": "v", "ts": at("14:40")})
+    h.send({"user_id": "v", "ts": at("14:30") - 1})
+    h.finish()
+    assert sorted(bounds(h.emitted())) == [
+        (at("14:30") - 1, at("14:30") - 1, 1),
+        (at("14:30"), at("14:40"), 2),
+        (at("14:40"), at("14:40"), 1),
+    ]
+
+
 def test_event_more_than_grace_behind_stream_time_is_late_and_never_reopens_a_session(harness):
     h = harness(gap="10m", grace="2m")
     h.send({"user_id": "u", "ts": at("14:30")})
