@@ -103,9 +103,26 @@ def dead_letter(
     return OutputRecord(topic, key, value, tuple(headers))
 
 
+#: ``YYYY-MM-DD HH:MM:`` by minute since the epoch, for ``format_utc``; emptied when it reaches ``_MINUTES_KEPT``.
+_minutes: dict[int, str] = {}
+_MINUTES_KEPT = 10_000
+_SECONDS = tuple(f"{second:02d}" for second in range(60))
+
+
 def format_utc(ms: int) -> str:
-    """``YYYY-MM-DD HH:MM:SS`` in UTC, as ksqlDB's TIMESTAMPTOSTRING(…, 'UTC')."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000))
+    """``YYYY-MM-DD HH:MM:SS`` in UTC, as ksqlDB's TIMESTAMPTOSTRING(…, 'UTC').
+
+    Every emitted window is stamped, and windows close in the minutes stream
+    time is passing: the text up to the minute is formatted once per minute.
+    """
+    seconds = ms // 1000
+    minute = seconds // 60
+    prefix = _minutes.get(minute)
+    if prefix is None:
+        if len(_minutes) >= _MINUTES_KEPT:
+            _minutes.clear()
+        prefix = _minutes[minute] = time.strftime("%Y-%m-%d %H:%M:", time.gmtime(minute * 60))
+    return prefix + _SECONDS[seconds % 60]
 
 
 class Pipeline:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
-from service.core.pipeline import OutputRecord
+from service.core.pipeline import OutputRecord, format_utc
 from tests.helpers import Harness, at, config_toml, pipeline, session_window
 
 CHECKOUTS = 'checkouts = { type = "count_by", field = "type" }'
@@ -191,3 +194,8 @@ def test_the_record_key_is_named_key_in_the_envelope(make):
             "user_attributes": {},
         },
     )
+
+
+@given(st.integers(min_value=-(10**14), max_value=253_402_300_799_999))  # to the last millisecond of 9999
+def test_format_utc_is_strftime_of_gmtime_to_the_second(ms):
+    assert format_utc(ms) == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000))
