@@ -249,7 +249,7 @@ class WindowStore:
                 floor = indexed
             if indexed is None:
                 value = None
-                size = 0
+                size = ENTRY_OVERHEAD
                 batch.delete(key)
             else:
                 value = encode_time(indexed) + orjson.dumps(self.kind.dump(windows))
@@ -280,13 +280,12 @@ class WindowStore:
             pending.batch.put(_CHECKPOINT, checkpoint.to_bytes(8, "big"), self._meta_cf)
         if not pending.batch.is_empty():
             self._db.write(pending.batch)
-        cache = self._cache
-        for key, entry, close, size in pending.entries:
+        # A key with no window left is gone from RocksDB, and stays cached, empty: its next event,
+        # which starts the key's next session, then needs no read to find that nothing is stored.
+        for _key, entry, close, size in pending.entries:
             entry.stored_close = close
             self.cached_bytes += size - entry.size
             entry.size = size
-            if close is None:  # no window left: the key is gone from the store
-                cache.pop(key, None)
         self._dirty.clear()
         self._stale.clear()
         self._meta_changes.clear()

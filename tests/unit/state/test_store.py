@@ -6,7 +6,7 @@ import gc
 from dataclasses import dataclass
 
 from service.core.pipeline import compile_pipelines
-from service.state.memory import StoreMemory
+from service.state.memory import ENTRY_OVERHEAD, StoreMemory
 from service.state.store import WindowStore, _keys_below, decode_time, encode_time, open_store
 from tests.helpers import Harness, at, session_config
 
@@ -107,6 +107,28 @@ def test_the_write_back_cache_keeps_at_most_its_keys_and_every_key_reads_back(tm
         assert len(store._cache) <= 2
         assert sorted(store.keys()) == [f"u{n}".encode() for n in range(5)]
         assert all(len(store.peek(f"u{n}".encode())) == 1 for n in range(5))
+    finally:
+        store.close()
+
+
+def test_a_key_whose_last_window_closed_is_gone_from_rocksdb_and_stays_cached_empty(tmp_path):
+    """Its next event starts the key's next session without a read that would find nothing."""
+    store = WindowStore(tmp_path / "s", KIND)
+    try:
+        entry = store.entry(b"u")
+        KIND.add(entry.windows, at("14:00"), {"user_id": "u"}, at("14:00"), 0, [], at("14:00"))
+        store.touch(b"u", entry)
+        store.apply(store.prepare(), checkpoint=None)
+        entry.windows.clear()  # its session emitted
+        store.touch(b"u", entry)
+        store.apply(store.prepare(), checkpoint=None)
+        assert store._db.get(b"u") is None and list(store.keys()) == []
+        assert store.entry(b"u") is entry and entry.windows == [] and entry.stored_close is None
+        assert store.cached_bytes == ENTRY_OVERHEAD
+        KIND.add(store.changing(b"u"), at("15:00"), {"user_id": "u"}, at("15:00"), 0, [], at("15:00"))
+        store.apply(store.prepare(), checkpoint=None)
+        assert [(s.start, s.count) for s in store.peek(b"u")] == [(at("15:00"), 1)]
+        assert list(store.keys()) == [b"u"]
     finally:
         store.close()
 
