@@ -20,6 +20,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import orjson
 
@@ -130,21 +131,21 @@ def main() -> None:
                     out.clear()
             store.close()
 
-    def source_task() -> None:
-        """The repartition path's first hop: a source task's records framed and handed to a producer.
-
-        A real librdkafka producer that connects nowhere: ``produce`` queues
-        the record and returns, as it does when the broker keeps up.
-        """
+    def nowhere_producer() -> Any:
+        """A real librdkafka producer that connects nowhere: ``produce`` queues
+        the record and returns, as it does when the broker keeps up."""
         from confluent_kafka import Producer
 
+        settings = {"bootstrap.servers": "127.0.0.1:1", "queue.buffering.max.messages": 2_000_000, "log_level": 0}
+        return module("service.runtime.producer").TransactionalProducer(lambda: Producer(settings), exactly_once=False)
+
+    def source_task() -> None:
+        """The repartition path's first hop: a source task's records framed and handed to a producer that connects nowhere."""
         source_module = module("service.core.source")
         task_module = module("service.runtime.tasks")
         collector_module = module("service.runtime.collector")
-        producer_module = module("service.runtime.producer")
         ids = module("service.runtime.ids")
-        settings = {"bootstrap.servers": "127.0.0.1:1", "queue.buffering.max.messages": 2_000_000, "log_level": 0}
-        producer = producer_module.TransactionalProducer(lambda: Producer(settings), exactly_once=False)
+        producer = nowhere_producer()
         where = ids.Partition("web", 0)
         topic = pipeline.config.repartition_topic
         task = task_module.SourceTask(
@@ -158,15 +159,11 @@ def main() -> None:
         """The direct path's task, all of it but the consumer: decode, extract, check the key's partition,
         window, commit (close what is due, write the changelog records to a producer that connects nowhere,
         write the store)."""
-        from confluent_kafka import Producer
-
         task_module = module("service.runtime.tasks")
         collector_module = module("service.runtime.collector")
-        producer_module = module("service.runtime.producer")
         ids = module("service.runtime.ids")
         state_module = module("service.runtime.state_manager")
-        settings = {"bootstrap.servers": "127.0.0.1:1", "queue.buffering.max.messages": 2_000_000, "log_level": 0}
-        producer = producer_module.TransactionalProducer(lambda: Producer(settings), exactly_once=False)
+        producer = nowhere_producer()
         with tempfile.TemporaryDirectory() as directory:
             direct_config = config_module.parse_config(
                 tomllib.loads(f'[app]\nstate_dir = "{directory}"\n' + PIPELINE.replace('key = "user_id"', 'key = "@key"')), problems
