@@ -185,3 +185,13 @@ def test_a_check_that_fails_names_its_aggregate():
     assert extract({"user_id": "u", "ts": 1_700_000_000_000, "v": 2.5}, None) == (b"u", 1_700_000_000_000)
     with pytest.raises(BadRecord, match="amount"):
         extract({"user_id": "u", "ts": 1_700_000_000_000, "v": "2"}, None)
+
+
+def test_field_names_enter_the_source_as_literals_whatever_they_hold():
+    odd = "a'\"\n); import os #"
+    (aggregate,) = build_aggregates((AggregateConfig("s", "sum", odd),))
+    extract = extractor(KeyExtractor((odd,)), TimeExtractor(odd, "epoch_ms"), (aggregate,))
+    assert extract({odd: 1_700_000_000_000}, None)[1] == 1_700_000_000_000
+    states = [0]
+    adder((aggregate,))(states, {odd: 5}, 0)
+    assert states == [5]
