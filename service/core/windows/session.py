@@ -53,6 +53,8 @@ class SessionWindows(WindowKindBase[Session]):
         self.max_duration = max_duration_ms
         self.max_events = max_events
         self.capped = max_duration_ms is not None or max_events is not None
+        #: An uncapped session's close time is its end plus this (``close_time``).
+        self._reach = gap_ms + grace_ms
 
     def close_time(self, session: Session) -> int:
         """Stream time after which no acceptable event can change ``session``.
@@ -67,6 +69,14 @@ class SessionWindows(WindowKindBase[Session]):
         if self.max_duration is not None:
             reach = min(reach, session.start + self.max_duration)
         return reach + self.grace
+
+    def next_close(self, sessions: list[Session]) -> int:
+        # Every commit asks this of every changed key: uncapped, it is the earliest end plus gap and grace.
+        if self.capped:
+            return super().next_close(sessions)
+        if len(sessions) == 1:
+            return sessions[0].end + self._reach
+        return min([s.end for s in sessions]) + self._reach
 
     def late_reason(self, time_ms: int, stream_time: int) -> str | None:
         # The earliest session an event at time_ms could join ends at

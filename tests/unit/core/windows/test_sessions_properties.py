@@ -10,6 +10,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.core.windows.session import Session, SessionWindows
 from tests.helpers import session_config, temporary_harness
 
 GAP = 100
@@ -96,3 +97,15 @@ def test_caps_with_in_order_input_give_the_sorted_split(items, commits, max_even
     sessions, late = run(in_order, commits, extra)
     assert late == []
     assert sorted(sessions) == sorted_split(items, max_events=max_events, max_duration=max_duration + 1)
+
+
+spans = st.lists(st.tuples(st.integers(-10_000, 10_000), st.integers(0, 500), st.integers(1, 6)), min_size=1, max_size=4)
+
+
+@given(spans, st.sampled_from([(None, None), (3, None), (None, 200), (2, 100)]))
+def test_next_close_is_the_earliest_close_time_capped_or_not(rows, caps):
+    # Uncapped sessions take a shortcut (earliest end + gap + grace); it must agree with close_time.
+    max_events, max_duration = caps
+    kind = SessionWindows(GAP, GRACE, max_duration_ms=max_duration, max_events=max_events)
+    sessions = [Session(start, start + length, count, []) for start, length, count in rows]
+    assert kind.next_close(sessions) == min(kind.close_time(s) for s in sessions)
