@@ -394,7 +394,8 @@ def topic_exists(bootstrap: str, topic: str) -> bool:
 
 @dataclass
 class ServiceRun:
-    #: Events/s from the first offset commit until every source (and repartition) offset is committed.
+    #: Events/s from the first offset commit until every source (and repartition) offset is committed,
+    #: counting the events after that first commit.
     rate: float
     #: Seconds from the first offset commit until every session is on the output topic.
     all_out: float
@@ -446,8 +447,8 @@ def service_run(
             topics = {name: partitions for name in names}
             if not direct:
                 topics[repartition] = partitions
-            # processing starts once the group has formed: the first committed offset shows it
-            while not _any_committed(bootstrap, app, names, partitions):
+            # processing starts once the group has formed: the first committed offset shows it, and what it counts
+            while (before := committed_count(bootstrap, app, names, partitions)) is None:
                 if proc.poll() is not None:
                     raise RuntimeError(log_path.read_text())
                 time.sleep(0.05)
@@ -475,16 +476,26 @@ def service_run(
             problems.append(f"the direct pipeline has a repartition topic, {repartition}")
         if problems:
             raise RuntimeError("; ".join(problems) + f" ({app}); the service's log:\n" + log_path.read_text(errors="replace")[-5000:])
-    cpu_us = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / n * 1e6
-    return ServiceRun(n / processed, all_out, late, dead, cpu_us)
+    counted = n - before
+    cpu_us = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / counted * 1e6
+    return ServiceRun(counted / processed, all_out, late, dead, cpu_us)
 
 
-def _any_committed(bootstrap: str, app: str, topics: str | list[str], partitions: int) -> bool:
+def committed_count(bootstrap: str, app: str, topics: str | list[str], partitions: int) -> int | None:
+    """Records of ``topics`` the group has committed, None before its first commit.
+
+    The backlog's topics are new, so their offsets count records from 0. A run
+    is timed from the first commit on, and counts the records after it: what
+    the service did before that is not in the run's time nor its CPU, and a
+    service that commits less often in a backlog (``app.catch_up_commit_interval``)
+    has done more by then.
+    """
     names = [topics] if isinstance(topics, str) else topics
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": app, "enable.auto.commit": False})
     try:
         committed = consumer.committed([TopicPartition(t, p) for t in names for p in range(partitions)], timeout=10)
-        return any(tp.offset >= 0 for tp in committed)
+        offsets = [tp.offset for tp in committed if tp.offset >= 0]
+        return sum(offsets) if offsets else None
     finally:
         consumer.close()
 

@@ -265,7 +265,7 @@ def peer_run(
             proc = subprocess.Popen(argv, cwd=bench.REPO, stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + START_TIMEOUT
-            while not bench._any_committed(bootstrap, app, sources, partitions):
+            while (before := bench.committed_count(bootstrap, app, sources, partitions)) is None:
                 _check_alive(proc, log_path, deadline)
                 time.sleep(0.05)
             started = time.perf_counter()
@@ -292,7 +292,7 @@ def peer_run(
                 raise RuntimeError(f"{app} reads its sources directly, yet has repartition topics {extra}:\n"
                                    f"{log_path.read_text(errors='replace')[-3000:]}")  # fmt: skip
     late = bench.count_all(bootstrap, f"{app}-late") if peer.ours else None
-    return Run(n / (done - started), done - launched, sessions, late)
+    return Run((n - before) / (done - started), done - launched, sessions, late)
 
 
 def _check_alive(proc: subprocess.Popen, log_path: Path, deadline: float) -> None:
