@@ -39,6 +39,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "state_dir": str(config.state_dir),
             "processing_guarantee": config.processing_guarantee,
             "commit_interval": format_duration_ms(config.commit_interval_ms),
+            "catch_up_commit_interval": format_duration_ms(config.catch_up_commit_interval_ms),
             "punctuate_interval": format_duration_ms(config.punctuate_interval_ms),
             "poll_batch": config.poll_batch,
             "pack_frames": config.pack_frames,

@@ -68,6 +68,9 @@ def parse_config(
         "state_dir": Path(app.str("state_dir", str(default_of(Config, "state_dir")))),
         "processing_guarantee": app.choice("processing_guarantee", GUARANTEES, default_of(Config, "processing_guarantee")),
         "commit_interval_ms": app.duration("commit_interval", default_of(Config, "commit_interval_ms"), positive=True),
+        "catch_up_commit_interval_ms": app.duration(
+            "catch_up_commit_interval", default_of(Config, "catch_up_commit_interval_ms"), positive=True
+        ),
         "punctuate_interval_ms": app.duration("punctuate_interval", default_of(Config, "punctuate_interval_ms"), positive=True),
         "poll_batch": app.int("poll_batch", default_of(Config, "poll_batch"), minimum=1),
         "cache_max_keys": app.int("cache_max_keys", default_of(Config, "cache_max_keys")),

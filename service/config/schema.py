@@ -107,6 +107,7 @@ KEYS: Mapping[str, str] = MappingProxyType(
         "app.state_dir": TEXT,
         "app.processing_guarantee": TEXT,
         "app.commit_interval": DURATION,
+        "app.catch_up_commit_interval": DURATION,
         "app.punctuate_interval": DURATION,
         "app.poll_batch": INTEGER,
         "app.pack_frames": BOOLEAN,
@@ -445,6 +446,8 @@ class Config:
     #: One of ``GUARANTEES``.
     processing_guarantee: str = "exactly_once"
     commit_interval_ms: int = 100
+    #: How often to commit while behind (each poll comes back full); never more often than ``commit_interval_ms``.
+    catch_up_commit_interval_ms: int = 1_000
     punctuate_interval_ms: int = 1_000
     poll_batch: int = 5_000
     cache_max_keys: int = 100_000

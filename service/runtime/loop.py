@@ -5,7 +5,8 @@ transactional producer and delegates the rest: the ``TaskManager`` owns the
 tasks, restores their stores between polls and runs each commit, and
 ``LoopStats`` records what operators see. One iteration: poll a batch, hand
 it to the tasks, step any restore, answer queries, punctuate on the wall
-clock, and every ``commit_interval`` commit.
+clock, and commit as ``CommitPace`` says: every ``commit_interval``, less
+often while behind.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from service.runtime.formats import Formats
 from service.runtime.ids import Partition, TaskId
 from service.runtime.kafka_stats import ConsumerStatistics, ProducerStatistics
 from service.runtime.owners import same_instance_elsewhere
+from service.runtime.pace import CommitPace
 from service.runtime.producer import TransactionalProducer
 from service.runtime.progress import Progress
 from service.runtime.punctuator import Punctuator
@@ -110,15 +112,15 @@ class StreamLoop:
             self._warm_up()
         self.consumer.subscribe(self.topics, on_assign=tasks.on_assign, on_revoke=tasks.on_revoke, on_lost=tasks.on_lost)
         log.info("started", topics=self.topics, guarantee=self.config.processing_guarantee)
-        interval = self.config.commit_interval_ms / 1000
-        next_commit = time.monotonic() + interval
+        config = self.config
+        pace = CommitPace(config.commit_interval_ms / 1000, config.catch_up_commit_interval_ms / 1000, time.monotonic())
         self._running = True
         clean = False
         fenced = False
         try:
             while not self._stop_requested:
                 try:
-                    next_commit = self._iterate(next_commit, interval)
+                    self._iterate(pace)
                 except KafkaException as exc:
                     if exc.args[0].fatal() and not self.config.exactly_once:
                         raise
@@ -162,15 +164,15 @@ class StreamLoop:
                 break
         log.info("warmed up" if warm else "joining before the copies are warm", seconds=round(time.monotonic() - started, 3))
 
-    def _iterate(self, next_commit: float, interval: float) -> float:
-        """One poll-process-punctuate(-commit) round; returns the next commit deadline."""
+    def _iterate(self, pace: CommitPace) -> None:
+        """One poll-process-punctuate(-commit) round."""
         tasks = self.tasks
         restoring = tasks.restoring
         # Wait for records until the next commit or punctuation, whichever is first: an idle loop must
         # still punctuate every punctuate_interval, or the broker's answers on quiet sources come too
         # far apart to count as watched time (``service.runtime.ends``) and quiet windows never close.
         now = time.monotonic()
-        wait = 0.0 if restoring else max(0.0, min(next_commit - now, self.punctuator.remaining(now)))
+        wait = 0.0 if restoring else max(0.0, min(pace.deadline - now, self.punctuator.remaining(now)))
         messages = self.consumer.consume(self.config.poll_batch, wait)
         if messages:
             tasks.route(messages)
@@ -190,13 +192,12 @@ class StreamLoop:
         if self.punctuator.due(now):
             self.stats.punctuations += 1
             self.tasks.punctuate(now)
-        if now >= next_commit:
-            self.tasks.commit()
-            if self.drain and self.tasks.drained():
+        if pace.due(now, len(messages) >= self.config.poll_batch, tasks.cache_over_budget):
+            tasks.commit()
+            pace.committed(time.monotonic())
+            if self.drain and tasks.drained():
                 log.info("repartition topics drained")
                 self._stop_requested = True
-            return time.monotonic() + interval
-        return next_commit
 
     def _member_id(self) -> str | None:
         """This consumer's id in the group; None when it has none (not joined, or closed)."""

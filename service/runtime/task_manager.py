@@ -313,6 +313,10 @@ class TaskManager:
         if not self.committer.commit(self.tasks.running(), self.clock()):
             self.abort_and_rewind()
 
+    def cache_over_budget(self) -> bool:
+        """Do the running stores' write-back caches hold more than ``state.cache_bytes``? Only a commit lets them shrink."""
+        return sum(task.store.cached_bytes for task in self.running_windows) > self.config.state.cache_bytes
+
     def abort_and_rewind(self, lost: bool = False) -> None:
         """Undo everything since the last commit: transaction, stores, positions.
 
