@@ -109,6 +109,14 @@ class SessionWindows(WindowKindBase[Session]):
         elif not sessions:
             sessions.append(self._new(time_ms, event))
             return 0
+        elif len(sessions) == 2 and not self.capped:
+            # The key's previous session is over and awaits its close (windows close at commits),
+            # and its next one has begun: the event most often extends one of the two.
+            first, second = sessions
+            reaches_first = first.start <= high and first.end >= low
+            if reaches_first != (second.start <= high and second.end >= low):
+                self._add_event(first if reaches_first else second, time_ms, event)
+                return 0
         touching = [s for s in sessions if s.start <= high and s.end >= low]
         if not touching:
             sessions.append(self._new(time_ms, event))

@@ -101,6 +101,32 @@ def test_event_more_than_grace_behind_stream_time_is_late_and_never_reopens_a_se
     assert bounds(h.emitted()) == [(at("14:30"), at("14:30"), 1), (at("14:50"), at("14:50"), 1)]
 
 
+def test_with_two_open_sessions_an_event_joins_the_one_it_reaches_or_merges_both(harness):
+    """A key holding two open sessions (its previous one not yet closed): an event exactly gap after
+    the newer, or exactly gap before it, joins that one; one between them within gap of both merges them,
+    and one beyond gap of both starts a third."""
+    h = harness(gap="10m", grace="30m")
+    for user in ("after", "before", "both", "apart"):
+        h.send({"user_id": user, "ts": at("14:00")})
+        h.send({"user_id": user, "ts": at("14:30")})
+    h.send({"user_id": "after", "ts": at("14:40")})  # gap after the newer
+    h.send({"user_id": "before", "ts": at("14:20")})  # gap before the newer, 20 min after the older
+    h.send({"user_id": "both", "ts": at("14:10")})  # gap after the older, 20 min before the newer
+    h.send({"user_id": "both", "ts": at("14:20")})  # now within gap of both: merges them
+    h.send({"user_id": "apart", "ts": at("14:40") + 1})  # a millisecond beyond gap after the newer
+    h.finish()
+    assert sorted((r["user_id"], *b) for r, b in zip(h.emitted(), bounds(h.emitted()), strict=True)) == [
+        ("after", at("14:00"), at("14:00"), 1),
+        ("after", at("14:30"), at("14:40"), 2),
+        ("apart", at("14:00"), at("14:00"), 1),
+        ("apart", at("14:30"), at("14:30"), 1),
+        ("apart", at("14:40") + 1, at("14:40") + 1, 1),
+        ("before", at("14:00"), at("14:00"), 1),
+        ("before", at("14:20"), at("14:30"), 2),
+        ("both", at("14:00"), at("14:30"), 4),
+    ]
+
+
 def test_event_exactly_grace_behind_is_accepted(harness):
     h = harness(gap="1m", grace="2m")
     h.send({"user_id": "u", "ts": at("14:30")})
