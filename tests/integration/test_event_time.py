@@ -124,8 +124,18 @@ def test_a_source_lagging_minutes_behind_the_others_is_waited_for_not_dropped(ap
 
 def test_kill_9_while_replaying_a_backlog_of_three_topics(app):
     """kill -9 at four moments of a replay, local state deleted before one restart: each session once."""
+    kill_while_replaying_three_topics(app, "cache_max_keys = 5000")
+
+
+def test_kill_9_while_replaying_with_every_poll_full_commits_at_the_catch_up_pace(app):
+    """The same with polls of 100 records: the replay is behind all through, so it commits every
+    catch_up_commit_interval (1 s), and each kill drops up to a second of processing, not 100 ms."""
+    kill_while_replaying_three_topics(app, 'cache_max_keys = 5000\npoll_batch = 100\ncatch_up_commit_interval = "1s"')
+
+
+def kill_while_replaying_three_topics(app, app_extra: str) -> None:
     sources = ["web", "mobile", "backend"]
-    app.configure(body(app, {"sessions": (sources, "user_id")}), partitions=6, app_extra="cache_max_keys = 5000")
+    app.configure(body(app, {"sessions": (sources, "user_id")}), partitions=6, app_extra=app_extra)
     backlog = bl.generate([app.topic(s) for s in sources], users=6_000, seed=15, lag_ms={app.topic("mobile"): 30_000})
     bl.produce(backlog, partitions=6, keyed=False)
     expected = backlog.expected()
