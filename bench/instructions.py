@@ -43,20 +43,8 @@ def child(repo: Path, count: int, commit_every: int, stage: bool) -> None:
     pipeline = pipeline_module.Pipeline(config_module.parse_config(tomllib.loads(stages.PIPELINE), problems).pipelines[0])
     raws = stages.events(count)
     keyed = [(pipeline.extract(event, None), event, raw) for event, raw in ((orjson.loads(raw), raw) for raw in raws)]
-    if not stage:
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        store = store_module.WindowStore(Path(directory) / "s", pipeline.window)
-        out: list[object] = []
-        processor = processor_module.WindowProcessor(pipeline, store, out)
-        process = processor.process
-        for n, ((key, at), event, raw) in enumerate(keyed, 1):
-            process(key, at, event, raw)
-            if n % commit_every == 0:
-                processor.close_due()
-                store.apply(store.prepare(), None)
-                out.clear()
-        store.close()
+    if stage:
+        stages.run_window_stage(store_module, processor_module, pipeline, keyed, commit_every)
 
 
 def count(args: argparse.Namespace, stage: bool) -> int:

@@ -86,6 +86,23 @@ def best(run: Callable[[], None], runs: int, count: int) -> float:
     return min(timings) / count * 1e6
 
 
+def run_window_stage(store_module: ModuleType, processor_module: ModuleType, pipeline: Any, keyed: list[Any], commit_every: int) -> None:
+    """The window stage over ``keyed`` ((key, time), event, raw) in a fresh store: add each, and every
+    ``commit_every`` events close what is due and write the store, as offline mode does."""
+    with tempfile.TemporaryDirectory() as directory:
+        store = store_module.WindowStore(Path(directory) / "s", pipeline.window)
+        out: list[object] = []
+        processor = processor_module.WindowProcessor(pipeline, store, out)
+        process = processor.process
+        for n, ((key, at), event, raw) in enumerate(keyed, 1):
+            process(key, at, event, raw)
+            if n % commit_every == 0:
+                processor.close_due()
+                store.apply(store.prepare(), None)
+                out.clear()
+        store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose service/ is timed")
@@ -118,18 +135,7 @@ def main() -> None:
             extract(event, None)
 
     def window_stage() -> None:
-        with tempfile.TemporaryDirectory() as directory:
-            store = store_module.WindowStore(Path(directory) / "s", pipeline.window)
-            out: list[object] = []
-            processor = processor_module.WindowProcessor(pipeline, store, out)
-            process = processor.process
-            for n, ((key, at), event, raw) in enumerate(keyed, 1):
-                process(key, at, event, raw)
-                if n % COMMIT_EVERY == 0:
-                    processor.close_due()
-                    store.apply(store.prepare(), None)
-                    out.clear()
-            store.close()
+        run_window_stage(store_module, processor_module, pipeline, keyed, COMMIT_EVERY)
 
     def nowhere_producer() -> Any:
         """A real librdkafka producer that connects nowhere: ``produce`` queues
