@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, ConsumerGroupState, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, ConsumerGroupState, IsolationLevel, KafkaError, KafkaException, TopicPartition
 
 from service.core.partitioner import partition_for
 
@@ -123,6 +123,11 @@ class FakeCluster:
         #: Partition counts of topics whose keyed records go where librdkafka's ``murmur2_random``
         #: puts them; a keyed record of any other topic, and a record without a key, go to partition 0.
         self.partitioned: dict[str, int] = {}
+        #: Set: a transaction's commit returns before its markers are written (as when the broker
+        #: stops right after logging the decision): its records and offsets wait in ``unmarked``
+        #: until ``write_markers``, holding the last stable offset before them.
+        self.hold_markers = False
+        self.unmarked: list[Transaction] = []
 
     def append(self, where: Where) -> int:
         """Give the next offset of a partition's log (a record or a transaction marker takes one)."""
@@ -143,7 +148,15 @@ class FakeCluster:
             for r in producer.open.records
             if (r.topic, r.partition) == where
         ]
+        open_offsets += [r.offset for transaction in self.unmarked for r in transaction.records if (r.topic, r.partition) == where]
         return min(open_offsets, default=self.end(where))
+
+    def write_markers(self) -> None:
+        """The held transactions' markers are written: their records and offsets become visible."""
+        for transaction in self.unmarked:
+            self.records += transaction.records
+            self.group_offsets.update(transaction.offsets)
+        self.unmarked.clear()
 
     def visible(self, topic: str) -> list[Produced]:
         return [r for r in self.records if r.topic == topic]
@@ -287,8 +300,11 @@ class FakeProducer:
         self._require_transaction()
         self._deliver()
         self._end_transaction()
-        self.cluster.records += self.open.records
-        self.cluster.group_offsets.update(self.open.offsets)
+        if self.cluster.hold_markers:
+            self.cluster.unmarked.append(self.open)
+        else:
+            self.cluster.records += self.open.records
+            self.cluster.group_offsets.update(self.open.offsets)
         self.cluster.transactions.append(self.open)
         if self._hang_after_commit:
             self._hang_after_commit = False
@@ -607,7 +623,8 @@ class FakeAdmin:
 
     ``delete_records`` records the offsets; ``error`` fails every deletion.
     ``list_offsets`` answers each partition's end as a ``read_committed``
-    reader sees it (``FakeCluster.stable_end``) once the call returns; with
+    reader sees it (``FakeCluster.stable_end``), or its log end when asked
+    with ``IsolationLevel.READ_UNCOMMITTED``, once the call returns; with
     ``hold_answers`` set its futures stay unfinished (a slow broker) until
     ``answer()``; ``ends_error`` fails every answer (a broker that is down).
     """
@@ -645,12 +662,16 @@ class FakeAdmin:
         self.deleted += [(tp.topic, tp.partition, tp.offset) for tp in offsets]
         return {tp: FakeFuture(self.error) for tp in offsets}
 
-    def list_offsets(self, offsets: dict[TopicPartition, object], **_: Any) -> dict[TopicPartition, FakeFuture]:
+    def list_offsets(
+        self, offsets: dict[TopicPartition, object], isolation_level: object = None, **_: Any
+    ) -> dict[TopicPartition, FakeFuture]:
         wheres = [(tp.topic, tp.partition) for tp in offsets]
         self.listed.append(wheres)
         futures: dict[TopicPartition, FakeFuture] = {}
         for tp, where in zip(offsets, wheres):
-            if self.hold_answers:
+            if isolation_level == IsolationLevel.READ_UNCOMMITTED and not self.hold_answers and self.ends_error is None:
+                future = FakeFuture(value=ListedOffset(self.ends.get(where, self.cluster.end(where))))
+            elif self.hold_answers:
                 future = FakeFuture(done=False)
                 self._held.append((where, future))
             elif self.ends_error is not None:

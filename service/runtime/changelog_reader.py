@@ -24,10 +24,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition, admin
+from confluent_kafka.admin import AdminClient
 
 from service.errors import RestoreFailed
 from service.runtime.frames import Record
@@ -48,6 +49,23 @@ NOT_SERVING_YET = {
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._UNKNOWN_PARTITION,
 }
+#: What the client reports while the broker is away (restarting, unreachable): asked
+#: again until it answers, within ``OFFSETS_PATIENCE``.
+BROKER_AWAY = {
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._DESTROY_BROKER,
+    KafkaError._WAIT_COORD,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+#: Seconds a changelog's offsets are asked for before the restore gives up: a broker
+#: restart takes tens of seconds on a loaded machine (seen: a minute).
+OFFSETS_PATIENCE = 120.0
+#: (The admin package imports ``OffsetSpec`` without exporting it, and leaves its methods untyped.)
+_LATEST = cast(Any, admin).OffsetSpec.latest()
 
 
 
@@ -74,10 +92,15 @@ class Following:
 
 
 class ChangelogReader:
-    """Restores stores from their changelogs with one consumer that belongs to no group."""
+    """Restores stores from their changelogs with one consumer that belongs to no group.
 
-    def __init__(self, consumer: Consumer) -> None:
+    ``admin``, when given, tells a changelog's log end (its high watermark),
+    which the restore consumer (``read_committed``) does not: see ``begin``.
+    """
+
+    def __init__(self, consumer: Consumer, admin: AdminClient | None = None) -> None:
         self.consumer = consumer
+        self._admin = admin
         self.restoring: dict[Partition, Restoration] = {}
         #: Standby copies, by changelog partition.
         self.following: dict[Partition, Following] = {}
@@ -92,10 +115,30 @@ class ChangelogReader:
         (the task's own method, so the task sees its new store); by default the
         state manager resets itself. A store already up to date is handed over
         by the next ``drain``.
+
+        The restore consumer reads up to the changelog's last stable offset. A
+        transaction's commit returns once the broker has logged the decision,
+        before its markers are written, so for a while (longer when the broker
+        stops meanwhile) the stable offset is still before records the store's
+        checkpoint includes. The store is then kept, not rebuilt up to the
+        stable offset: that would drop a committed transaction's state while
+        its output and offsets stand, and its windows would be emitted twice.
+        Only a checkpoint past the log end itself (the topic was recreated)
+        does not fit.
         """
         changelog = state.changelog
-        low, high = self._offsets(TopicPartition(changelog, state.partition))
+        tp = TopicPartition(changelog, state.partition)
+        low, high = self._offsets(tp)
         checkpoint = state.store.checkpoint
+        if checkpoint is not None and checkpoint > high and not self._past_log_end(tp, checkpoint):
+            log.info(
+                "changelog not stable up to the checkpoint yet (a transaction's markers are pending); keeping the store",
+                pipeline=state.pipeline.name,
+                partition=state.partition,
+                checkpoint=checkpoint,
+                stable=high,
+            )
+            high = checkpoint
         if checkpoint is None or checkpoint < low or checkpoint > high:
             if checkpoint is not None:
                 log.warning(
@@ -125,16 +168,38 @@ class ChangelogReader:
         self.restoring[Partition(changelog, state.partition)] = Restoration(state, high, checkpoint, time.monotonic())
         self._assign()
 
-    def _offsets(self, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
-        deadline = time.monotonic() + timeout
+    def _past_log_end(self, tp: TopicPartition, checkpoint: int) -> bool:
+        """Is ``checkpoint`` past ``tp``'s log end (high watermark)? False when that cannot be read.
+
+        Not knowing, the store is kept: a checkpoint only ever records a
+        committed offset, and only a recreated topic ends before one.
+        """
+        if self._admin is None:
+            return False
+        try:
+            futures = self._admin.list_offsets(
+                {tp: _LATEST}, isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10
+            )
+            result = futures[tp].result(timeout=15)
+        except Exception as exc:  # a failed or unanswered request: not known
+            log.warning("changelog end unreadable", topic=tp.topic, partition=tp.partition, error=str(exc))
+            return False
+        offset = getattr(result, "offset", None)
+        return isinstance(offset, int) and 0 <= offset < checkpoint
+
+    def _offsets(self, tp: TopicPartition, patience: float = OFFSETS_PATIENCE) -> tuple[int, int]:
+        """``tp``'s start and last stable offset, asked again while the broker is not serving it or away."""
+        deadline = time.monotonic() + patience
         while True:
             try:
-                low, high = self.consumer.get_watermark_offsets(tp, timeout=timeout)
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=10.0)
                 return low, high
             except KafkaException as exc:
-                if exc.args[0].code() not in NOT_SERVING_YET or time.monotonic() > deadline:
-                    raise RestoreFailed(f"cannot read the offsets of {tp.topic}[{tp.partition}]: {exc.args[0]}") from None
-                time.sleep(0.1)
+                error = exc.args[0]
+                transient = error.code() in NOT_SERVING_YET or error.code() in BROKER_AWAY or error.retriable()
+                if not transient or time.monotonic() > deadline:
+                    raise RestoreFailed(f"cannot read the offsets of {tp.topic}[{tp.partition}]: {error}") from None
+                time.sleep(0.1 if error.code() in NOT_SERVING_YET else 1.0)
 
     def cancel(self, state: StateManager) -> None:
         """Stop restoring a revoked task's store; what was restored so far stays, checkpointed."""

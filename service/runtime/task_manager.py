@@ -109,7 +109,7 @@ class TaskManager:
         self.producer = clients.producer
         #: What every task writes through, into the producer's open transaction.
         self.collector = RecordCollector(clients.producer)
-        self.reader = ChangelogReader(clients.restore_consumer)
+        self.reader = ChangelogReader(clients.restore_consumer, admin)
         self.stats = stats
         #: How topics that are not JSON are decoded, and the gate that makes their partitions wait for the registry.
         self.formats = formats if formats is not None else Formats(config)

@@ -125,6 +125,54 @@ def test_each_partitions_stream_time_and_watermarks_are_restored_from_the_change
     assert b.window(0).store.stream_time == T0 + 4 * MINUTE
 
 
+def test_a_store_ahead_of_the_changelogs_stable_offset_is_kept_while_its_commits_markers_are_pending(instance, cluster):
+    """A commit returns once the broker has logged it, before its markers are written (for longer when
+    the broker stops then): the changelog's stable offset is still before records the store's checkpoint
+    holds. A restore then keeps the store. Rebuilt up to the stable offset, it lost that commit's state
+    while its output and offsets stood, and its sessions were emitted twice (seen in the broker-restart test)."""
+    a = instance("a")
+    a.assign((REPARTITION, 0), (REPARTITION, 1))
+    a.tasks.route([data(0, 0, "u1", T0), data(0, 1, "u1", T0 + MINUTE), said(0, 2, S1, T0 + MINUTE, idle=False)])
+    a.tasks.commit()
+    cluster.hold_markers = True
+    # Stream time passes u1's close (its last event, 10 minutes, a minute of grace): this commit emits it.
+    a.tasks.route([data(0, 3, "u2", T0 + 30 * MINUTE), said(0, 4, S1, T0 + 30 * MINUTE, idle=False)])
+    a.tasks.commit()
+    checkpoint = a.window(0).store.checkpoint
+    assert checkpoint is not None and cluster.stable_end((CHANGELOG, 0)) < checkpoint <= cluster.end((CHANGELOG, 0))
+    a.close()
+
+    b = instance("a")  # the same instance started again, its stores on disk
+    for partition in (0, 1):  # the restore consumer reads read_committed: up to the stable offset
+        b.restore_consumer.watermarks[(CHANGELOG, partition)] = (0, cluster.stable_end((CHANGELOG, partition)))
+    b.assign((REPARTITION, 0), (REPARTITION, 1))
+    b.tasks.restore()
+    assert b.window(0).state == TaskState.RUNNING
+    assert b.window(0).store.checkpoint == checkpoint
+    cluster.hold_markers = False
+    cluster.write_markers()
+    b.tasks.route([data(0, 5, "u3", T0 + 60 * MINUTE), said(0, 6, S1, T0 + 60 * MINUTE, idle=False)])
+    b.tasks.commit()
+    assert sorted(sessions(cluster.visible(OUTPUT))) == [(b"u1", T0, T0 + MINUTE, 2), (b"u2", T0 + 30 * MINUTE, T0 + 30 * MINUTE, 1)]
+
+
+def test_a_store_past_the_changelogs_log_end_does_not_fit_and_is_rebuilt(instance, cluster):
+    """Past the log end itself (the changelog topic was recreated), the checkpoint does not fit."""
+    a = instance("a")
+    a.assign((REPARTITION, 0), (REPARTITION, 1))
+    a.tasks.route([data(0, 0, "u1", T0), data(0, 1, "u1", T0 + MINUTE)])
+    a.tasks.commit()
+    assert a.window(0).store.checkpoint == 2
+    a.close()
+
+    b = instance("a")
+    b.admin.ends[(CHANGELOG, 0)] = 1  # the log end, read_uncommitted
+    b.restore_consumer.watermarks[(CHANGELOG, 0)] = (0, 1)
+    b.assign((REPARTITION, 0), (REPARTITION, 1))
+    assert b.window(0).state == TaskState.RESTORING
+    assert b.window(0).store.checkpoint is None
+
+
 def run(a: Instance, seconds: int) -> None:
     """``a``'s loop for ``seconds`` of its clock, a second a round: poll what the cluster holds, restore, punctuate, commit."""
     for _ in range(seconds):

@@ -402,6 +402,29 @@ def test_committed_offsets_the_broker_does_not_give_are_left_to_the_consumer_by_
     assert counts.processed + counts.late == 6, "the batch was taken again (its state was not rolled back here: late now)"
 
 
+def test_a_restore_asks_for_the_changelogs_offsets_again_while_the_broker_is_away(instance, monkeypatch):
+    """A restore that began during a broker restart stopped the service: its offsets were asked for
+    up to 30 s and only while the partition had no leader, not while the broker was unreachable
+    (seen: ``_TRANSPORT``, ``_DESTROY_BROKER``). They are asked for again until the broker answers."""
+    import service.runtime.changelog_reader as changelog_reader
+
+    a = instance()
+    failures = [KafkaError(KafkaError._TRANSPORT, "Connection refused"), KafkaError(KafkaError._DESTROY_BROKER, "destroyed")]
+    answer = a.restore_consumer.get_watermark_offsets
+
+    def away_then_back(partition, timeout=None, cached=False):
+        if failures:
+            raise KafkaException(failures.pop(0))
+        return answer(partition, timeout, cached)
+
+    monkeypatch.setattr(a.restore_consumer, "get_watermark_offsets", away_then_back)
+    monkeypatch.setattr(changelog_reader.time, "sleep", lambda seconds: None)
+    a.assign((REPARTITION, 0), (REPARTITION, 1))
+
+    assert failures == []
+    assert [t.state for t in a.tasks.window_tasks.values()] == [TaskState.RUNNING, TaskState.RUNNING]
+
+
 def test_a_fatal_commit_error_replaces_the_producer_and_the_next_commit_goes_through(instance, cluster):
     a = instance()
     a.assign((REPARTITION, 0))
