@@ -174,6 +174,35 @@ def test_broker_restart_mid_stream(app):
     assert_exact(app, got, expected, len(workload.produced))
 
 
+def test_broker_restarted_and_killed_four_times_mid_stream(app):
+    """Four outages, two clean restarts and two kill -9s, through one stream: the output is exact.
+
+    Each outage may meet a commit half done: logged by the broker, its markers not yet written,
+    so for a while the changelog's stable offset is before the store's checkpoint (the store is
+    kept, not rebuilt below it); or a restore that must wait for the broker's answer (it waits,
+    and the service keeps running). Both once emitted sessions twice or stopped the service.
+    """
+    script = os.environ.get("SESSIONIZER_TEST_KAFKA_SCRIPT", str(REPO / "scripts" / "kafka.sh"))
+    app.configure(pipeline_body(app), partitions=6, app_extra=f'{APP_EXTRA}\nidle_timeout = "{RESTART_IDLE_TIMEOUT}"')
+    workload = Workload(app, events=120_000, users=3_000, rate=1_500, seed=3, producer_config=PROMPT_PRODUCER)
+    workload.create_topics()
+    service = app.service().start()
+    service.wait_started()
+    workload.start()
+    for outage, at in enumerate((0.15, 0.35, 0.55, 0.75)):
+        wait_until(lambda at=at: workload.progress() > at, 300, "workload progress")
+        service.mark(f"outage {outage}")
+        if outage % 2 == 0:
+            subprocess.run(["bash", script, "restart"], check=True, timeout=180)
+        else:
+            subprocess.run(["bash", script, "kill"], check=True, timeout=60)
+            subprocess.run(["bash", script, "start"], check=True, timeout=180)
+    workload.join(timeout=600)
+    expected = expected_sessions(app.config_path, workload.produced)
+    got = collect(app, [service], len(expected))
+    assert_exact(app, got, expected, len(workload.produced))
+
+
 #: What a fenced process logs when it stops because another with its instance id is in the group.
 STEPPED_DOWN = '"fenced by another process with this instance id; stepping down"'
 #: What a fenced instance logs, whichever of its calls meets the fence first (service/runtime/).
