@@ -144,6 +144,22 @@ RESTART_IDLE_TIMEOUT = "15s"
 PROMPT_PRODUCER = {"request.timeout.ms": 5_000, "reconnect.backoff.max.ms": 1_000, "retry.backoff.max.ms": 1_000}
 
 
+#: The script that runs the suite's broker (restarted and killed by the tests of outages).
+KAFKA_SCRIPT = os.environ.get("SESSIONIZER_TEST_KAFKA_SCRIPT", str(REPO / "scripts" / "kafka.sh"))
+
+
+def live_stream_for_outages(app, events: int) -> tuple[Workload, Service]:
+    """A service reading a live stream of ``events`` (3,000 users, 1,500 a second), started; producers
+    that reconnect promptly, and sources quiet only after 15 s read to their end, for broker outages."""
+    app.configure(pipeline_body(app), partitions=6, app_extra=f'{APP_EXTRA}\nidle_timeout = "{RESTART_IDLE_TIMEOUT}"')
+    workload = Workload(app, events=events, users=3_000, rate=1_500, seed=3, producer_config=PROMPT_PRODUCER)
+    workload.create_topics()
+    service = app.service().start()
+    service.wait_started()
+    workload.start()
+    return workload, service
+
+
 def test_broker_restart_mid_stream(app):
     """The broker goes away and comes back mid-stream: the output is exact, nothing is late.
 
@@ -154,16 +170,10 @@ def test_broker_restart_mid_stream(app):
     quiet until it has been read to its end for the idle timeout again, and the producers
     deliver within it.
     """
-    script = os.environ.get("SESSIONIZER_TEST_KAFKA_SCRIPT", str(REPO / "scripts" / "kafka.sh"))
-    app.configure(pipeline_body(app), partitions=6, app_extra=f'{APP_EXTRA}\nidle_timeout = "{RESTART_IDLE_TIMEOUT}"')
-    workload = Workload(app, events=80_000, users=3_000, rate=1_500, seed=3, producer_config=PROMPT_PRODUCER)
-    workload.create_topics()
-    service = app.service().start()
-    service.wait_started()
-    workload.start()
+    workload, service = live_stream_for_outages(app, events=80_000)
     wait_until(lambda: workload.progress() > 0.3, 120, "workload progress")
     began = time.monotonic()
-    subprocess.run(["bash", script, "restart"], check=True, timeout=180)
+    subprocess.run(["bash", KAFKA_SCRIPT, "restart"], check=True, timeout=180)
     outage = time.monotonic() - began
     print(f"broker outage {outage:.1f} s, grace {GRACE_MS} ms")
     assert workload.running, "the workload must produce through the outage"
@@ -182,21 +192,15 @@ def test_broker_restarted_and_killed_four_times_mid_stream(app):
     kept, not rebuilt below it); or a restore that must wait for the broker's answer (it waits,
     and the service keeps running). Both once emitted sessions twice or stopped the service.
     """
-    script = os.environ.get("SESSIONIZER_TEST_KAFKA_SCRIPT", str(REPO / "scripts" / "kafka.sh"))
-    app.configure(pipeline_body(app), partitions=6, app_extra=f'{APP_EXTRA}\nidle_timeout = "{RESTART_IDLE_TIMEOUT}"')
-    workload = Workload(app, events=120_000, users=3_000, rate=1_500, seed=3, producer_config=PROMPT_PRODUCER)
-    workload.create_topics()
-    service = app.service().start()
-    service.wait_started()
-    workload.start()
+    workload, service = live_stream_for_outages(app, events=120_000)
     for outage, at in enumerate((0.15, 0.35, 0.55, 0.75)):
         wait_until(lambda at=at: workload.progress() > at, 300, "workload progress")
         service.mark(f"outage {outage}")
         if outage % 2 == 0:
-            subprocess.run(["bash", script, "restart"], check=True, timeout=180)
+            subprocess.run(["bash", KAFKA_SCRIPT, "restart"], check=True, timeout=180)
         else:
-            subprocess.run(["bash", script, "kill"], check=True, timeout=60)
-            subprocess.run(["bash", script, "start"], check=True, timeout=180)
+            subprocess.run(["bash", KAFKA_SCRIPT, "kill"], check=True, timeout=60)
+            subprocess.run(["bash", KAFKA_SCRIPT, "start"], check=True, timeout=180)
     workload.join(timeout=600)
     expected = expected_sessions(app.config_path, workload.produced)
     got = collect(app, [service], len(expected))
