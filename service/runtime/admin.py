@@ -135,7 +135,7 @@ def wait_until_gone(admin: AdminClient, topics: list[str], timeout: float = 60.0
 
 def restore_state(config: Config, partitions: list[int] | None = None, report: Callable[[str], None] = print) -> int:
     """Bring this instance's local stores up to date from the changelogs; returns records applied."""
-    reader = ChangelogReader(Consumer(restore_consumer_config(config)))
+    reader = ChangelogReader(Consumer(restore_consumer_config(config)), AdminClient(admin_config(config)))
     memory = StoreMemory(config.state)
     states: list[StateManager] = []
     try:
