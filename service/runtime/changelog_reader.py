@@ -24,13 +24,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition, admin
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from service.errors import RestoreFailed
+from service.runtime.ends import LATEST
 from service.runtime.frames import Record
 from service.runtime.ids import Partition
 from service.runtime.progress import Progress
@@ -64,8 +65,6 @@ BROKER_AWAY = {
 #: Seconds a changelog's offsets are asked for before the restore gives up: a broker
 #: restart takes tens of seconds on a loaded machine (seen: a minute).
 OFFSETS_PATIENCE = 120.0
-#: (The admin package imports ``OffsetSpec`` without exporting it, and leaves its methods untyped.)
-_LATEST = cast(Any, admin).OffsetSpec.latest()
 
 
 
@@ -178,7 +177,7 @@ class ChangelogReader:
             return False
         try:
             futures = self._admin.list_offsets(
-                {tp: _LATEST}, isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10
+                {tp: LATEST}, isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10
             )
             result = futures[tp].result(timeout=15)
         except Exception as exc:  # a failed or unanswered request: not known

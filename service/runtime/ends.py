@@ -56,9 +56,10 @@ log = structlog.get_logger("sessionizer.ends")
 
 #: Subtracted from the wall-clock time a partition was found read to its end (ms).
 END_MARGIN_MS = 1_000
-#: What every request asks of each partition: its end (under read_committed, its last stable offset).
+#: What ``list_offsets`` asks of each partition: its end (its last stable offset under read_committed,
+#: its log end under read_uncommitted); the changelog reader asks it too.
 #: (The admin package imports ``OffsetSpec`` without exporting it, and leaves its methods untyped.)
-_LATEST = cast(Any, admin).OffsetSpec.latest()
+LATEST = cast(Any, admin).OffsetSpec.latest()
 #: How long an end-offsets request may take before its partitions count as not found at their end (s).
 DEFAULT_PATIENCE = 10.0
 #: Requests failed in a row after which the admin client is replaced (see ``SourceEnds._failed_request``).
@@ -221,7 +222,7 @@ class SourceEnds:
         self.requests += 1
         try:
             request.futures = self._admin.list_offsets(
-                {TopicPartition(topic, partition): _LATEST for topic, partition in epochs},
+                {TopicPartition(topic, partition): LATEST for topic, partition in epochs},
                 isolation_level=self._isolation,
                 request_timeout=self.patience / 2,
             )
