@@ -146,7 +146,9 @@ def run_once(text: str, events: list[tuple[int, dict]]) -> float:
 def _takes_source() -> bool:
     import inspect
 
-    return "source" in inspect.signature(WindowProcessor.process).parameters
+    # ``process_event`` is the method since ``process`` became an attribute (``service.core.inline.session_process``).
+    method = getattr(WindowProcessor, "process_event", None) or WindowProcessor.process
+    return "source" in inspect.signature(method).parameters
 
 
 SOURCE_ARG = _takes_source()

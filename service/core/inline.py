@@ -15,7 +15,13 @@ at start-up:
 - ``extractor``: the key's and time's fast paths (a plain top-level field or
   the record key, an int of milliseconds) and the numeric aggregates' check
   for an int, a float or nothing; anything else calls the extractor or the
-  check itself, which decides and names the problem.
+  check itself, which decides and names the problem;
+- ``session_process``: ``WindowProcessor.process`` for session windows
+  without caps or rules, with its common case in line: an event on time that
+  extends the key's one open session, the adder's lines included. That is
+  five calls an event (process, the store's ``changing``, the kind's ``add``,
+  ``_add_event``, the adder) made two. Every other event goes through the
+  processor's general path, which decides and says why.
 
 Field names come from the config and enter the source only as ``repr``
 literals.
@@ -27,7 +33,7 @@ The written-out lines must do exactly what the methods do:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -38,6 +44,15 @@ from service.core.extract import MS_THRESHOLD, KeyExtractor, TimeExtractor
 Adder = Callable[[list[Any], dict[str, Any], int], None]
 #: ``(event, record timestamp, record key) -> (key, time)``; raises ``BadRecord``.
 Extractor = Callable[[dict[str, Any], int | None, bytes | None], tuple[bytes, int]]
+
+
+class Process(Protocol):
+    """``WindowProcessor.process_event``'s signature."""
+
+    def __call__(
+        self, key: bytes, time_ms: int, event: dict[str, Any], raw: bytes | memoryview, source: int = 0, watermark: int | None = None
+    ) -> None: ...
+
 
 #: Each built-in aggregate's ``add``, in line: ``{state}`` is its state (an
 #: item of the list), ``value`` the value of its field (None when absent).
@@ -71,6 +86,11 @@ def adder(aggregates: tuple[Aggregate, ...]) -> Adder:
 
 def adder_source(aggregates: tuple[Aggregate, ...], namespace: dict[str, Any]) -> str:
     """The source of ``add``; what it calls (getters, ``add`` methods) goes into ``namespace``."""
+    return _function("add(states, event, time_ms)", _adder_body(aggregates, namespace))
+
+
+def _adder_body(aggregates: tuple[Aggregate, ...], namespace: dict[str, Any]) -> list[str]:
+    """``add``'s lines: each aggregate's step on ``states[i]``, from ``event`` and ``time_ms``."""
     body = []
     for i, aggregate in enumerate(aggregates):
         state = f"states[{i}]"
@@ -84,7 +104,62 @@ def adder_source(aggregates: tuple[Aggregate, ...], namespace: dict[str, Any]) -
         if field:
             body.append(_value_source(field, f"get_{i}", aggregate, namespace))
         body.append(lines.format(state=state))
-    return _function("add(states, event, time_ms)", body)
+    return body
+
+
+def session_process(processor: Any, general: Process, gap: int, grace: int, aggregates: tuple[Aggregate, ...]) -> Process:
+    """``process`` for ``processor``, whose windows are sessions of ``gap`` and ``grace`` without caps or rules.
+
+    ``general`` is the processor's general path (``process_event``). The
+    written-out path reads the processor's store and counters at every call,
+    since a task hands its processor a new store when it resets.
+    """
+    namespace: dict[str, Any] = {"processor": processor, "general": general, "orjson": orjson, "hashable": hashable}
+    source = session_process_source(gap, grace, aggregates, namespace)
+    function: Process = _define("process", source, namespace, ["session", *(a.name for a in aggregates)])
+    return function
+
+
+def session_process_source(gap: int, grace: int, aggregates: tuple[Aggregate, ...], namespace: dict[str, Any]) -> str:
+    """The source of ``session_process``'s function.
+
+    It computes stream time and the event's limit as ``process_event`` does,
+    and hands the event to it, unchanged, whenever the common case does not
+    hold. Handing over after moving stream time is safe: ``process_event``
+    finds stream time already at the event and moves it no further.
+    """
+    gap, grace = int(gap), int(grace)
+    body = [
+        "store = processor.store\n"
+        "stream_time = store.stream_time\n"
+        "if watermark is None:\n"
+        "    if stream_time is None or time_ms > stream_time:\n"
+        "        stream_time = store.stream_time = time_ms\n"
+        "    limit = stream_time\n"
+        "elif stream_time is None or watermark > stream_time:\n"
+        "    limit = watermark\n"
+        "else:\n"
+        "    limit = stream_time",
+        # Late (``SessionWindows.late_reason``): the general path sends it to the late topic, naming why.
+        f"if time_ms + {grace} < limit:\n    return general(key, time_ms, event, raw, source, watermark)",
+        # The key's one open session, within gap of the event: anything else (a new session, a merge) is general.
+        "sessions = store.changing(key)\n"
+        "if len(sessions) != 1:\n"
+        "    return general(key, time_ms, event, raw, source, watermark)\n"
+        "session = sessions[0]\n"
+        f"if session.start > time_ms + {gap} or session.end < time_ms - {gap}:\n"
+        "    return general(key, time_ms, event, raw, source, watermark)",
+        # ``SessionWindows._add_event``
+        "if time_ms < session.start:\n"
+        "    session.start = time_ms\n"
+        "elif time_ms > session.end:\n"
+        "    session.end = time_ms\n"
+        "session.count += 1\n"
+        "states = session.aggs",
+        *_adder_body(aggregates, namespace),
+        "processor.counters.processed += 1",
+    ]
+    return _function("process(key, time_ms, event, raw, source=0, watermark=None)", body)
 
 
 def extractor(key: KeyExtractor, time: TimeExtractor, aggregates: tuple[Aggregate, ...]) -> Extractor:

@@ -15,9 +15,11 @@ from typing import Any, Protocol
 import orjson
 
 from service.core.closing import EARLIEST
+from service.core.inline import Process, session_process
 from service.core.pipeline import OutputRecord, Pipeline
 from service.core.reasons import BEHIND_STREAM_TIME, BEHIND_WATERMARK, REASON_CODE_HEADER
 from service.core.rules import Derived
+from service.core.windows.session import SessionWindows
 
 
 class KeyWindows(Protocol):
@@ -76,13 +78,20 @@ class WindowProcessor:
         self._output_topic = pipeline.config.output.topic
         #: Records the pipeline's rules derived during the current call; empty without rules.
         self._derived: list[Derived] = []
+        #: ``process_event``, or for session windows without caps or rules the same with its
+        #: common case written out in line (``service.core.inline.session_process``). Every event
+        #: goes through here.
+        self.process: Process = self.process_event
+        kind = self._kind
+        if type(kind) is SessionWindows and not kind.capped:
+            self.process = session_process(self, self.process_event, kind.gap, kind.grace, kind.aggregates)
 
     @property
     def stream_time(self) -> int | None:
         """The largest event time seen (or reached by idle advance); part of the state."""
         return self.store.stream_time
 
-    def process(
+    def process_event(
         self,
         key: bytes,
         time_ms: int,

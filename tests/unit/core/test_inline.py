@@ -3,16 +3,21 @@ extractor as the key and time extractors and the aggregates' checks, for every b
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from service.config import AggregateConfig, ConditionConfig
 from service.core.aggregates import Sum, build_aggregates
 from service.core.extract import BadRecord, KeyExtractor, TimeExtractor
 from service.core.inline import adder, adder_source, extractor, extractor_source
+from tests.helpers import Harness, session_config
 
 #: Top level, nested, a top-level key with a dot (which wins over the nested walk), three levels.
 FIELDS = ["v", "d.v", "a.b.c"]
@@ -195,3 +200,90 @@ def test_field_names_enter_the_source_as_literals_whatever_they_hold():
     states = [0]
     adder((aggregate,))(states, {odd: 5}, 0)
     assert states == [5]
+
+
+# -- the session processor's in-line path ---------------------------------------------------------
+
+SESSION_AGGREGATES = """
+total = { type = "sum", field = "amount" }
+top = { type = "max", field = "d.v" }
+kinds = { type = "count_by", field = "kind" }
+firsts = { type = "first", field = "kind" }
+"""
+
+
+@contextmanager
+def session_harnesses(extra_window: str = "") -> Iterator[tuple[Harness, Harness]]:
+    """Two processors over one config, each over a store of its own: one as built, one forced onto
+    the general path (``process_event``)."""
+    config = session_config(gap="100ms", grace="50ms", extra_window=extra_window, aggregates=SESSION_AGGREGATES, time_format="epoch_ms")
+    with tempfile.TemporaryDirectory() as directory:
+        built, general = Harness(config, Path(directory) / "built"), Harness(config, Path(directory) / "general")
+        general.processor.process = general.processor.process_event
+        try:
+            yield built, general
+        finally:
+            built.close()
+            general.close()
+
+
+def test_uncapped_sessions_take_the_in_line_path_and_capped_ones_the_general():
+    with session_harnesses() as (built, _):
+        assert getattr(built.processor.process, "__code__").co_filename.startswith("<sessionizer process: session")  # noqa: B009
+    for extra in ("max_events = 3", 'max_duration = "1s"'):
+        with session_harnesses(extra) as (capped, _):
+            assert capped.processor.process == capped.processor.process_event
+
+
+#: Steps of the clock and delays of arrival around gap (100 ms) and grace (50 ms), one off either side:
+#: events join at the gap's edges, arrive exactly at grace behind or one past it, and bridge two sessions.
+EDGES = [0, 1, 10, 49, 50, 51, 99, 100, 101, 150, 151]
+session_events = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from(EDGES),  # how far the clock moves on before this event
+        st.sampled_from(EDGES),  # how far behind the clock the event arrives
+        st.integers(0, 2),  # source
+        st.sampled_from([None, "view", "buy"]),
+        numbers,
+        st.booleans(),  # a commit after it
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(session_events, st.booleans())
+# From a slower source, on time, a gap and a millisecond before the key's session: a session of its own.
+@example([("b", 0, 0, 1, None, None, False), ("a", 0, 0, 0, None, None, False), ("a", 19, 0, 1, None, None, False)], True)
+def test_the_in_line_session_path_does_what_the_general_path_does(items, with_watermarks):
+    """Same records out (sessions, late records and their headers), same counters, same stream time, commit by
+    commit: new keys, extensions from before and after, new sessions past the gap, merges, late events, with and
+    without each source's watermark."""
+    with session_harnesses() as (built, general):
+        marks: dict[int, int] = {}
+        clock = 1_000
+        for key, step, delay, source, kind, amount, commit in items:
+            clock += step
+            # With watermarks each source runs behind the one before by more than grace, and not late:
+            # a key's session can start a gap after an event its slower source brings.
+            time_ms = clock - delay - (120 * source if with_watermarks else 0)
+            event: dict[str, Any] = {"user_id": key, "ts": time_ms, "amount": amount, "d": {"v": time_ms % 7}}
+            if kind is not None:
+                event["kind"] = kind
+            mark = None
+            if with_watermarks:
+                mark = marks[source] = max(marks.get(source, time_ms), time_ms)
+            for h in (built, general):
+                h.send(event, source, mark)
+                if with_watermarks:
+                    h.processor.advance(min(marks.values()))  # stream time: the slowest source's watermark, as a task keeps it
+            if commit:
+                built.commit()
+                general.commit()
+                assert built.out == general.out
+        built.finish()
+        general.finish()
+        assert built.out == general.out
+        assert built.processor.counters == general.processor.counters
+        assert built.store.stream_time == general.store.stream_time
