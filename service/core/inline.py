@@ -142,12 +142,25 @@ def session_process_source(gap: int, grace: int, aggregates: tuple[Aggregate, ..
         "    limit = stream_time",
         # Late (``SessionWindows.late_reason``): the general path sends it to the late topic, naming why.
         f"if time_ms + {grace} < limit:\n    return general(key, time_ms, event, raw, source, watermark)",
-        # The key's one open session, within gap of the event: anything else (a new session, a merge) is general.
+        # The session the event extends, when it reaches one and only one: a new session or a merge is general.
         "sessions = store.changing(key)\n"
-        "if len(sessions) != 1:\n"
-        "    return general(key, time_ms, event, raw, source, watermark)\n"
-        "session = sessions[0]\n"
-        f"if session.start > time_ms + {gap} or session.end < time_ms - {gap}:\n"
+        "count = len(sessions)\n"
+        "if count == 1:\n"
+        "    session = sessions[0]\n"
+        f"    if session.start > time_ms + {gap} or session.end < time_ms - {gap}:\n"
+        "        return general(key, time_ms, event, raw, source, watermark)\n"
+        "elif count:\n"
+        # A key's open sessions lie more than gap apart (two within gap of one event merge), so an
+        # event at or after the start of the latest reaches no other. With commits a second apart, a
+        # replay's key often holds the sessions it ended, awaiting their close, and the one it is in.
+        "    session = sessions[-1]\n"
+        "    start = session.start\n"
+        f"    if time_ms < start or session.end < time_ms - {gap}:\n"
+        "        return general(key, time_ms, event, raw, source, watermark)\n"
+        "    for other in sessions:\n"
+        "        if other.start > start:\n"
+        "            return general(key, time_ms, event, raw, source, watermark)\n"
+        "else:\n"
         "    return general(key, time_ms, event, raw, source, watermark)",
         # ``SessionWindows._add_event``
         "if time_ms < session.start:\n"

@@ -256,6 +256,12 @@ session_events = st.lists(
 @given(session_events, st.booleans())
 # From a slower source, on time, a gap and a millisecond before the key's session: a session of its own.
 @example([("b", 0, 0, 1, None, None, False), ("a", 0, 0, 0, None, None, False), ("a", 19, 0, 1, None, None, False)], True)
+# The same key's next session from the slower source, listed after the first and earlier: an event after its
+# start that also reaches the first merges the two.
+@example(
+    [("b", 0, 0, 1, None, None, False), ("a", 0, 0, 0, None, None, False), ("a", 0, 0, 1, None, None, False), ("a", 80, 0, 1, None, None, False)],
+    True,
+)
 def test_the_in_line_session_path_does_what_the_general_path_does(items, with_watermarks):
     """Same records out (sessions, late records and their headers), same counters, same stream time, commit by
     commit: new keys, extensions from before and after, new sessions past the gap, merges, late events, with and
