@@ -18,7 +18,8 @@ at start-up:
   check itself, which decides and names the problem;
 - ``session_process``: ``WindowProcessor.process`` for session windows
   without caps or rules, with its common case in line: an event on time that
-  extends the key's one open session, the adder's lines included. That is
+  reaches one of the key's sessions and no other extends it, the adder's
+  lines included. That is
   five calls an event (process, the store's ``changing``, the kind's ``add``,
   ``_add_event``, the adder) made two. Every other event goes through the
   processor's general path, which decides and says why.
@@ -142,25 +143,19 @@ def session_process_source(gap: int, grace: int, aggregates: tuple[Aggregate, ..
         "    limit = stream_time",
         # Late (``SessionWindows.late_reason``): the general path sends it to the late topic, naming why.
         f"if time_ms + {grace} < limit:\n    return general(key, time_ms, event, raw, source, watermark)",
-        # The session the event extends, when it reaches one and only one: a new session or a merge is general.
+        # The one session within gap of the event (``SessionWindows.add``'s touching sessions); none
+        # (a new session) or two (a merge) is general. A direct task reads its sources a batch at a
+        # time, so a key's events often go back and forth between the sessions it holds.
         "sessions = store.changing(key)\n"
-        "count = len(sessions)\n"
-        "if count == 1:\n"
-        "    session = sessions[0]\n"
-        f"    if session.start > time_ms + {gap} or session.end < time_ms - {gap}:\n"
-        "        return general(key, time_ms, event, raw, source, watermark)\n"
-        "elif count:\n"
-        # A key's open sessions lie more than gap apart (two within gap of one event merge), so an
-        # event at or after the start of the latest reaches no other. With commits a second apart, a
-        # replay's key often holds the sessions it ended, awaiting their close, and the one it is in.
-        "    session = sessions[-1]\n"
-        "    start = session.start\n"
-        f"    if time_ms < start or session.end < time_ms - {gap}:\n"
-        "        return general(key, time_ms, event, raw, source, watermark)\n"
-        "    for other in sessions:\n"
-        "        if other.start > start:\n"
+        "session = None\n"
+        f"low = time_ms - {gap}\n"
+        f"high = time_ms + {gap}\n"
+        "for other in sessions:\n"
+        "    if other.start <= high and other.end >= low:\n"
+        "        if session is not None:\n"
         "            return general(key, time_ms, event, raw, source, watermark)\n"
-        "else:\n"
+        "        session = other\n"
+        "if session is None:\n"
         "    return general(key, time_ms, event, raw, source, watermark)",
         # ``SessionWindows._add_event``
         "if time_ms < session.start:\n"

@@ -262,6 +262,11 @@ session_events = st.lists(
     [("b", 0, 0, 1, None, None, False), ("a", 0, 0, 0, None, None, False), ("a", 0, 0, 1, None, None, False), ("a", 80, 0, 1, None, None, False)],
     True,
 )
+# From the slower source, exactly a gap from each of the key's two sessions: it merges them.
+@example(
+    [("b", 0, 0, 1, None, None, False), ("a", 0, 0, 0, None, None, False), ("a", 200, 0, 0, None, None, False), ("a", 20, 0, 1, None, None, False)],
+    True,
+)
 def test_the_in_line_session_path_does_what_the_general_path_does(items, with_watermarks):
     """Same records out (sessions, late records and their headers), same counters, same stream time, commit by
     commit: new keys, extensions from before and after, new sessions past the gap, merges, late events, with and
