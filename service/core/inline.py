@@ -17,12 +17,13 @@ at start-up:
   for an int, a float or nothing; anything else calls the extractor or the
   check itself, which decides and names the problem;
 - ``session_process``: ``WindowProcessor.process`` for session windows
-  without caps or rules, with its common case in line: an event on time that
-  reaches one of the key's sessions and no other extends it, the adder's
-  lines included. That is
+  without caps or rules, with its common cases in line: an event on time that
+  reaches one of the key's sessions and no other extends it, and one that
+  reaches none starts a session, the adder's lines included. That is
   five calls an event (process, the store's ``changing``, the kind's ``add``,
-  ``_add_event``, the adder) made two. Every other event goes through the
-  processor's general path, which decides and says why.
+  ``_add_event``, the adder) made two. Every other event (late, or merging
+  sessions) goes through the processor's general path, which decides and
+  says why.
 
 Field names come from the config and enter the source only as ``repr``
 literals.
@@ -108,14 +109,24 @@ def _adder_body(aggregates: tuple[Aggregate, ...], namespace: dict[str, Any]) ->
     return body
 
 
-def session_process(processor: Any, general: Process, gap: int, grace: int, aggregates: tuple[Aggregate, ...]) -> Process:
+def session_process(
+    processor: Any, general: Process, gap: int, grace: int, aggregates: tuple[Aggregate, ...], new_session: Callable[..., Any]
+) -> Process:
     """``process`` for ``processor``, whose windows are sessions of ``gap`` and ``grace`` without caps or rules.
 
-    ``general`` is the processor's general path (``process_event``). The
+    ``general`` is the processor's general path (``process_event``), and
+    ``new_session(start, end, count, states)`` makes a session. The
     written-out path reads the processor's store and counters at every call,
     since a task hands its processor a new store when it resets.
     """
-    namespace: dict[str, Any] = {"processor": processor, "general": general, "orjson": orjson, "hashable": hashable}
+    namespace: dict[str, Any] = {
+        "processor": processor,
+        "general": general,
+        "new_session": new_session,
+        "inits": tuple(a.init for a in aggregates),
+        "orjson": orjson,
+        "hashable": hashable,
+    }
     source = session_process_source(gap, grace, aggregates, namespace)
     function: Process = _define("process", source, namespace, ["session", *(a.name for a in aggregates)])
     return function
@@ -143,9 +154,9 @@ def session_process_source(gap: int, grace: int, aggregates: tuple[Aggregate, ..
         "    limit = stream_time",
         # Late (``SessionWindows.late_reason``): the general path sends it to the late topic, naming why.
         f"if time_ms + {grace} < limit:\n    return general(key, time_ms, event, raw, source, watermark)",
-        # The one session within gap of the event (``SessionWindows.add``'s touching sessions); none
-        # (a new session) or two (a merge) is general. A direct task reads its sources a batch at a
-        # time, so a key's events often go back and forth between the sessions it holds.
+        # The sessions within gap of the event (``SessionWindows.add``'s touching sessions): two or more
+        # merge, which is general. A direct task reads its sources a batch at a time, so a key's events
+        # often go back and forth between the sessions it holds.
         "sessions = store.changing(key)\n"
         "session = None\n"
         f"low = time_ms - {gap}\n"
@@ -155,15 +166,18 @@ def session_process_source(gap: int, grace: int, aggregates: tuple[Aggregate, ..
         "        if session is not None:\n"
         "            return general(key, time_ms, event, raw, source, watermark)\n"
         "        session = other\n"
+        # None: the event starts a session of its own (``SessionWindows._new``).
         "if session is None:\n"
-        "    return general(key, time_ms, event, raw, source, watermark)",
-        # ``SessionWindows._add_event``
-        "if time_ms < session.start:\n"
-        "    session.start = time_ms\n"
-        "elif time_ms > session.end:\n"
-        "    session.end = time_ms\n"
-        "session.count += 1\n"
-        "states = session.aggs",
+        "    states = [init() for init in inits]\n"
+        "    sessions.append(new_session(time_ms, time_ms, 1, states))\n"
+        # One: the event extends it (``SessionWindows._add_event``).
+        "else:\n"
+        "    if time_ms < session.start:\n"
+        "        session.start = time_ms\n"
+        "    elif time_ms > session.end:\n"
+        "        session.end = time_ms\n"
+        "    session.count += 1\n"
+        "    states = session.aggs",
         *_adder_body(aggregates, namespace),
         "processor.counters.processed += 1",
     ]

@@ -19,7 +19,7 @@ from service.core.inline import Process, session_process
 from service.core.pipeline import OutputRecord, Pipeline
 from service.core.reasons import BEHIND_STREAM_TIME, BEHIND_WATERMARK, REASON_CODE_HEADER
 from service.core.rules import Derived
-from service.core.windows.session import SessionWindows
+from service.core.windows.session import Session, SessionWindows
 
 
 class KeyWindows(Protocol):
@@ -84,7 +84,7 @@ class WindowProcessor:
         self.process: Process = self.process_event
         kind = self._kind
         if type(kind) is SessionWindows and not kind.capped:
-            self.process = session_process(self, self.process_event, kind.gap, kind.grace, kind.aggregates)
+            self.process = session_process(self, self.process_event, kind.gap, kind.grace, kind.aggregates, Session)
 
     @property
     def stream_time(self) -> int | None:
