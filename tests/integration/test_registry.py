@@ -409,8 +409,8 @@ def test_unknown_schema_id_corrupt_body_and_bad_framing_go_to_the_dead_letter_to
         assert record.headers["sessionizer.error"]
 
 
-#: How far after the first half's events the second half's start (test_a_frozen_registry_...).
-LATER_HALF_MS = 120_000
+#: The frozen-registry test's idle timeout: far more than the seconds between its two halves.
+FROZEN_IDLE_TIMEOUT = "20s"
 
 
 def test_a_frozen_registry_pauses_partitions_and_loses_nothing(app, schema_registry):
@@ -425,12 +425,15 @@ def test_a_frozen_registry_pauses_partitions_and_loses_nothing(app, schema_regis
     record, and lookups have failed twice (each after the 2 s
     ``schema_registry.timeout``), i.e. were retried while it was frozen.
 
-    The second half's event times start two minutes after the first half's end.
-    Between the halves everything is read, so the sources become quiet and their
-    watermarks follow the wall clock, as they must: with the halves back to back,
-    the second half would be written more than the 1 s grace behind the wall
-    clock once the test has frozen the registry. Two minutes is more than any
-    such pause, and less than ``max_drift``.
+    Both halves are a backlog (event times of 2023), so the sources must not be
+    found quiet between them: a quiet source's watermark is the wall clock
+    (``service.runtime.ends``), and every event of the second half would be
+    late behind it, as a live producer's events are when written that long
+    after their time. With the suite's 2 s idle timeout, a loaded machine took
+    that long between reading the first half and producing the second (one CI
+    run: a partition's second-half events all late). The test's idle timeout,
+    ``FROZEN_IDLE_TIMEOUT``, is ten times that; the last sessions close that
+    long after everything is read.
     """
     backlog = with_details(bl.generate([app.topic("web")], users=400, seed=36))
     events = backlog.by_topic[app.topic("web")]
@@ -440,10 +443,12 @@ def test_a_frozen_registry_pauses_partitions_and_loses_nothing(app, schema_regis
     middle = sorted(e["ts"] for e in events)[len(events) // 2]
     first = [e for e in events if e["ts"] < middle]
     second = [e for e in events if e["ts"] >= middle]
-    for event in second:  # the backlog's own events: expected() sees the times moved
-        event["ts"] += LATER_HALF_MS
     produce_frames(app.topic("web"), first, v1)
-    app.configure(body(app, schema_registry, {"sessions": {"sources": "web", "serialization": "avro"}}, {"web": "avro"}), partitions=6)
+    app.configure(
+        body(app, schema_registry, {"sessions": {"sources": "web", "serialization": "avro"}}, {"web": "avro"}),
+        partitions=6,
+        app_extra=f'idle_timeout = "{FROZEN_IDLE_TIMEOUT}"',
+    )
     expected = backlog.expected()
     service = app.service().start()
     service.wait_started()
@@ -463,7 +468,7 @@ def test_a_frozen_registry_pauses_partitions_and_loses_nothing(app, schema_regis
                     return None
                 return ready if ready.get("partitions_waiting_for_schema_registry") == len(stopping) else None
 
-            # The waits end on events, each within a barrier; frozen at most a minute in all, under LATER_HALF_MS.
+            # The waits end on events, each within a barrier; frozen at most a minute in all.
             ready = wait_until(all_waiting, 30, f"/readyz to say {len(stopping)} partitions wait for the schema registry")
             assert ready["status"].startswith(f"{len(stopping)} partition(s) waiting for the schema registry"), ready
 
