@@ -79,8 +79,8 @@ class WindowProcessor:
         #: Records the pipeline's rules derived during the current call; empty without rules.
         self._derived: list[Derived] = []
         #: ``process_event``, or for session windows without caps or rules the same with its
-        #: common case written out in line (``service.core.inline.session_process``). Every event
-        #: goes through here.
+        #: common cases (extend a session, start one) written out in line
+        #: (``service.core.inline.session_process``). Every event goes through here.
         self.process: Process = self.process_event
         kind = self._kind
         if type(kind) is SessionWindows and not kind.capped:
