@@ -259,7 +259,15 @@ def test_sigterm_mid_stream_then_restart_loses_and_repeats_nothing(app):
 
 def test_open_session_query_seed_004(app):
     # AllOfR's store visit (seed 004), 10-minute gap; a grace long enough for her late 3:25 event.
-    app.configure(session_body(app, ["web"], gap="10m", grace="15m", aggregates='types = { type = "count_by", field = "type" }'))
+    # Her events are of 2017 and stream time must follow event time alone: a source partition found
+    # quiet takes the wall clock for its watermark, which would make her events late (were they written
+    # after) or close her open session before it is queried. So no partition may turn quiet (the idle
+    # timeout is an hour), and every partition gets an event: one of another user at her last time,
+    # on each partition she is not on, so stream time, the slowest partition's, is hers.
+    app.configure(
+        session_body(app, ["web"], gap="10m", grace="15m", aggregates='types = { type = "count_by", field = "type" }'),
+        app_extra='idle_timeout = "1h"',
+    )
     create_topics([app.topic("web")])
     service = app.service().start()
     service.wait_started()
@@ -279,7 +287,11 @@ def test_open_session_query_seed_004(app):
         ("checkout", "3:37"),
         ("put-item-in-cart", "3:25"),  # late, and it merges the last two sessions
     ]
-    produce(app.topic("web"), [{"user_id": "AllOfR", "ts": at(t), "type": k} for k, t in story], key=by_user)
+    others = {partition_for(f"other-{n}".encode(), 3): f"other-{n}" for n in range(50)}
+    others.pop(partition_for(b"AllOfR", 3))
+    assert len(others) == 2
+    events = [{"user_id": "AllOfR", "ts": at(t), "type": k} for k, t in story]
+    produce(app.topic("web"), events + [{"user_id": u, "ts": at("3:37"), "type": "view"} for u in others.values()], key=by_user)
     reader = Reader([app.topic("sessions")])
     (first,) = reader.wait_for(1, timeout=30)
     assert first.json()["value"]["session_start_ms"] == at("2:30")
