@@ -112,6 +112,13 @@ class KeyExtractor:
     def record_key(self) -> bool:
         return self.paths == (RECORD_KEY,)
 
+    @property
+    def output_field(self) -> str | None:
+        """The output's one key field when the key is one field (its path, or ``key`` for ``@key``); None for several."""
+        if len(self.paths) != 1:
+            return None
+        return RECORD_KEY_FIELD if self.paths[0] == RECORD_KEY else self.paths[0]
+
     def __call__(self, event: dict[str, Any], record_key: bytes | None = None) -> bytes:
         top = self.plain_field
         if top is not None:
@@ -129,10 +136,10 @@ class KeyExtractor:
 
     def fields(self, key: bytes) -> dict[str, str]:
         """The key's field values by path, for the output envelope."""
-        if len(self.paths) == 1:
-            if self.paths[0] == RECORD_KEY:
-                return {RECORD_KEY_FIELD: key.decode(errors="replace")}
-            return {self.paths[0]: key.decode()}
+        single = self.output_field
+        if single is not None:
+            # A field's key is its value's UTF-8; only a record key (``@key``) can be other bytes.
+            return {single: key.decode(errors="replace")}
         return dict(zip(self.paths, orjson.loads(key)))
 
 

@@ -48,25 +48,41 @@ class Envelope:
         self.output = output
         self.keys = keys
         self._encoders: dict[tuple[str, str], Callable[[dict[str, Any]], bytes]] = {}
+        #: Every closed window is rendered: the common shape (``envelope``, a key of one field) is
+        #: built as one dict display instead of a dict updated step by step.
+        self._key_field = keys.output_field
+        self._enveloped = output.format != "flat"
+        self._at_start = output.timestamp == "start"
 
     def use_encoders(self, encoders: Mapping[tuple[str, str], Callable[[dict[str, Any]], bytes]]) -> None:
         """Write the records for (topic, event name) with these instead of as JSON."""
         self._encoders = dict(encoders)
 
     def render(self, key: bytes, bounds: tuple[int, int], values: dict[str, Any]) -> bytes:
-        moment = bounds[0] if self.output.timestamp == "start" else bounds[1]
-        return self.render_event(key, self.output.event, moment, values, self.output.topic)
+        return self.render_event(key, self.output.event, bounds[0] if self._at_start else bounds[1], values, self.output.topic)
 
     def render_event(self, key: bytes, event: str, moment_ms: int, values: dict[str, Any], topic: str | None = None) -> bytes:
         """The same shape for any event name and moment: rules' derived records (for ``topic``) use it too."""
-        record: dict[str, Any] = {"event": event}
-        record.update(self.keys.fields(key))
-        record["timestamp"] = format_utc(moment_ms)
-        if self.output.format == "flat":
-            record.update(values)
+        field = self._key_field
+        if field is not None and self._enveloped:
+            # The steps below, as one display: the same order, and a key field named like an envelope field
+            # ("event", "timestamp", …) shares its place and the later value, as there.
+            record: dict[str, Any] = {
+                "event": event,
+                field: key.decode(errors="replace"),
+                "timestamp": format_utc(moment_ms),
+                "value": values,
+                "user_attributes": {},
+            }
         else:
-            record["value"] = values
-            record["user_attributes"] = {}
+            record = {"event": event}
+            record.update(self.keys.fields(key))
+            record["timestamp"] = format_utc(moment_ms)
+            if self._enveloped:
+                record["value"] = values
+                record["user_attributes"] = {}
+            else:
+                record.update(values)
         if self._encoders:
             encode = self._encoders.get((topic or self.output.topic, event))
             if encode is not None:

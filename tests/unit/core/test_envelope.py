@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tomllib
 from typing import Any
 
 import orjson
@@ -199,3 +200,29 @@ def test_the_record_key_is_named_key_in_the_envelope(make):
 @given(st.integers(min_value=-(10**14), max_value=253_402_300_799_999))  # to the last millisecond of 9999
 def test_format_utc_is_strftime_of_gmtime_to_the_second(ms):
     assert format_utc(ms) == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000))
+
+
+KEY_PATHS = ["user_id", "event", "timestamp", "value", "user.id", "@key"]
+
+
+@given(
+    st.sampled_from(KEY_PATHS),
+    st.binary(max_size=12) | st.text(max_size=8).map(str.encode),
+    st.sampled_from(["session", "page_views"]),
+    st.integers(min_value=0, max_value=2**45),
+    st.dictionaries(st.sampled_from(["event_count", "value", "total", "timestamp"]), st.integers(-(2**63), 2**63 - 1), max_size=3),
+)
+def test_the_envelope_built_in_one_display_is_the_one_built_step_by_step(path, key, event, moment_ms, values):
+    """A one-field key's envelope is one dict display; the same bytes as the general steps (composite keys, flat),
+    even for a key field named like an envelope field (one place, the later value) and a record key of any bytes."""
+    from service.config import parse_config
+    from service.core.pipeline import Pipeline
+
+    if path != "@key":
+        key = key.decode(errors="replace").encode()  # a field's key is text; only a record key is any bytes
+    parsed = parse_config(tomllib.loads(config(key=path, aggregates="")), [])
+    envelope = Pipeline(parsed.pipelines[0]).envelope
+    assert envelope._key_field is not None
+    fast = envelope.render_event(key, event, moment_ms, dict(values))
+    envelope._key_field = None  # the step-by-step branch, as for a key of several fields
+    assert fast == envelope.render_event(key, event, moment_ms, dict(values))
