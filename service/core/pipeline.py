@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -18,9 +17,12 @@ from service.core.rules import Rule, build_rules
 from service.core.windows import WindowKind, build_window_kind
 
 
-@dataclass(frozen=True)
-class OutputRecord:
-    """A record for some topic. The runtime produces it; offline mode writes it as a line."""
+class OutputRecord(NamedTuple):
+    """A record for some topic. The runtime produces it; offline mode writes it as a line.
+
+    A named tuple, not a frozen dataclass: one is made for every window emitted, and a tuple is
+    built in one step where a frozen dataclass sets each field through ``object.__setattr__``.
+    """
 
     topic: str
     key: bytes | None
