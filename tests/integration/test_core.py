@@ -17,6 +17,7 @@ from service.runtime.ends import END_MARGIN_MS
 from tests import oracle
 from tests.helpers import config_toml, framed, pipeline, session_body
 from tests.integration.harness import (
+    AHEAD_MS,
     Reader,
     bootstrap,
     create_topics,
@@ -168,7 +169,7 @@ def test_unusable_records_go_to_the_dead_letter_topic_and_the_service_carries_on
     create_topics([app.topic("web")], partitions=1)
     service = app.service().start()
     service.wait_started()
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) + AHEAD_MS  # on time however long the produce takes
     bad = [
         (b"{not json", "invalid JSON", "invalid_json"),
         (b"[1, 2]", "expected a JSON object", "not_an_object"),

@@ -19,7 +19,7 @@ from service.config import load_config
 from service.core.partitioner import partition_for
 from service.runtime.ends import END_MARGIN_MS
 from tests.helpers import session_body
-from tests.integration.harness import Reader, Service, bootstrap, create_topics, log_events, produce, stop_and_read, wait_until
+from tests.integration.harness import AHEAD_MS, Reader, Service, bootstrap, create_topics, log_events, produce, stop_and_read, wait_until
 from tests.integration.test_core import by_user, conserved, expected_of, generate, sessions_of
 
 SECRET = "Pa55-w0rd-never-logged"
@@ -380,7 +380,8 @@ def test_no_secret_reaches_the_logs(app):
     create_topics([app.topic("web")])
     service = app.service(env={"SESSIONIZER__KAFKA__SSL_KEY_PASSWORD": SECRET + "-env"}).start()
     service.wait_started()
-    produce(app.topic("web"), [{"user_id": "u", "ts": int(time.time() * 1000)}], key=by_user)
+    # Ahead of the wall clock (by AHEAD_MS): on time however long the produce takes on a loaded machine.
+    produce(app.topic("web"), [{"user_id": "u", "ts": int(time.time() * 1000) + AHEAD_MS}], key=by_user)
     reader = Reader([app.topic("sessions")])
     reader.wait_for(1, timeout=30)
     reader.close()
