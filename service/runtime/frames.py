@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
-from functools import lru_cache
 from typing import Protocol
 
 from confluent_kafka import KafkaError
@@ -64,11 +63,14 @@ PACK_ENTRY = struct.Struct(">qqII")
 #: The most bytes of entries a pack holds (unless one event alone is more): well under the default
 #: 1 MB record limit of producers and brokers; ``clients.pack_limit`` lowers it to fit the producer's.
 PACK_LIMIT = 256 * 1024
-#: Keys whose repartition partition the process remembers (about 10 MB at most with keys of 13 bytes, shared by every
-#: ``Packer``): a key seen again costs a cache hit, not a MurmurHash2 in Python (1.6 µs).
+#: Keys whose repartition partition the process remembers, per partition count (about 10 MB at most with keys of
+#: 13 bytes, shared by every ``Packer`` of that count): a key seen again costs a cache hit, not a MurmurHash2 in
+#: Python (1.6 µs). A full cache is emptied, and fills again with the keys still in use.
 PARTITION_CACHE = 1 << 16
 _ENTRY_SIZE = PACK_ENTRY.size
-_partition_of = lru_cache(maxsize=PARTITION_CACHE)(partition_for)
+#: partitions -> key -> its partition: a dict lookup per event, where an ``lru_cache`` call, which builds and
+#: hashes an argument tuple and reorders its list, took 0.2 µs more per event in the source task (bench/stages.py).
+_partitions_of: dict[int, dict[bytes, int]] = {}
 #: kind, watermark, source id, flags
 REPORT_FRAME = struct.Struct(">BqIB")
 #: The frame of versions before watermarks: event time, source topic index.
@@ -130,9 +132,12 @@ class Packer:
         self._limit = limit
         #: partition -> [bytes of its entries, head, entry, key, event, entry, key, event, ...]
         self._packs: dict[int, list[object]] = {}
+        self._partition_of = _partitions_of.setdefault(partitions, {})
 
     def add(self, key: bytes, time_ms: int, watermark: int, event: bytes) -> None:
-        partition = _partition_of(key, self._partitions)
+        partition = self._partition_of.get(key)
+        if partition is None:
+            partition = self._partition(key)
         size = _ENTRY_SIZE + len(key) + len(event)
         pack = self._packs.get(partition)
         if pack is None:
@@ -142,6 +147,13 @@ class Packer:
             pack = self._packs[partition] = [0, self._head]
         pack += (PACK_ENTRY.pack(time_ms, watermark, len(key), len(event)), key, event)
         pack[0] += size  # type: ignore[operator]
+
+    def _partition(self, key: bytes) -> int:
+        known = self._partition_of
+        if len(known) >= PARTITION_CACHE:
+            known.clear()
+        partition = known[key] = partition_for(key, self._partitions)
+        return partition
 
     def flush(self) -> None:
         # Taken out first: a send that fails leaves nothing behind to go out with a later transaction.

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.core.partitioner import partition_for
+from service.runtime import frames
 from service.runtime.clients import pack_limit
 from service.runtime.frames import PACK_ENTRY, PACK_HEAD, PACK_LIMIT, PACKED, Packer, unpack
 from tests.fakes import FakeCluster, FakeMessage
@@ -102,6 +103,23 @@ def test_a_packer_sends_a_pack_per_partition_in_order_of_adding():
         assert events == [e for e in added if partition_for(e[0], 4) == partition]
     packer.flush()
     assert len(sent) == len({partition_for(key, 4) for key, *_ in added}), "a flush sends a pack once"
+
+
+def test_packers_of_any_partition_counts_place_each_key_by_murmur2_with_a_bounded_cache(monkeypatch):
+    """The partition of a key is remembered per partition count, and forgotten once PARTITION_CACHE keys are."""
+    monkeypatch.setattr(frames, "PARTITION_CACHE", 5)
+    monkeypatch.setattr(frames, "_partitions_of", {})
+    sent: list[tuple[int, int, bytes]] = []
+    packers = {n: Packer("r", n, 0, lambda topic, key, value, partition, n=n: sent.append((n, partition, value))) for n in (3, 4, 12)}
+    keys = [f"user-{n % 17}".encode() for n in range(200)]
+    for time_ms, key in enumerate(keys):
+        for packer in packers.values():
+            packer.add(key, time_ms, time_ms, b"{}")
+        assert all(len(known) <= 5 for known in frames._partitions_of.values())
+    for packer in packers.values():
+        packer.flush()
+    placed = {(n, bytes(key), partition) for n, partition, value in sent for key, *_ in unpack(value)[1]}
+    assert placed == {(n, key, partition_for(key, n)) for n in packers for key in keys}
 
 
 def test_a_pack_is_sent_before_an_event_would_take_it_past_the_limit():
