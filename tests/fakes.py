@@ -123,6 +123,8 @@ class FakeCluster:
         #: Partition counts of topics whose keyed records go where librdkafka's ``murmur2_random``
         #: puts them; a keyed record of any other topic, and a record without a key, go to partition 0.
         self.partitioned: dict[str, int] = {}
+        #: Partitions per topic, as a metadata request (``list_topics``) answers them.
+        self.topic_partitions: dict[str, int] = {}
         #: Set: a transaction's commit returns before its markers are written (as when the broker
         #: stops right after logging the decision): its records and offsets wait in ``unmarked``
         #: until ``write_markers``, holding the last stable offset before them.
@@ -134,6 +136,13 @@ class FakeCluster:
         offset = self._next.get(where, 0)
         self._next[where] = offset + 1
         return offset
+
+    def metadata(self, topic: str | None = None) -> SimpleNamespace:
+        """What ``list_topics`` answers (a consumer's or an admin client's): ``topic``, or every topic."""
+        names = [topic] if topic is not None else list(self.topic_partitions)
+        return SimpleNamespace(
+            topics={n: SimpleNamespace(partitions=dict.fromkeys(range(self.topic_partitions[n])), error=None) for n in names}
+        )
 
     def end(self, where: Where) -> int:
         """The high watermark: the offset the next write to the partition gets."""
@@ -402,8 +411,6 @@ class FakeConsumer:
         #: Every seek: (topic, partition, offset).
         self.seeks: list[tuple[str, int, int]] = []
         self.positions: dict[Where, int] = {}
-        #: What ``list_topics`` answers: partitions per topic.
-        self.topic_partitions: dict[str, int] = {}
         self.watermarks: dict[Where, tuple[int, int]] = {}
         self.closed = False
         self._assigned: dict[Where, None] = {}
@@ -478,10 +485,7 @@ class FakeConsumer:
     # -- reading ----------------------------------------------------------------
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> SimpleNamespace:
-        names = [topic] if topic is not None else list(self.topic_partitions)
-        return SimpleNamespace(
-            topics={n: SimpleNamespace(partitions=dict.fromkeys(range(self.topic_partitions[n])), error=None) for n in names}
-        )
+        return self.cluster.metadata(topic)
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
         out: list[FakeMessage] = []
@@ -643,6 +647,8 @@ class FakeAdmin:
         self._held: list[tuple[Where, FakeFuture]] = []
         #: The consumer group as ``describe_consumer_groups`` answers it: (client id, partitions) per member.
         self.members: list[tuple[str, list[Where]]] = []
+        #: How many ``list_topics`` calls it answered.
+        self.metadata_requests = 0
 
     def describe_consumer_groups(self, groups: list[str], **_: Any) -> dict[str, FakeFuture]:
         """A stable group of ``members``."""
@@ -657,6 +663,10 @@ class FakeAdmin:
         ]
         description = SimpleNamespace(state=ConsumerGroupState.STABLE, members=members)
         return {groups[0]: FakeFuture(value=description)}
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> SimpleNamespace:
+        self.metadata_requests += 1
+        return self.cluster.metadata(topic)
 
     def delete_records(self, offsets: list[TopicPartition], **_: Any) -> dict[TopicPartition, FakeFuture]:
         self.deleted += [(tp.topic, tp.partition, tp.offset) for tp in offsets]

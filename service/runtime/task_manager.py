@@ -106,6 +106,7 @@ class TaskManager:
         consumer = clients.consumer
         admin = clients.admin
         self.consumer = consumer
+        self.admin = admin
         self.producer = clients.producer
         #: What every task writes through, into the producer's open transaction.
         self.collector = RecordCollector(clients.producer)
@@ -394,8 +395,15 @@ class TaskManager:
                 raise LayoutChanged(f"source topic {topic!r} of a direct pipeline now has {now} partitions, its state {expected}")
 
     def _recount(self, topic: str) -> int:
-        """``topic``'s partition count as the broker has it now."""
-        metadata = self.consumer.list_topics(topic, timeout=10)
+        """``topic``'s partition count as the broker has it now.
+
+        Asked of the admin client, not the consumer: a broker answers one
+        connection's requests in order, so on the consumer's connections a
+        metadata request waits behind the fetch being held for
+        ``fetch.wait.max.ms`` (100 ms), every punctuation, for every direct
+        source topic, while the loop waits for the answer.
+        """
+        metadata = self.admin.list_topics(topic, timeout=10)
         return len(metadata.topics[topic].partitions)
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -65,7 +65,7 @@ class Instance:
         self.producers = Producers(cluster)
         self.transactional = TransactionalProducer(self.producers, config.exactly_once)
         self.consumer = consumer(cluster)
-        self.consumer.topic_partitions = dict(partitions)
+        cluster.topic_partitions.update(partitions)
         self.restore_consumer = consumer(cluster)
         self.admin = admin if admin is not None else FakeAdmin(cluster=cluster)
         self.stats = LoopStats()

@@ -195,7 +195,7 @@ def test_a_source_that_gained_partitions_stops_the_loop_before_a_moved_key_is_pr
     not dead-lettered but stops the loop (``LayoutChanged``), its batch not processed, so
     start-up can read the pipeline through its repartition topic with the state in place."""
     instance.assign((WEB, 0), (MOBILE, 0))
-    instance.consumer.topic_partitions[WEB] = 4
+    instance.cluster.topic_partitions[WEB] = 4
     [elsewhere] = keys_in(1, 1)
     with pytest.raises(LayoutChanged, match="now has 4 partitions"):
         instance.tasks.route([record(WEB, 0, elsewhere, T0)])
@@ -210,8 +210,10 @@ def test_a_partition_beyond_the_pipelines_state_is_never_read(instance):
 
 
 def test_the_punctuator_notices_sources_that_gained_partitions(instance):
+    """It asks the admin client: on the consumer's connection the request would wait behind a held fetch."""
     instance.assign((WEB, 0), (MOBILE, 0))
     instance.tasks.punctuate(0.0)
-    instance.consumer.topic_partitions[MOBILE] = 3
+    assert instance.admin.metadata_requests == 2, "one metadata request per direct source topic, through the admin client"
+    instance.cluster.topic_partitions[MOBILE] = 3
     with pytest.raises(LayoutChanged, match="now has 3 partitions, its state 2"):
         instance.tasks.punctuate(1.0)
