@@ -1,6 +1,6 @@
 """Closing latency: how long after its close time a quiet user's session comes out, live.
 
-    python bench/closing.py --gap 60s --grace 10s [--idle-timeout 30s] [--users 200]
+    python bench/closing.py --gap 60s --grace 10s [--idle-timeout 30s] [--users 200] [--key @key] [--repo OTHER]
 
 The service runs on a live stream. Every user sends a short burst of events
 (their times are the wall clock when sent) and then falls silent; a session's
@@ -58,7 +58,7 @@ port = 0
 level = "warning"
 [pipelines.sessions]
 sources = ["{app}-events"]
-key = "user_id"
+key = "{key}"
 time = "ts"
 output = "{app}-sessions"
 [pipelines.sessions.window]
@@ -68,8 +68,13 @@ grace = "{grace}"
 """
 
 
-def run(bootstrap: str, gap: str, grace: str, idle: str, users: int, partitions: int, busy: bool) -> list[float]:
-    """Seconds from each quiet user's close time to its session's arrival on the output topic."""
+def run(
+    bootstrap: str, gap: str, grace: str, idle: str, users: int, partitions: int, busy: bool, key: str = "user_id", repo: Path = REPO
+) -> list[float]:
+    """Seconds from each quiet user's close time to its session's arrival on the output topic.
+
+    ``key = "@key"`` reads the source directly (its records are keyed by user), with no repartition topic.
+    """
     app = f"closing-{uuid.uuid4().hex[:6]}"
     topic = f"{app}-events"
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -92,11 +97,13 @@ def run(bootstrap: str, gap: str, grace: str, idle: str, users: int, partitions:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "closing.toml"
         config.write_text(
-            CONFIG.format(app=app, state=f"{tmp}/state", idle=idle, bootstrap=bootstrap, partitions=partitions, gap=gap, grace=grace)
+            CONFIG.format(
+                app=app, state=f"{tmp}/state", idle=idle, bootstrap=bootstrap, partitions=partitions, gap=gap, grace=grace, key=key
+            )
         )
         log_path = Path(tmp) / "service.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=REPO, stdout=log, stderr=log)
+            proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--config", str(config)], cwd=repo, stdout=log, stderr=log)
         reader = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -151,10 +158,17 @@ def main() -> None:
     parser.add_argument("--idle-timeout", default="30s")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--key", default="user_id", choices=["user_id", "@key"], help='"@key": a direct pipeline, no repartition topic')
+    parser.add_argument("--repo", type=Path, default=REPO, help="run another checkout's service (an A/B against an older commit)")
     args = parser.parse_args()
-    print(f"gap {args.gap}, grace {args.grace}, idle_timeout {args.idle_timeout}, {args.users} quiet users, {args.partitions} partitions")
+    print(
+        f"gap {args.gap}, grace {args.grace}, idle_timeout {args.idle_timeout}, {args.users} quiet users, "
+        f"{args.partitions} partitions, key {args.key}, {args.repo}"
+    )
     for busy in (True, False):
-        delays = sorted(run(args.bootstrap, args.gap, args.grace, args.idle_timeout, args.users, args.partitions, busy))
+        delays = sorted(
+            run(args.bootstrap, args.gap, args.grace, args.idle_timeout, args.users, args.partitions, busy, args.key, args.repo)
+        )
         p95 = delays[int(0.95 * (len(delays) - 1))]
         print(
             f"  {'busy' if busy else 'quiet'}: after its close time a session came out in "
