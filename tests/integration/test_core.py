@@ -209,7 +209,7 @@ def test_two_pipelines_in_one_service(app):
     service.wait_started()
     # A whole second, so the events share one tumbling window; ahead of the wall clock, so they are on
     # time whenever they are written: the empty source, found quiet, has the wall clock for its watermark.
-    second = (int(time.time()) + 1) * 1000
+    second = (int(time.time()) + AHEAD_MS // 1000) * 1000
     produce(app.topic("web"), [{"user_id": "u", "ts": second + i * 100} for i in range(5)], key=by_user)
     reader = Reader([app.topic("sessions"), app.topic("rolling")])
     (session,) = reader.wait_for(1, timeout=30, topic=app.topic("sessions"))
