@@ -315,19 +315,53 @@ def decode_costs(events: list[bytes], frames: list[bytes], registry: str, rounds
     return costs
 
 
-def committed_everything(bootstrap: str, app: str, topics: dict[str, int]) -> bool:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": app, "enable.auto.commit": False})
-    try:
-        parts = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
-        committed = consumer.committed(parts, timeout=10)
+class GroupProgress:
+    """How far a consumer group has committed, asked by one consumer kept for the whole run.
+
+    The run's end is polled for every 50 ms. A consumer made for each probe
+    connected, fetched metadata and closed again each time: a client's start-up
+    and broker work in the timed window, on a machine of two cores, and the
+    probe's own latency in the run's time. The consumer never subscribes, so it
+    never joins the group it reads.
+    """
+
+    def __init__(self, bootstrap: str, app: str) -> None:
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": app, "enable.auto.commit": False})
+        #: The log end of each partition that no one writes to any more (a backlog's), read once.
+        self._fixed_ends: dict[tuple[str, int], int] = {}
+
+    def count(self, topics: str | list[str], partitions: int) -> int | None:
+        """Records of ``topics`` the group has committed, None before its first commit.
+
+        The backlog's topics are new, so their offsets count records from 0. A run
+        is timed from the first commit on, and counts the records after it: what
+        the service did before that is not in the run's time nor its CPU, and a
+        service that commits less often in a backlog (``app.catch_up_commit_interval``)
+        has done more by then.
+        """
+        names = [topics] if isinstance(topics, str) else topics
+        committed = self._consumer.committed([TopicPartition(t, p) for t in names for p in range(partitions)], timeout=10)
+        offsets = [tp.offset for tp in committed if tp.offset >= 0]
+        return sum(offsets) if offsets else None
+
+    def everything(self, topics: dict[str, int], growing: frozenset[str] = frozenset()) -> bool:
+        """Has the group committed every record of ``topics`` (name -> partitions)? ``growing`` topics'
+        ends are read again each time (a repartition topic the service is still writing)."""
+        committed = self._consumer.committed([TopicPartition(t, p) for t, n in topics.items() for p in range(n)], timeout=10)
         for tp in committed:
-            high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)[1]
+            where = (tp.topic, tp.partition)
+            high = self._fixed_ends.get(where)
+            if high is None:
+                high = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)[1]
+                if tp.topic not in growing:
+                    self._fixed_ends[where] = high
             # the last offset of a transactional partition is a commit marker
             if tp.offset < 0 or tp.offset < high - 1:
                 return False
         return True
-    finally:
-        consumer.close()
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def count_records(bootstrap: str, topic: str, expected: int, timeout: float) -> int:
@@ -447,19 +481,23 @@ def service_run(
             topics = {name: partitions for name in names}
             if not direct:
                 topics[repartition] = partitions
-            # processing starts once the group has formed: the first committed offset shows it, and what it counts
-            while (before := committed_count(bootstrap, app, names, partitions)) is None:
-                if proc.poll() is not None:
-                    raise RuntimeError(log_path.read_text())
-                time.sleep(0.05)
-            started = time.perf_counter()
-            cpu_before = _cpu_seconds(proc.pid)
-            while not committed_everything(bootstrap, app, topics):
-                if proc.poll() is not None:
-                    raise RuntimeError(log_path.read_text())
-                time.sleep(0.2)
-            processed = time.perf_counter() - started
-            cpu_after = _cpu_seconds(proc.pid)
+            progress = GroupProgress(bootstrap, app)
+            try:
+                # processing starts once the group has formed: the first committed offset shows it, and what it counts
+                while (before := progress.count(names, partitions)) is None:
+                    if proc.poll() is not None:
+                        raise RuntimeError(log_path.read_text())
+                    time.sleep(0.05)
+                started = time.perf_counter()
+                cpu_before = _cpu_seconds(proc.pid)
+                while not progress.everything(topics, frozenset({repartition})):
+                    if proc.poll() is not None:
+                        raise RuntimeError(log_path.read_text())
+                    time.sleep(0.05)
+                processed = time.perf_counter() - started
+                cpu_after = _cpu_seconds(proc.pid)
+            finally:
+                progress.close()
             seen = count_records(bootstrap, f"{app}-sessions", expected_sessions, timeout=180)
             all_out = time.perf_counter() - started
         finally:
@@ -479,25 +517,6 @@ def service_run(
     counted = n - before
     cpu_us = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / counted * 1e6
     return ServiceRun(counted / processed, all_out, late, dead, cpu_us)
-
-
-def committed_count(bootstrap: str, app: str, topics: str | list[str], partitions: int) -> int | None:
-    """Records of ``topics`` the group has committed, None before its first commit.
-
-    The backlog's topics are new, so their offsets count records from 0. A run
-    is timed from the first commit on, and counts the records after it: what
-    the service did before that is not in the run's time nor its CPU, and a
-    service that commits less often in a backlog (``app.catch_up_commit_interval``)
-    has done more by then.
-    """
-    names = [topics] if isinstance(topics, str) else topics
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": app, "enable.auto.commit": False})
-    try:
-        committed = consumer.committed([TopicPartition(t, p) for t in names for p in range(partitions)], timeout=10)
-        offsets = [tp.offset for tp in committed if tp.offset >= 0]
-        return sum(offsets) if offsets else None
-    finally:
-        consumer.close()
 
 
 def offline(events: list[bytes] | list[tuple[str, bytes]], topic: str | list[str]) -> tuple[list[str], dict[str, int]]:

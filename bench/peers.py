@@ -264,20 +264,26 @@ def peer_run(
             argv = peer.command(bootstrap, app, sources, output, guarantee, Path(tmp))
             proc = subprocess.Popen(argv, cwd=bench.REPO, stdout=log, stderr=log)
         try:
-            deadline = time.monotonic() + START_TIMEOUT
-            while (before := bench.committed_count(bootstrap, app, sources, partitions)) is None:
-                _check_alive(proc, log_path, deadline)
-                time.sleep(0.05)
-            started = time.perf_counter()
-            deadline = time.monotonic() + RUN_TIMEOUT
-            topics = {source: partitions for source in sources}
-            if peer.repartitions:
-                repartition = _repartition_topic(admin, app)
-                topics[repartition] = len(admin.list_topics(repartition, timeout=10).topics[repartition].partitions)
-            while not bench.committed_everything(bootstrap, app, topics):
-                _check_alive(proc, log_path, deadline)
-                time.sleep(0.2)
-            done = time.perf_counter()
+            progress = bench.GroupProgress(bootstrap, app)
+            try:
+                deadline = time.monotonic() + START_TIMEOUT
+                while (before := progress.count(sources, partitions)) is None:
+                    _check_alive(proc, log_path, deadline)
+                    time.sleep(0.05)
+                started = time.perf_counter()
+                deadline = time.monotonic() + RUN_TIMEOUT
+                topics = {source: partitions for source in sources}
+                growing: frozenset[str] = frozenset()
+                if peer.repartitions:
+                    repartition = _repartition_topic(admin, app)
+                    topics[repartition] = len(admin.list_topics(repartition, timeout=10).topics[repartition].partitions)
+                    growing = frozenset({repartition})
+                while not progress.everything(topics, growing):
+                    _check_alive(proc, log_path, deadline)
+                    time.sleep(0.05)
+                done = time.perf_counter()
+            finally:
+                progress.close()
             sessions = read_sessions(bootstrap, output, partitions, expected)
         finally:
             proc.send_signal(signal.SIGTERM)
