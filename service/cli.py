@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return check_config(args.config, args.print)
         config = _load(args.config, getattr(args, "instance_id", None))
+        if args.command in ("process", "restore-state", "run"):
+            from service.commands.collection import pace_collector
+
+            pace_collector()
         if args.command == "process":
             return _process(config, args)
         if args.command == "reset":
