@@ -165,20 +165,20 @@ class StreamLoop:
         log.info("warmed up" if warm else "joining before the copies are warm", seconds=round(time.monotonic() - started, 3))
 
     def _iterate(self, pace: CommitPace) -> None:
-        """One poll-process-punctuate(-commit) round."""
+        """One poll-process-punctuate(-commit) round; no poll while the last one's records are still in hand."""
         tasks = self.tasks
         restoring = tasks.restoring
-        # Wait for records until the next commit or punctuation, whichever is first: an idle loop must
-        # still punctuate every punctuate_interval, or the broker's answers on quiet sources come too
-        # far apart to count as watched time (``service.runtime.ends``) and quiet windows never close.
-        now = time.monotonic()
-        wait = 0.0 if restoring else max(0.0, min(pace.deadline - now, self.punctuator.remaining(now)))
-        messages = self.consumer.consume(self.config.poll_batch, wait)
-        if messages:
-            tasks.route(messages)
+        if not tasks.in_hand:
+            # Wait for records until the next commit or punctuation, whichever is first: an idle loop must
+            # still punctuate every punctuate_interval, or the broker's answers on quiet sources come too
+            # far apart to count as watched time (``service.runtime.ends``) and quiet windows never close.
+            now = time.monotonic()
+            wait = 0.0 if restoring else max(0.0, min(pace.deadline - now, self.punctuator.remaining(now)))
+            tasks.hold(self.consumer.consume(self.config.poll_batch, wait))
+        routed = tasks.route_next()
         tasks.poll_schemas()
         if tasks.keeps_state:
-            tasks.restore(timeout=0.05 if restoring and not messages else 0.0)
+            tasks.restore(timeout=0.05 if restoring and not routed else 0.0)
         self.producer.poll()
         now = time.monotonic()
         restoring_now = len(tasks.restore_remaining())
@@ -192,10 +192,10 @@ class StreamLoop:
         if self.punctuator.due(now):
             self.stats.punctuations += 1
             self.tasks.punctuate(now)
-        if pace.due(now, len(messages) >= self.config.poll_batch, tasks.cache_over_budget):
+        if pace.due(now, tasks.behind, tasks.cache_over_budget):
             tasks.commit()
             pace.committed(time.monotonic())
-            if self.drain and tasks.drained():
+            if self.drain and not tasks.in_hand and tasks.drained():
                 log.info("repartition topics drained")
                 self._stop_requested = True
 

@@ -46,6 +46,8 @@ class Positions:
         self._ends_at: dict[Partition, int] = {}
         #: The first offset read from each partition since it was assigned.
         self._first: dict[Partition, int] = {}
+        #: Partitions sought since the task manager last cleared it: their records polled before are out of date.
+        self.sought: set[Partition] = set()
         #: Records dropped as handed over again, in all.
         self.redelivered = 0
         self._redelivery_logged = 0.0
@@ -59,6 +61,11 @@ class Positions:
         self._next[where] = after
         self._ends_at.pop(where, None)
         return after
+
+    def read_from(self, first: dict[Partition, int]) -> None:
+        """Records from ``first``'s offsets were read, though maybe not processed: a rewind goes no further on than that."""
+        for where, offset in first.items():
+            self._first.setdefault(where, offset)
 
     def ended(self, where: Partition, offset: int) -> None:
         """``where``'s end was reached at ``offset`` (an end-of-partition event)."""
@@ -133,6 +140,7 @@ class Positions:
         """Read a partition again from ``offset``: the next record processed from it is that one."""
         self._next[where] = offset
         self._ends_at.pop(where, None)
+        self.sought.add(where)
         try:
             self.consumer.seek(TopicPartition(where.topic, where.partition, offset))
         except KafkaException as exc:

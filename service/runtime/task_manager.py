@@ -44,6 +44,7 @@ from service.runtime.ends import SourceEnds
 from service.runtime.formats import Formats
 from service.runtime.frames import Record
 from service.runtime.ids import Partition, TaskId
+from service.runtime.in_hand import InHand
 from service.runtime.positions import Groups, Positions
 from service.runtime.producer import TransactionalProducer
 from service.runtime.registry import Tasks
@@ -148,6 +149,8 @@ class TaskManager:
         self._in_rebalance = False
         #: A rewind a rebalance callback left for the next batch.
         self._rewind_pending = False
+        #: The last poll's records not processed yet, a slice per iteration of the loop.
+        self.in_hand = InHand(config.poll_batch)
 
     @property
     def topics(self) -> list[str]:
@@ -178,13 +181,29 @@ class TaskManager:
 
     # -- processing -------------------------------------------------------------
 
+    @property
+    def behind(self) -> bool:
+        """The last poll came back full, or some of it is still in hand: records are waiting."""
+        return self.in_hand.full or bool(self.in_hand)
+
+    def hold(self, batch: list[Message]) -> None:
+        """A poll's records, processed a slice at a time by ``route_next`` (``service.runtime.in_hand``)."""
+        if self._rewound_first():
+            batch = []
+        self.positions.sought.clear()
+        self.in_hand.hold(cast(list[Record], batch), bool(self.creator.repartition_topics))
+
+    def route_next(self) -> int:
+        """Process the next slice in hand, less the partitions sought since the poll; the records it had."""
+        batch = self.in_hand.take(self.positions.sought)
+        if batch:
+            self.route(cast(list[Message], batch))
+            self.in_hand.routed()
+        return len(batch)
+
     def route(self, batch: list[Message]) -> None:
         """Hand each partition's records to the tasks reading it; apply end-of-partition events after them."""
-        if self._rewind_pending:
-            # An abort inside a rebalance callback left its rewind for now: the batch
-            # in hand was fetched before it, and is read again from the committed offsets.
-            self._rewind_pending = False
-            self.seek_to_committed()
+        if self._rewound_first():
             return
         groups, ends = _group(cast(list[Record], batch))
         groups = self.positions.fresh(groups)
@@ -210,6 +229,17 @@ class TaskManager:
                 task.input_ended(where)
         if groups:
             self.alignment.align(self.tasks.running(), self.clock())
+
+    def _rewound_first(self) -> bool:
+        """An abort inside a rebalance callback left its rewind for now: done now, True.
+
+        The batch in hand was fetched before it, and is read again from the committed offsets.
+        """
+        if not self._rewind_pending:
+            return False
+        self._rewind_pending = False
+        self.seek_to_committed()
+        return True
 
     def drained(self) -> bool:
         """Every partition of every repartition topic is here, its task running, read to its end (``rescale``)."""
@@ -326,6 +356,8 @@ class TaskManager:
         it read to its end for the idle timeout again (``service.runtime.ends``).
         """
         self.stats.aborts += 1
+        # What is in hand was read after the last commit: the partitions are read again from there, or lost.
+        self.positions.read_from(self.in_hand.drop_all())
         self.ends.rewound()
         uncertain = self.committer.abort()
         for task in self.tasks.running():
@@ -469,6 +501,7 @@ class TaskManager:
         wheres = [Partition(tp.topic, tp.partition) for tp in partitions]
         if self.schemas is not None:
             self.schemas.forget(wheres)
+        self.in_hand.drop(wheres)
         for where in wheres:
             self.assigned.discard(where)
             self.positions.forget(where)

@@ -52,7 +52,9 @@ GAP_MS = 4_000
 GRACE_MS = 2_000
 IDLE_TIMEOUT_S = 3
 NAMES = ["a", "b", "c"]
-APP = {"idle_timeout": f"{IDLE_TIMEOUT_S}s", "punctuate_interval": "1s", "cache_max_keys": 2}
+#: A poll's records are processed a slice of about ``poll_batch`` events per tick (``service.runtime.in_hand``):
+#: at 4, a pack of a few events is a slice of its own, and polls stay in hand across ticks, crashes and moves.
+APP = {"idle_timeout": f"{IDLE_TIMEOUT_S}s", "punctuate_interval": "1s", "cache_max_keys": 2, "poll_batch": 4}
 ABORTABLE = KafkaError(KafkaError.INVALID_TXN_STATE, "transaction must be aborted", txn_requires_abort=True)
 
 
@@ -234,7 +236,8 @@ class World:
 
     # -- time ---------------------------------------------------------------------------------------
 
-    def tick(self, seconds: float, batch: int = 50) -> None:
+    def tick(self, seconds: float, batch: int = 50, slices: int | None = 1) -> None:
+        """``slices``: how many slices of what is in hand each instance processes (None: all)."""
         self.t += seconds
         if self.outage_until is not None and self.t >= self.outage_until:
             self.outage_until = None
@@ -254,14 +257,18 @@ class World:
                 instance.producer.unreachable = True  # nothing can commit
             else:
                 instance.producer.unreachable = False
-            self.poll(instance, batch)
+            self.poll(instance, batch, slices)
             instance.tasks.punctuate(instance.now)
             instance.tasks.commit()
 
-    def poll(self, instance: Instance, batch: int) -> None:
-        messages = instance.consumer.consume(batch, 0)
-        if messages:
-            instance.tasks.route(messages)  # type: ignore[arg-type]
+    def poll(self, instance: Instance, batch: int, slices: int | None = 1) -> None:
+        """As the stream loop: a poll only when nothing is in hand, then ``slices`` slices of what is (None: all of it)."""
+        if not instance.tasks.in_hand:
+            instance.tasks.hold(instance.consumer.consume(batch, 0))  # type: ignore[arg-type]
+        taken = 0
+        while instance.tasks.in_hand and (slices is None or taken < slices):
+            instance.tasks.route_next()
+            taken += 1
         if instance.tasks.restoring:
             instance.tasks.restore()
 
@@ -281,7 +288,7 @@ class World:
         # reports that do it to be read and the windows they close to be committed.
         until = max(self.wall_ms, last + GAP_MS + GRACE_MS) + (IDLE_TIMEOUT_S + 6) * 1000
         while self.wall_ms < until:
-            self.tick(0.5, batch=500)
+            self.tick(0.5, batch=500, slices=None)
 
     def close(self) -> None:
         for name in list(self.running):
