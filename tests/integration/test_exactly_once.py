@@ -38,7 +38,9 @@ from tests.integration.workload import (
 
 pytestmark = pytest.mark.chaos
 
-APP_EXTRA = "cache_max_keys = 20000"
+#: A poll of 500 records or events: after a kill, a move or a broker outage the backlog's packs are processed
+#: over several iterations, and the crashes, rewinds and moves here also meet polls in hand (``service.runtime.in_hand``).
+APP_EXTRA = "cache_max_keys = 20000\npoll_batch = 500"
 PARTITIONS = range(6)
 
 
