@@ -8,6 +8,10 @@ processed twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import orjson
 from confluent_kafka import KafkaError
 
@@ -16,7 +20,7 @@ from service.runtime.ids import Partition
 from service.runtime.in_hand import PACK_BYTES_PER_EVENT, InHand, slices, weight
 from tests.fakes import FakeCluster, FakeMessage
 from tests.helpers import pipeline, session_window
-from tests.unit.runtime.instances import Instances
+from tests.unit.runtime.instances import Instance, Instances
 
 SOURCE = "events"
 REPARTITION = "sessionizer-s-repartition"
@@ -100,20 +104,32 @@ def _sessions(cluster: FakeCluster) -> list[tuple[bytes | None, int]]:
     return sorted((r.key, orjson.loads(r.value)["value"]["event_count"]) for r in cluster.visible(OUTPUT))  # type: ignore[arg-type]
 
 
-def test_a_poll_of_packs_goes_a_slice_per_iteration_with_commits_between_and_exactly_once(tmp_path):
+@contextmanager
+def _instance(root: Path, poll_batch: int) -> Iterator[tuple[FakeCluster, Instance]]:
     cluster = FakeCluster()
     cluster.partitioned = dict(PARTITIONS)
-    instances = Instances(cluster, tmp_path, PIPELINE, PARTITIONS)
+    instances = Instances(cluster, root, PIPELINE, PARTITIONS)
     try:
-        a = instances("a", app={"poll_batch": 20})
+        yield cluster, instances("a", app={"poll_batch": poll_batch})
+    finally:
+        instances.close()
+
+
+def _route_all(a: Instance, batch: list[FakeMessage]) -> None:
+    """As the loop: ``batch`` is one poll, given to the tasks a slice at a time."""
+    a.tasks.hold(batch)  # type: ignore[arg-type]
+    while a.tasks.in_hand:
+        a.tasks.route_next()
+
+
+def test_a_poll_of_packs_goes_a_slice_per_iteration_with_commits_between_and_exactly_once(tmp_path):
+    with _instance(tmp_path, poll_batch=20) as (cluster, a):
         a.assign((SOURCE, 0), (SOURCE, 1), (REPARTITION, 0), (REPARTITION, 1))
         events = [FakeMessage(SOURCE, n % 2, n // 2, value=orjson.dumps({"user_id": f"u{n % 7}", "ts": T0 + n})) for n in range(200)]
         # Later on both source partitions: stream time passes every session's end.
         events += [FakeMessage(SOURCE, p, 100, value=orjson.dumps({"user_id": "later", "ts": T0 + 60 * MINUTE})) for p in (0, 1)]
         # The source task packs a poll's events: ten slices of 20, so ten packs or so per repartition partition.
-        a.tasks.hold(events)  # type: ignore[arg-type]
-        while a.tasks.in_hand:
-            a.tasks.route_next()
+        _route_all(a, events)
         a.tasks.commit()
         packs = cluster.messages(REPARTITION)
         assert all(m.value()[0] == PACKED for m in packs if m.key() is None and len(m.value()) > 20)  # type: ignore[index]
@@ -136,13 +152,9 @@ def test_a_poll_of_packs_goes_a_slice_per_iteration_with_commits_between_and_exa
                 assert not a.tasks.in_hand
         assert iterations == 3
         again = [m for m in cluster.messages(REPARTITION) if m.offset() >= cluster.group_offsets.get((REPARTITION, m.partition()), 0)]
-        a.tasks.hold(again)  # type: ignore[arg-type]
-        while a.tasks.in_hand:
-            a.tasks.route_next()
+        _route_all(a, again)
         a.tasks.commit()
         assert _sessions(cluster) == [(f"u{n}".encode(), len(range(n, 200, 7))) for n in range(7)]
-    finally:
-        instances.close()
 
 
 def _data(partition: int, offset: int) -> FakeMessage:
@@ -154,11 +166,7 @@ def _data(partition: int, offset: int) -> FakeMessage:
 
 def test_a_partition_sought_while_its_records_are_in_hand_is_read_from_the_seek_not_skipped(tmp_path):
     """A restore not finished or a schema not fetched seeks a partition back: its later slices must not jump ahead."""
-    cluster = FakeCluster()
-    cluster.partitioned = dict(PARTITIONS)
-    instances = Instances(cluster, tmp_path, PIPELINE, PARTITIONS)
-    try:
-        a = instances("a", app={"poll_batch": 4})
+    with _instance(tmp_path, poll_batch=4) as (_, a):
         a.assign((REPARTITION, 0), (REPARTITION, 1))
         batch = [_data(n % 2, n // 2) for n in range(20)]
         a.tasks.hold(batch)  # type: ignore[arg-type]
@@ -168,9 +176,5 @@ def test_a_partition_sought_while_its_records_are_in_hand_is_read_from_the_seek_
         while a.tasks.in_hand:
             a.tasks.route_next()
         assert (a.window(0).counts().processed, a.window(1).counts().processed) == (2, 10)
-        a.tasks.hold([_data(0, n) for n in range(2, 10)])  # type: ignore[arg-type]
-        while a.tasks.in_hand:
-            a.tasks.route_next()
+        _route_all(a, [_data(0, n) for n in range(2, 10)])
         assert a.window(0).counts().processed == 10
-    finally:
-        instances.close()
