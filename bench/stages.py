@@ -1,5 +1,5 @@
-"""Per-event cost by stage, no broker: the source task, the direct task, decode, extract, and the window stage, in µs per event;
-and closing, in µs per window emitted.
+"""Per-event cost by stage, no broker: the source task, the direct task, the window task reading packs, decode, extract,
+and the window stage, in µs per event; and closing, in µs per window emitted.
 
     python3 bench/stages.py                  # this checkout
     python3 bench/stages.py --repo OTHER     # another checkout, e.g. a worktree of an older commit
@@ -222,6 +222,47 @@ def main() -> None:
     except (ImportError, AttributeError, TypeError, NameError) as exc:  # an older checkout
         direct_cost = f"   n/a ({exc})"
 
+    def window_task() -> None:
+        """The repartition path's second hop: a window task's packs read, windowed and committed (close what is due,
+        the changelog records to a producer that connects nowhere, write the store)."""
+        task_module = module("service.runtime.tasks")
+        collector_module = module("service.runtime.collector")
+        state_module = module("service.runtime.state_manager")
+        producer = nowhere_producer()
+        with tempfile.TemporaryDirectory() as directory:
+            packed_config = config_module.parse_config(tomllib.loads(f'[app]\nstate_dir = "{directory}"\n' + PIPELINE), problems)
+            packed = pipeline_module.Pipeline(packed_config.pipelines[0])
+            state = state_module.StateManager(packed_config, packed, 0)
+            task = task_module.WindowTask(state, [repartition], collector_module.RecordCollector(producer), [0])
+            task.start()
+            for commit in packs:
+                task.add_records(repartition, commit)
+                task.prepare_commit(0.0)
+                task.post_commit()
+            state.close()
+        producer.producer.purge()
+
+    try:
+        frames = module("service.runtime.frames")
+        repartition = module("service.runtime.ids").Partition(pipeline.config.repartition_topic, 0)
+        packs: list[list[Any]] = []
+        packed_values: list[bytes] = []
+        # One source partition (id 0) feeding one repartition partition; a pack per commit, as a poll of a source gives.
+        packer = frames.Packer(repartition.topic, 1, 0, lambda topic, key, value, partition: packed_values.append(value))
+        mark = None
+        for start in range(0, len(keyed), COMMIT_EVERY):
+            for (key, at), _, raw in keyed[start : start + COMMIT_EVERY]:
+                mark = at if mark is None or at > mark else mark
+                packer.add(key, at, mark, raw)
+            packer.flush()
+            packs.append(
+                [Message(topic=repartition.topic, partition=0, offset=n, value=v, timestamp=(1, 0)) for n, v in enumerate(packed_values)]
+            )
+            packed_values.clear()
+        window_task_cost = f"{best(window_task, args.runs, args.events):6.2f} µs/event"
+    except (ImportError, AttributeError, TypeError, NameError) as exc:  # an older checkout
+        window_task_cost = f"   n/a ({exc})"
+
     def grouping() -> None:
         """The loop's first step on a consumed batch: its records by partition (five runs of 1,000 per batch)."""
         group = module("service.runtime.task_manager")._group
@@ -240,6 +281,7 @@ def main() -> None:
     print(f"batch grouped by partition:                       {grouping_cost}")
     print(f"source task (decode, extract, frame, produce):    {source_cost}")
     print(f"direct task (decode, extract, window, commit):    {direct_cost}")
+    print(f"window task (packs: read, window, commit):        {window_task_cost}")
     print(f"decode (orjson.loads):                            {best(decode, args.runs, args.events):6.2f} µs/event")
     print(f"extract (key, time, checks):                      {best(extract_all, args.runs, args.events):6.2f} µs/event")
     print(f"window stage (add, close due, commit to RocksDB): {best(window_stage, args.runs, args.events):6.2f} µs/event")
