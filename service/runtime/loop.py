@@ -28,7 +28,7 @@ from service.runtime.formats import Formats
 from service.runtime.ids import Partition, TaskId
 from service.runtime.kafka_stats import ConsumerStatistics, ProducerStatistics
 from service.runtime.owners import same_instance_elsewhere
-from service.runtime.pace import CommitPace
+from service.runtime.pace import CommitPace, poll_wait
 from service.runtime.producer import TransactionalProducer
 from service.runtime.progress import Progress
 from service.runtime.punctuator import Punctuator
@@ -173,7 +173,7 @@ class StreamLoop:
             # still punctuate every punctuate_interval, or the broker's answers on quiet sources come too
             # far apart to count as watched time (``service.runtime.ends``) and quiet windows never close.
             now = time.monotonic()
-            wait = 0.0 if restoring else max(0.0, min(pace.deadline - now, self.punctuator.remaining(now)))
+            wait = 0.0 if restoring else poll_wait(min(pace.deadline - now, self.punctuator.remaining(now)))
             tasks.hold(self.consumer.consume(self.config.poll_batch, wait))
         routed = tasks.route_next()
         tasks.poll_schemas()

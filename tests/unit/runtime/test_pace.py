@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.runtime.pace import CommitPace
+from service.runtime.pace import CommitPace, poll_wait
 
 
 def never() -> bool:
@@ -65,3 +65,18 @@ def test_a_catch_up_interval_below_the_interval_means_the_interval():
     assert pace.catch_up == 0.5
     assert not pace.due(0.3, behind=True, over_budget=never)
     assert pace.due(0.5, behind=True, over_budget=never)
+
+
+def test_a_poll_waits_whole_milliseconds_never_less_than_asked():
+    """confluent-kafka hands librdkafka ``int(seconds * 1000)``: a wait under a millisecond would be none."""
+
+    def librdkafka(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    assert librdkafka(poll_wait(0.0004)) == 1
+    assert librdkafka(poll_wait(0.0256)) == 26
+    assert poll_wait(0.0) == 0.0
+    assert poll_wait(-0.5) == 0.0
+    for micros in range(1, 5_000_000, 997):
+        asked = micros / 1e6
+        assert asked <= librdkafka(poll_wait(asked)) / 1000 < asked + 0.001
