@@ -11,6 +11,13 @@ the loop's time (py-spy, ``bench/bench.py``'s replay of 5,000 users, nearly
 all changed within 100 ms). So it then commits every
 ``catch_up_commit_interval`` instead, unless the stores' write-back caches
 are over their budget, which only a commit lets them shrink.
+
+A poll that comes back empty ends the catch-up pace, even one made without
+waiting (the interval over) before librdkafka's next fetch returned: the loop
+has nothing in hand, so the commit costs no throughput, and on the
+repartition path it is what lets the window tasks read the packs (read
+committed). Holding such commits back to the catch-up interval made replays
+slower, not faster (2026-12-07, README's Performance section).
 """
 
 from __future__ import annotations
