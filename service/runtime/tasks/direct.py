@@ -56,6 +56,8 @@ class DirectTask(WindowTask):
         self._key_decoders = [(key_decoders or {}).get(topic) for topic in sources]
         self._verified: set[bytes] = set()
         self._recount = recount
+        #: The partition count ``recount`` gave for the records being added, if it was asked.
+        self._counted: int | None = None
         #: Indexes of the inputs read to their end, for alignment.
         self._ended_inputs: set[int] = set()
 
@@ -76,6 +78,7 @@ class DirectTask(WindowTask):
         loads = orjson.loads
         key_decode = self._key_decoders[index]
         mark = self.watermarks.marks.get(source)
+        self._counted = None
         try:
             for message in records:
                 raw = message.value()
@@ -112,7 +115,7 @@ class DirectTask(WindowTask):
     def _verify(self, key: bytes, partition: int, topic: str) -> None:
         expected = partition_for(key, self._partitions)
         if expected != partition:
-            now = self._recount(topic) if self._recount is not None else self._partitions
+            now = self._count(topic)
             if now != self._partitions:
                 # Its producers now spread keys over more partitions: this key's state is elsewhere.
                 raise LayoutChanged(
@@ -128,6 +131,19 @@ class DirectTask(WindowTask):
         if len(self._verified) >= VERIFIED_KEYS:
             self._verified.clear()
         self._verified.add(key)
+
+    def _count(self, topic: str) -> int:
+        """The topic's partition count, asked of the broker once per batch of records.
+
+        Once is enough: these records were fetched before the answer, so they
+        were produced before it too, by producers that could not yet know of
+        partitions the broker did not have. A batch of misplaced records (a
+        producer with another partitioner) then costs one request, not one a
+        record, each a round trip while the loop waits.
+        """
+        if self._counted is None:
+            self._counted = self._recount(topic) if self._recount is not None else self._partitions
+        return self._counted
 
     def input_ended(self, partition: Partition) -> None:
         self._ended_inputs.add(self._index[partition])

@@ -92,6 +92,19 @@ def test_a_record_in_the_wrong_partition_goes_to_the_dead_letter_topic(instance)
     assert instance.direct_task(0).counts().processed == 0
 
 
+def test_a_batch_of_misplaced_records_asks_the_partition_count_once(instance):
+    """A producer with another partitioner misplaces most keys: each batch asks the broker once, not once a record."""
+    instance.assign((WEB, 0), (MOBILE, 0))
+    elsewhere = keys_in(1, 50)
+    asked = instance.admin.metadata_requests
+    instance.tasks.route([record(WEB, offset, key, T0) for offset, key in enumerate(elsewhere)])
+    assert instance.admin.metadata_requests == asked + 1
+    instance.tasks.route([record(WEB, 50 + offset, key, T0) for offset, key in enumerate(elsewhere)])
+    assert instance.admin.metadata_requests == asked + 2, "the next batch asks again"
+    instance.tasks.commit()
+    assert instance.direct_task(0).counts().dead_letter_reasons == {"wrong_partition": 100}
+
+
 def test_values_that_are_no_json_object_go_to_the_dead_letter_topic_with_their_reason(instance):
     """The task decodes JSON itself (no call per record): refusals still come from ``parse_event``."""
     instance.assign((WEB, 0), (MOBILE, 0))
